@@ -1,0 +1,32 @@
+"""The SageMaker container contract, and nothing else.
+
+Everything that knows about /opt/ml, SageMaker's config files and its environment
+variables lives in this package, so `train/` and `serve/` take plain arguments. No torch
+here: host-side tools and tests import it freely.
+"""
+
+from container.contract import (
+    ConfigError,
+    Channel,
+    ResourceConfig,
+    SageMakerPaths,
+    ServingEnv,
+    hyperparameters_to_argv,
+    read_hyperparameters,
+    read_input_data_config,
+    read_resource_config,
+    write_failure,
+)
+
+__all__ = [
+    "ConfigError",
+    "Channel",
+    "ResourceConfig",
+    "SageMakerPaths",
+    "ServingEnv",
+    "hyperparameters_to_argv",
+    "read_hyperparameters",
+    "read_input_data_config",
+    "read_resource_config",
+    "write_failure",
+]

@@ -1,0 +1,274 @@
+"""SageMaker's /opt/ml layout, config files, failure file and serving environment.
+
+References: SageMaker "Use your own training algorithms" and "Use your own inference
+code" (container contract). Values in hyperparameters.json are always strings; the
+SageMaker Python SDK JSON-encodes each one, so a string hyperparameter may arrive
+wrapped in quotes ('"train.py"').
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+# One variable moves the whole tree, so tests and local runs can use a temp dir.
+ROOT_ENV_VAR = "SM_VISION_OPT_ML"
+DEFAULT_ROOT = "/opt/ml"
+
+# SageMaker reads at most 1024 characters of the failure file as FailureReason.
+FAILURE_REASON_LIMIT = 1024
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SageMakerPaths:
+    """Every path of the /opt/ml contract, derived from one root."""
+
+    root: Path = Path(DEFAULT_ROOT)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "SageMakerPaths":
+        environ = os.environ if environ is None else environ
+        return cls(Path(environ.get(ROOT_ENV_VAR) or DEFAULT_ROOT))
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "input" / "config"
+
+    @property
+    def hyperparameters_file(self) -> Path:
+        return self.config_dir / "hyperparameters.json"
+
+    @property
+    def resource_config_file(self) -> Path:
+        return self.config_dir / "resourceconfig.json"
+
+    @property
+    def input_data_config_file(self) -> Path:
+        return self.config_dir / "inputdataconfig.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "input" / "data"
+
+    def channel_dir(self, name: str) -> Path:
+        return self.data_dir / name
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.root / "output"
+
+    @property
+    def output_data_dir(self) -> Path:
+        return self.output_dir / "data"
+
+    @property
+    def failure_file(self) -> Path:
+        return self.output_dir / "failure"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+
+def _read_json(path: Path, what: str) -> object:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path} ({what}) is not valid JSON: {err}") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path} ({what}): {err.strerror}") from None
+
+
+def read_hyperparameters(paths: SageMakerPaths) -> dict[str, str]:
+    """hyperparameters.json as {name: string}; {} when the file is absent (EC2, local)."""
+    if not paths.hyperparameters_file.exists():
+        return {}
+    raw = _read_json(paths.hyperparameters_file, "hyperparameters")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{paths.hyperparameters_file} must hold a JSON object of name: value")
+    return {str(key): _unquote(value) for key, value in raw.items()}
+
+
+def _unquote(value: object) -> str:
+    """Undo the SDK's JSON encoding of string values ('"abc"' -> 'abc').
+
+    Only a value that is itself a JSON string literal is decoded; numbers and booleans
+    stay as the text the user wrote and are typed later by the flag they belong to.
+    """
+    if not isinstance(value, str):
+        return json.dumps(value) if not isinstance(value, (int, float)) else str(value)
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        try:
+            decoded = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+        if isinstance(decoded, str):
+            return decoded
+    return value
+
+
+def hyperparameters_to_argv(hyperparameters: Mapping[str, str]) -> list[str]:
+    """{'batch-size': '32'} -> ['--batch-size', '32'], dropping the SDK's sagemaker_* keys.
+
+    Names pass through verbatim: the trainer's parser accepts both '-' and '_'
+    spellings, and script-mode users get exactly the names they chose.
+    """
+    argv: list[str] = []
+    for key, value in hyperparameters.items():
+        if key.startswith("sagemaker_"):
+            continue
+        argv += [f"--{key}", value]
+    return argv
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    path: Path
+    content_type: str | None = None
+    input_mode: str = "File"
+
+
+def read_input_data_config(paths: SageMakerPaths) -> dict[str, Channel]:
+    """Channels SageMaker declared, or the folders under input/data when there is no
+    inputdataconfig.json (plain `docker run -v data:/opt/ml/input/data/training`)."""
+    if paths.input_data_config_file.exists():
+        raw = _read_json(paths.input_data_config_file, "input data config")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{paths.input_data_config_file} must hold a JSON object")
+        return {
+            name: Channel(
+                name=name,
+                path=paths.channel_dir(name),
+                content_type=(spec or {}).get("ContentType"),
+                input_mode=(spec or {}).get("TrainingInputMode", "File"),
+            )
+            for name, spec in raw.items()
+        }
+    if not paths.data_dir.is_dir():
+        return {}
+    return {
+        entry.name: Channel(entry.name, entry)
+        for entry in sorted(paths.data_dir.iterdir())
+        if entry.is_dir()
+    }
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    current_host: str
+    hosts: tuple[str, ...]
+    network_interface_name: str | None = None
+
+    @property
+    def master_host(self) -> str:
+        # Sorted order, as SageMaker's own toolkits do: every host agrees without talking.
+        return sorted(self.hosts)[0]
+
+    @property
+    def host_rank(self) -> int:
+        return sorted(self.hosts).index(self.current_host)
+
+
+def read_resource_config(paths: SageMakerPaths) -> ResourceConfig | None:
+    if not paths.resource_config_file.exists():
+        return None
+    raw = _read_json(paths.resource_config_file, "resource config")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{paths.resource_config_file} must hold a JSON object")
+    try:
+        hosts = tuple(str(h) for h in raw["hosts"])
+        current = str(raw["current_host"])
+    except KeyError as err:
+        raise ConfigError(f"{paths.resource_config_file} lacks field {err.args[0]!r}") from None
+    if current not in hosts:
+        raise ConfigError(
+            f"resourceconfig.json: current_host {current!r} is not among hosts {list(hosts)}"
+        )
+    return ResourceConfig(current, hosts, raw.get("network_interface_name"))
+
+
+def write_failure(paths: SageMakerPaths, message: str) -> None:
+    """Write the reason SageMaker shows as FailureReason. Never raises: it runs while
+    something else has already gone wrong."""
+    text = message.strip() or "training failed without a message"
+    if len(text) > FAILURE_REASON_LIMIT:
+        text = text[: FAILURE_REASON_LIMIT - 3] + "..."
+    try:
+        paths.output_dir.mkdir(parents=True, exist_ok=True)
+        paths.failure_file.write_text(text + "\n")
+    except OSError:
+        pass
+
+
+def _env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
+    value = environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={value!r}: expected true/false")
+
+
+def _env_int(environ: Mapping[str, str], name: str, default: int | None) -> int | None:
+    value = environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: expected a whole number") from None
+
+
+@dataclass(frozen=True)
+class ServingEnv:
+    """What SageMaker hosting tells a serving container through its environment."""
+
+    port: int = 8080
+    multi_model: bool = False
+    batch: bool = False
+    workers: int | None = None  # SAGEMAKER_MODEL_SERVER_WORKERS; None: choose from CPUs
+    timeout_s: int = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT
+    program: str | None = None  # SAGEMAKER_PROGRAM: the user's inference module
+    max_payload_mb: int = 6
+    max_concurrent_transforms: int | None = None
+    batch_strategy: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServingEnv":
+        environ = os.environ if environ is None else environ
+        port = _env_int(environ, "SAGEMAKER_BIND_TO_PORT", 8080)
+        assert port is not None
+        if not 0 < port < 65536:
+            raise ConfigError(f"SAGEMAKER_BIND_TO_PORT={port}: not a TCP port")
+        workers = _env_int(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", None)
+        if workers is not None and workers < 1:
+            raise ConfigError(f"SAGEMAKER_MODEL_SERVER_WORKERS={workers}: must be >= 1")
+        return cls(
+            port=port,
+            multi_model=_env_bool(environ, "SAGEMAKER_MULTI_MODEL"),
+            batch=_env_bool(environ, "SAGEMAKER_BATCH"),
+            workers=workers,
+            timeout_s=_env_int(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60) or 60,
+            program=environ.get("SAGEMAKER_PROGRAM") or None,
+            max_payload_mb=_env_int(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6) or 6,
+            max_concurrent_transforms=_env_int(
+                environ, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", None
+            ),
+            batch_strategy=environ.get("SAGEMAKER_BATCH_STRATEGY") or None,
+        )

@@ -1,0 +1,1 @@
+"""The trainer: `train` on PATH runs train.cli:main. Nothing here runs at import."""
