@@ -1,0 +1,136 @@
+"""`train`: the trainer's entry point, on PATH in the image.
+
+    train [--flag value ...]          built-in trainer (hyperparameters.json + flags)
+    train prepare-bins ...            bin-count metadata -> ImageFolder split
+    (hyperparameters naming sagemaker_program run the user's script instead)
+
+SageMaker is a thin adapter here: hyperparameters.json and the channels become the
+same TrainConfig an EC2 user gets from flags. Any failure ends with its reason in
+/opt/ml/output/failure and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import traceback
+
+from container import ConfigError, SageMakerPaths, read_hyperparameters, read_resource_config, write_failure
+
+log = logging.getLogger("train")
+
+EXIT_CONFIG = 2
+EXIT_STOPPED = 143  # 128 + SIGTERM, as a process killed by the signal would report
+
+
+def setup_logging(rank: int = 0) -> None:
+    # Non-main ranks log warnings only, so a job's log reads like one process's.
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["prepare-bins"]:
+        from train import prepare_bins
+
+        return prepare_bins.main(argv[1:])
+    setup_logging()
+    paths = SageMakerPaths.from_env()
+    paths.failure_file.unlink(missing_ok=True)  # a previous attempt's reason (spot restart)
+    try:
+        hyperparameters = read_hyperparameters(paths)
+        if "sagemaker_program" in hyperparameters:
+            from train import script_mode
+
+            return script_mode.run(paths, hyperparameters)
+        from train.config import get_args_parser, resolve_config
+
+        if "-h" in argv or "--help" in argv:
+            get_args_parser().print_help()
+            return 0
+        config = resolve_config(hyperparameters, argv)
+        from train import distributed, devices
+
+        import torch
+
+        gpu_count = torch.cuda.device_count() if config.device != "cpu" else 0
+        topology = distributed.plan_topology(config, read_resource_config(paths), os.environ, gpu_count)
+    except ConfigError as err:
+        log.error("%s", err)
+        write_failure(paths, f"ConfigError: {err}")
+        return EXIT_CONFIG
+    devices.select_device(config.device)  # logs clearly when GPUs exist but are unusable
+    if topology.world_size == 1:
+        return run_worker(config, paths)
+    code = distributed.launch(topology, config.to_dict())
+    if code != 0 and not paths.failure_file.exists():
+        write_failure(paths, f"a training process on host {topology.host_name} exited with code {code}")
+    return code
+
+
+def run_worker(config, paths: SageMakerPaths, environ=None) -> int:
+    """One training process (the only one, or one of a DDP job)."""
+    from train import devices, distributed
+    from train.loop import StopRequest, fit
+
+    environ = os.environ if environ is None else environ
+    rank = int(environ.get("RANK", "0"))
+    setup_logging(rank)
+    stop = StopRequest()
+
+    def on_signal(signum, _frame):
+        name = signal.Signals(signum).name
+        if not stop.requested:
+            logging.getLogger("train").warning("%s received: finishing the current step, then saving a checkpoint", name)
+        stop.set(name)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    info = None
+    where = f"rank {rank} on host {environ.get('SM_VISION_HOST', os.uname().nodename)}"
+    try:
+        info = distributed.init_distributed(devices.select_device(config.device) if rank == 0 else _quiet_device(config.device), config.dist_timeout_s, environ)
+        outcome = fit(config, paths, info, stop)
+    except ConfigError as err:
+        log.error("%s", err)
+        write_failure(paths, f"ConfigError: {err}")
+        return EXIT_CONFIG
+    except Exception as err:  # noqa: BLE001 - the last line of defence: report, never hang
+        log.error("training failed on %s:\n%s", where, traceback.format_exc())
+        write_failure(paths, f"{type(err).__name__} on {where}: {err}")
+        return 1
+    finally:
+        distributed.cleanup(info)
+    if outcome.stopped:
+        message = (
+            f"stopped by {stop.signal_name} at epoch {outcome.epoch + 1}, step {outcome.step}; "
+            f"checkpoint {outcome.checkpoint or '(written by rank 0)'}; a restarted job resumes from it"
+        )
+        log.warning(message)
+        if rank == 0:
+            write_failure(paths, message)
+        return EXIT_STOPPED
+    return 0
+
+
+def _quiet_device(requested: str):
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

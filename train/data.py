@@ -1,0 +1,214 @@
+"""Finding the splits, scanning ImageFolder trees, and the loaders.
+
+Data arrives as SageMaker channels under /opt/ml/input/data: one `training` channel
+holding train/ valid/ [test/] (or a single class-folder tree, split here), or
+separate `train`, `validation`/`valid`, `test` channels. Class order is the sorted
+folder names of the training split and travels with the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from container import Channel, ConfigError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+TRAIN_NAMES = ("train", "training")
+VALID_NAMES = ("valid", "validation", "val")
+TEST_NAMES = ("test", "testing")
+
+
+@dataclass(frozen=True)
+class SplitDirs:
+    train: Path
+    valid: Path | None  # None: hold out val_fraction of train
+    test: Path | None
+
+
+def _first_existing(root: Path, names) -> Path | None:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    return None
+
+
+def find_split_dirs(channels: dict[str, Channel], train_dir=None, valid_dir=None, test_dir=None) -> SplitDirs:
+    """Explicit directories win; otherwise the channel layout decides."""
+    if train_dir:
+        return SplitDirs(Path(train_dir), Path(valid_dir) if valid_dir else None, Path(test_dir) if test_dir else None)
+
+    def channel(names):
+        return next((channels[n].path for n in names if n in channels), None)
+
+    separate_train = channel(("train",))
+    if separate_train is not None:
+        return SplitDirs(separate_train, channel(VALID_NAMES), channel(TEST_NAMES))
+    root = channel(("training",))
+    if root is None:
+        found = ", ".join(sorted(channels)) or "none"
+        raise ConfigError(
+            "no training data: expected a 'training' channel (/opt/ml/input/data/training) or a "
+            f"'train' channel; channels found: {found}. On EC2 mount your data with "
+            "-v $PWD/data:/opt/ml/input/data/training, or pass --train-dir."
+        )
+    if not root.is_dir():
+        raise ConfigError(f"channel directory {root} does not exist")
+    nested_train = _first_existing(root, TRAIN_NAMES)
+    if nested_train is not None:
+        return SplitDirs(nested_train, _first_existing(root, VALID_NAMES), _first_existing(root, TEST_NAMES))
+    return SplitDirs(root, None, None)  # a plain class-folder tree
+
+
+@dataclass
+class ScanReport:
+    images: int = 0
+    bad: list[str] | None = None
+
+    def __post_init__(self):
+        self.bad = self.bad or []
+
+
+def scan_image_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]], ScanReport]:
+    """Sorted class folders and (path, label) samples; unreadable files are skipped and
+    reported. With `classes` given (validation/test), folders must be among them."""
+    if not root.is_dir():
+        raise ConfigError(f"data directory {root} does not exist")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not found:
+        loose = [p.name for p in root.iterdir() if p.is_file()][:3]
+        hint = f" (it holds files such as {loose}: images must sit in one folder per class)" if loose else " (it is empty: was the S3 prefix right?)"
+        raise ConfigError(f"{root} has no class folders{hint}")
+    if classes is None:
+        classes = found
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise ConfigError(f"{root} has classes the training split lacks: {unknown[:10]}")
+    index = {name: i for i, name in enumerate(classes)}
+    samples: list[tuple[str, int]] = []
+    report = ScanReport()
+    for name in found:
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+        count = 0
+        for path in files:
+            if path.suffix.lower() not in IMAGE_EXTENSIONS or not _readable_image(path):
+                report.bad.append(str(path))
+                continue
+            samples.append((str(path), index[name]))
+            count += 1
+        if count == 0:
+            raise ConfigError(f"class folder {root / name} contains no readable images")
+    report.images = len(samples)
+    return classes, samples, report
+
+
+def _readable_image(path: Path) -> bool:
+    # Opening reads only the header: cheap enough for ~10k files, and it catches
+    # non-images and zero-byte files. Truncated pixel data is caught at load time.
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018
+        return True
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def holdout_split(samples, fraction: float, seed: int):
+    """Deterministic stratified split: `fraction` of each class becomes validation."""
+    rng = random.Random(seed)
+    by_class: dict[int, list] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    train, valid = [], []
+    for label in sorted(by_class):
+        items = sorted(by_class[label])
+        rng.shuffle(items)
+        n_valid = max(1, round(len(items) * fraction)) if len(items) > 1 else 0
+        valid += items[:n_valid]
+        train += items[n_valid:]
+    return train, valid
+
+
+class ImageSamples(Dataset):
+    """(path, label) pairs -> (tensor, label). A file that fails to decode (truncated
+    pixel data) is replaced by the next readable one and logged, so one bad JPEG
+    does not kill a long job; the scan already removed files that are not images."""
+
+    def __init__(self, samples, transform):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        for attempt in range(len(self.samples)):
+            path, label = self.samples[(index + attempt) % len(self.samples)]
+            try:
+                with Image.open(path) as image:
+                    return self.transform(image.convert("RGB")), label
+            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                log.warning("skipping unreadable image %s: %s", path, err)
+        raise RuntimeError("no readable image left in the dataset")
+
+
+class ShardSampler(Sampler):
+    """Sharded, per-epoch shuffled and resumable mid-epoch.
+
+    Like DistributedSampler (every rank gets len/world indices, padded so all ranks
+    take the same number of steps), plus `skip` so a job resumed from a mid-epoch
+    checkpoint continues where it stopped. For evaluation (pad=False) each sample is
+    seen exactly once across ranks, so reduced metrics equal a global computation.
+    """
+
+    def __init__(self, size: int, rank: int, world_size: int, seed: int, shuffle: bool, pad: bool):
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.seed, self.shuffle, self.pad = seed, shuffle, pad
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        if self.pad and self.size % self.world_size:
+            order += order[: self.world_size - self.size % self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self):
+        return iter(self._indices()[self.skip :])
+
+    def __len__(self):
+        return len(self._indices()) - self.skip
+
+
+def default_num_workers(local_world_size: int) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # Leave a core for the training process itself; cap where returns vanish.
+    return max(0, min(8, cpus // max(1, local_world_size) - 1))
+
+
+def make_loader(dataset, sampler, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        drop_last=False,
+    )
