@@ -106,8 +106,10 @@ def _unquote(value: object) -> str:
     Only a value that is itself a JSON string literal is decoded; numbers and booleans
     stay as the text the user wrote and are typed later by the flag they belong to.
     """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return json.dumps(value)  # true/false, lists, objects: as JSON text
     if not isinstance(value, str):
-        return json.dumps(value) if not isinstance(value, (int, float)) else str(value)
+        return str(value)
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
         try:
             decoded = json.loads(value)

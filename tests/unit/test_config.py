@@ -1,0 +1,60 @@
+import pytest
+
+from container import ConfigError
+from train.config import TrainConfig, get_args_parser, resolve_config
+
+
+def test_defaults_are_the_dataclass_defaults():
+    assert resolve_config({}, []) == TrainConfig()
+
+
+def test_both_spellings_and_tuner_aliases():
+    config = resolve_config({"batch_size": "16", "learning_rate": "0.02", "weight-decay": "0.001", "patience": "3"}, [])
+    assert (config.batch_size, config.lr, config.weight_decay, config.early_stopping_patience) == (16, 0.02, 0.001, 3)
+    assert resolve_config({"batch-size": "8"}, []).batch_size == 8
+
+
+def test_flags_override_hyperparameters():
+    config = resolve_config({"epochs": "3", "lr": "0.1"}, ["--epochs", "7"])
+    assert (config.epochs, config.lr) == (7, 0.1)
+
+
+@pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("0", False), ("no", False), ("TRUE", True), ("1", True), ("Yes", True)])
+def test_booleans_from_tuners(text, expected):
+    assert resolve_config({"freeze-backbone": text}, []).freeze_backbone is expected
+
+
+def test_bare_boolean_flag_means_true():
+    assert resolve_config({}, ["--freeze-backbone"]).freeze_backbone is True
+
+
+def test_sagemaker_switches_are_accepted():
+    config = resolve_config({"sagemaker_torch_distributed_enabled": "true", "sagemaker_distributed_dataparallel_enabled": "false", "sagemaker_region": '"us-east-1"'}, [])
+    assert config == TrainConfig()
+
+
+@pytest.mark.parametrize(
+    "hyperparameters, message",
+    [
+        ({"epoch": "3"}, "unknown hyperparameter or flag '--epoch'.*valid names: .*epochs"),
+        ({"optimizer": "adam"}, "optimizer.*invalid choice: 'adam'.*adamw.*sgd"),
+        ({"scheduler": "linear"}, "scheduler.*cosine.*step.*none"),
+        ({"amp": "fp8"}, "amp.*bf16"),
+        ({"batch_size": "many"}, "batch.size.*invalid int value"),
+        ({"batch_size": "0"}, "batch_size=0: must be > 0"),
+        ({"lr": "-0.1"}, "lr=-0.1"),
+        ({"freeze_backbone": "perhaps"}, "freeze.backbone.*true/false"),
+        ({"label_smoothing": "1.5"}, "label_smoothing"),
+        ({"warmup_epochs": "5", "epochs": "5"}, "warmup_epochs"),
+        ({"objective": "accuracy"}, "objective.*val_macro_f1"),
+    ],
+)
+def test_bad_values_fail_naming_the_field(hyperparameters, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(hyperparameters, [])
+
+
+def test_every_field_has_a_flag_with_help():
+    help_text = get_args_parser().format_help()
+    for name in TrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in help_text
