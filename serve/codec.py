@@ -1,0 +1,190 @@
+"""Request bodies -> a batch of model inputs; probabilities -> the JSON answer.
+
+Supported Content-Types (parameters such as charset are ignored):
+    image/* , application/x-image, application/octet-stream   one image, any Pillow format
+    application/json    {"image": b64} | {"url": u} | {"instances": [item, ...]} | [item, ...]
+                        where item is a base64 string, {"image"|"b64": b64} or {"url": u}
+    application/jsonlines   one such JSON object per line (batch transform, SplitType=None)
+    application/x-npy   uint8 HxWx3 / NxHxWx3 images, or float 3xHxW / Nx3xHxW model input
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from serve.errors import BadInput, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, Unprocessable
+from serve.fetch import FetchPolicy, fetch_url
+
+IMAGE_TYPES = {"application/x-image", "application/octet-stream"}
+JSON = "application/json"
+JSONLINES = {"application/jsonlines", "application/jsonl", "application/x-jsonlines"}
+NPY = "application/x-npy"
+SUPPORTED = "image/*, application/x-image, application/octet-stream, application/json, application/jsonlines, application/x-npy"
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_pixels: int = 40_000_000  # width * height; a 10k x 10k image is refused before decoding
+    max_batch: int = 64
+    fetch: FetchPolicy = FetchPolicy()
+
+
+@dataclass
+class Decoded:
+    inputs: torch.Tensor  # N x C x H x W, ready for the model
+    batch: bool  # the client sent a list: answer with a list
+    lines: bool = False  # jsonlines in, jsonlines out
+
+
+def media_type(header: str | None) -> str:
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def is_image_type(ctype: str) -> bool:
+    return ctype.startswith("image/") or ctype in IMAGE_TYPES
+
+
+def check_accept(accept: str | None) -> str:
+    """The answer's type: JSON unless Accept rules it out (then 406)."""
+    if not accept or not accept.strip():
+        return JSON
+    for part in accept.split(","):
+        kind = media_type(part)
+        if kind in (JSON, "application/*", "*/*", "*") or kind in JSONLINES:
+            return JSON
+    raise NotAcceptable(f"cannot produce {accept!r}; this endpoint answers application/json")
+
+
+def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
+    if not data:
+        raise BadInput("empty image body")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check below
+            image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise PayloadTooLarge(f"image is {width}x{height} pixels, above the limit of {limits.max_pixels} pixels")
+        image.load()
+        return image.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise PayloadTooLarge(f"image refused as a decompression bomb: {err}") from None
+    except UnidentifiedImageError:
+        raise BadInput("body is not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise BadInput(f"cannot decode image: {err}") from None
+
+
+def _b64(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise BadInput("base64 image must be a string")
+    if text.startswith("data:") and "," in text:  # data URL
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput("image is not valid base64") from None
+
+
+def _item_bytes(item: object, limits: DecodeLimits) -> bytes:
+    if isinstance(item, str):
+        return _b64(item)
+    if isinstance(item, dict):
+        for key in ("image", "b64", "image_bytes", "data"):
+            if key in item:
+                value = item[key]
+                return _b64(value["b64"] if isinstance(value, dict) and "b64" in value else value)
+        if "url" in item:
+            return fetch_url(item["url"], limits.fetch)
+    raise Unprocessable('each input must be a base64 string, {"image": base64} or {"url": "https://..."}')
+
+
+def _parse_json(text: bytes) -> object:
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadInput(f"body is not valid JSON: {err}") from None
+
+
+def _json_items(payload: object) -> tuple[list, bool]:
+    if isinstance(payload, list):
+        return payload, True
+    if isinstance(payload, dict):
+        if "instances" in payload:
+            if not isinstance(payload["instances"], list):
+                raise Unprocessable("'instances' must be a list")
+            return payload["instances"], True
+        return [payload], False
+    raise Unprocessable('JSON body must be an object ({"image": ...}, {"url": ...}, {"instances": [...]}) or a list')
+
+
+def _from_array(array: np.ndarray, preprocess: Callable) -> tuple[torch.Tensor, bool]:
+    if array.dtype == np.uint8 and array.ndim in (2, 3, 4):
+        batch = array.ndim == 4
+        frames = array if batch else array[None]
+        if frames.ndim == 3 or frames.shape[-1] in (1, 3, 4):
+            images = [Image.fromarray(frame.squeeze(-1) if frame.ndim == 3 and frame.shape[-1] == 1 else frame).convert("RGB") for frame in frames]
+            return torch.stack([preprocess(image) for image in images]), batch
+    if np.issubdtype(array.dtype, np.floating) and array.ndim in (3, 4) and array.shape[-3] == 3:
+        batch = array.ndim == 4
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        return (tensor if batch else tensor.unsqueeze(0)), batch
+    raise Unprocessable(
+        f"array of shape {list(array.shape)} and dtype {array.dtype} is neither uint8 images "
+        "(HxWx3 or NxHxWx3) nor float model input (3xHxW or Nx3xHxW)"
+    )
+
+
+def decode(body: bytes, content_type: str | None, preprocess: Callable, limits: DecodeLimits) -> Decoded:
+    """The request as model input. Raises the typed errors of serve.errors."""
+    ctype = media_type(content_type)
+    if is_image_type(ctype):
+        return Decoded(preprocess(open_image(body, limits)).unsqueeze(0), batch=False)
+    if ctype == NPY:
+        try:
+            array = np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise BadInput(f"body is not a .npy array: {err}") from None
+        if array.ndim == 4 and not 0 < array.shape[0] <= limits.max_batch:
+            raise Unprocessable(f"batch of {array.shape[0]} arrays; send 1 to {limits.max_batch}")
+        inputs, batch = _from_array(array, preprocess)
+        return Decoded(inputs, batch)
+    if ctype == JSON or ctype in JSONLINES:
+        lines = ctype in JSONLINES
+        if lines:
+            items, batch = [_parse_json(line) for line in body.splitlines() if line.strip()], True
+        else:
+            items, batch = _json_items(_parse_json(body))
+        if not 0 < len(items) <= limits.max_batch:
+            raise Unprocessable(f"batch of {len(items)} inputs; send 1 to {limits.max_batch}")
+        tensors = [preprocess(open_image(_item_bytes(item, limits), limits)) for item in items]
+        return Decoded(torch.stack(tensors), batch, lines)
+    raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not supported; use one of: {SUPPORTED}")
+
+
+def top_k_result(probs: torch.Tensor, classes: tuple[str, ...], k: int) -> dict:
+    values = probs.tolist()
+    order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
+    return {
+        "predicted_label": classes[order[0]],
+        "confidence": values[order[0]],
+        "probabilities": {name: value for name, value in zip(classes, values)},
+        "top_k": [{"label": classes[i], "probability": values[i]} for i in order[:k]],
+    }
+
+
+def encode(probs: torch.Tensor, classes: tuple[str, ...], k: int, decoded: Decoded) -> bytes:
+    results = [top_k_result(row, classes, k) for row in probs]
+    if decoded.lines:
+        return "".join(json.dumps(result) + "\n" for result in results).encode()
+    return json.dumps(results if decoded.batch else results[0]).encode()

@@ -1,0 +1,104 @@
+"""Load what the trainer wrote (train/artifact.py) into a ready-to-run Classifier.
+
+/opt/ml/model may hold the files directly or a model.tar.gz (local runs; SageMaker
+extracts it for us). The weights file named by the spec may be a state_dict (the
+trainer's default), a TorchScript archive or a torch.export program (.pt2).
+"""
+
+from __future__ import annotations
+
+import logging
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import torch
+from PIL import Image
+
+from container import ConfigError
+from train.artifact import SPEC_FILE, ModelSpec
+from train.models import build_model
+from train.presets import eval_transform
+
+log = logging.getLogger(__name__)
+
+ARCHIVE = "model.tar.gz"
+
+
+def prepare_model_dir(model_dir: Path, scratch: Path) -> Path:
+    """The directory holding the model files: model_dir itself, or `scratch` with
+    model_dir/model.tar.gz extracted into it."""
+    archive = model_dir / ARCHIVE
+    if not archive.is_file() or (model_dir / SPEC_FILE).exists():
+        return model_dir
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for member in members:
+                path = PurePosixPath(member.name)
+                if path.is_absolute() or ".." in path.parts or not (member.isfile() or member.isdir()):
+                    raise ConfigError(f"{archive}: refusing member {member.name!r} (absolute, '..', or a link/device)")
+            tar.extractall(scratch, members=members)
+    except (tarfile.TarError, OSError) as err:
+        raise ConfigError(f"cannot extract {archive}: {err}") from None
+    log.info("extracted %s into %s", archive, scratch)
+    return scratch
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def load_module(spec: ModelSpec, weights: Path, device: torch.device) -> torch.nn.Module:
+    if not weights.is_file():
+        raise ConfigError(f"{weights} is missing (model_spec.json names weights_file={spec.weights_file!r})")
+    if weights.suffix == ".pt2":
+        module = torch.export.load(str(weights)).module()
+    elif _is_torchscript(weights):
+        module = torch.jit.load(str(weights), map_location=device)
+    else:
+        module = build_model(spec.arch, spec.num_classes)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            module.load_state_dict(state)
+        except Exception as err:  # noqa: BLE001 - unpickling and shape errors mean the same here
+            raise ConfigError(f"cannot load {weights} into {spec.arch} with {spec.num_classes} classes: {err}") from None
+    if hasattr(module, "eval"):
+        module.eval()
+    return module.to(device)
+
+
+class Classifier:
+    """The default model: module + the spec's transforms + class names."""
+
+    def __init__(self, module, spec: ModelSpec, device: torch.device):
+        self.module = module
+        self.spec = spec
+        self.device = device
+        self.classes = spec.classes
+        self.transform = eval_transform(spec.image_size, spec.resize_size, spec.mean, spec.std, spec.interpolation)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.module(batch.to(self.device, non_blocking=True))
+        return torch.softmax(logits.float(), dim=1).cpu()
+
+    def nbytes(self) -> int:
+        tensors = list(self.module.parameters()) + list(self.module.buffers())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def warm_up(self) -> None:
+        size = self.spec.image_size
+        self.probabilities(self.preprocess(Image.new("RGB", (size, size), (127, 127, 127))).unsqueeze(0))
+
+
+def load_classifier(model_dir: Path, device: torch.device) -> Classifier:
+    spec = ModelSpec.load(model_dir)
+    return Classifier(load_module(spec, model_dir / spec.weights_file, device), spec, device)
