@@ -9,11 +9,13 @@ failure. If docker is unreachable the tests fail: a skip would hide that nothing
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -161,20 +163,36 @@ def shapes_data(tmp_path_factory) -> Path:
     return root
 
 
+@dataclass(frozen=True)
+class TrainedRun:
+    root: Path  # the bind-mounted /opt/ml
+    logs: str
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / "model"
+
+
 @pytest.fixture(scope="session")
-def trained_model(image, docker_client, tmp_path_factory, shapes_data) -> Path:
-    """A model dir trained once per session on the shapes data, through `train`."""
+def trained(image, docker_client, tmp_path_factory, shapes_data) -> TrainedRun:
+    """One training run per session on the shapes data, configured as SageMaker does
+    (hyperparameters.json with string values) plus a command-line override."""
     root = opt_ml(tmp_path_factory.mktemp("trained"))
     subprocess.run(["cp", "-r", str(shapes_data), str(root / "input/data/training")], check=True)
+    hyperparameters = {"epochs": "3", "batch_size": "16", "learning_rate": "0.003", "image-size": "64", "freeze-backbone": "False"}
+    (root / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
     handle = Containers(docker_client)
     try:
-        container = handle.run(
-            image,
-            ["train", "--epochs", "6", "--image-size", "64", "--batch-size", "16", "--lr", "0.003"],
-            volumes=mount(root),
-        )
+        container = handle.run(image, ["train", "--epochs", "6", "--log-interval", "4"], volumes=mount(root))
         code, logs = wait_exit(container, timeout=900)
         assert code == 0, logs
     finally:
         handle.cleanup()
-    return root / "model"
+    return TrainedRun(root, logs)
+
+
+@pytest.fixture(scope="session")
+def trained_model(trained) -> Path:
+    """A resnet18 trained on the shapes data (classes red_circle, green_square,
+    blue_triangle; image size 64)."""
+    return trained.model_dir

@@ -45,3 +45,23 @@ def test_freeze_backbone_trains_only_the_head():
     freeze_backbone(model)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable == ["fc.weight", "fc.bias"]
+
+
+def test_gpu_present_but_unusable_is_explained(monkeypatch, tmp_path):
+    from train import devices
+
+    version_file = tmp_path / "version"
+    version_file.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.182.03  Fri Feb 24 16:35:10 UTC 2023\n")
+    monkeypatch.setattr(devices, "DRIVER_VERSION_FILE", version_file)
+    monkeypatch.setattr(devices, "nvidia_devices_present", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    reason = devices.gpu_unusable_reason()
+    assert "found driver 470.182.03" in reason and ">= 525" in reason and "InferenceAmiVersion" in reason
+    assert devices.select_device("auto").type == "cpu"
+
+
+def test_no_gpu_no_warning(monkeypatch):
+    from train import devices
+
+    monkeypatch.setattr(devices, "nvidia_devices_present", lambda: False)
+    assert devices.gpu_unusable_reason() is None
