@@ -1,0 +1,408 @@
+"""smvision-aws: the seed workflow as commands (train, tune, deploy, transform, cleanup,
+lambda-package, iam-policies). `--local` runs train/tune/deploy/transform through the
+SageMaker SDK's local mode (docker on this machine, file:// data) before paying for AWS.
+
+    python aws train --image IMAGE --role ROLE --channel training=s3://b/p/ --hp epochs=10 ...
+    python aws train --local --image sagemaker-vision:latest --channel training=file://$PWD/data ...
+
+Every command prints one JSON object on stdout (job names, endpoint, best trial...), so
+notebooks and shell scripts can read the result; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from smvision_aws import cleanup as cleanup_mod
+from smvision_aws import hosting, iam, lambda_package, local_mode, tuning
+from smvision_aws.sessions import make_session, metric_definitions
+from smvision_aws.training import (
+    TrainSpec, UsageError, build_estimator, fit, parse_channels, parse_pairs, parse_tags,
+    validate_hyperparameters,
+)
+
+log = logging.getLogger("smvision_aws")
+LOCAL_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode never assumes it
+
+
+def _common(parser: argparse.ArgumentParser, local: bool = True) -> None:
+    parser.add_argument("--region", help="AWS region (default: from the AWS config/environment)")
+    if local:
+        parser.add_argument("--local", action="store_true",
+                            help="run through SageMaker SDK local mode on this machine's docker")
+
+
+def _image_role(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", required=True,
+                        help="image URI: ACCOUNT.dkr.ecr.REGION.amazonaws.com/sagemaker-vision:TAG, "
+                             "or a local tag with --local")
+    parser.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE_ARN"),
+                        help="execution role ARN (default $SAGEMAKER_ROLE_ARN; not needed with --local)")
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    _image_role(parser)
+    parser.add_argument("--instance-type", default="ml.g4dn.xlarge",
+                        help="training instance type (ignored with --local: 'local' or 'local_gpu')")
+    parser.add_argument("--instance-count", type=int, default=1, help="hosts; >1 trains with DDP across them")
+    parser.add_argument("--gpu", action="store_true", help="with --local: instance_type local_gpu")
+    parser.add_argument("--channel", action="append", metavar="NAME=URI",
+                        help="input channel, repeatable: training=s3://bucket/prefix/ (ImageFolder with "
+                             "train/ valid/ [test/]) or train=..., validation=..., test=...; file:///dir with --local")
+    parser.add_argument("--hp", action="append", metavar="NAME=VALUE",
+                        help="trainer hyperparameter, repeatable, the trainer's names: epochs, batch-size, lr, "
+                             "weight-decay, freeze-backbone, early-stopping-patience, arch, image-size, amp, ...")
+    parser.add_argument("--no-validate-hyperparameters", action="store_true",
+                        help="skip the host-side check of names/values (script mode: your own script's names)")
+    parser.add_argument("--output-path", help="s3://bucket/prefix/ for model.tar.gz (file:///dir with --local; "
+                                              "default there: file://$PWD/sm-local-output)")
+    parser.add_argument("--spot", action="store_true", help="managed spot training (needs --checkpoint-s3-uri)")
+    parser.add_argument("--max-run", type=int, default=24 * 3600, help="seconds of training at most")
+    parser.add_argument("--max-wait", type=int, help="spot: seconds to wait for capacity + run (default 2x max-run)")
+    parser.add_argument("--checkpoint-s3-uri", help="s3:// prefix synced with /opt/ml/checkpoints (spot resume)")
+    parser.add_argument("--volume-size", type=int, default=30, help="GB of EBS per instance")
+    parser.add_argument("--tag", action="append", metavar="KEY=VALUE", help="resource tag, repeatable")
+    parser.add_argument("--base-job-name", default="smvision")
+    parser.add_argument("--debugger-hook", action="store_true",
+                        help="keep SageMaker Debugger's hook config (script-mode users whose script creates an smdebug hook)")
+    parser.add_argument("--no-wait", action="store_true", help="start the job and return")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smvision-aws", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="launch a training job (single, multi-instance, spot)")
+    _train_options(p)
+    p.add_argument("--job-name", help="exact job name (default: BASE-JOB-NAME-timestamp)")
+
+    p = sub.add_parser("tune", help="hyperparameter tuning on val_macro_f1 (Bayesian, early stopping)")
+    _train_options(p)
+    p.add_argument("--max-jobs", type=int, default=20)
+    p.add_argument("--max-parallel-jobs", type=int, default=2)
+    p.add_argument("--no-early-stopping", action="store_true")
+    p.add_argument("--best", metavar="TUNING_JOB", help="only print the best trial of an existing tuning job")
+    p.add_argument("--seed", type=int, default=0, help="--local: seed of the one sampled trial")
+
+    p = sub.add_parser("deploy", help="endpoint (real-time + autoscaling, serverless or multi-model)")
+    _common(p)
+    _image_role(p)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--training-job", help="deploy this Completed training job's model.tar.gz")
+    source.add_argument("--model-data", help="s3://.../model.tar.gz (file:///.../model.tar.gz with --local)")
+    source.add_argument("--model-data-prefix", help="--multi-model: s3://bucket/prefix/ holding *.tar.gz models")
+    p.add_argument("--endpoint-name", required=True)
+    p.add_argument("--model-name", help="default: the endpoint name")
+    p.add_argument("--instance-type", default="ml.m5.xlarge")
+    p.add_argument("--instance-count", type=int, default=1, help="initial count (raised to --min-capacity)")
+    p.add_argument("--autoscale", action="store_true", help="register target-tracking autoscaling")
+    p.add_argument("--min-capacity", type=int, default=2)
+    p.add_argument("--max-capacity", type=int, default=4)
+    p.add_argument("--target-invocations", type=float, default=10.0,
+                   help="target of SageMakerVariantInvocationsPerInstance (per instance per minute)")
+    p.add_argument("--scale-in-cooldown", type=int, default=30, help="seconds")
+    p.add_argument("--scale-out-cooldown", type=int, default=30, help="seconds")
+    p.add_argument("--serverless", action="store_true", help="serverless endpoint instead of instances")
+    p.add_argument("--serverless-memory", type=int, default=4096, help="MB: 1024..6144 in steps of 1024")
+    p.add_argument("--serverless-max-concurrency", type=int, default=5)
+    p.add_argument("--multi-model", action="store_true", help="multi-model endpoint over --model-data-prefix")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="serving environment, repeatable")
+    p.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    p.add_argument("--no-wait", action="store_true")
+    p.add_argument("--smoke-image", type=Path, help="send this JPEG/PNG once the endpoint is up; print the answer")
+    p.add_argument("--serving-port", type=int, help="--local: host port of the endpoint (default 8080)")
+    p.add_argument("--hold", action="store_true",
+                   help="--local: keep the endpoint up until Ctrl-C (local endpoints end with this process)")
+
+    p = sub.add_parser("transform", help="batch transform over an S3 prefix (or file:// dir with --local)")
+    _common(p)
+    _image_role(p)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--training-job")
+    source.add_argument("--model-data")
+    p.add_argument("--input", required=True, help="s3://bucket/prefix/ of JPEG/PNG files (file:///dir with --local)")
+    p.add_argument("--output", required=True, help="s3://bucket/prefix/ for the .out JSON files")
+    p.add_argument("--instance-type", default="ml.m5.xlarge")
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--content-type", default="image/jpeg", choices=["image/jpeg", "image/png"])
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    p.add_argument("--no-wait", action="store_true")
+
+    p = sub.add_parser("cleanup", help="delete endpoints, configs, models and autoscaling; idempotent")
+    _common(p)
+    p.add_argument("--endpoint-name", action="append", default=[], help="repeatable")
+    p.add_argument("--by-tag", metavar="KEY[=VALUE]", help="everything (endpoints, configs, models) with this tag")
+    p.add_argument("--keep-models", action="store_true")
+    p.add_argument("--image", help="--local: remove leftover local-mode containers of this image")
+
+    p = sub.add_parser("lambda-package", help="zip the Lambda bridge (aws/lambda/handler.py)")
+    p.add_argument("--out", type=Path, default=Path("dist/lambda-bridge.zip"))
+
+    p = sub.add_parser("iam-policies", help="write least-privilege policy documents for the two roles")
+    p.add_argument("--account-id", required=True)
+    p.add_argument("--region", required=True)
+    p.add_argument("--bucket", required=True)
+    p.add_argument("--prefix", required=True, help="project prefix in the bucket (data, models, checkpoints)")
+    p.add_argument("--repository", default="sagemaker-vision", help="ECR repository name")
+    p.add_argument("--endpoint-name", default="smvision-endpoint", help="the one endpoint the Lambda may invoke")
+    p.add_argument("--function-name", default="smvision-bridge")
+    p.add_argument("--lambda-prefix", help="what the Lambda may read (default PREFIX/inference)")
+    p.add_argument("--partition", default="aws")
+    p.add_argument("--out", type=Path, default=Path("dist/iam"))
+    return parser
+
+
+# --- commands ------------------------------------------------------------------------
+
+def _role(args) -> str:
+    if args.local:
+        return args.role or LOCAL_ROLE
+    if not args.role:
+        raise UsageError("--role (or $SAGEMAKER_ROLE_ARN) is required: the execution role's ARN")
+    return args.role
+
+
+def _train_spec(args) -> TrainSpec:
+    hyperparameters = parse_pairs(args.hp, "hyperparameter")
+    output_path = args.output_path
+    if args.local and not output_path:
+        output_path = (Path.cwd() / "sm-local-output").as_uri()
+    if not args.local and not output_path:
+        raise UsageError("--output-path s3://bucket/prefix/models/ is required (the execution role may "
+                         "write only under the project prefix)")
+    spec = TrainSpec(
+        image_uri=args.image,
+        role=_role(args),
+        instance_type="local_gpu" if args.local and args.gpu else ("local" if args.local else args.instance_type),
+        instance_count=args.instance_count,
+        channels=parse_channels(args.channel, args.local),
+        hyperparameters=hyperparameters,
+        output_path=output_path,
+        spot=args.spot,
+        max_run_s=args.max_run,
+        max_wait_s=args.max_wait,
+        checkpoint_s3_uri=args.checkpoint_s3_uri,
+        tags=parse_tags(args.tag),
+        base_job_name=args.base_job_name,
+        volume_size_gb=args.volume_size,
+        debugger_hook=args.debugger_hook,
+    )
+    spec.check(args.local)
+    return spec
+
+
+def cmd_train(args, session=None) -> dict:
+    spec = _train_spec(args)
+    if not args.no_validate_hyperparameters:
+        validate_hyperparameters(spec.hyperparameters)
+    session = session or make_session(args.local, args.region)
+    estimator = build_estimator(spec, session, args.local)
+    job_name, model_data = fit(estimator, spec.channels, wait=not args.no_wait, job_name=args.job_name)
+    return {"training_job": job_name, "model_data": model_data, "instance_count": spec.instance_count,
+            "spot": spec.spot}
+
+
+def cmd_tune(args, session=None) -> dict:
+    session = session or make_session(args.local, args.region)
+    if args.best:
+        return tuning.best_job_summary(session.sagemaker_client, args.best)
+    spec = _train_spec(args)
+    tuned = set(tuning.SEARCH_SPACE)
+    clash = tuned & set(spec.hyperparameters)
+    if clash:
+        raise UsageError(f"{sorted(clash)} are tuned; drop them from --hp")
+    if not args.no_validate_hyperparameters:
+        # Static values plus both ends of the space must be accepted by the trainer.
+        validate_hyperparameters({**spec.hyperparameters, **tuning.sample(seed=args.seed)})
+    if args.local:
+        # SageMaker local mode has no tuning jobs: run one trial of the same space through
+        # the same Estimator, which proves the names, ranges and metric lines work.
+        point = tuning.sample(seed=args.seed)
+        log.warning("local mode has no tuning service; running one trial with %s", point)
+        spec.hyperparameters = {**spec.hyperparameters, **point}
+        estimator = build_estimator(spec, session, local=True)
+        job_name, model_data = fit(estimator, spec.channels)
+        return {"local_trial": job_name, "hyperparameters": point, "model_data": model_data}
+    estimator = build_estimator(spec, session, local=False)
+    tuner = tuning.build_tuner(estimator, args.max_jobs, args.max_parallel_jobs,
+                               early_stopping=not args.no_early_stopping,
+                               metric_definitions=metric_definitions(), tags=spec.tags)
+    tuner.fit(inputs=dict(spec.channels), wait=False)
+    name = tuner.latest_tuning_job.name
+    if args.no_wait:
+        return {"tuning_job": name, "status": "InProgress"}
+    tuner.wait()
+    return tuning.best_job_summary(session.sagemaker_client, name)
+
+
+def _model_data(args, session) -> str:
+    if args.training_job:
+        if args.local:
+            raise UsageError("--training-job: local jobs end with their process; pass --model-data "
+                             "file:///.../model.tar.gz (printed by `train --local`)")
+        return hosting.model_data_from_training_job(session.sagemaker_client, args.training_job)
+    if not args.model_data:
+        raise UsageError("give --training-job NAME or --model-data URI")
+    if args.local and not args.model_data.startswith("file://"):
+        raise UsageError("with --local, --model-data must be file:///.../model.tar.gz")
+    return args.model_data
+
+
+def _autoscaling_client(session):
+    return session.boto_session.client("application-autoscaling")
+
+
+def cmd_deploy(args, session=None, autoscaling_client=None) -> dict:
+    if args.local:
+        if args.serverless or args.multi_model or args.autoscale:
+            raise UsageError("--serverless, --multi-model and --autoscale need AWS; local mode hosts one container")
+    if args.serverless and args.autoscale:
+        raise UsageError("serverless endpoints scale by themselves; drop --autoscale")
+    if args.multi_model and not args.model_data_prefix:
+        raise UsageError("--multi-model needs --model-data-prefix s3://bucket/prefix/")
+    if args.model_data_prefix and not args.multi_model:
+        raise UsageError("--model-data-prefix is for --multi-model")
+    autoscale = hosting.AutoscalingSpec(args.min_capacity, args.max_capacity, args.target_invocations,
+                                        args.scale_in_cooldown, args.scale_out_cooldown)
+    if args.autoscale:
+        autoscale.check()
+    session = session or make_session(args.local, args.region, serving_port=args.serving_port)
+    role = _role(args)
+    name = args.model_name or args.endpoint_name
+    tags = parse_tags(args.tag)
+    if args.multi_model:
+        model = hosting.build_multi_model(name, args.model_data_prefix, args.image, role, session)
+        model_data = args.model_data_prefix
+    else:
+        model_data = _model_data(args, session)
+        model = hosting.build_model(args.image, model_data, role, session, name=name,
+                                    env=parse_pairs(args.env, "env"))
+    instance_type = "local" if args.local else args.instance_type
+    count = max(args.instance_count, args.min_capacity) if args.autoscale else args.instance_count
+    serverless = (hosting.serverless_config(args.serverless_memory, args.serverless_max_concurrency)
+                  if args.serverless else None)
+    predictor = hosting.deploy(model, args.endpoint_name, instance_type, count, serverless, tags,
+                               wait=not args.no_wait or args.local)
+    result = {"endpoint": args.endpoint_name, "model": name, "model_data": model_data,
+              "instance_type": None if serverless else instance_type,
+              "instance_count": None if serverless else count}
+    try:
+        if args.autoscale:
+            if args.no_wait:
+                raise UsageError("--autoscale needs the endpoint InService; drop --no-wait")
+            policy = hosting.register_autoscaling(autoscaling_client or _autoscaling_client(session),
+                                                  args.endpoint_name, autoscale)
+            result["autoscaling_policy"] = policy
+        if args.smoke_image:
+            result["smoke_prediction"] = predictor.predict(args.smoke_image.read_bytes(), initial_args={
+                "ContentType": _content_type(args.smoke_image), "Accept": "application/json"})
+        if args.local and args.hold:
+            print(json.dumps(result), flush=True)
+            log.warning("serving on the local endpoint; Ctrl-C to delete it")
+            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    finally:
+        if args.local:
+            # A local endpoint lives in this process: delete it (model first; see COMPAT.md).
+            predictor.delete_model()
+            predictor.delete_endpoint()
+            result["deleted"] = True
+    return result
+
+
+def _content_type(path: Path) -> str:
+    return "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+
+
+def cmd_transform(args, session=None) -> dict:
+    if args.local and not (args.input.startswith("file://") and args.output.startswith("file://")):
+        raise UsageError("with --local, --input and --output must be file:/// URIs")
+    session = session or make_session(args.local, args.region)
+    model_data = _model_data(args, session)
+    model = hosting.build_model(args.image, model_data, _role(args), session)
+    transformer = hosting.transform(model, args.input, args.output,
+                                    "local" if args.local else args.instance_type, args.instance_count,
+                                    args.content_type, max_concurrent=args.max_concurrent,
+                                    wait=not args.no_wait, tags=parse_tags(args.tag))
+    result = {"transform_job": transformer.latest_transform_job.name, "output": args.output}
+    if args.local:
+        model.delete_model()
+    return result
+
+
+def cmd_cleanup(args, session=None, autoscaling_client=None, tagging_client=None) -> dict:
+    if args.local:
+        if not args.image:
+            raise UsageError("cleanup --local needs --image: only that image's local-mode containers are removed")
+        leftovers = local_mode.leftover_containers(args.image)
+        local_mode.remove_containers([cid for cid, _ in leftovers])
+        return {"removed_containers": [name for _, name in leftovers]}
+    if not args.endpoint_name and not args.by_tag:
+        raise UsageError("give --endpoint-name NAME (repeatable) or --by-tag KEY[=VALUE]")
+    session = session or make_session(False, args.region)
+    autoscaling_client = autoscaling_client or _autoscaling_client(session)
+    report = []
+    for endpoint in args.endpoint_name:
+        report += cleanup_mod.cleanup_endpoint(session.sagemaker_client, autoscaling_client, endpoint,
+                                               delete_models=not args.keep_models)
+    if args.by_tag:
+        key, sep, value = args.by_tag.partition("=")
+        tagging_client = tagging_client or session.boto_session.client("resourcegroupstaggingapi")
+        report += cleanup_mod.cleanup_by_tag(session.sagemaker_client, autoscaling_client, tagging_client,
+                                             key, value if sep else None)
+    return {"cleanup": [{"kind": k, "name": n, "result": r} for k, n, r in report]}
+
+
+def cmd_lambda_package(args) -> dict:
+    path = lambda_package.build_zip(args.out)
+    return {"zip": str(path), "handler": "handler.lambda_handler", "runtime": "python3.12"}
+
+
+def cmd_iam_policies(args) -> dict:
+    names = iam.PolicyNames(args.account_id, args.region, args.bucket, args.prefix, args.repository,
+                            args.endpoint_name, args.function_name, args.lambda_prefix, args.partition)
+    for name, document in iam.render(names).items():
+        found = iam.problems(document)
+        if found:
+            raise UsageError(f"{name}: {found}")
+    return {"written": [str(p) for p in iam.write(names, args.out)]}
+
+
+COMMANDS = {
+    "train": cmd_train, "tune": cmd_tune, "deploy": cmd_deploy, "transform": cmd_transform,
+    "cleanup": cmd_cleanup, "lambda-package": cmd_lambda_package, "iam-policies": cmd_iam_policies,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    # SDK 2.x is pinned on purpose (see the README); its deprecation banner is noise here.
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        result = COMMANDS[args.command](args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
