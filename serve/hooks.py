@@ -56,7 +56,7 @@ def install_requirements(code_dir: Path) -> None:
     log.info("installing %s", requirements)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-input", "-r", str(requirements)],
-        capture_output=True, text=True,
+        capture_output=True, text=True, cwd=code_dir,  # relative paths in the file mean code/
     )
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
