@@ -1,0 +1,116 @@
+"""Multi-model endpoint (SAGEMAKER_MULTI_MODEL=true) and the opt-in MMS backend,
+through the real image."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import requests
+
+from .conftest import host_port, mount, opt_ml, png_bytes, wait_exit, wait_ping
+from .test_serve import CLASSES, IMG, assert_prediction, model_root, model_store, post, start_server  # noqa: F401 (fixture)
+
+# A per-model transform_fn: AWS's toolkit ignores hooks on MME; we must not.
+HOOKED = (
+    "import json\n"
+    "def transform_fn(model, body, content_type, accept):\n"
+    "    return json.dumps({'hooked': True, 'bytes': len(body)}), 'application/json'\n"
+)
+
+
+def mme_root(tmp_path, model_store, hooked_b=True):
+    root = opt_ml(tmp_path)
+    for name, source in (("a", "r18"), ("b", "r18"), ("big", "r50")):
+        target = root / "models" / name / "model"
+        shutil.copytree(model_store / source, target)
+    if hooked_b:
+        (root / "models" / "b" / "model" / "code").mkdir()
+        (root / "models" / "b" / "model" / "code" / "inference.py").write_text(HOOKED)
+    return root
+
+
+def load(base, name, url):
+    return requests.post(base + "/models", json={"model_name": name, "url": url}, timeout=120)
+
+
+def test_mme_load_invoke_unload(containers, image, model_store, tmp_path):
+    root = mme_root(tmp_path, model_store)
+    container, base = start_server(containers, image, root, env={"SAGEMAKER_MULTI_MODEL": "true"})
+    wait_ping(base, container)
+    assert requests.get(base + "/models", timeout=5).json() == {"models": []}
+    assert load(base, "a", "/opt/ml/models/a/model").status_code == 200
+    assert load(base, "b", "/opt/ml/models/b/model").status_code == 200
+    listed = requests.get(base + "/models", timeout=5).json()["models"]
+    assert sorted(m["modelName"] for m in listed) == ["a", "b"]
+    assert requests.get(base + "/models/a", timeout=5).json() == {"modelName": "a", "modelUrl": "/opt/ml/models/a/model"}
+    assert load(base, "a", "/opt/ml/models/a/model").status_code == 409
+
+    body = png_bytes(IMG)
+    a = post(base, body, "image/png", path="/models/a/invoke")
+    assert a.status_code == 200, a.text
+    assert_prediction(a.json(), CLASSES)
+    by_header = post(base, body, "image/png", headers={"X-Amzn-SageMaker-Target-Model": "a"})
+    assert by_header.json() == a.json()
+    b = post(base, body, "image/png", headers={"X-Amzn-SageMaker-Target-Model": "b"})
+    assert b.json() == {"hooked": True, "bytes": len(body)}  # b's own inference.py
+
+    unknown = post(base, body, "image/png", path="/models/nope/invoke")
+    assert unknown.status_code == 404 and "error" in unknown.json()
+    assert post(base, body, "image/png").status_code == 400  # no target model named
+    assert load(base, "c", "/opt/ml/models/missing").status_code == 404
+
+    assert requests.delete(base + "/models/a", timeout=10).status_code == 200
+    assert post(base, body, "image/png", path="/models/a/invoke").status_code == 404
+    assert requests.delete(base + "/models/a", timeout=10).status_code == 404
+    assert [m["modelName"] for m in requests.get(base + "/models", timeout=5).json()["models"]] == ["b"]
+    assert post(base, body, "image/png", path="/models/b/invoke").status_code == 200
+
+
+def test_mme_lru_eviction_and_507(containers, image, model_store, tmp_path):
+    root = mme_root(tmp_path, model_store, hooked_b=False)
+    # resnet18 is ~45 MB, resnet50 ~95 MB: room for one resnet18 at a time, never resnet50.
+    env = {"SAGEMAKER_MULTI_MODEL": "true", "SM_VISION_MME_MEMORY_MB": "70"}
+    container, base = start_server(containers, image, root, env=env)
+    wait_ping(base, container)
+    assert load(base, "a", "/opt/ml/models/a/model").status_code == 200
+    assert post(base, png_bytes(IMG), "image/png", path="/models/a/invoke").status_code == 200
+    assert load(base, "b", "/opt/ml/models/b/model").status_code == 200
+    assert [m["modelName"] for m in requests.get(base + "/models", timeout=5).json()["models"]] == ["b"]
+    big = load(base, "big", "/opt/ml/models/big/model")
+    assert big.status_code == 507 and "budget" in big.json()["error"]
+    assert post(base, png_bytes(IMG), "image/png", path="/models/b/invoke").status_code == 200
+    assert "unloaded least recently used model a" in container.logs().decode()
+
+
+def test_mms_backend_same_model_and_hooks(containers, image, model_store, tmp_path):
+    """`serve --backend mms` runs our default handlers and the user's hooks in AWS's stack."""
+    root = model_root(tmp_path, model_store)
+    container, base = start_server(containers, image, root, command=("serve", "--backend", "mms"))
+    wait_ping(base, container, timeout=180)
+    body = png_bytes(IMG)
+    deadline = time.monotonic() + 120
+    while True:  # MMS answers /ping before its worker has loaded the model
+        response = post(base, body, "image/png")
+        if response.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert response.status_code == 200, response.text
+    assert_prediction(response.json(), CLASSES)
+    assert post(base, body, "text/plain").status_code == 415  # (text/csv: MMS itself fails decoding to str, a 500)
+    container.kill(signal="SIGTERM")
+    wait_exit(container, timeout=60)
+
+    root2 = model_root(tmp_path / "hooked", model_store)
+    (root2 / "model" / "code").mkdir()
+    (root2 / "model" / "code" / "inference.py").write_text(HOOKED)
+    container2, base2 = start_server(containers, image, root2, env={"SM_VISION_SERVE_BACKEND": "mms"})
+    wait_ping(base2, container2, timeout=180)
+    deadline = time.monotonic() + 120
+    while True:
+        response = post(base2, body, "image/png")
+        if response.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert response.json() == {"hooked": True, "bytes": len(body)}
