@@ -208,9 +208,28 @@ def cmd_train(args, session=None) -> dict:
         validate_hyperparameters(spec.hyperparameters)
     session = session or make_session(args.local, args.region)
     estimator = build_estimator(spec, session, args.local)
+    if args.local:
+        job_name, model_data, hosts = local_fit(estimator, spec.channels, session, spec.image_uri, args.job_name)
+        return {"training_job": job_name, "model_data": model_data, "instance_count": spec.instance_count,
+                "hosts": hosts}
     job_name, model_data = fit(estimator, spec.channels, wait=not args.no_wait, job_name=args.job_name)
     return {"training_job": job_name, "model_data": model_data, "instance_count": spec.instance_count,
             "spot": spec.spot}
+
+
+def local_fit(estimator, channels, session, image: str, job_name: str | None = None):
+    """fit in local mode, then every host's own exit code (the SDK reports only the
+    first to exit), and removal of the stopped containers local mode leaves behind,
+    also when the job failed."""
+    before = {name for _, name in local_mode.leftover_containers(image)}
+    try:
+        job_name, model_data = fit(estimator, channels, wait=True, job_name=job_name)
+        results = local_mode.host_exit_codes(local_mode.job_hosts(session, job_name))
+    finally:
+        local_mode.remove_containers(
+            sorted({name for _, name in local_mode.leftover_containers(image)} - before))
+    local_mode.check_hosts(results)
+    return job_name, model_data, {host: code for host, (_, code) in results.items()}
 
 
 def cmd_tune(args, session=None) -> dict:
@@ -232,8 +251,8 @@ def cmd_tune(args, session=None) -> dict:
         log.warning("local mode has no tuning service; running one trial with %s", point)
         spec.hyperparameters = {**spec.hyperparameters, **point}
         estimator = build_estimator(spec, session, local=True)
-        job_name, model_data = fit(estimator, spec.channels)
-        return {"local_trial": job_name, "hyperparameters": point, "model_data": model_data}
+        job_name, model_data, hosts = local_fit(estimator, spec.channels, session, spec.image_uri)
+        return {"local_trial": job_name, "hyperparameters": point, "model_data": model_data, "hosts": hosts}
     estimator = build_estimator(spec, session, local=False)
     tuner = tuning.build_tuner(estimator, args.max_jobs, args.max_parallel_jobs,
                                early_stopping=not args.no_early_stopping,
@@ -350,7 +369,7 @@ def cmd_cleanup(args, session=None, autoscaling_client=None, tagging_client=None
         if not args.image:
             raise UsageError("cleanup --local needs --image: only that image's local-mode containers are removed")
         leftovers = local_mode.leftover_containers(args.image)
-        local_mode.remove_containers([cid for cid, _ in leftovers])
+        local_mode.remove_containers([name for _, name in leftovers])
         return {"removed_containers": [name for _, name in leftovers]}
     if not args.endpoint_name and not args.by_tag:
         raise UsageError("give --endpoint-name NAME (repeatable) or --by-tag KEY[=VALUE]")
@@ -400,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except local_mode.LocalJobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2, default=str))
     return 0
 
