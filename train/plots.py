@@ -40,6 +40,9 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     loss_ax.set_title("loss")
+    losses = [r[k] for r in history for k in ("train_loss", "val_loss")]
+    if min(losses) > 0 and max(losses) / min(losses) > 50:
+        loss_ax.set_yscale("log")  # an early spike would otherwise flatten the rest
     loss_ax.legend()
     score_ax.plot(epochs, [r["train_acc"] for r in history], marker="o", label="train accuracy")
     score_ax.plot(epochs, [r["val_acc"] for r in history], marker="o", label="validation accuracy")
