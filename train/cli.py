@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             get_args_parser().print_help()
             return 0
         config = resolve_config(hyperparameters, argv)
-        from train import distributed, devices
-
         import torch
+
+        from train import distributed
 
         gpu_count = torch.cuda.device_count() if config.device != "cpu" else 0
         topology = distributed.plan_topology(config, read_resource_config(paths), os.environ, gpu_count)
@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         write_failure(paths, f"ConfigError: {err}")
         return EXIT_CONFIG
-    devices.select_device(config.device)  # logs clearly when GPUs exist but are unusable
     if topology.world_size == 1:
         return run_worker(config, paths)
     code = distributed.launch(topology, config.to_dict())
@@ -96,7 +95,9 @@ def run_worker(config, paths: SageMakerPaths, environ=None) -> int:
     info = None
     where = f"rank {rank} on host {environ.get('SM_VISION_HOST', os.uname().nodename)}"
     try:
-        info = distributed.init_distributed(devices.select_device(config.device) if rank == 0 else _quiet_device(config.device), config.dist_timeout_s, environ)
+        # Rank 0 says it when GPUs are present but unusable (old driver, no toolkit).
+        device = devices.select_device(config.device, warn=rank == 0)
+        info = distributed.init_distributed(device, config.dist_timeout_s, environ)
         outcome = fit(config, paths, info, stop)
     except ConfigError as err:
         log.error("%s", err)
@@ -118,14 +119,6 @@ def run_worker(config, paths: SageMakerPaths, environ=None) -> int:
             write_failure(paths, message)
         return EXIT_STOPPED
     return 0
-
-
-def _quiet_device(requested: str):
-    import torch
-
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
 
 
 def entry() -> None:

@@ -55,12 +55,13 @@ def gpu_unusable_reason() -> str | None:
     return " ".join(parts)
 
 
-def select_device(requested: str = "auto") -> torch.device:
-    """'auto' -> cuda when usable, else cpu (with a warning if GPUs are being wasted)."""
+def select_device(requested: str = "auto", warn: bool = True) -> torch.device:
+    """'auto' -> cuda when usable, else cpu (with a warning if GPUs are being wasted;
+    `warn=False` for the non-main processes of a job, so it is said once)."""
     if requested not in {"auto", "cpu", "cuda"} and not requested.startswith("cuda:"):
         raise ValueError(f"device={requested!r}: expected auto, cpu, cuda or cuda:N")
     reason = gpu_unusable_reason()
-    if reason:
+    if reason and warn:
         log.warning(reason)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as torch_dist
 
 from container import ConfigError, ResourceConfig
+from train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,11 @@ class Topology:
         return self.nnodes * self.nproc_per_node
 
 
-def plan_topology(config, resource: ResourceConfig | None, environ: Mapping[str, str], gpu_count: int) -> Topology:
+def plan_topology(config: TrainConfig, resource: ResourceConfig | None, environ: Mapping[str, str], gpu_count: int) -> Topology:
     nproc = config.nproc_per_node or max(1, gpu_count)
-    port = int(environ.get("MASTER_PORT", config.master_port)) if config.master_port == 29500 else config.master_port
+    # An explicit --master-port wins; otherwise MASTER_PORT from the environment.
+    default_port = TrainConfig.__dataclass_fields__["master_port"].default
+    port = config.master_port if config.master_port != default_port else int(environ.get("MASTER_PORT", default_port))
     if resource is not None and len(resource.hosts) > 1 and not config.nnodes:
         return Topology(
             nnodes=len(resource.hosts),
