@@ -211,7 +211,9 @@ def check_url(url: str, config: Config) -> tuple[str, str, int, str, str]:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return parts.scheme, host, port, addresses[0], path
+    # IPv4 first: Lambda functions in a VPC often have no IPv6 route.
+    address = next((a for a in addresses if ":" not in a), addresses[0])
+    return parts.scheme, host, port, address, path
 
 
 class _PinnedHTTPConnection(http.client.HTTPConnection):

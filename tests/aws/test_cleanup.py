@@ -1,0 +1,149 @@
+"""cleanup: by name and by tag, tolerant of resources that are already gone."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from tests.aws.conftest import ACCOUNT, REGION
+
+from smvision_aws import cleanup, cli
+
+ARN = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}"
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+TARGET = {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/shapes-prod/variant/AllTraffic",
+          "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
+
+
+@pytest.fixture
+def clients(sm_session, boto_session):
+    sm = sm_session.sagemaker_client
+    aas = boto_session.client("application-autoscaling")
+    tagging = boto_session.client("resourcegroupstaggingapi")
+    with Stubber(sm) as sm_stub, Stubber(aas) as aas_stub, Stubber(tagging) as tag_stub:
+        yield sm, aas, tagging, sm_stub, aas_stub, tag_stub
+        sm_stub.assert_no_pending_responses()
+        aas_stub.assert_no_pending_responses()
+        tag_stub.assert_no_pending_responses()
+
+
+def endpoint_description(name="shapes-prod", config="shapes-prod-config"):
+    return {"EndpointName": name, "EndpointArn": f"{ARN}:endpoint/{name}", "EndpointConfigName": config,
+            "EndpointStatus": "InService", "CreationTime": NOW, "LastModifiedTime": NOW,
+            "ProductionVariants": [{"VariantName": "AllTraffic"}]}
+
+
+def config_description(config="shapes-prod-config", model="shapes-prod-model"):
+    return {"EndpointConfigName": config, "EndpointConfigArn": f"{ARN}:endpoint-config/{config}", "CreationTime": NOW,
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model, "InstanceType": "ml.m5.xlarge",
+                                    "InitialInstanceCount": 2}]}
+
+
+def missing(stub, operation, params, code="ValidationException", message=None):
+    stub.add_client_error(operation, service_error_code=code, http_status_code=400,
+                          service_message=message or f"Could not find {operation}", expected_params=params)
+
+
+def test_full_cleanup_by_name(clients, sm_session):
+    sm, aas, tagging, sm_stub, aas_stub, _ = clients
+    sm_stub.add_response("describe_endpoint", endpoint_description(), {"EndpointName": "shapes-prod"})
+    sm_stub.add_response("describe_endpoint_config", config_description(), {"EndpointConfigName": "shapes-prod-config"})
+    aas_stub.add_response("deregister_scalable_target", {}, TARGET)
+    sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
+    sm_stub.add_response("delete_endpoint", {}, {"EndpointName": "shapes-prod"})
+    sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "shapes-prod-config"})
+    args = cli.get_args_parser().parse_args(["cleanup", "--endpoint-name", "shapes-prod"])
+    result = cli.cmd_cleanup(args, session=sm_session, autoscaling_client=aas)
+    assert result["cleanup"] == [
+        {"kind": "scalable-target", "name": "endpoint/shapes-prod/variant/AllTraffic", "result": "deleted"},
+        {"kind": "model", "name": "shapes-prod-model", "result": "deleted"},
+        {"kind": "endpoint", "name": "shapes-prod", "result": "deleted"},
+        {"kind": "endpoint-config", "name": "shapes-prod-config", "result": "deleted"},
+    ]
+
+
+def test_half_deleted_endpoint(clients):
+    """The endpoint is gone, its config (named like it, the SDK default) and model are not,
+    and the scalable target was deregistered already."""
+    sm, aas, _, sm_stub, aas_stub, _ = clients
+    missing(sm_stub, "describe_endpoint", {"EndpointName": "shapes-prod"}, message='Could not find endpoint "shapes-prod".')
+    sm_stub.add_response("describe_endpoint_config", config_description("shapes-prod"),
+                         {"EndpointConfigName": "shapes-prod"})
+    missing(aas_stub, "deregister_scalable_target", TARGET, code="ObjectNotFoundException", message="No scalable target")
+    sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
+    missing(sm_stub, "delete_endpoint", {"EndpointName": "shapes-prod"}, message='Could not find endpoint "shapes-prod".')
+    sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "shapes-prod"})
+    report = cleanup.cleanup_endpoint(sm, aas, "shapes-prod")
+    assert [(kind, result) for kind, _, result in report] == [
+        ("scalable-target", "already gone"), ("model", "deleted"), ("endpoint", "already gone"),
+        ("endpoint-config", "deleted")]
+
+
+def test_everything_already_gone_is_not_an_error(clients):
+    sm, aas, _, sm_stub, _, _ = clients
+    for _ in range(2):  # and running it again changes nothing
+        missing(sm_stub, "describe_endpoint", {"EndpointName": "gone"}, message='Could not find endpoint "gone".')
+        missing(sm_stub, "describe_endpoint_config", {"EndpointConfigName": "gone"},
+                message='Could not find endpoint configuration "gone".')
+        missing(sm_stub, "delete_endpoint", {"EndpointName": "gone"}, message='Could not find endpoint "gone".')
+        missing(sm_stub, "delete_endpoint_config", {"EndpointConfigName": "gone"},
+                message='Could not find endpoint configuration "gone".')
+        assert cleanup.cleanup_endpoint(sm, aas, "gone") == [
+            ("endpoint", "gone", "already gone"), ("endpoint-config", "gone", "already gone")]
+
+
+def test_real_errors_are_not_swallowed(clients):
+    sm, aas, _, sm_stub, aas_stub, _ = clients
+    sm_stub.add_response("describe_endpoint", endpoint_description(), {"EndpointName": "shapes-prod"})
+    sm_stub.add_response("describe_endpoint_config", config_description(), {"EndpointConfigName": "shapes-prod-config"})
+    aas_stub.add_response("deregister_scalable_target", {}, TARGET)
+    sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
+    sm_stub.add_client_error("delete_endpoint", service_error_code="AccessDeniedException", http_status_code=403,
+                             service_message="not authorized", expected_params={"EndpointName": "shapes-prod"})
+    with pytest.raises(ClientError, match="AccessDenied"):
+        cleanup.cleanup_endpoint(sm, aas, "shapes-prod")
+
+
+def test_a_validation_error_that_is_not_about_absence_is_raised(clients):
+    sm, aas, _, sm_stub, _, _ = clients
+    sm_stub.add_client_error("describe_endpoint", service_error_code="ValidationException", http_status_code=400,
+                             service_message="1 validation error detected: Value at 'endpointName' failed",
+                             expected_params={"EndpointName": "Bad_Name"})
+    with pytest.raises(ClientError):
+        cleanup.cleanup_endpoint(sm, aas, "Bad_Name")
+
+
+def test_cleanup_by_tag_follows_pages_and_removes_tagged_leftovers(clients, sm_session):
+    sm, aas, tagging, sm_stub, aas_stub, tag_stub = clients
+    request = {"TagFilters": [{"Key": "project", "Values": ["shapes"]}],
+               "ResourceTypeFilters": ["sagemaker:endpoint", "sagemaker:endpoint-config", "sagemaker:model"]}
+    tag_stub.add_response("get_resources", {"PaginationToken": "page2", "ResourceTagMappingList": [
+        {"ResourceARN": f"{ARN}:endpoint/shapes-prod"},
+        {"ResourceARN": f"{ARN}:endpoint-config/shapes-prod-config"}]}, request)
+    tag_stub.add_response("get_resources", {"PaginationToken": "", "ResourceTagMappingList": [
+        {"ResourceARN": f"{ARN}:model/shapes-prod-model"},
+        {"ResourceARN": f"{ARN}:model/orphan-model"},
+        {"ResourceARN": f"{ARN}:endpoint-config/orphan-config"}]}, {**request, "PaginationToken": "page2"})
+    sm_stub.add_response("describe_endpoint", endpoint_description(), {"EndpointName": "shapes-prod"})
+    sm_stub.add_response("describe_endpoint_config", config_description(), {"EndpointConfigName": "shapes-prod-config"})
+    aas_stub.add_response("deregister_scalable_target", {}, TARGET)
+    sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
+    sm_stub.add_response("delete_endpoint", {}, {"EndpointName": "shapes-prod"})
+    sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "shapes-prod-config"})
+    sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "orphan-config"})
+    sm_stub.add_response("delete_model", {}, {"ModelName": "orphan-model"})
+    args = cli.get_args_parser().parse_args(["cleanup", "--by-tag", "project=shapes"])
+    result = cli.cmd_cleanup(args, session=sm_session, autoscaling_client=aas, tagging_client=tagging)
+    names = [(item["kind"], item["name"]) for item in result["cleanup"]]
+    assert names[-2:] == [("endpoint-config", "orphan-config"), ("model", "orphan-model")]
+    assert len(names) == 6
+
+
+def test_cleanup_needs_a_target(sm_session):
+    from smvision_aws.training import UsageError
+
+    with pytest.raises(UsageError, match="--endpoint-name"):
+        cli.cmd_cleanup(cli.get_args_parser().parse_args(["cleanup"]), session=sm_session)

@@ -1,0 +1,416 @@
+"""The Lambda bridge: every event shape, every refused URL, S3 and endpoint errors.
+
+boto3 clients are stubbed; URL fetches go only to a loopback server started here, and
+host names are resolved by a fake resolver (never DNS). The loopback address itself
+is refused by the real guard, so the tests that fetch from it allow 127.0.0.1 and
+nothing else explicitly.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import ipaddress
+import json
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+
+from tests.aws.conftest import REPO
+from train.synthetic import make_image
+
+_spec = importlib.util.spec_from_file_location("smv_lambda_handler", REPO / "aws" / "lambda" / "handler.py")
+bridge = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = bridge  # dataclasses look their module up while the class is built
+_spec.loader.exec_module(bridge)
+
+ENDPOINT = "shapes-prod"
+PREDICTION = {"predicted_label": "red_circle", "confidence": 0.97, "probabilities": {}, "top_k": []}
+
+
+def _encoded(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    make_image("red_circle").save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+PNG = _encoded("PNG")
+JPEG = _encoded("JPEG")
+
+
+@pytest.fixture
+def config():
+    return bridge.Config(endpoint_name=ENDPOINT, allowed_s3_prefix="s3://smv-bucket/shapes/inference/",
+                         max_image_bytes=200_000, fetch_timeout_s=2.0)
+
+
+@pytest.fixture
+def runtime(boto_session):
+    client = boto_session.client("sagemaker-runtime")
+    with Stubber(client) as stub:
+        yield client, stub
+        stub.assert_no_pending_responses()
+
+
+@pytest.fixture
+def s3(boto_session):
+    client = boto_session.client("s3")
+    with Stubber(client) as stub:
+        yield client, stub
+        stub.assert_no_pending_responses()
+
+
+def expect_invoke(stub, body: bytes, content_type: str, reply=None):
+    payload = json.dumps(reply or PREDICTION).encode()
+    stub.add_response("invoke_endpoint",
+                      {"Body": StreamingBody(io.BytesIO(payload), len(payload)), "ContentType": "application/json"},
+                      {"EndpointName": ENDPOINT, "ContentType": content_type, "Accept": "application/json", "Body": body})
+
+
+def call(event, config, runtime, s3):
+    result = bridge.handle(event, config, runtime[0], s3[0])
+    assert set(result) == {"statusCode", "headers", "body", "isBase64Encoded"}
+    assert result["headers"] == {"Content-Type": "application/json"}
+    return result["statusCode"], json.loads(result["body"])
+
+
+# --- a loopback image server -------------------------------------------------------
+
+class _Handler(BaseHTTPRequestHandler):
+    routes: dict = {}
+    seen_hosts: list = []
+
+    def do_GET(self):  # noqa: N802
+        self.seen_hosts.append(self.headers.get("Host"))
+        route = self.routes.get(self.path)
+        if route is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        route(self)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    _Handler.routes = {}
+    _Handler.seen_hosts = []
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def allow_loopback(monkeypatch):
+    """Allow exactly 127.0.0.1 in addition to what the real guard allows."""
+    real = bridge.address_allowed
+    monkeypatch.setattr(bridge, "address_allowed", lambda ip: ip == ipaddress.ip_address("127.0.0.1") or real(ip))
+
+
+@pytest.fixture
+def fake_dns(monkeypatch):
+    """Names resolve from this table; IP literals (incl. odd numeric forms) numerically only."""
+    table: dict[str, list[str]] = {}
+
+    def resolve(host, port):
+        if host in table:
+            return table[host]
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        return sorted({info[4][0] for info in infos})
+
+    monkeypatch.setattr(bridge, "resolve", resolve)
+    return table
+
+
+def serve_bytes(data: bytes, content_length: bool = True):
+    def route(h):
+        h.send_response(200)
+        h.send_header("Content-Type", "image/png")
+        if content_length:
+            h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+    return route
+
+
+def redirect_to(location: str):
+    def route(h):
+        h.send_response(302)
+        h.send_header("Location", location)
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+    return route
+
+
+# --- event shapes ---------------------------------------------------------------------
+
+def test_direct_invoke_with_base64_image(config, runtime, s3):
+    expect_invoke(runtime[1], PNG, "image/png")
+    assert call({"image": base64.b64encode(PNG).decode()}, config, runtime, s3) == (200, PREDICTION)
+
+
+def test_direct_invoke_with_s3_uri(config, runtime, s3):
+    key = "shapes/inference/cat.jpg"
+    s3[1].add_response("head_object", {"ContentLength": len(JPEG)}, {"Bucket": "smv-bucket", "Key": key})
+    s3[1].add_response("get_object", {"Body": StreamingBody(io.BytesIO(JPEG), len(JPEG))}, {"Bucket": "smv-bucket", "Key": key})
+    expect_invoke(runtime[1], JPEG, "image/jpeg")
+    assert call({"s3_uri": f"s3://smv-bucket/{key}"}, config, runtime, s3) == (200, PREDICTION)
+
+
+def test_api_gateway_v1_json_url(config, runtime, s3, server, allow_loopback, fake_dns):
+    httpd, base = server
+    _Handler.routes["/img/cat.png?size=64"] = serve_bytes(PNG)
+    expect_invoke(runtime[1], PNG, "image/png")
+    event = {"httpMethod": "POST", "headers": {"Content-Type": "application/json"}, "isBase64Encoded": False,
+             "body": json.dumps({"url": f"{base}/img/cat.png?size=64"})}
+    assert call(event, config, runtime, s3) == (200, PREDICTION)
+
+
+def test_host_name_is_pinned_to_the_checked_address(config, runtime, s3, server, allow_loopback, fake_dns):
+    httpd, base = server
+    port = httpd.server_address[1]
+    fake_dns["images.example.test"] = ["127.0.0.1"]
+    _Handler.routes["/dog.png"] = serve_bytes(PNG)
+    expect_invoke(runtime[1], PNG, "image/png")
+    status, _ = call({"url": f"http://images.example.test:{port}/dog.png"}, config, runtime, s3)
+    assert status == 200 and _Handler.seen_hosts == [f"images.example.test:{port}"]
+
+
+def test_api_gateway_v2_base64_image_body(config, runtime, s3):
+    expect_invoke(runtime[1], JPEG, "image/jpeg")
+    event = {"version": "2.0", "requestContext": {"http": {"method": "POST"}},
+             "headers": {"content-type": "image/jpeg"}, "isBase64Encoded": True,
+             "body": base64.b64encode(JPEG).decode()}
+    assert call(event, config, runtime, s3) == (200, PREDICTION)
+
+
+def test_api_gateway_raw_url_with_string_url_content_type(config, runtime, s3, server, allow_loopback, fake_dns):
+    httpd, base = server
+    _Handler.routes["/a.png"] = serve_bytes(PNG)
+    expect_invoke(runtime[1], PNG, "image/png")
+    event = {"httpMethod": "POST", "headers": {"content-type": "string/url"}, "body": f"{base}/a.png\n"}
+    assert call(event, config, runtime, s3) == (200, PREDICTION)
+
+
+def test_api_gateway_json_with_base64_image(config, runtime, s3):
+    expect_invoke(runtime[1], PNG, "image/png")
+    event = {"httpMethod": "POST", "headers": {"Content-Type": "application/json; charset=utf-8"},
+             "body": json.dumps({"image": base64.b64encode(PNG).decode()})}
+    assert call(event, config, runtime, s3) == (200, PREDICTION)
+
+
+# --- bad requests -----------------------------------------------------------------
+
+@pytest.mark.parametrize("event, status, message", [
+    ({"httpMethod": "POST", "headers": {}, "body": ""}, 400, "empty request body"),
+    ({"httpMethod": "POST", "headers": {"content-type": "application/json"}, "body": "{not json"}, 400, "not JSON"),
+    ({"httpMethod": "POST", "headers": {}, "body": "%%%", "isBase64Encoded": True}, 400, "base64"),
+    ({"url": "http://x.test/a.png", "image": "aGVsbG8="}, 400, "exactly one"),
+    ({}, 400, "exactly one"),
+    ({"url": 42}, 400, "must be a string"),
+    ({"image": "not base64!!"}, 400, "not valid base64"),
+    ({"image": base64.b64encode(b"GIF89a....").decode()}, 415, "not a JPEG or PNG"),
+    ({"image": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 300_000).decode()}, 413, "limit"),
+    ({"s3_uri": "s3://other-bucket/shapes/inference/a.jpg"}, 403, "outside"),
+    ({"s3_uri": "s3://smv-bucket/shapes/private/a.jpg"}, 403, "outside"),
+    ({"s3_uri": "s3://smv-bucket/shapes/inference/../private/a.jpg"}, 403, "outside"),
+    ({"s3_uri": "s3://smv-bucket"}, 400, "not an s3://bucket/key"),
+    (["not", "an", "object"], 400, "JSON object"),
+])
+def test_bad_requests(config, runtime, s3, event, status, message):
+    code, body = call(event, config, runtime, s3)
+    assert code == status and message in body["error"]
+
+
+def test_s3_disabled_without_prefix(runtime, s3):
+    config = bridge.Config(endpoint_name=ENDPOINT)
+    assert call({"s3_uri": "s3://smv-bucket/shapes/inference/a.jpg"}, config, runtime, s3)[0] == 403
+
+
+def test_missing_s3_object_is_404(config, runtime, s3):
+    key = "shapes/inference/missing.jpg"
+    s3[1].add_client_error("head_object", service_error_code="404", http_status_code=404,
+                           expected_params={"Bucket": "smv-bucket", "Key": key})
+    assert call({"s3_uri": f"s3://smv-bucket/{key}"}, config, runtime, s3)[0] == 404
+
+
+def test_large_s3_object_is_refused_before_download(config, runtime, s3):
+    key = "shapes/inference/huge.jpg"
+    s3[1].add_response("head_object", {"ContentLength": 10_000_000}, {"Bucket": "smv-bucket", "Key": key})
+    assert call({"s3_uri": f"s3://smv-bucket/{key}"}, config, runtime, s3)[0] == 413
+
+
+@pytest.mark.parametrize("code, status", [("ModelError", 502), ("ThrottlingException", 429),
+                                          ("ValidationError", 502)])
+def test_endpoint_errors(config, runtime, s3, code, status):
+    runtime[1].add_client_error("invoke_endpoint", service_error_code=code, service_message="boom",
+                                http_status_code=400, expected_params={
+                                    "EndpointName": ENDPOINT, "ContentType": "image/png",
+                                    "Accept": "application/json", "Body": PNG})
+    result, body = call({"image": base64.b64encode(PNG).decode()}, config, runtime, s3)
+    assert result == status and "Traceback" not in body["error"]
+
+
+def test_non_json_endpoint_reply_is_502(config, runtime, s3):
+    runtime[1].add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(b"<html>"), 6)}, None)
+    assert call({"image": base64.b64encode(PNG).decode()}, config, runtime, s3)[0] == 502
+
+
+# --- the URL guard (no connection is ever opened for these) -----------------------
+
+@pytest.fixture
+def no_connections(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the guard let a connection through: {args}")
+    monkeypatch.setattr(bridge.socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("url, status", [
+    ("file:///etc/passwd", 400),
+    ("ftp://example.test/a.png", 400),
+    ("gopher://example.test/", 400),
+    ("javascript:alert(1)", 400),
+    ("http:///no-host", 400),
+    ("http://user:secret@example.test/a.png", 400),
+    ("http://example.test:99999/a.png", 400),
+    ("http://127.0.0.1/a.png", 403),
+    ("http://127.1.2.3:8080/", 403),
+    ("http://localhost/a.png", 403),
+    ("http://LOCALHOST./a.png", 403),
+    ("http://0.0.0.0/", 403),
+    ("http://[::1]/", 403),
+    ("http://[::]/", 403),
+    ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", 403),
+    ("http://169.254.170.2/v2/credentials", 403),
+    ("http://[fd00:ec2::254]/latest/meta-data/", 403),
+    ("http://[::ffff:169.254.169.254]/", 403),
+    ("http://[::ffff:127.0.0.1]/", 403),
+    ("http://[2002:7f00:1::]/", 403),
+    ("http://10.0.0.5/", 403),
+    ("http://172.16.3.4/", 403),
+    ("http://192.168.1.1/", 403),
+    ("http://100.64.0.1/", 403),
+    ("http://224.0.0.1/", 403),
+    ("http://2130706433/", 403),
+    ("http://0x7f000001/", 403),
+    ("http://metadata.internal.test/", 403),
+    ("http://rebind.example.test/", 403),
+])
+def test_refused_urls(config, runtime, s3, fake_dns, no_connections, url, status):
+    fake_dns["localhost"] = ["127.0.0.1", "::1"]
+    fake_dns["metadata.internal.test"] = ["169.254.169.254"]
+    fake_dns["rebind.example.test"] = ["93.184.216.34", "10.1.2.3"]  # one public, one private
+    code, body = call({"url": url}, config, runtime, s3)
+    assert (code, url) == (status, url), body
+
+
+def test_public_address_passes_the_guard(config, fake_dns):
+    fake_dns["images.example.test"] = ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]
+    scheme, host, port, address, path = bridge.check_url("https://images.example.test/a/b.png?x=1", config)
+    assert (scheme, host, port, address, path) == ("https", "images.example.test", 443, "93.184.216.34", "/a/b.png?x=1")
+
+
+def test_host_allow_list(fake_dns):
+    fake_dns["cdn.example.test"] = ["93.184.216.34"]
+    config = bridge.Config(endpoint_name=ENDPOINT, allowed_url_hosts=("images.example.test",))
+    with pytest.raises(bridge.RequestError) as err:
+        bridge.check_url("https://cdn.example.test/a.png", config)
+    assert err.value.status == 403
+
+
+def test_real_resolver_refuses_localhost(config):
+    """No fake: the real resolve() (from /etc/hosts, no DNS) must refuse localhost."""
+    with pytest.raises(bridge.RequestError) as err:
+        bridge.check_url("http://localhost:9/", config)
+    assert err.value.status == 403
+
+
+# --- fetching from the loopback server -------------------------------------------
+
+def test_redirect_to_metadata_is_refused(config, runtime, s3, server, allow_loopback, fake_dns):
+    httpd, base = server
+    _Handler.routes["/r"] = redirect_to("http://169.254.169.254/latest/meta-data/")
+    code, body = call({"url": f"{base}/r"}, config, runtime, s3)
+    assert code == 403 and "169.254.169.254" in body["error"]
+
+
+def test_relative_redirect_is_followed(config, runtime, s3, server, allow_loopback, fake_dns):
+    httpd, base = server
+    _Handler.routes["/r"] = redirect_to("/final.png")
+    _Handler.routes["/final.png"] = serve_bytes(PNG)
+    expect_invoke(runtime[1], PNG, "image/png")
+    assert call({"url": f"{base}/r"}, config, runtime, s3)[0] == 200
+
+
+def test_redirect_loop_is_cut(config, runtime, s3, server, allow_loopback, fake_dns):
+    httpd, base = server
+    _Handler.routes["/loop"] = redirect_to("/loop")
+    code, body = call({"url": f"{base}/loop"}, config, runtime, s3)
+    assert code == 502 and "redirected more than" in body["error"]
+
+
+@pytest.mark.parametrize("content_length", [True, False])
+def test_oversized_download_is_cut(config, runtime, s3, server, allow_loopback, fake_dns, content_length):
+    httpd, base = server
+    _Handler.routes["/big.png"] = serve_bytes(PNG + b"\0" * 400_000, content_length=content_length)
+    assert call({"url": f"{base}/big.png"}, config, runtime, s3)[0] == 413
+
+
+def test_upstream_error_is_502(config, runtime, s3, server, allow_loopback, fake_dns):
+    httpd, base = server
+    code, body = call({"url": f"{base}/missing.png"}, config, runtime, s3)
+    assert code == 502 and "404" in body["error"]
+
+
+def test_slow_server_times_out(runtime, s3, server, allow_loopback, fake_dns):
+    httpd, base = server
+
+    def slow(h):
+        time.sleep(1.5)
+        serve_bytes(PNG)(h)
+    _Handler.routes["/slow.png"] = slow
+    config = bridge.Config(endpoint_name=ENDPOINT, fetch_timeout_s=0.5)
+    started = time.monotonic()
+    assert call({"url": f"{base}/slow.png"}, config, runtime, s3)[0] == 504
+    assert time.monotonic() - started < 1.4
+
+
+def test_config_from_env():
+    config = bridge.Config.from_env({"ENDPOINT_NAME": "ep", "ALLOWED_S3_PREFIX": "s3://b/p/", "MAX_IMAGE_BYTES": "1000",
+                                     "FETCH_TIMEOUT_S": "2.5", "ALLOWED_URL_HOSTS": "A.example.test, b.example.test"})
+    assert config == bridge.Config("ep", "s3://b/p/", 1000, 2.5, ("a.example.test", "b.example.test"))
+    with pytest.raises(RuntimeError, match="ENDPOINT_NAME"):
+        bridge.Config.from_env({})
+
+
+def test_lambda_handler_wires_env_and_clients(monkeypatch, runtime, s3):
+    monkeypatch.setenv("ENDPOINT_NAME", ENDPOINT)
+    monkeypatch.setattr(bridge, "_clients", lambda: (runtime[0], s3[0]))
+    expect_invoke(runtime[1], PNG, "image/png")
+    result = bridge.lambda_handler({"image": base64.b64encode(PNG).decode()}, None)
+    assert result["statusCode"] == 200 and json.loads(result["body"]) == PREDICTION
+
+
+def test_handler_needs_only_boto3_and_the_standard_library():
+    import ast
+
+    tree = ast.parse((REPO / "aws" / "lambda" / "handler.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    import sys
+    third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "__future__"}
+    assert third_party <= {"boto3", "botocore"}, third_party
