@@ -40,7 +40,7 @@ def _common(parser: argparse.ArgumentParser, local: bool = True) -> None:
 
 
 def _image_role(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", required=True,
+    parser.add_argument("--image",
                         help="image URI: ACCOUNT.dkr.ecr.REGION.amazonaws.com/sagemaker-vision:TAG, "
                              "or a local tag with --local")
     parser.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE_ARN"),
@@ -165,6 +165,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # --- commands ------------------------------------------------------------------------
 
+def _image(args) -> str:
+    if not args.image:
+        raise UsageError("--image is required: ACCOUNT.dkr.ecr.REGION.amazonaws.com/sagemaker-vision:TAG "
+                         "(or a local tag with --local)")
+    return args.image
+
+
 def _role(args) -> str:
     if args.local:
         return args.role or LOCAL_ROLE
@@ -182,7 +189,7 @@ def _train_spec(args) -> TrainSpec:
         raise UsageError("--output-path s3://bucket/prefix/models/ is required (the execution role may "
                          "write only under the project prefix)")
     spec = TrainSpec(
-        image_uri=args.image,
+        image_uri=_image(args),
         role=_role(args),
         instance_type="local_gpu" if args.local and args.gpu else ("local" if args.local else args.instance_type),
         instance_count=args.instance_count,
@@ -301,11 +308,11 @@ def cmd_deploy(args, session=None, autoscaling_client=None) -> dict:
     name = args.model_name or args.endpoint_name
     tags = parse_tags(args.tag)
     if args.multi_model:
-        model = hosting.build_multi_model(name, args.model_data_prefix, args.image, role, session)
+        model = hosting.build_multi_model(name, args.model_data_prefix, _image(args), role, session)
         model_data = args.model_data_prefix
     else:
         model_data = _model_data(args, session)
-        model = hosting.build_model(args.image, model_data, role, session, name=name,
+        model = hosting.build_model(_image(args), model_data, role, session, name=name,
                                     env=parse_pairs(args.env, "env"))
     instance_type = "local" if args.local else args.instance_type
     count = max(args.instance_count, args.min_capacity) if args.autoscale else args.instance_count
@@ -313,6 +320,8 @@ def cmd_deploy(args, session=None, autoscaling_client=None) -> dict:
                   if args.serverless else None)
     predictor = hosting.deploy(model, args.endpoint_name, instance_type, count, serverless, tags,
                                wait=not args.no_wait or args.local)
+    if predictor is None:  # only when a Model class without predictor_cls sneaks in
+        raise RuntimeError("Model.deploy returned no predictor")
     result = {"endpoint": args.endpoint_name, "model": name, "model_data": model_data,
               "instance_type": None if serverless else instance_type,
               "instance_count": None if serverless else count}
@@ -353,7 +362,7 @@ def cmd_transform(args, session=None) -> dict:
         raise UsageError("with --local, --input and --output must be file:/// URIs")
     session = session or make_session(args.local, args.region)
     model_data = _model_data(args, session)
-    model = hosting.build_model(args.image, model_data, _role(args), session)
+    model = hosting.build_model(_image(args), model_data, _role(args), session)
     transformer = hosting.transform(model, args.input, args.output,
                                     "local" if args.local else args.instance_type, args.instance_count,
                                     args.content_type, max_concurrent=args.max_concurrent,

@@ -27,9 +27,11 @@ def model_data_from_training_job(sagemaker_client, job_name: str) -> str:
 def build_model(image_uri: str, model_data: str, role: str, session, name: str | None = None,
                 env: dict | None = None):
     from sagemaker.model import Model
+    from sagemaker.predictor import Predictor
 
+    # Without predictor_cls, Model.deploy returns None instead of a Predictor.
     return Model(image_uri=image_uri, model_data=model_data, role=role, sagemaker_session=session,
-                 name=name, env=env or None)
+                 name=name, env=env or None, predictor_cls=Predictor)
 
 
 def serverless_config(memory_mb: int, max_concurrency: int):
@@ -117,8 +119,10 @@ def build_multi_model(name: str, model_data_prefix: str, image_uri: str, role: s
 
     if not model_data_prefix.startswith("s3://") or not model_data_prefix.endswith("/"):
         raise UsageError("--model-data-prefix must be an s3://bucket/prefix/ ending in '/'")
+    from sagemaker.predictor import Predictor
+
     return MultiDataModel(name=name, model_data_prefix=model_data_prefix, image_uri=image_uri,
-                          role=role, sagemaker_session=session)
+                          role=role, sagemaker_session=session, predictor_cls=Predictor)
 
 
 def transform(model, input_uri: str, output_uri: str, instance_type: str, instance_count: int = 1,

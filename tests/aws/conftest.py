@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-for path in (REPO, REPO / "aws", REPO / "aws" / "lambda"):
+for path in (REPO, REPO / "aws"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

@@ -107,7 +107,7 @@ def test_best_job_summary(sm_session):
             "HyperParameters": {"epochs": "10", "lr": "0.0004", "batch-size": "32",
                                 "_tuning_objective_metric": "val_macro_f1"},
         }, {"TrainingJobName": "hpo-1-007-abc"})
-        args = cli.get_args_parser().parse_args(["tune", "--image", IMAGE, "--best", "hpo-1"])
+        args = cli.get_args_parser().parse_args(["tune", "--best", "hpo-1"])
         summary = cli.cmd_tune(args, session=sm_session)
     assert summary["best_training_job"] == "hpo-1-007-abc"
     assert summary["objective"] == {"val_macro_f1": 0.93}
