@@ -228,13 +228,9 @@ def local_fit(estimator, channels, session, image: str, job_name: str | None = N
     """fit in local mode, then every host's own exit code (the SDK reports only the
     first to exit), and removal of the stopped containers local mode leaves behind,
     also when the job failed."""
-    before = {name for _, name in local_mode.leftover_containers(image)}
-    try:
+    with local_mode.removing_new_containers(image):
         job_name, model_data = fit(estimator, channels, wait=True, job_name=job_name)
         results = local_mode.host_exit_codes(local_mode.job_hosts(session, job_name))
-    finally:
-        local_mode.remove_containers(
-            sorted({name for _, name in local_mode.leftover_containers(image)} - before))
     local_mode.check_hosts(results)
     return job_name, model_data, {host: code for host, (_, code) in results.items()}
 
@@ -290,6 +286,13 @@ def _autoscaling_client(session):
 
 
 def cmd_deploy(args, session=None, autoscaling_client=None) -> dict:
+    if args.local:
+        with local_mode.removing_new_containers(_image(args)):
+            return _deploy(args, session, autoscaling_client)
+    return _deploy(args, session, autoscaling_client)
+
+
+def _deploy(args, session=None, autoscaling_client=None) -> dict:
     if args.local:
         if args.serverless or args.multi_model or args.autoscale:
             raise UsageError("--serverless, --multi-model and --autoscale need AWS; local mode hosts one container")
@@ -358,6 +361,13 @@ def _content_type(path: Path) -> str:
 
 
 def cmd_transform(args, session=None) -> dict:
+    if args.local:
+        with local_mode.removing_new_containers(_image(args)):
+            return _transform(args, session)
+    return _transform(args, session)
+
+
+def _transform(args, session=None) -> dict:
     if args.local and not (args.input.startswith("file://") and args.output.startswith("file://")):
         raise UsageError("with --local, --input and --output must be file:/// URIs")
     session = session or make_session(args.local, args.region)
@@ -366,7 +376,8 @@ def cmd_transform(args, session=None) -> dict:
     transformer = hosting.transform(model, args.input, args.output,
                                     "local" if args.local else args.instance_type, args.instance_count,
                                     args.content_type, max_concurrent=args.max_concurrent,
-                                    wait=not args.no_wait, tags=parse_tags(args.tag))
+                                    wait=not args.no_wait, tags=parse_tags(args.tag),
+                                    logs=False if args.local else None)
     result = {"transform_job": transformer.latest_transform_job.name, "output": args.output}
     if args.local:
         model.delete_model()

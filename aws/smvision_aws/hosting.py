@@ -127,7 +127,7 @@ def build_multi_model(name: str, model_data_prefix: str, image_uri: str, role: s
 
 def transform(model, input_uri: str, output_uri: str, instance_type: str, instance_count: int = 1,
               content_type: str = "image/jpeg", max_payload_mb: int = 6, max_concurrent: int | None = None,
-              wait: bool = True, tags=None):
+              wait: bool = True, tags=None, logs: bool | None = None):
     """Batch transform: one request per file (SplitType None), JSON lines out."""
     transformer = model.transformer(
         instance_count=instance_count,
@@ -140,5 +140,7 @@ def transform(model, input_uri: str, output_uri: str, instance_type: str, instan
         max_concurrent_transforms=max_concurrent,
         tags=tags or None,
     )
-    transformer.transform(input_uri, content_type=content_type, split_type="None", wait=wait, logs=wait)
+    # Local mode has no CloudWatch: its container logs go to stdout, so logs=False there.
+    transformer.transform(input_uri, content_type=content_type, split_type="None", wait=wait,
+                          logs=wait if logs is None else logs)
     return transformer

@@ -67,3 +67,22 @@ def leftover_containers(image: str, docker: str = "docker") -> list[tuple[str, s
 def remove_containers(names: list[str], docker: str = "docker") -> None:
     if names:
         subprocess.run([docker, "rm", "-f", *names], check=True, capture_output=True)
+
+
+class removing_new_containers:  # noqa: N801 - used as a context manager
+    """Remove the local-mode containers of `image` that appear inside the block (local
+    mode leaves stopped training, serving and transform containers behind), also when
+    the block fails. Containers that existed before are never touched."""
+
+    def __init__(self, image: str, docker: str = "docker"):
+        self.image = image
+        self.docker = docker
+
+    def __enter__(self):
+        self.before = {name for _, name in leftover_containers(self.image, self.docker)}
+        return self
+
+    def __exit__(self, *exc):
+        new = {name for _, name in leftover_containers(self.image, self.docker)} - self.before
+        remove_containers(sorted(new), self.docker)
+        return False
