@@ -442,6 +442,13 @@ def main(argv: list[str] | None = None) -> int:
     except local_mode.LocalJobError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except RuntimeError as err:
+        if not getattr(args, "local", False):
+            raise
+        # Local mode's failures (a host exited non-zero) come as RuntimeError after
+        # the containers' logs; the logs above say why.
+        print(f"error: local mode: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2, default=str))
     return 0
 
