@@ -29,6 +29,9 @@ from train import synthetic  # noqa: E402
 
 DEFAULT_IMAGE = "sagemaker-vision:test"
 LABEL = "sagemaker-vision-test"
+# One value per pytest session, so the end-of-session sweep removes this session's
+# leftovers only, never those of another run sharing the daemon.
+SESSION = uuid.uuid4().hex[:12]
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +43,9 @@ def docker_client():
         pytest.fail(f"docker is not reachable ({err}); container tests need a running dockerd", pytrace=False)
     yield client
     # Belt and braces: anything a crashed test left behind carries our label.
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={SESSION}"}):
         container.remove(force=True)
-    for network in client.networks.list(filters={"label": LABEL}):
+    for network in client.networks.list(filters={"label": f"{LABEL}={SESSION}"}):
         network.remove()
 
 
@@ -66,13 +69,13 @@ class Containers:
     def run(self, image, command, **kwargs):
         kwargs.setdefault("detach", True)
         labels = dict(kwargs.pop("labels", {}) or {})
-        labels[LABEL] = "1"
+        labels[LABEL] = SESSION
         container = self.client.containers.run(image, command, labels=labels, **kwargs)
         self.started.append(container)
         return container
 
     def network(self):
-        net = self.client.networks.create(f"smv-test-{uuid.uuid4().hex[:8]}", driver="bridge", labels={LABEL: "1"})
+        net = self.client.networks.create(f"smv-test-{uuid.uuid4().hex[:8]}", driver="bridge", labels={LABEL: SESSION})
         self.networks.append(net)
         return net
 
