@@ -24,7 +24,7 @@ from smvision_aws import cleanup as cleanup_mod
 from smvision_aws import hosting, iam, lambda_package, local_mode, tuning
 from smvision_aws.sessions import make_session, metric_definitions
 from smvision_aws.training import (
-    TrainSpec, UsageError, build_estimator, fit, parse_channels, parse_pairs, parse_tags,
+    TrainSpec, UsageError, build_estimator, fit, parse_channels, parse_pairs, parse_tags, trainer_field,
     validate_hyperparameters,
 )
 
@@ -240,12 +240,12 @@ def cmd_tune(args, session=None) -> dict:
     if args.best:
         return tuning.best_job_summary(session.sagemaker_client, args.best)
     spec = _train_spec(args)
-    tuned = set(tuning.SEARCH_SPACE)
-    clash = tuned & set(spec.hyperparameters)
+    tuned = {trainer_field(name) for name in tuning.SEARCH_SPACE}
+    clash = sorted(name for name in spec.hyperparameters if trainer_field(name) in tuned)
     if clash:
-        raise UsageError(f"{sorted(clash)} are tuned; drop them from --hp")
+        raise UsageError(f"{clash} are tuned (or aliases of tuned names); drop them from --hp")
     if not args.no_validate_hyperparameters:
-        # Static values plus both ends of the space must be accepted by the trainer.
+        # The static values together with a point of the space must pass the trainer's parser.
         validate_hyperparameters({**spec.hyperparameters, **tuning.sample(seed=args.seed)})
     if args.local:
         # SageMaker local mode has no tuning jobs: run one trial of the same space through

@@ -51,6 +51,12 @@ def validate_hyperparameters(hyperparameters: dict[str, str]) -> None:
         raise UsageError(str(err)) from None
 
 
+def trainer_field(name: str) -> str:
+    """The trainer's field behind a hyperparameter name or alias ('learning_rate' -> 'lr')."""
+    action = repo_module("train.config").get_args_parser()._option_string_actions.get("--" + name)
+    return action.dest if action is not None else name
+
+
 def parse_tags(items: list[str] | None) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in parse_pairs(items, "tag").items()]
 

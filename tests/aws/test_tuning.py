@@ -66,9 +66,10 @@ def test_tuned_names_may_not_be_fixed(sm_session):
 
     from smvision_aws.training import UsageError
 
-    args = cli.get_args_parser().parse_args(ARGV + ["--hp", "lr=0.1"])
-    with pytest.raises(UsageError, match="tuned"):
-        cli.cmd_tune(args, session=sm_session)
+    for fixed in ("lr=0.1", "learning_rate=0.1", "batch_size=8", "patience=3", "freeze_backbone=true"):
+        args = cli.get_args_parser().parse_args(ARGV + ["--hp", fixed])
+        with pytest.raises(UsageError, match="tuned"):
+            cli.cmd_tune(args, session=sm_session)
 
 
 def test_every_point_of_the_space_is_accepted_by_the_trainer():
