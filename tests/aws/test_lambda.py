@@ -414,3 +414,58 @@ def test_handler_needs_only_boto3_and_the_standard_library():
     import sys
     third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "__future__"}
     assert third_party <= {"boto3", "botocore"}, third_party
+
+
+# --- HTTPS: the pinned connection still verifies the certificate for the host name ---
+
+@pytest.fixture(scope="module")
+def tls_cert(tmp_path_factory):
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
+                    "-subj", "/CN=images.example.test", "-addext", "subjectAltName=DNS:images.example.test"],
+                   check=True, capture_output=True)
+    return folder / "cert.pem", folder / "key.pem"
+
+
+@pytest.fixture
+def tls_server(server, tls_cert):
+    import ssl
+
+    httpd, _ = server
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls_cert)
+    sni = []
+    context.sni_callback = lambda sock, name, ctx: sni.append(name)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    return httpd.server_address[1], sni
+
+
+@pytest.fixture
+def trust_test_cert(monkeypatch, tls_cert):
+    import ssl
+
+    real = ssl.create_default_context
+    monkeypatch.setattr(bridge.ssl, "create_default_context", lambda *a, **k: real(cafile=str(tls_cert[0])))
+
+
+def test_https_fetch_is_pinned_with_sni_and_verified(config, runtime, s3, tls_server, allow_loopback, fake_dns,
+                                                     trust_test_cert):
+    port, sni = tls_server
+    fake_dns["images.example.test"] = ["127.0.0.1"]
+    _Handler.routes["/cat.png"] = serve_bytes(PNG)
+    expect_invoke(runtime[1], PNG, "image/png")
+    status, body = call({"url": f"https://images.example.test:{port}/cat.png"}, config, runtime, s3)
+    assert status == 200, body
+    assert sni == ["images.example.test"]
+
+
+def test_https_certificate_for_another_name_is_refused(config, runtime, s3, tls_server, allow_loopback, fake_dns,
+                                                       trust_test_cert):
+    port, _ = tls_server
+    fake_dns["other.example.test"] = ["127.0.0.1"]
+    _Handler.routes["/cat.png"] = serve_bytes(PNG)
+    code, body = call({"url": f"https://other.example.test:{port}/cat.png"}, config, runtime, s3)
+    assert code == 502 and "SSL" in body["error"]
