@@ -59,9 +59,19 @@ def check_hosts(results: dict[str, tuple[str, int | None]]) -> None:
 
 
 def leftover_containers(image: str, docker: str = "docker") -> list[tuple[str, str]]:
-    out = _docker(["ps", "-a", "--filter", f"ancestor={image}", "--format", "{{.ID}} {{.Names}}"], docker)
+    """(id, name) of local-mode containers created from `image`, by the image name they
+    were created with (a rebuild that moves the tag does not hide them)."""
+    out = _docker(["ps", "-a", "--filter", "name=-algo-", "--format", "{{.ID}} {{.Names}}"], docker)
     rows = [line.split(" ", 1) for line in out.splitlines() if line.strip()]
-    return [(cid, name) for cid, name in rows if _NAME.match(name)]
+    rows = [(cid, name) for cid, name in rows if _NAME.match(name)]
+    if not rows:
+        return []
+    created_from = dict(
+        line.split(" ", 1)
+        for line in _docker(["inspect", "-f", "{{.Name}} {{.Config.Image}}", *[cid for cid, _ in rows]],
+                            docker).splitlines() if line.strip()
+    )
+    return [(cid, name) for cid, name in rows if created_from.get("/" + name) == image]
 
 
 def remove_containers(names: list[str], docker: str = "docker") -> None:

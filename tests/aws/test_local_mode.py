@@ -20,12 +20,13 @@ echo "$@" >> {log}
 case "$1" in
   ps)
     case "$*" in
-      *ancestor=*) printf 'c1 abcdefghij-algo-1-xyz12\\nc2 klmnopqrst-algo-2-xyz12\\nc3 my-own-container\\n' ;;
+      *name=-algo-*) printf 'c1 abcdefghij-algo-1-xyz12\\nc2 klmnopqrst-algo-2-xyz12\\nc3 my-own-container\\nc4 uvwxyzabcd-algo-1-other\\nc5 zzzzzzzzzz-algo-1-abcde\\n' ;;
       *name=algo-1-xyz12*) echo abcdefghij-algo-1-xyz12 ;;
       *name=algo-2-xyz12*) echo klmnopqrst-algo-2-xyz12 ;;
     esac ;;
   inspect)
     case "$*" in
+      *Config.Image*) printf '/abcdefghij-algo-1-xyz12 img\\n/klmnopqrst-algo-2-xyz12 img\\n/zzzzzzzzzz-algo-1-abcde someone-elses:tag\\n' ;;
       *algo-1*) echo 0 ;;
       *algo-2*) echo 137 ;;
     esac ;;

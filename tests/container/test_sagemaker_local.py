@@ -48,7 +48,7 @@ def local_mode_env(monkeypatch, docker_client, image):
 
     def ours():
         return {c.name: c for c in docker_client.containers.list(all=True)
-                if local_mode._NAME.match(c.name) and image in c.image.tags}
+                if local_mode._NAME.match(c.name) and c.attrs["Config"]["Image"] == image}
 
     before = set(ours())
     had_network = bool(docker_client.networks.list(names=[NETWORK]))
