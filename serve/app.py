@@ -50,6 +50,7 @@ class Settings:
     scratch: Path = Path("/tmp/sm-vision-models")
     device: torch.device = torch.device("cpu")
     workers: int = 1  # concurrent forward passes (CPU) / user-hook calls
+    decode_threads: int = 4  # concurrent decodes: a few, not one per request, so forwards keep the GIL and cores
     timeout_s: float = 60
     max_payload_bytes: int = 6 * 1024 * 1024
     top_k: int = 5
@@ -82,10 +83,28 @@ def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and "code" not in f.relative_to(path).parts[:1])
 
 
+class Pools:
+    """Bounded thread pools: decoding (request side) and inference (model side)."""
+
+    def __init__(self, settings: Settings):
+        self.decoders = concurrent.futures.ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.inference = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="infer")
+
+    async def decode(self, func: Callable, *args):
+        return await asyncio.wrap_future(self.decoders.submit(func, *args))
+
+    async def infer(self, func: Callable, *args):
+        return await asyncio.wrap_future(self.inference.submit(func, *args))
+
+    def close(self) -> None:
+        self.inference.shutdown(wait=True)
+        self.decoders.shutdown(wait=True)
+
+
 class ServedModel:
     """One loaded model and how to run it: our Classifier, or the user's hooks."""
 
-    def __init__(self, name: str, model_dir: Path, url: str, settings: Settings, pool: concurrent.futures.ThreadPoolExecutor):
+    def __init__(self, name: str, model_dir: Path, url: str, settings: Settings, pools: Pools):
         self.name, self.url, self.settings = name, url, settings
         self.model_dir = prepare_model_dir(model_dir, settings.scratch / name)
         self.gpu_id = settings.device.index or 0 if settings.device.type == "cuda" else None
@@ -102,7 +121,7 @@ class ServedModel:
         if hooks:
             preprocess = classifier.preprocess if classifier else _default_preprocess()
             self.pipeline = HookPipeline(hooks, self.model, preprocess, classifier.classes if classifier else None, settings.limits, settings.top_k)
-        self.pool = pool
+        self.pools = pools
         self.batcher = None
         if classifier and settings.batching and not hooks:
             self.batcher = BatchRunner(classifier.probabilities, settings.max_batch_size, settings.max_delay_ms)
@@ -115,18 +134,16 @@ class ServedModel:
     def context(self, headers: dict[str, str]) -> Context:
         return Context(self.name, str(self.model_dir), self.gpu_id, headers)
 
-    async def _in_pool(self, func: Callable, *args):
-        return await asyncio.wrap_future(self.pool.submit(func, *args))
 
     async def invoke(self, body: bytes, content_type: str | None, accept: str | None, top_k: int | None, headers: dict[str, str]) -> tuple[bytes, str]:
         if self.pipeline is not None:
-            return await self._in_pool(self.pipeline, body, content_type, accept, self.context(headers))
+            return await self.pools.infer(self.pipeline, body, content_type, accept, self.context(headers))
         codec.check_accept(accept)
-        decoded = await run_in_threadpool(codec.decode, body, content_type, self.classifier.preprocess, self.settings.limits)
+        decoded = await self.pools.decode(codec.decode, body, content_type, self.classifier.preprocess, self.settings.limits)
         if self.batcher is not None:
             probs = await self.batcher.run(decoded.inputs)
         else:
-            probs = await self._in_pool(self.classifier.probabilities, decoded.inputs)
+            probs = await self.pools.infer(self.classifier.probabilities, decoded.inputs)
         k = min(top_k or self.settings.top_k, len(self.classifier.classes))
         out_type = "application/jsonlines" if decoded.lines else codec.JSON
         return codec.encode(probs, self.classifier.classes, k, decoded), out_type
@@ -139,14 +156,14 @@ class ServedModel:
 class SingleModel:
     """The one model of a plain endpoint, loaded in the background."""
 
-    def __init__(self, settings: Settings, pool):
-        self.settings, self.pool = settings, pool
+    def __init__(self, settings: Settings, pools: Pools):
+        self.settings, self.pools = settings, pools
         self.state, self.reason, self.model = "loading", None, None
         self.started = time.monotonic()
 
     def load(self) -> None:
         try:
-            self.model = ServedModel("model", self.settings.model_dir, str(self.settings.model_dir), self.settings, self.pool)
+            self.model = ServedModel("model", self.settings.model_dir, str(self.settings.model_dir), self.settings, self.pools)
         except ConfigError as err:
             self.reason = str(err)
             log.error("MODEL LOAD FAILED: %s", self.reason)
@@ -168,8 +185,8 @@ class Registry:
     """Multi-model endpoint: models loaded by name, least recently used unloaded first
     when the memory budget would be exceeded."""
 
-    def __init__(self, settings: Settings, pool):
-        self.settings, self.pool = settings, pool
+    def __init__(self, settings: Settings, pools: Pools):
+        self.settings, self.pools = settings, pools
         self.models: OrderedDict[str, ServedModel] = OrderedDict()
         self.lock = asyncio.Lock()
 
@@ -201,7 +218,7 @@ class Registry:
                 log.info("unloaded least recently used model %s to fit %s", evicted, name)
             gc.collect()
             try:
-                model = await run_in_threadpool(ServedModel, name, path, url, self.settings, self.pool)
+                model = await run_in_threadpool(ServedModel, name, path, url, self.settings, self.pools)
             except ConfigError as err:
                 raise BadInput(f"cannot load model {name!r}: {err}") from None
             self.models[name] = model
@@ -289,8 +306,8 @@ class AccessLog:
 
 
 def create_app(settings: Settings) -> Starlette:
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="infer")
-    models: SingleModel | Registry = Registry(settings, pool) if settings.multi_model else SingleModel(settings, pool)
+    pools = Pools(settings)
+    models: SingleModel | Registry = Registry(settings, pools) if settings.multi_model else SingleModel(settings, pools)
 
     async def invoke(request: Request, name: str | None) -> Response:
         model = models.get(name)
@@ -371,7 +388,7 @@ def create_app(settings: Settings) -> Starlette:
                  ", micro-batching" if settings.batching else "", ", multi-model" if settings.multi_model else "")
         yield
         log.info("shutting down: in-flight requests finished")
-        pool.shutdown(wait=True)
+        pools.close()
         loaded = models.models.values() if isinstance(models, Registry) else [models.model] if models.model else []
         for model in loaded:
             model.close()

@@ -120,7 +120,16 @@ class UserHooks:
         return cls(script, functions)
 
 
-def _to_json(prediction: Any) -> bytes:
+def predict(data, model):
+    """Default predict_fn: probabilities for our Classifier, model(data) (AWS's default) otherwise."""
+    if hasattr(model, "probabilities"):
+        return model.probabilities(data)
+    with torch.inference_mode():
+        device = next(model.parameters()).device if hasattr(model, "parameters") else None
+        return model(data.to(device) if device is not None and isinstance(data, torch.Tensor) else data)
+
+
+def to_json(prediction: Any) -> bytes:
     """AWS's default output_fn: tensors/arrays as nested lists."""
     if isinstance(prediction, torch.Tensor):
         prediction = prediction.detach().cpu().numpy()
@@ -153,18 +162,14 @@ class HookPipeline:
         return decoded.inputs
 
     def default_predict_fn(self, data, model):
-        if hasattr(model, "probabilities"):
-            return model.probabilities(data)
-        with torch.inference_mode():
-            device = next(model.parameters()).device if hasattr(model, "parameters") else None
-            return model(data.to(device) if device is not None and isinstance(data, torch.Tensor) else data)
+        return predict(data, model)
 
     def default_output_fn(self, prediction, accept):
         codec.check_accept(accept)
         if self.classes and isinstance(prediction, torch.Tensor) and prediction.ndim == 2 and prediction.shape[1] == len(self.classes):
-            batch = getattr(self._local, "batch", prediction.shape[0] > 1)
+            batch = getattr(self._local, "batch", False) or prediction.shape[0] > 1  # a user input_fn may batch too
             return codec.encode(prediction, self.classes, self.top_k, codec.Decoded(prediction, batch)), codec.JSON
-        return _to_json(prediction), codec.JSON
+        return to_json(prediction), codec.JSON
 
     def __call__(self, body: bytes, content_type: str | None, accept: str | None, context: Context) -> tuple[bytes, str]:
         ctype = codec.media_type(content_type)
@@ -181,7 +186,7 @@ class HookPipeline:
         if isinstance(body_out, str):
             body_out = body_out.encode()
         elif not isinstance(body_out, (bytes, bytearray)):
-            body_out = _to_json(body_out)
+            body_out = to_json(body_out)
         return bytes(body_out), out_type or codec.JSON
 
 

@@ -14,7 +14,7 @@ import functools
 import os
 from pathlib import Path
 
-from serve import codec
+from serve import codec, hooks
 from serve.errors import ServeError
 
 _service = None
@@ -64,14 +64,16 @@ def _handler_class():
 
         @typed
         def default_predict_fn(self, data, model):
-            if isinstance(data, codec.Decoded):
-                return data, model.probabilities(data.inputs)
-            return None, model.probabilities(data)
+            decoded = data if isinstance(data, codec.Decoded) else None
+            output = hooks.predict(decoded.inputs if decoded else data, model)
+            return (decoded, output) if hasattr(model, "probabilities") else output
 
         @typed
         def default_output_fn(self, prediction, accept):
             codec.check_accept(accept)
-            decoded, probs = prediction if isinstance(prediction, tuple) else (None, prediction)
+            if not isinstance(prediction, tuple) or not self.classes:  # the user's model: AWS's nested lists
+                return hooks.to_json(prediction), codec.JSON
+            decoded, probs = prediction
             decoded = decoded or codec.Decoded(probs, batch=probs.shape[0] > 1)
             k = min(_top_k(), len(self.classes))
             return codec.encode(probs, self.classes, k, decoded), codec.JSON
