@@ -341,7 +341,7 @@ def _deploy(args, session=None, autoscaling_client=None) -> dict:
         if args.local and args.hold:
             print(json.dumps(result), flush=True)
             log.warning("serving on the local endpoint; Ctrl-C to delete it")
-            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+            signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`/kill: delete the endpoint too
             try:
                 while True:
                     time.sleep(3600)
@@ -354,6 +354,10 @@ def _deploy(args, session=None, autoscaling_client=None) -> dict:
             predictor.delete_endpoint()
             result["deleted"] = True
     return result
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _content_type(path: Path) -> str:

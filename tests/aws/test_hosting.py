@@ -160,3 +160,30 @@ def test_deploy_usage_errors(sm_session, extra, message):
                                   "InitialInstanceCount": 2, "InstanceType": "ml.m5.xlarge"})
         with pytest.raises(UsageError, match=message):
             cli.cmd_deploy(args, session=sm_session)
+
+
+def test_smoke_prediction_after_deploy(sm_session, no_sleep, tmp_path):
+    import io
+    import json
+
+    from botocore.response import StreamingBody
+
+    image = tmp_path / "red_circle.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    args = cli.get_args_parser().parse_args([
+        "deploy", "--image", IMAGE, "--role", ROLE, "--model-data", MODEL_DATA, "--endpoint-name", "shapes-dev",
+        "--smoke-image", str(image)])
+    answer = {"predicted_label": "red_circle", "confidence": 0.9}
+    payload = json.dumps(answer).encode()
+    with Stubber(sm_session.sagemaker_client) as sm, Stubber(sm_session.sagemaker_runtime_client) as runtime:
+        stub_create(sm, "shapes-dev", {"VariantName": "AllTraffic", "ModelName": "shapes-dev", "InitialVariantWeight": 1,
+                                       "InitialInstanceCount": 1, "InstanceType": "ml.m5.xlarge"})
+        sm.add_response("describe_endpoint", in_service("shapes-dev"), {"EndpointName": "shapes-dev"})
+        runtime.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(payload), len(payload)),
+                                                 "ContentType": "application/json"},
+                             {"EndpointName": "shapes-dev", "Body": image.read_bytes(), "ContentType": "image/png",
+                              "Accept": "application/json"})
+        result = cli.cmd_deploy(args, session=sm_session)
+        sm.assert_no_pending_responses()
+        runtime.assert_no_pending_responses()
+    assert result["smoke_prediction"] == answer
