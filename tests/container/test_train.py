@@ -51,7 +51,11 @@ def test_log_lines_match_the_metric_definitions(trained):
     for definition in METRIC_DEFINITIONS:
         values = re.findall(definition["Regex"], trained.logs)
         found[definition["Name"]] = [float(v) for v in values]
-    assert len(found["val_macro_f1"]) == 6
+    assert len(found["val_macro_f1"]) == 7  # six epochs, then the best epoch's again
+    report = json.loads((trained.root / "output/data/metrics.json").read_text())
+    best = report["epochs"][report["best_epoch"] - 1]["val_macro_f1"]
+    # A tuner scores the job by the last value: it must be the saved (best) model's.
+    assert found["val_macro_f1"][-1] == pytest.approx(best, rel=1e-5)
     assert len(found["train_loss"]) == 6
     assert len(found["test_acc"]) == 1
     assert found["images_per_s"] and all(v > 0 for v in found["images_per_s"])
