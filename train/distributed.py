@@ -132,13 +132,24 @@ def launch(topology: Topology, config_dict: dict) -> int:
             signal.signal(s, handler)
 
 
+EXIT_STOPPED = 143  # a worker that saved a checkpoint after SIGTERM (train.cli.EXIT_STOPPED)
+
+
+def _exit_code(code: int | None) -> int | None:
+    # Popen reports "killed by signal N" as -N; a shell would say 128 + N.
+    return 128 - code if code is not None and code < 0 else code
+
+
 def _wait_all(workers, grace_s: float = 30) -> int:
     failed_at = None
     while True:
-        codes = [w.poll() for w in workers]
+        codes = [_exit_code(w.poll()) for w in workers]
         if all(code is not None for code in codes):
             break
-        if failed_at is None and any(code not in (None, 0) for code in codes):
+        # A worker that stopped on SIGTERM is no failure: its peers got the same signal
+        # and are saving. Signalling them again would kill one that is already past its
+        # handler (interpreter shutdown) and turn a clean stop into a crash.
+        if failed_at is None and any(code not in (None, 0, EXIT_STOPPED) for code in codes):
             failed_at = time.monotonic()
             for w in workers:
                 if w.poll() is None:
@@ -148,8 +159,9 @@ def _wait_all(workers, grace_s: float = 30) -> int:
                 if w.poll() is None:
                     w.kill()
         time.sleep(0.2)
-    # The first non-zero code is the cause; later ones are usually its echo.
-    return next((code for code in codes if code != 0), 0)
+    # The first real failure is the cause (later ones are usually its echo); else a stop.
+    failures = [code for code in codes if code not in (0, EXIT_STOPPED)]
+    return failures[0] if failures else max(codes)
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,9 @@ class DistInfo:
     world_size: int
     device: torch.device
     host: str
+    # A CPU (gloo) group for small control messages such as the stop vote, so they
+    # never wait on the GPU stream; None means the default group (already gloo on CPU).
+    control_group: object = None
 
     @property
     def is_main(self) -> bool:
@@ -189,6 +204,8 @@ def init_distributed(device: torch.device, timeout_s: int, environ: Mapping[str,
             world_size=world_size,
             timeout=timedelta(seconds=timeout_s),
         )
+        control = torch_dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s)) if device.type == "cuda" else None
+        return DistInfo(rank, local_rank, world_size, device, host, control)
     return DistInfo(rank, local_rank, world_size, device, host)
 
 
@@ -196,6 +213,17 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
     if info.distributed:
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
     return tensor
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when it is true on any: a SIGTERM reaches hosts (and the
+    processes of one host) at different moments, so each rank voting alone would leave
+    some in a collective that the others have left."""
+    if not info.distributed:
+        return flag
+    vote = torch.tensor([int(flag)], dtype=torch.int32)
+    torch_dist.all_reduce(vote, op=torch_dist.ReduceOp.MAX, group=info.control_group)
+    return bool(vote.item())
 
 
 def broadcast_from_main(obj, info: DistInfo):

@@ -48,6 +48,15 @@ class StopRequest:
     def requested(self) -> bool:
         return self._event.is_set()
 
+    def agreed(self, info: distributed.DistInfo) -> bool:
+        """Whether any rank was asked to stop, decided together so that all ranks leave
+        at the same step (one collective per call)."""
+        if distributed.any_rank(self.requested, info):
+            if not self.requested:
+                self.set("a stop request on another rank")
+            return True
+        return False
+
 
 @dataclass
 class Progress:
@@ -141,7 +150,8 @@ def amp_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
         return None
     if config.amp == "fp16":
         return torch.float16
-    if config.amp == "bf16" or torch.cuda.is_bf16_supported():
+    # including_emulation=False: a T4 (g4dn) or V100 "supports" bf16 by emulation, slowly.
+    if config.amp == "bf16" or torch.cuda.is_bf16_supported(including_emulation=False):
         return torch.bfloat16
     return torch.float16  # auto on a GPU without bf16 (T4, V100)
 
@@ -181,7 +191,7 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, conf
     window_start, window_images = time.perf_counter(), 0
     step = start_step
     for images, targets in loader:
-        if stop.requested:
+        if stop.agreed(info):
             break
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -332,7 +342,7 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
         train_row, step = train_one_epoch(
             model, criterion, optimizer, scheduler, scaler, train_loader, config, info, epoch, progress.step, stop, autocast_dtype, on_step
         )
-        if stop.requested and step < steps_per_epoch:
+        if step < steps_per_epoch:  # left early: every rank agreed to stop
             saved = checkpoint(epoch, step)
             return Outcome(True, epoch, step, saved)
         progress.step = 0
@@ -359,12 +369,18 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
             progress.epochs_without_improvement += 1
         progress.epoch = epoch + 1
         saved = checkpoint(epoch + 1, 0)
-        if stop.requested:
+        if stop.agreed(info):
             return Outcome(True, epoch + 1, 0, saved)
         if config.early_stopping_patience and progress.epochs_without_improvement >= config.early_stopping_patience:
             if info.is_main:
                 log.info("early stopping: %s has not improved for %d epochs (best at epoch %d)", config.objective, progress.epochs_without_improvement, progress.best_epoch)
             break
+
+    # SageMaker tuning scores a job by the *last* value of its objective metric:
+    # repeat the best epoch's validation metrics so that value is the saved model's.
+    best_row = next(row for row in progress.history if row["epoch"] == progress.best_epoch)
+    if info.is_main:
+        log.info(format_metrics({"best_epoch": progress.best_epoch}, {k: best_row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}))
 
     # --- final evaluation with the best weights ---
     model_without_ddp.load_state_dict(progress.best_weights)
