@@ -16,9 +16,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from starlette.applications import Starlette
@@ -31,10 +31,9 @@ from starlette.routing import Route
 from container import ConfigError
 from serve import codec
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, PayloadTooLarge, ServeError, Timeout
-from serve.fetch import FetchPolicy
 from serve.hooks import Context, HookPipeline, UserHooks, call, find_script, safe_module_name
-from serve.model import Classifier, load_classifier, prepare_model_dir
-from serve.runner import BatchRunner, PoolRunner
+from serve.model import Classifier, load_classifier, module_nbytes, prepare_model_dir
+from serve.runner import BatchRunner
 from train.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 log = logging.getLogger("serve")
@@ -68,14 +67,6 @@ class Settings:
 
 def _default_preprocess():
     return eval_transform(224, None, IMAGENET_MEAN, IMAGENET_STD)
-
-
-def _module_bytes(model: Any) -> int:
-    if isinstance(model, Classifier):
-        return model.nbytes()
-    if isinstance(model, torch.nn.Module):
-        return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    return 0
 
 
 def dir_bytes(path: Path) -> int:
@@ -129,7 +120,7 @@ class ServedModel:
             classifier.warm_up()
         if hooks and "model_warmup_fn" in hooks.functions:
             call(hooks.functions["model_warmup_fn"], str(self.model_dir), self.model, context=context)
-        self.nbytes = _module_bytes(self.model)
+        self.nbytes = self.model.nbytes() if isinstance(self.model, Classifier) else module_nbytes(self.model)
 
     def context(self, headers: dict[str, str]) -> Context:
         return Context(self.name, str(self.model_dir), self.gpu_id, headers)
@@ -384,8 +375,9 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app):
         if isinstance(models, SingleModel):
             threading.Thread(target=models.load, name="model-loader", daemon=True).start()
-        log.info("serving on device %s with %d inference workers%s%s", settings.device, settings.workers,
-                 ", micro-batching" if settings.batching else "", ", multi-model" if settings.multi_model else "")
+        log.info("serving on device %s with %d inference workers%s%s%s", settings.device, settings.workers,
+                 ", micro-batching" if settings.batching else "", ", multi-model" if settings.multi_model else "",
+                 ", batch transform (see /execution-parameters)" if settings.batch_mode else "")
         yield
         log.info("shutting down: in-flight requests finished")
         pools.close()

@@ -28,7 +28,6 @@ import torch
 
 from container import ConfigError
 from serve import codec
-from serve.errors import NotAcceptable
 
 log = logging.getLogger(__name__)
 

@@ -72,6 +72,13 @@ def load_module(spec: ModelSpec, weights: Path, device: torch.device) -> torch.n
     return module.to(device)
 
 
+def module_nbytes(module) -> int:
+    """Bytes held by a module's parameters and buffers (0 for anything else)."""
+    if not isinstance(module, (torch.nn.Module, torch.jit.ScriptModule)):
+        return 0
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
 class Classifier:
     """The default model: module + the spec's transforms + class names."""
 
@@ -91,8 +98,7 @@ class Classifier:
         return torch.softmax(logits.float(), dim=1).cpu()
 
     def nbytes(self) -> int:
-        tensors = list(self.module.parameters()) + list(self.module.buffers())
-        return sum(t.numel() * t.element_size() for t in tensors)
+        return module_nbytes(self.module)
 
     def warm_up(self) -> None:
         size = self.spec.image_size

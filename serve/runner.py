@@ -1,32 +1,17 @@
-"""Where forward passes run: a bounded thread pool (CPU), or a micro-batcher (GPU)
-that joins concurrent requests into one forward of up to max_batch_size rows,
-waiting at most max_delay_ms for the batch to fill."""
+"""The micro-batcher (GPU by default): joins concurrent requests into one forward of
+up to max_batch_size rows, waiting at most max_delay_ms for the batch to fill. (On CPU
+forwards run in serve.app.Pools' bounded inference pool instead.)"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import queue
 import threading
 import time
 from typing import Callable
 
 import torch
-
-log = logging.getLogger(__name__)
-
-
-class PoolRunner:
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], workers: int):
-        self.forward = forward
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
-
-    async def run(self, inputs: torch.Tensor) -> torch.Tensor:
-        return await asyncio.wrap_future(self.pool.submit(self.forward, inputs))
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
 
 
 class BatchRunner:

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import threading
 import time
@@ -339,10 +338,16 @@ def test_bad_input_corpus(server, case):
 
 def test_access_log_lines(server):
     base, container = server
-    post(base, b"junk", "image/png")
-    lines = [line for line in container.logs().decode().splitlines() if "serve.access" in line]
+    before = container.logs().decode().count("serve.access")
+    post(base, b"junk", "image/png", path="/predictions/junk")
+    for _ in range(20):  # the line is written just after the response is sent
+        lines = [line for line in container.logs().decode().splitlines() if "serve.access" in line]
+        if len(lines) > before:
+            break
+        time.sleep(0.1)
     record = json.loads(lines[-1].split("serve.access: ", 1)[1])
-    assert record["path"] == "/invocations" and record["status"] == 400 and record["latency_ms"] >= 0
+    assert record["path"] == "/predictions/junk" and record["status"] == 400 and record["latency_ms"] >= 0
+    assert set(record) == {"method", "path", "status", "latency_ms"}
     assert "Traceback" not in container.logs().decode()  # bad input is not a server error
 
 

@@ -3,13 +3,12 @@ through the real image."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 
 import requests
 
-from .conftest import host_port, mount, opt_ml, png_bytes, wait_exit, wait_ping
+from .conftest import opt_ml, png_bytes, wait_exit, wait_ping
 from .test_serve import CLASSES, IMG, assert_prediction, model_root, model_store, post, start_server  # noqa: F401 (fixture)
 
 # A per-model transform_fn: AWS's toolkit ignores hooks on MME; we must not.
