@@ -70,6 +70,27 @@ class Progress:
     best_weights: dict | None = None
     epochs_without_improvement: int = 0
     history: list[dict] = field(default_factory=list)
+    # (loss sum, correct, seen) of epoch `epoch` up to `step`, over all ranks, so a
+    # mid-epoch resume reports train_loss/train_acc over the whole epoch.
+    partial: tuple[float, float, float] | None = None
+
+
+class EpochSums:
+    """This rank's running train loss sum, correct and seen counts in one epoch."""
+
+    def __init__(self, info: distributed.DistInfo, carried: tuple[float, float, float] | None = None):
+        # Sums carried over a restart are global: only rank 0 adds them, once.
+        loss, correct, seen = carried if carried and info.is_main else (0.0, 0, 0)
+        self.loss = torch.tensor(float(loss), dtype=torch.float64, device=info.device)
+        self.correct = torch.tensor(int(correct), dtype=torch.int64, device=info.device)
+        self.seen = torch.tensor(int(seen), dtype=torch.int64, device=info.device)
+
+    def reduced(self, info: distributed.DistInfo) -> tuple[float, float, float]:
+        """The sums over all ranks (a collective: every rank calls it)."""
+        totals = torch.stack([self.loss, self.correct.to(torch.float64), self.seen.to(torch.float64)])
+        distributed.all_reduce_sum(totals, info)
+        loss, correct, seen = totals.tolist()
+        return loss, correct, seen
 
 
 @dataclass
@@ -181,12 +202,10 @@ def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, config, info, epoch, start_step, stop, autocast_dtype, on_step):
+def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, config, info, epoch, start_step, stop, autocast_dtype, on_step, sums=None):
     model.train()
     device = info.device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = torch.zeros((), dtype=torch.int64, device=device)
+    sums = sums or EpochSums(info)
     steps = start_step + len(loader)
     window_start, window_images = time.perf_counter(), 0
     step = start_step
@@ -206,9 +225,9 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, conf
         scaler.update()
         scheduler.step()
         step += 1
-        loss_sum += loss.detach().to(torch.float64) * targets.shape[0]
-        correct += (logits.argmax(1) == targets).sum()
-        seen += targets.shape[0]
+        sums.loss += loss.detach().to(torch.float64) * targets.shape[0]
+        sums.correct += (logits.argmax(1) == targets).sum()
+        sums.seen += targets.shape[0]
         window_images += targets.shape[0]
         if info.is_main and (step % config.log_interval == 0 or step == steps):
             elapsed = time.perf_counter() - window_start
@@ -222,10 +241,9 @@ def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, conf
         on_step(step)
     if info.is_main and sys.stderr.isatty():
         print(file=sys.stderr)
-    totals = torch.stack([loss_sum, correct.to(torch.float64), seen.to(torch.float64)])
-    distributed.all_reduce_sum(totals, info)
-    n = max(1.0, totals[2].item())
-    return {"train_loss": totals[0].item() / n, "train_acc": totals[1].item() / n}, step
+    loss, correct, seen = sums.reduced(info)
+    n = max(1.0, seen)
+    return {"train_loss": loss / n, "train_acc": correct / n}, step
 
 
 @torch.inference_mode()
@@ -313,7 +331,7 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
             log.info("resumed at epoch %d step %d from %s", progress.epoch + 1, progress.step, state["path"])
         del state
 
-    def checkpoint(epoch: int, step: int) -> str | None:
+    def checkpoint(epoch: int, step: int, partial=None) -> str | None:
         if not info.is_main:
             return None
         snapshot = {
@@ -321,7 +339,7 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
-            "progress": Progress(epoch, step, progress.best_value, progress.best_epoch, progress.best_weights, progress.epochs_without_improvement, progress.history),
+            "progress": Progress(epoch, step, progress.best_value, progress.best_epoch, progress.best_weights, progress.epochs_without_improvement, progress.history, partial),
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
             "classes": dataset.classes,
             "config": config.to_dict(),
@@ -335,17 +353,19 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
         torch.manual_seed(config.seed * 1000 + epoch * 10 + info.rank)
         train_sampler.set_epoch(epoch, skip=progress.step * config.batch_size)
 
-        def on_step(step, epoch=epoch):
+        sums = EpochSums(info, getattr(progress, "partial", None) if progress.step else None)
+
+        def on_step(step, epoch=epoch, sums=sums):
             if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step < steps_per_epoch:
-                checkpoint(epoch, step)
+                checkpoint(epoch, step, sums.reduced(info))
 
         train_row, step = train_one_epoch(
-            model, criterion, optimizer, scheduler, scaler, train_loader, config, info, epoch, progress.step, stop, autocast_dtype, on_step
+            model, criterion, optimizer, scheduler, scaler, train_loader, config, info, epoch, progress.step, stop, autocast_dtype, on_step, sums
         )
         if step < steps_per_epoch:  # left early: every rank agreed to stop
-            saved = checkpoint(epoch, step)
+            saved = checkpoint(epoch, step, sums.reduced(info))
             return Outcome(True, epoch, step, saved)
-        progress.step = 0
+        progress.step, progress.partial = 0, None
         val_loss, confusion = evaluate(model, eval_criterion, valid_loader, num_classes, info, autocast_dtype, config.channels_last)
         summary = metrics.summarize(confusion, dataset.classes)
         row = {

@@ -26,7 +26,7 @@ from tests.container.conftest import mount, opt_ml, wait_exit
 from train import synthetic
 
 HOSTS = ("algo-1", "algo-2")
-EPOCHS = 3
+EPOCHS = 2
 # Every run shares these: tiny images, one progress line per step, no loader workers
 # (the two cores are shared), a checkpoint every 4 steps.
 BASE_HYPERPARAMETERS = {
@@ -47,7 +47,7 @@ def small_shapes(tmp_path_factory) -> Path:
     """Odd-sized evaluation splits (33 images), so two ranks get unequal shards and a
     padded or rank-0-only evaluation would show in the metrics."""
     root = tmp_path_factory.mktemp("small_shapes")
-    synthetic.make_shapes(root, {"train": 40, "valid": 11, "test": 11}, size=32, seed=1)
+    synthetic.make_shapes(root, {"train": 32, "valid": 11, "test": 11}, size=32, seed=1)
     return root
 
 
@@ -225,8 +225,7 @@ def test_two_containers_train_one_model_written_by_algo_1(image, containers, tmp
     assert not (follower / "output/data/metrics.json").exists()
     report = read_metrics(leader)
     assert len(report["epochs"]) == 2
-    # 120 training images split across two hosts: the epoch saw them all once.
-    assert report["data"]["train_images"] == 120
+    assert report["data"]["train_images"] == 96
 
 
 def test_sigterm_mid_run_checkpoints_and_restart_matches_uninterrupted_run(image, containers, tmp_path, small_shapes):
@@ -247,14 +246,18 @@ def test_sigterm_mid_run_checkpoints_and_restart_matches_uninterrupted_run(image
     # Epoch 1 ran identically before the interruption (same seeds, same data order).
     assert resumed["epochs"][0]["train_loss"] == pytest.approx(reference["epochs"][0]["train_loss"], rel=1e-6)
     assert resumed["epochs"][0]["val_acc"] == reference["epochs"][0]["val_acc"]
-    # After it, only the augmentation draws of the resumed half-epoch differ.
+    # After it, only the augmentation draws of the resumed part of epoch 2 differ. Its
+    # train_loss covers the whole epoch (the sums before the stop travel in the
+    # checkpoint), not just the steps after the restart, where the loss is lower.
+    assert resumed["epochs"][-1]["train_loss"] == pytest.approx(reference["epochs"][-1]["train_loss"], rel=0.25)
+    assert resumed["epochs"][-1]["train_acc"] == pytest.approx(reference["epochs"][-1]["train_acc"], abs=0.15)
+    assert resumed["epochs"][-1]["val_acc"] == pytest.approx(reference["epochs"][-1]["val_acc"], abs=0.15)
     assert resumed["final"]["acc"] == pytest.approx(reference["final"]["acc"], abs=0.15)
-    assert resumed["epochs"][-1]["train_loss"] == pytest.approx(reference["epochs"][-1]["train_loss"], rel=0.5)
     assert sorted(p.name for p in (root / "model").iterdir()) == ["model.pt", "model_spec.json"]
 
 
 def test_sigterm_through_the_launcher_stops_both_processes(image, containers, tmp_path, small_shapes):
-    # 120 images, 2 ranks, batch 4: 15 steps per epoch per rank; stopped in epoch 2 of 2.
+    # 96 images, 2 ranks, batch 4: 12 steps per epoch per rank; stopped in epoch 2 of 2.
     hyperparameters = dict(BASE_HYPERPARAMETERS, epochs="2", nproc="2", batch_size="4")
     root = sagemaker_root(tmp_path, small_shapes, hyperparameters)
     container = start_train(containers, image, root)
