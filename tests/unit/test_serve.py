@@ -292,3 +292,25 @@ def test_app_batching_mode(model_dir, tmp_path):
         assert all(a["probabilities"] == pytest.approx(answers[0]["probabilities"], abs=1e-5) for a in answers)
 
     asyncio.run(with_lifespan(app, body))
+
+
+def test_app_timeout_and_user_hook_error(model_dir, tmp_path):
+    (model_dir / "code").mkdir()
+    (model_dir / "code" / "inference.py").write_text(
+        "import time\n"
+        "def predict_fn(data, model):\n"
+        "    if data.shape[0] > 1:\n        raise ValueError('only one image, please')\n"
+        "    time.sleep(1.5)\n    return model.probabilities(data)\n"
+    )
+    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", timeout_s=0.5, limits=LIMITS))
+
+    async def body():
+        assert await wait_ready(app) == 200
+        status, out = await request(app, "POST", "/invocations", png(), [("content-type", "image/png")])
+        assert status == 504 and "SAGEMAKER_MODEL_SERVER_TIMEOUT" in json.loads(out)["error"]
+        await asyncio.sleep(1.5)  # the timed-out forward still holds the one inference thread
+        b64 = base64.b64encode(png()).decode()
+        status, out = await request(app, "POST", "/invocations", json.dumps([b64, b64]).encode(), [("content-type", "application/json")])
+        assert status == 500 and json.loads(out) == {"error": "internal error: ValueError: only one image, please"}
+
+    asyncio.run(with_lifespan(app, body))
