@@ -114,6 +114,8 @@ def main() -> int:
             print(f"nproc={n} images_per_s={results[n]:.2f} (median of {len(rates)} windows, min {min(rates):.2f}, max {max(rates):.2f})", flush=True)
     efficiency = results[nproc] / (nproc * results[1])
     print(f"scaling_efficiency={efficiency:.3f}  (= {results[nproc]:.2f} / ({nproc} x {results[1]:.2f}); speed-up {results[nproc] / results[1]:.2f}x)")
+    if not gpus:
+        print(f"note: on CPU both runs share the same {os.cpu_count()} cores, so the ideal is a 1.0x speed-up (efficiency {1 / nproc:.2f})")
     return 0
 
 
