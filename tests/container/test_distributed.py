@@ -272,6 +272,26 @@ def test_sigterm_through_the_launcher_stops_both_processes(image, containers, tm
     assert [row["epoch"] for row in read_metrics(root)["epochs"]] == [1, 2]
 
 
+def test_sigterm_on_one_host_stops_every_rank_at_the_same_step(image, containers, tmp_path, small_shapes):
+    # Spot reclaims and StopTrainingJob reach hosts at different moments; here only
+    # algo-2 gets the signal. 48 images per host, batch 4: 12 steps per epoch.
+    hyperparameters = dict(BASE_HYPERPARAMETERS, epochs="50", batch_size="4", checkpoint_every_steps="0")
+    started = start_hosts(containers, image, tmp_path, small_shapes, hyperparameters)
+    (leader, leader_root), (follower, follower_root) = started["algo-1"], started["algo-2"]
+    wait_for_log(leader, r"epoch=1 step=3/")
+    follower.kill(signal="SIGTERM")
+    results = {host: wait_exit(container, timeout=120) for host, (container, _) in started.items()}
+    for host, (code, logs) in results.items():
+        assert code == 143, f"{host}:\n{logs}"
+        assert "training failed" not in logs, f"{host}:\n{logs}"
+    # Rank 0 on algo-1 saved the mid-epoch checkpoint and says why it stopped.
+    saved = checkpoints(leader_root)
+    assert saved and saved[-1][0] == 0 and saved[-1][1] > 0, (saved, results["algo-1"][1])
+    failure = (leader_root / "output/failure").read_text()
+    assert failure.startswith("stopped by a stop request on another rank at epoch 1"), failure
+    assert list((follower_root / "checkpoints").iterdir()) == []
+
+
 def test_truncated_newest_checkpoint_is_skipped(image, containers, tmp_path, small_shapes):
     root = sagemaker_root(tmp_path, small_shapes, dict(BASE_HYPERPARAMETERS, epochs="1", checkpoint_every_steps="0"))
     train_to_completion(containers, image, root)
