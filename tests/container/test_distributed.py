@@ -7,7 +7,8 @@ checked is the behaviour the issue asks for, not accuracy:
 - 2 containers on a user-defined network, each with its own resourceconfig.json, train
   one model and only algo-1 writes it;
 - SIGTERM mid-run (alone and through the in-image launcher) checkpoints, exits 143 with
-  a stop message, and the restarted container resumes and finishes;
+  a stop message, and the restarted container resumes and finishes; SIGTERM on one
+  host of two stops every rank at the same step;
 - a truncated newest checkpoint is skipped with a warning;
 - a dead or frozen peer fails the job within a bound, with a failure file naming it.
 """
