@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if topology.world_size == 1:
         return run_worker(config, paths)
     code = distributed.launch(topology, config.to_dict())
-    if code != 0 and not paths.failure_file.exists():
+    if code == EXIT_STOPPED and not paths.failure_file.exists():
+        # Rank 0 writes the detailed stop message on its own host; say it here too.
+        write_failure(paths, f"stopped by a signal on host {topology.host_name}; rank 0 saved a checkpoint that a restarted job resumes from")
+    elif code != 0 and not paths.failure_file.exists():
         write_failure(paths, f"a training process on host {topology.host_name} exited with code {code}")
     return code
 

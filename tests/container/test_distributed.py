@@ -291,6 +291,8 @@ def test_sigterm_on_one_host_stops_every_rank_at_the_same_step(image, containers
     failure = (leader_root / "output/failure").read_text()
     assert failure.startswith("stopped by a stop request on another rank at epoch 1"), failure
     assert list((follower_root / "checkpoints").iterdir()) == []
+    follower_failure = (follower_root / "output/failure").read_text()
+    assert follower_failure.startswith("stopped by a signal on host algo-2"), follower_failure
 
 
 def test_truncated_newest_checkpoint_is_skipped(image, containers, tmp_path, small_shapes):
