@@ -146,6 +146,13 @@ def model_root(tmp_path: Path, store: Path, name: str = "r18") -> Path:
     return root
 
 
+def write_user_script(root: Path, source: str, name: str = "inference.py") -> None:
+    """A user's hook module in model/code/, where model.tar.gz would put it."""
+    code = root / "model" / "code"
+    code.mkdir(exist_ok=True)
+    (code / name).write_text(source)
+
+
 def start_server(containers, image, root: Path, env: dict | None = None, command=("serve",), port="8080/tcp"):
     container = containers.run(image, list(command), volumes=mount(root), environment=env or {}, ports={port: None})
     base = f"http://127.0.0.1:{host_port(container, port)}"
@@ -371,10 +378,8 @@ def _ping_timed(base) -> tuple[int, float]:
 
 def test_ping_loading_then_ready(containers, image, model_store, tmp_path):
     root = model_root(tmp_path, model_store)
-    code = root / "model" / "code"
-    code.mkdir()
     # model_fn takes a while (a big model, a slow disk): /ping must say 503, quickly.
-    (code / "inference.py").write_text(
+    write_user_script(root, name="inference.py", source=
         "import time\nfrom pathlib import Path\nfrom serve.model import load_classifier\nimport torch\n"
         "def model_fn(model_dir):\n    time.sleep(6)\n    return load_classifier(Path(model_dir), torch.device('cpu'))\n"
     )
@@ -463,9 +468,7 @@ def test_user_inference_in_model_tar(containers, image, model_store, tmp_path):
 
 def test_sagemaker_program_and_transform_fn(containers, image, model_store, tmp_path):
     root = model_root(tmp_path, model_store)
-    code = root / "model" / "code"
-    code.mkdir()
-    (code / "infernce2.py").write_text(
+    write_user_script(root, name="infernce2.py", source=
         "import json\n"
         "def transform_fn(model, body, content_type, accept, context):\n"
         "    probs = model.probabilities(model.preprocess(__import__('PIL.Image').Image.open(__import__('io').BytesIO(body)).convert('RGB')).unsqueeze(0))\n"
@@ -480,9 +483,7 @@ def test_sagemaker_program_and_transform_fn(containers, image, model_store, tmp_
 
 def test_sigterm_drains_in_flight(containers, image, model_store, tmp_path):
     root = model_root(tmp_path, model_store)
-    code = root / "model" / "code"
-    code.mkdir()
-    (code / "inference.py").write_text(
+    write_user_script(root, name="inference.py", source=
         "import time\n"
         "def predict_fn(data, model):\n    time.sleep(3)\n    return model.probabilities(data)\n"
     )
