@@ -376,6 +376,7 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
             "val_macro_f1": summary["macro_f1"],
             "lr": optimizer.param_groups[0]["lr"],
             "epoch_time_s": time.perf_counter() - start,
+            "val_per_class": summary["per_class"],  # precision/recall/F1/support per class
         }
         progress.history.append(row)
         if info.is_main:

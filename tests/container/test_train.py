@@ -39,6 +39,9 @@ def test_learns_the_separable_data_and_reports_metrics(trained):
     assert set(final["per_class"]) == set(synthetic.SHAPE_CLASSES)
     assert {"precision", "recall", "f1", "support"} <= set(final["per_class"]["red_circle"])
     assert 1 <= report["best_epoch"] <= 6
+    for row in report["epochs"]:
+        assert set(row["val_per_class"]) == set(synthetic.SHAPE_CLASSES)
+        assert sum(c["support"] for c in row["val_per_class"].values()) == 36  # 12 per class in valid/
     for name in ("confusion_matrix.png", "learning_curves.png"):
         with Image.open(trained.root / "output/data" / name) as image:
             assert image.format == "PNG" and image.size[0] > 300
