@@ -49,6 +49,8 @@ class Topology:
 
 def plan_topology(config: TrainConfig, resource: ResourceConfig | None, environ: Mapping[str, str], gpu_count: int) -> Topology:
     nproc = config.nproc_per_node or max(1, gpu_count)
+    if gpu_count and nproc > gpu_count:
+        raise ConfigError(f"nproc_per_node={nproc}, but only {gpu_count} GPU(s) are visible: one process per GPU at most (or device=cpu)")
     # An explicit --master-port wins; otherwise MASTER_PORT from the environment.
     default_port = TrainConfig.__dataclass_fields__["master_port"].default
     port = config.master_port if config.master_port != default_port else int(environ.get("MASTER_PORT", default_port))

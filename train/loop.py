@@ -350,7 +350,8 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
     for epoch in range(progress.epoch, config.epochs):
         start = time.perf_counter()
         # Per-(seed, epoch, rank) RNG: augmentation is reproducible across restarts.
-        torch.manual_seed(config.seed * 1000 + epoch * 10 + info.rank)
+        # (Tuples of ints hash the same in every process; no two ranks or epochs share.)
+        torch.manual_seed(hash((config.seed, epoch, info.rank)) & 0x7FFF_FFFF_FFFF_FFFF)
         train_sampler.set_epoch(epoch, skip=progress.step * config.batch_size)
 
         sums = EpochSums(info, getattr(progress, "partial", None) if progress.step else None)

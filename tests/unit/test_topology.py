@@ -30,3 +30,8 @@ def test_ec2_hosts_from_env_and_flags():
 def test_many_nodes_need_a_master():
     with pytest.raises(ConfigError, match="master_addr"):
         plan_topology(TrainConfig(nnodes=2), None, {}, 0)
+
+
+def test_more_processes_than_gpus_is_refused():
+    with pytest.raises(ConfigError, match="nproc_per_node=2, but only 1 GPU"):
+        plan_topology(TrainConfig(nproc_per_node=2), None, {}, gpu_count=1)
