@@ -14,18 +14,20 @@ if "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   exit 0
 fi
 command -v debootstrap >/dev/null || { echo "error: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || { echo "error: debootstrap needs root" >&2; exit 1; }
+# debootstrap and reading its root-owned tree need root.
+as_root=""
+if [ "$(id -u)" != 0 ]; then
+  command -v sudo >/dev/null || { echo "error: debootstrap needs root (or sudo)" >&2; exit 1; }
+  as_root="sudo"
+fi
 
 rootfs="$(mktemp -d /tmp/bookworm-rootfs.XXXXXX)"
-trap 'rm -rf "$rootfs"' EXIT
+trap '$as_root rm -rf "$rootfs"' EXIT
 echo "making $BASE_IMAGE with debootstrap from $MIRROR"
-debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >/dev/null
+$as_root debootstrap --variant=minbase bookworm "$rootfs" "$MIRROR" >/dev/null
 # Security updates as a normal debian:bookworm image has them.
-cat > "$rootfs/etc/apt/sources.list" <<SOURCES
-deb $MIRROR bookworm main
-deb $MIRROR bookworm-updates main
-deb http://deb.debian.org/debian-security bookworm-security main
-SOURCES
-rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-tar -C "$rootfs" -c . | "$DOCKER" import - "$BASE_IMAGE" >/dev/null
+printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb http://deb.debian.org/debian-security bookworm-security main\n' \
+  "$MIRROR" "$MIRROR" | $as_root tee "$rootfs/etc/apt/sources.list" >/dev/null
+$as_root sh -c "rm -rf '$rootfs'/var/cache/apt/archives/*.deb '$rootfs'/var/lib/apt/lists/*"
+$as_root tar -C "$rootfs" -c . | "$DOCKER" import - "$BASE_IMAGE" >/dev/null
 echo "made $BASE_IMAGE"
