@@ -79,12 +79,33 @@ def memory_budget_bytes() -> int:
     return int(total * 0.7)
 
 
+def default_top_k() -> int:
+    return _env_number("SM_VISION_TOP_K", 5)
+
+
+def decode_limits(env: ServingEnv):
+    """What a request may ask of the decoder (pixels, batch items, URL fetches): the
+    same for the default server and the MMS backend."""
+    from serve.codec import DecodeLimits
+    from serve.fetch import FetchPolicy
+
+    fetch = FetchPolicy(
+        max_bytes=env.max_payload_mb * 1024 * 1024,
+        timeout_s=_env_number("SM_VISION_URL_TIMEOUT_S", 5.0, float),
+        allow=FetchPolicy.parse_allow(os.environ.get("SM_VISION_URL_ALLOW")),
+        enabled=os.environ.get("SM_VISION_URL_FETCH", "true").lower() not in ("0", "false", "no", "off"),
+    )
+    return DecodeLimits(
+        max_pixels=_env_number("SM_VISION_MAX_IMAGE_PIXELS", 40_000_000),
+        max_batch=_env_number("SM_VISION_MAX_BATCH_ITEMS", 64),
+        fetch=fetch,
+    )
+
+
 def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
     import torch
 
     from serve.app import Settings
-    from serve.codec import DecodeLimits
-    from serve.fetch import FetchPolicy
     from train.devices import select_device
 
     device = select_device(args.device)
@@ -95,26 +116,15 @@ def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
     batching = args.batching or os.environ.get("SM_VISION_BATCHING", "auto")
     if batching not in ("auto", "on", "off"):
         raise ConfigError(f"SM_VISION_BATCHING={batching!r}: expected auto, on or off")
-    max_bytes = env.max_payload_mb * 1024 * 1024
-    fetch = FetchPolicy(
-        max_bytes=max_bytes,
-        timeout_s=_env_number("SM_VISION_URL_TIMEOUT_S", 5.0, float),
-        allow=FetchPolicy.parse_allow(os.environ.get("SM_VISION_URL_ALLOW")),
-        enabled=os.environ.get("SM_VISION_URL_FETCH", "true").lower() not in ("0", "false", "no", "off"),
-    )
     settings = Settings(
         model_dir=args.model_dir or paths.model_dir,
         device=device,
         workers=workers,
         decode_threads=max(2, cpus),
         timeout_s=env.timeout_s,
-        max_payload_bytes=max_bytes,
-        top_k=args.top_k or _env_number("SM_VISION_TOP_K", 5),
-        limits=DecodeLimits(
-            max_pixels=_env_number("SM_VISION_MAX_IMAGE_PIXELS", 40_000_000),
-            max_batch=_env_number("SM_VISION_MAX_BATCH_ITEMS", 64),
-            fetch=fetch,
-        ),
+        max_payload_bytes=env.max_payload_mb * 1024 * 1024,
+        top_k=args.top_k or default_top_k(),
+        limits=decode_limits(env),
         batching=batching == "on" or (batching == "auto" and device.type == "cuda"),
         max_batch_size=args.max_batch_size or _env_number("SM_VISION_MAX_BATCH_SIZE", 16),
         max_delay_ms=args.max_batch_delay_ms if args.max_batch_delay_ms is not None else _env_number("SM_VISION_MAX_BATCH_DELAY_MS", 5.0, float),

@@ -14,19 +14,18 @@ import functools
 import os
 from pathlib import Path
 
+from container import ServingEnv
 from serve import codec, hooks
+from serve.cli import decode_limits, default_top_k
 from serve.errors import ServeError
 
 _service = None
 
 
-def _top_k() -> int:
-    return int(os.environ.get("SM_VISION_TOP_K", "5"))
-
-
 def _limits() -> codec.DecodeLimits:
-    mb = int(os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", "6"))
-    return codec.DecodeLimits(fetch=codec.FetchPolicy(max_bytes=mb * 1024 * 1024, allow=codec.FetchPolicy.parse_allow(os.environ.get("SM_VISION_URL_ALLOW"))))
+    # MMS workers inherit the container's environment: derive the limits exactly as
+    # the default server does, so both backends refuse the same requests.
+    return decode_limits(ServingEnv.from_env())
 
 
 def _handler_class():
@@ -75,7 +74,7 @@ def _handler_class():
                 return hooks.to_json(prediction), codec.JSON
             decoded, probs = prediction
             decoded = decoded or codec.Decoded(probs, batch=probs.shape[0] > 1)
-            k = min(_top_k(), len(self.classes))
+            k = min(default_top_k(), len(self.classes))
             return codec.encode(probs, self.classes, k, decoded), codec.JSON
 
     return VisionInferenceHandler
