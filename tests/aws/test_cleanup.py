@@ -47,14 +47,20 @@ def missing(stub, operation, params, code="ValidationException", message=None):
                           service_message=message or f"Could not find {operation}", expected_params=params)
 
 
-def test_full_cleanup_by_name(clients, sm_session):
-    sm, aas, tagging, sm_stub, aas_stub, _ = clients
+def expect_full_teardown(sm_stub, aas_stub):
+    """The calls that delete shapes-prod completely, in order: describe, deregister
+    autoscaling, then model, endpoint and endpoint config."""
     sm_stub.add_response("describe_endpoint", endpoint_description(), {"EndpointName": "shapes-prod"})
     sm_stub.add_response("describe_endpoint_config", config_description(), {"EndpointConfigName": "shapes-prod-config"})
     aas_stub.add_response("deregister_scalable_target", {}, TARGET)
     sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
     sm_stub.add_response("delete_endpoint", {}, {"EndpointName": "shapes-prod"})
     sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "shapes-prod-config"})
+
+
+def test_full_cleanup_by_name(clients, sm_session):
+    sm, aas, tagging, sm_stub, aas_stub, _ = clients
+    expect_full_teardown(sm_stub, aas_stub)
     args = cli.get_args_parser().parse_args(["cleanup", "--endpoint-name", "shapes-prod"])
     result = cli.cmd_cleanup(args, session=sm_session, autoscaling_client=aas)
     assert result["cleanup"] == [
@@ -127,12 +133,7 @@ def test_cleanup_by_tag_follows_pages_and_removes_tagged_leftovers(clients, sm_s
         {"ResourceARN": f"{ARN}:model/shapes-prod-model"},
         {"ResourceARN": f"{ARN}:model/orphan-model"},
         {"ResourceARN": f"{ARN}:endpoint-config/orphan-config"}]}, {**request, "PaginationToken": "page2"})
-    sm_stub.add_response("describe_endpoint", endpoint_description(), {"EndpointName": "shapes-prod"})
-    sm_stub.add_response("describe_endpoint_config", config_description(), {"EndpointConfigName": "shapes-prod-config"})
-    aas_stub.add_response("deregister_scalable_target", {}, TARGET)
-    sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
-    sm_stub.add_response("delete_endpoint", {}, {"EndpointName": "shapes-prod"})
-    sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "shapes-prod-config"})
+    expect_full_teardown(sm_stub, aas_stub)
     sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "orphan-config"})
     sm_stub.add_response("delete_model", {}, {"ModelName": "orphan-model"})
     args = cli.get_args_parser().parse_args(["cleanup", "--by-tag", "project=shapes"])
