@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import socket
-import sys
 
 from container import ConfigError, SageMakerPaths, read_input_data_config, write_failure
 
@@ -154,21 +153,3 @@ def _complete_config(paths: SageMakerPaths) -> None:
         except OSError as err:
             raise ConfigError(f"{path} is missing and cannot be written ({err.strerror}); the toolkit needs it") from None
         log.info("wrote %s (not provided; as outside SageMaker): %s", path.name, json.dumps(content))
-
-
-def main() -> int:
-    """`python -m train.script_mode`: the same as `train` with sagemaker_program set."""
-    from container import read_hyperparameters
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
-    paths = SageMakerPaths.from_env()
-    try:
-        hyperparameters = read_hyperparameters(paths)
-    except ConfigError as err:
-        write_failure(paths, f"ConfigError: {err}")
-        return 2
-    return run(paths, hyperparameters)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

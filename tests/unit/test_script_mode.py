@@ -64,7 +64,7 @@ def test_whole_run_under_another_root(sm_paths, tmp_path):
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
     env["SM_VISION_OPT_ML"] = str(sm_paths.root)
-    result = subprocess.run([sys.executable, "-m", "train.script_mode"], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "train.cli"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     seen = json.loads((sm_paths.output_data_dir / "seen.json").read_text())
     assert seen == {"argv": ["--batch-size", "8", "--lr", "0.05"], "model": str(sm_paths.model_dir), "channel": str(sm_paths.data_dir / "training")}
@@ -80,7 +80,7 @@ def test_whole_run_failing_script_exit_code_and_failure_file(sm_paths, tmp_path)
     sm_paths.hyperparameters_file.write_text(json.dumps({"sagemaker_program": '"entry.py"', "sagemaker_submit_directory": json.dumps(str(source))}))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
     env["SM_VISION_OPT_ML"] = str(sm_paths.root)
-    result = subprocess.run([sys.executable, "-m", "train.script_mode"], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "train.cli"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     failure = sm_paths.failure_file.read_text()
     # The toolkit lays the captured stderr out differently from run to run
