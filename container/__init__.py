@@ -6,8 +6,8 @@ here: host-side tools and tests import it freely.
 """
 
 from container.contract import (
-    ConfigError,
     Channel,
+    ConfigError,
     ResourceConfig,
     SageMakerPaths,
     ServingEnv,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 # One variable moves the whole tree, so tests and local runs can use a temp dir.
 ROOT_ENV_VAR = "SM_VISION_OPT_ML"
@@ -33,7 +33,7 @@ class SageMakerPaths:
     root: Path = Path(DEFAULT_ROOT)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "SageMakerPaths":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SageMakerPaths:
         environ = os.environ if environ is None else environ
         return cls(Path(environ.get(ROOT_ENV_VAR) or DEFAULT_ROOT))
 
@@ -160,11 +160,7 @@ def read_input_data_config(paths: SageMakerPaths) -> dict[str, Channel]:
         }
     if not paths.data_dir.is_dir():
         return {}
-    return {
-        entry.name: Channel(entry.name, entry)
-        for entry in sorted(paths.data_dir.iterdir())
-        if entry.is_dir()
-    }
+    return {entry.name: Channel(entry.name, entry) for entry in sorted(paths.data_dir.iterdir()) if entry.is_dir()}
 
 
 @dataclass(frozen=True)
@@ -195,9 +191,7 @@ def read_resource_config(paths: SageMakerPaths) -> ResourceConfig | None:
     except KeyError as err:
         raise ConfigError(f"{paths.resource_config_file} lacks field {err.args[0]!r}") from None
     if current not in hosts:
-        raise ConfigError(
-            f"resourceconfig.json: current_host {current!r} is not among hosts {list(hosts)}"
-        )
+        raise ConfigError(f"resourceconfig.json: current_host {current!r} is not among hosts {list(hosts)}")
     return ResourceConfig(current, hosts, raw.get("network_interface_name"))
 
 
@@ -252,7 +246,7 @@ class ServingEnv:
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "ServingEnv":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingEnv:
         environ = os.environ if environ is None else environ
         port = _env_int(environ, "SAGEMAKER_BIND_TO_PORT", 8080)
         assert port is not None
@@ -269,8 +263,6 @@ class ServingEnv:
             timeout_s=_env_int(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60) or 60,
             program=environ.get("SAGEMAKER_PROGRAM") or None,
             max_payload_mb=_env_int(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6) or 6,
-            max_concurrent_transforms=_env_int(
-                environ, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", None
-            ),
+            max_concurrent_transforms=_env_int(environ, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", None),
             batch_strategy=environ.get("SAGEMAKER_BATCH_STRATEGY") or None,
         )

@@ -16,9 +16,9 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from starlette.applications import Starlette
@@ -111,7 +111,9 @@ class ServedModel:
         self.pipeline = None
         if hooks:
             preprocess = classifier.preprocess if classifier else _default_preprocess()
-            self.pipeline = HookPipeline(hooks, self.model, preprocess, classifier.classes if classifier else None, settings.limits, settings.top_k)
+            self.pipeline = HookPipeline(
+                hooks, self.model, preprocess, classifier.classes if classifier else None, settings.limits, settings.top_k
+            )
         self.pools = pools
         self.batcher = None
         if classifier and settings.batching and not hooks:
@@ -125,8 +127,9 @@ class ServedModel:
     def context(self, headers: dict[str, str]) -> Context:
         return Context(self.name, str(self.model_dir), self.gpu_id, headers)
 
-
-    async def invoke(self, body: bytes, content_type: str | None, accept: str | None, top_k: int | None, headers: dict[str, str]) -> tuple[bytes, str]:
+    async def invoke(
+        self, body: bytes, content_type: str | None, accept: str | None, top_k: int | None, headers: dict[str, str]
+    ) -> tuple[bytes, str]:
         if self.pipeline is not None:
             return await self.pools.infer(self.pipeline, body, content_type, accept, self.context(headers))
         codec.check_accept(accept)
@@ -162,8 +165,12 @@ class SingleModel:
             self.reason = f"{type(err).__name__}: {err}"
             log.exception("MODEL LOAD FAILED: %s", self.reason)
         else:
-            log.info("model ready in %.1f s (%s, device %s)", time.monotonic() - self.started,
-                     "user hooks" if self.model.pipeline else "default handlers", self.settings.device)
+            log.info(
+                "model ready in %.1f s (%s, device %s)",
+                time.monotonic() - self.started,
+                "user hooks" if self.model.pipeline else "default handlers",
+                self.settings.device,
+            )
         self.state = "ready" if self.model is not None else "failed"
 
     def get(self, name: str | None = None) -> ServedModel:
@@ -202,7 +209,9 @@ class Registry:
             need = dir_bytes(path)
             budget = self.settings.mme_budget_bytes
             if need > budget:
-                raise InsufficientMemory(f"model {name!r} needs ~{need >> 20} MiB; the budget is {budget >> 20} MiB (SM_VISION_MME_MEMORY_MB)")
+                raise InsufficientMemory(
+                    f"model {name!r} needs ~{need >> 20} MiB; the budget is {budget >> 20} MiB (SM_VISION_MME_MEMORY_MB)"
+                )
             while self.models and self.used() + need > budget:
                 evicted, model = self.models.popitem(last=False)
                 model.close()
@@ -290,10 +299,16 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            access_log.info(json.dumps({
-                "method": scope["method"], "path": scope["path"], "status": status[0],
-                "latency_ms": round((time.perf_counter() - start) * 1000, 2),
-            }))
+            access_log.info(
+                json.dumps(
+                    {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status[0],
+                        "latency_ms": round((time.perf_counter() - start) * 1000, 2),
+                    }
+                )
+            )
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -331,11 +346,13 @@ def create_app(settings: Settings) -> Starlette:
 
     @endpoint
     async def execution_parameters(request: Request) -> Response:
-        return JSONResponse({
-            "MaxConcurrentTransforms": settings.max_concurrent_transforms or settings.workers,
-            "BatchStrategy": settings.batch_strategy or "MULTI_RECORD",
-            "MaxPayloadInMB": settings.max_payload_bytes // (1024 * 1024),
-        })
+        return JSONResponse(
+            {
+                "MaxConcurrentTransforms": settings.max_concurrent_transforms or settings.workers,
+                "BatchStrategy": settings.batch_strategy or "MULTI_RECORD",
+                "MaxPayloadInMB": settings.max_payload_bytes // (1024 * 1024),
+            }
+        )
 
     def registry() -> Registry:
         if not isinstance(models, Registry):
@@ -375,9 +392,14 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app):
         if isinstance(models, SingleModel):
             threading.Thread(target=models.load, name="model-loader", daemon=True).start()
-        log.info("serving on device %s with %d inference workers%s%s%s", settings.device, settings.workers,
-                 ", micro-batching" if settings.batching else "", ", multi-model" if settings.multi_model else "",
-                 ", batch transform (see /execution-parameters)" if settings.batch_mode else "")
+        log.info(
+            "serving on device %s with %d inference workers%s%s%s",
+            settings.device,
+            settings.workers,
+            ", micro-batching" if settings.batching else "",
+            ", multi-model" if settings.multi_model else "",
+            ", batch transform (see /execution-parameters)" if settings.batch_mode else "",
+        )
         yield
         log.info("shutting down: in-flight requests finished")
         pools.close()

@@ -29,11 +29,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=None, help="default SAGEMAKER_BIND_TO_PORT or 8080")
     parser.add_argument("--model-dir", type=Path, default=None, help="default /opt/ml/model (root moved by SM_VISION_OPT_ML)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, default=None, help="concurrent forward passes; default SAGEMAKER_MODEL_SERVER_WORKERS or min(CPUs, 4) (1 on GPU)")
-    parser.add_argument("--top-k", type=int, default=None, help="classes in top_k; default SM_VISION_TOP_K or 5 (per request: ?top_k= or X-Top-K)")
-    parser.add_argument("--batching", choices=["auto", "on", "off"], default=None, help="dynamic micro-batching; auto = on for GPU; env SM_VISION_BATCHING")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="concurrent forward passes; default SAGEMAKER_MODEL_SERVER_WORKERS or min(CPUs, 4) (1 on GPU)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="classes in top_k; default SM_VISION_TOP_K or 5 (per request: ?top_k= or X-Top-K)"
+    )
+    parser.add_argument(
+        "--batching", choices=["auto", "on", "off"], default=None, help="dynamic micro-batching; auto = on for GPU; env SM_VISION_BATCHING"
+    )
     parser.add_argument("--max-batch-size", type=int, default=None, help="micro-batch rows; env SM_VISION_MAX_BATCH_SIZE, default 16")
-    parser.add_argument("--max-batch-delay-ms", type=float, default=None, help="wait for a batch to fill; env SM_VISION_MAX_BATCH_DELAY_MS, default 5")
+    parser.add_argument(
+        "--max-batch-delay-ms", type=float, default=None, help="wait for a batch to fill; env SM_VISION_MAX_BATCH_DELAY_MS, default 5"
+    )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
@@ -127,7 +138,9 @@ def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
         limits=decode_limits(env),
         batching=batching == "on" or (batching == "auto" and device.type == "cuda"),
         max_batch_size=args.max_batch_size or _env_number("SM_VISION_MAX_BATCH_SIZE", 16),
-        max_delay_ms=args.max_batch_delay_ms if args.max_batch_delay_ms is not None else _env_number("SM_VISION_MAX_BATCH_DELAY_MS", 5.0, float),
+        max_delay_ms=args.max_batch_delay_ms
+        if args.max_batch_delay_ms is not None
+        else _env_number("SM_VISION_MAX_BATCH_DELAY_MS", 5.0, float),
         program=env.program,
         multi_model=env.multi_model,
         batch_mode=env.batch,

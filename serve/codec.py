@@ -15,14 +15,14 @@ import binascii
 import io
 import json
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from serve.errors import BadInput, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, Unprocessable
+from serve.errors import BadInput, NotAcceptable, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from serve.fetch import FetchPolicy, fetch_url
 
 IMAGE_TYPES = {"application/x-image", "application/octet-stream"}
@@ -133,7 +133,9 @@ def _from_array(array: np.ndarray, preprocess: Callable) -> tuple[torch.Tensor, 
         batch = array.ndim == 4
         frames = array if batch else array[None]
         if frames.ndim == 3 or frames.shape[-1] in (1, 3, 4):
-            images = [Image.fromarray(frame.squeeze(-1) if frame.ndim == 3 and frame.shape[-1] == 1 else frame).convert("RGB") for frame in frames]
+            images = [
+                Image.fromarray(frame.squeeze(-1) if frame.ndim == 3 and frame.shape[-1] == 1 else frame).convert("RGB") for frame in frames
+            ]
             return torch.stack([preprocess(image) for image in images]), batch
     if np.issubdtype(array.dtype, np.floating) and array.ndim in (3, 4) and array.shape[-3] == 3:
         batch = array.ndim == 4
@@ -178,7 +180,7 @@ def top_k_result(probs: torch.Tensor, classes: tuple[str, ...], k: int) -> dict:
     return {
         "predicted_label": classes[order[0]],
         "confidence": values[order[0]],
-        "probabilities": {name: value for name, value in zip(classes, values)},
+        "probabilities": {name: value for name, value in zip(classes, values, strict=False)},
         "top_k": [{"label": classes[i], "probability": values[i]} for i in order[:k]],
     }
 

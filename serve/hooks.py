@@ -18,10 +18,11 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,9 @@ def install_requirements(code_dir: Path) -> None:
     log.info("installing %s", requirements)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-input", "-r", str(requirements)],
-        capture_output=True, text=True, cwd=code_dir,  # relative paths in the file mean code/
+        capture_output=True,
+        text=True,
+        cwd=code_dir,  # relative paths in the file mean code/
     )
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
@@ -109,7 +112,7 @@ class UserHooks:
     functions: dict[str, Callable]
 
     @classmethod
-    def load(cls, script: Path, module_name: str) -> "UserHooks":
+    def load(cls, script: Path, module_name: str) -> UserHooks:
         install_requirements(script.parent)
         module = load_script(script, module_name)
         functions = {name: getattr(module, name) for name in HOOKS if callable(getattr(module, name, None))}
@@ -145,7 +148,9 @@ class HookPipeline:
     user's own model); output_fn answers our JSON for our Classifier's output and
     nested lists otherwise (what AWS's default does)."""
 
-    def __init__(self, hooks: UserHooks, model: Any, preprocess: Callable, classes: tuple[str, ...] | None, limits: codec.DecodeLimits, top_k: int):
+    def __init__(
+        self, hooks: UserHooks, model: Any, preprocess: Callable, classes: tuple[str, ...] | None, limits: codec.DecodeLimits, top_k: int
+    ):
         self.hooks = hooks.functions
         self.model = model
         self.preprocess = preprocess

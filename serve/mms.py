@@ -39,6 +39,7 @@ def _handler_class():
                 return func(*args)
             except ServeError as err:  # keep our status codes (MMS adds its own body)
                 raise errors.GenericInferenceToolkitError(err.status, err.message) from None
+
         return wrapped
 
     class VisionInferenceHandler(DefaultInferenceHandler):

@@ -13,8 +13,8 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import torch
-from torch.fx.experimental.optimization import fuse
 from PIL import Image
+from torch.fx.experimental.optimization import fuse
 
 from container import ConfigError
 from train.artifact import SPEC_FILE, ModelSpec

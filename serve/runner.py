@@ -9,7 +9,7 @@ import concurrent.futures
 import queue
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Every test, on a fresh Debian machine or a developer's:
+#   0. ruff lint and format check,
 #   1. unit tests inside the image's `test` stage (exactly the image's torch),
 #   2. host-side tests (AWS code with Stubber/moto, shell scripts with fake tools),
 #   3. container tests driving the real image through the docker SDK and HTTP.
@@ -16,6 +17,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q -r requirements-test.txt
+
+echo "=== lint and format (ruff)"
+"$VENV/bin/ruff" check .
+"$VENV/bin/ruff" format --check .
 
 echo "=== building $IMAGE and the unit-test stage"
 docker/build.sh "$IMAGE" --quiet >/dev/null

@@ -46,7 +46,7 @@ class ModelSpec:
         return path
 
     @classmethod
-    def load(cls, model_dir: Path) -> "ModelSpec":
+    def load(cls, model_dir: Path) -> ModelSpec:
         path = model_dir / SPEC_FILE
         try:
             data = json.loads(path.read_text())

@@ -29,7 +29,9 @@ def setup_logging(rank: int = 0) -> None:
     # Non-main ranks log warnings only, so a job's log reads like one process's.
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if rank == 0 else f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if rank == 0
+        else f"%(asctime)s %(levelname)s rank{rank} %(name)s: %(message)s",
         stream=sys.stdout,
         force=True,
     )
@@ -71,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     code = distributed.launch(topology, config.to_dict())
     if code == EXIT_STOPPED and not paths.failure_file.exists():
         # Rank 0 writes the detailed stop message on its own host; say it here too.
-        write_failure(paths, f"stopped by a signal on host {topology.host_name}; rank 0 saved a checkpoint that a restarted job resumes from")
+        write_failure(
+            paths, f"stopped by a signal on host {topology.host_name}; rank 0 saved a checkpoint that a restarted job resumes from"
+        )
     elif code != 0 and not paths.failure_file.exists():
         write_failure(paths, f"a training process on host {topology.host_name} exited with code {code}")
     return code

@@ -10,7 +10,7 @@ the entry point writes to /opt/ml/output/failure.
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional, Union, get_args, get_origin, get_type_hints
+from typing import Union, get_args, get_origin, get_type_hints
 
 from container import ConfigError, hyperparameters_to_argv
 
@@ -23,7 +23,9 @@ def _opt(default, help: str, choices=None, aliases=()):
 class TrainConfig:
     # --- model ---
     arch: str = _opt("resnet18", "torchvision classification architecture (resnet50, efficientnet_b0, convnext_tiny, vit_b_16, ...)")
-    pretrained_weights: Optional[str] = _opt(None, "torchvision state-dict file to start from (default: a .pth/.pt file in the 'pretrained' channel, else train from scratch)")
+    pretrained_weights: str | None = _opt(
+        None, "torchvision state-dict file to start from (default: a .pth/.pt file in the 'pretrained' channel, else train from scratch)"
+    )
     freeze_backbone: bool = _opt(False, "train only the classifier head")
     image_size: int = _opt(224, "crop size in pixels for training and serving")
     channels_last: bool = _opt(False, "use channels-last memory format (faster convs with AMP on GPUs)")
@@ -40,7 +42,9 @@ class TrainConfig:
     gamma: float = _opt(0.1, "step scheduler: decay factor")
     label_smoothing: float = _opt(0.0, "label smoothing for cross-entropy, in [0, 1)")
     class_weighted_loss: bool = _opt(False, "weight the loss by inverse class frequency (imbalanced data)")
-    early_stopping_patience: int = _opt(0, "stop after this many epochs without improvement of the objective (0: never)", aliases=("patience",))
+    early_stopping_patience: int = _opt(
+        0, "stop after this many epochs without improvement of the objective (0: never)", aliases=("patience",)
+    )
     objective: str = _opt("val_macro_f1", "metric that picks the best epoch", choices=("val_macro_f1", "val_acc", "val_loss"))
     amp: str = _opt("auto", "mixed precision: auto = bf16 (or fp16) on GPUs, off on CPU", choices=("auto", "bf16", "fp16", "off"))
     seed: int = _opt(42, "random seed")
@@ -48,9 +52,9 @@ class TrainConfig:
     num_workers: int = _opt(-1, "DataLoader workers per process (-1: from the CPU count)")
     val_fraction: float = _opt(0.1, "share of images held out for validation when the data has no validation split")
     max_bad_fraction: float = _opt(0.05, "fail when more than this share of image files cannot be read")
-    train_dir: Optional[str] = _opt(None, "training ImageFolder (default: from the SageMaker channels)")
-    valid_dir: Optional[str] = _opt(None, "validation ImageFolder (default: from the channels)")
-    test_dir: Optional[str] = _opt(None, "test ImageFolder (default: from the channels)")
+    train_dir: str | None = _opt(None, "training ImageFolder (default: from the SageMaker channels)")
+    valid_dir: str | None = _opt(None, "validation ImageFolder (default: from the channels)")
+    test_dir: str | None = _opt(None, "test ImageFolder (default: from the channels)")
     # --- run ---
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     log_interval: int = _opt(20, "steps between progress lines")
@@ -61,13 +65,13 @@ class TrainConfig:
     nproc_per_node: int = _opt(0, "processes on this host (0: one per GPU, else 1)", aliases=("nproc",))
     nnodes: int = _opt(0, "hosts taking part (0: from resourceconfig.json or NNODES, else 1)")
     node_rank: int = _opt(-1, "this host's rank (-1: from resourceconfig.json or NODE_RANK, else 0)")
-    master_addr: Optional[str] = _opt(None, "address of rank 0's host (default: first host, or MASTER_ADDR)")
+    master_addr: str | None = _opt(None, "address of rank 0's host (default: first host, or MASTER_ADDR)")
     master_port: int = _opt(29500, "rendezvous port on the master host")
     dist_timeout_s: int = _opt(300, "seconds before a dead or hung peer fails the job")
     # --- outputs (default: the /opt/ml contract) ---
-    model_dir: Optional[str] = _opt(None, "where the model is written (default /opt/ml/model)")
-    output_data_dir: Optional[str] = _opt(None, "metrics and plots (default /opt/ml/output/data)")
-    checkpoint_dir: Optional[str] = _opt(None, "checkpoints (default /opt/ml/checkpoints)")
+    model_dir: str | None = _opt(None, "where the model is written (default /opt/ml/model)")
+    output_data_dir: str | None = _opt(None, "metrics and plots (default /opt/ml/output/data)")
+    checkpoint_dir: str | None = _opt(None, "checkpoints (default /opt/ml/checkpoints)")
 
     def __post_init__(self):
         _validate(self)

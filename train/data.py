@@ -86,7 +86,11 @@ def scan_image_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not found:
         loose = [p.name for p in root.iterdir() if p.is_file()][:3]
-        hint = f" (it holds files such as {loose}: images must sit in one folder per class)" if loose else " (it is empty: was the S3 prefix right?)"
+        hint = (
+            f" (it holds files such as {loose}: images must sit in one folder per class)"
+            if loose
+            else " (it is empty: was the S3 prefix right?)"
+        )
         raise ConfigError(f"{root} has no class folders{hint}")
     if classes is None:
         classes = found

@@ -43,7 +43,9 @@ def gpu_unusable_reason() -> str | None:
     parts = [
         "NVIDIA devices are present but torch cannot use them; running on CPU.",
         f"torch {torch.__version__} is built for CUDA {cuda} and needs NVIDIA driver >= {MIN_DRIVER}",
-        f"found driver {found}." if found else "found no driver version (is the NVIDIA container toolkit installed and --gpus all passed?).",
+        f"found driver {found}."
+        if found
+        else "found no driver version (is the NVIDIA container toolkit installed and --gpus all passed?).",
     ]
     if found and int(found.split(".")[0]) < MIN_DRIVER:
         parts.append(

@@ -17,9 +17,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Mapping
 
 import torch
 import torch.distributed as torch_dist
@@ -117,8 +117,13 @@ def launch(topology: Topology, config_dict: dict) -> int:
         workers.append(subprocess.Popen([sys.executable, "-m", "train.worker"], env=worker_env))
     log.info(
         "launched %d processes on host %s (node %d of %d, world size %d, master %s:%d)",
-        len(workers), topology.host_name, topology.node_rank, topology.nnodes, topology.world_size,
-        topology.master_addr, topology.master_port,
+        len(workers),
+        topology.host_name,
+        topology.node_rank,
+        topology.nnodes,
+        topology.world_size,
+        topology.master_addr,
+        topology.master_port,
     )
 
     def forward(signum, _frame):

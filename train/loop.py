@@ -143,7 +143,11 @@ def load_data(config: TrainConfig, paths: SageMakerPaths) -> Data:
     eval_tf = presets.eval_transform(config.image_size, None, mean, std)
     log.info(
         "data: %d classes, %d train / %d valid / %s test images from %s",
-        len(classes), len(train_samples), len(valid_samples), len(test_samples) if test_samples else "no", splits.train,
+        len(classes),
+        len(train_samples),
+        len(valid_samples),
+        len(test_samples) if test_samples else "no",
+        splits.train,
     )
     return Data(
         classes,
@@ -202,7 +206,9 @@ def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, config, info, epoch, start_step, stop, autocast_dtype, on_step, sums=None):
+def train_one_epoch(
+    model, criterion, optimizer, scheduler, scaler, loader, config, info, epoch, start_step, stop, autocast_dtype, on_step, sums=None
+):
     model.train()
     device = info.device
     sums = sums or EpochSums(info)
@@ -289,7 +295,11 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
     train_sampler = data.ShardSampler(len(dataset.train), info.rank, info.world_size, config.seed, shuffle=True, pad=True)
     train_loader = data.make_loader(dataset.train, train_sampler, config.batch_size, workers, pin)
     valid_loader = data.make_loader(
-        dataset.valid, data.ShardSampler(len(dataset.valid), info.rank, info.world_size, config.seed, False, False), config.batch_size, workers, pin
+        dataset.valid,
+        data.ShardSampler(len(dataset.valid), info.rank, info.world_size, config.seed, False, False),
+        config.batch_size,
+        workers,
+        pin,
     )
     steps_per_epoch = len(train_sampler) // config.batch_size + bool(len(train_sampler) % config.batch_size)
 
@@ -321,7 +331,9 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
     state = distributed.broadcast_from_main(load_latest(checkpoint_dir) if config.resume and info.is_main else None, info)
     if state is not None:
         if state["classes"] != dataset.classes:
-            raise ConfigError(f"checkpoint {state['path']} was trained on classes {state['classes'][:5]}..., not this data's; clear {checkpoint_dir} or set resume=false")
+            raise ConfigError(
+                f"checkpoint {state['path']} was trained on classes {state['classes'][:5]}..., not this data's; clear {checkpoint_dir} or set resume=false"
+            )
         model_without_ddp.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -339,7 +351,16 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
-            "progress": Progress(epoch, step, progress.best_value, progress.best_epoch, progress.best_weights, progress.epochs_without_improvement, progress.history, partial),
+            "progress": Progress(
+                epoch,
+                step,
+                progress.best_value,
+                progress.best_epoch,
+                progress.best_weights,
+                progress.epochs_without_improvement,
+                progress.history,
+                partial,
+            ),
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
             "classes": dataset.classes,
             "config": config.to_dict(),
@@ -361,7 +382,20 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
                 checkpoint(epoch, step, sums.reduced(info))
 
         train_row, step = train_one_epoch(
-            model, criterion, optimizer, scheduler, scaler, train_loader, config, info, epoch, progress.step, stop, autocast_dtype, on_step, sums
+            model,
+            criterion,
+            optimizer,
+            scheduler,
+            scaler,
+            train_loader,
+            config,
+            info,
+            epoch,
+            progress.step,
+            stop,
+            autocast_dtype,
+            on_step,
+            sums,
         )
         if step < steps_per_epoch:  # left early: every rank agreed to stop
             saved = checkpoint(epoch, step, sums.reduced(info))
@@ -381,7 +415,12 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
         }
         progress.history.append(row)
         if info.is_main:
-            log.info(format_metrics({"epoch": epoch + 1}, {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch_time_s")}))
+            log.info(
+                format_metrics(
+                    {"epoch": epoch + 1},
+                    {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch_time_s")},
+                )
+            )
         value = objective_value(config, row)
         if progress.best_value is None or value > progress.best_value:
             progress.best_value, progress.best_epoch = value, epoch + 1
@@ -395,7 +434,12 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
             return Outcome(True, epoch + 1, 0, saved)
         if config.early_stopping_patience and progress.epochs_without_improvement >= config.early_stopping_patience:
             if info.is_main:
-                log.info("early stopping: %s has not improved for %d epochs (best at epoch %d)", config.objective, progress.epochs_without_improvement, progress.best_epoch)
+                log.info(
+                    "early stopping: %s has not improved for %d epochs (best at epoch %d)",
+                    config.objective,
+                    progress.epochs_without_improvement,
+                    progress.best_epoch,
+                )
             break
 
     # SageMaker tuning scores a job by the *last* value of its objective metric:
@@ -460,7 +504,18 @@ def write_outputs(config, dataset: Data, progress: Progress, final_split, final,
     (output_dir / "classification_report.txt").write_text(
         f"{final_split} split, best epoch {progress.best_epoch} by {config.objective}\n\n" + metrics.per_class_report(final)
     )
-    plots.plot_confusion(confusion, dataset.classes, output_dir / "confusion_matrix.png", f"confusion matrix ({final_split}, best epoch {progress.best_epoch})")
+    plots.plot_confusion(
+        confusion,
+        dataset.classes,
+        output_dir / "confusion_matrix.png",
+        f"confusion matrix ({final_split}, best epoch {progress.best_epoch})",
+    )
     plots.plot_learning_curves(progress.history, output_dir / "learning_curves.png")
-    log.info("wrote model to %s and metrics/plots to %s (best epoch %d, %s macro-F1 %.4f)", model_dir, output_dir, progress.best_epoch, final_split, final["macro_f1"])
-
+    log.info(
+        "wrote model to %s and metrics/plots to %s (best epoch %d, %s macro-F1 %.4f)",
+        model_dir,
+        output_dir,
+        progress.best_epoch,
+        final_split,
+        final["macro_f1"],
+    )

@@ -61,5 +61,7 @@ def per_class_report(summary: dict) -> str:
     total = sum(row["support"] for row in summary["per_class"].values())
     lines.append("")
     lines.append(f"{'accuracy':<{width}}  {'':9}  {'':6}  {summary['acc']:8.4f}  {total:7d}")
-    lines.append(f"{'macro avg':<{width}}  {summary['macro_precision']:9.4f}  {summary['macro_recall']:6.4f}  {summary['macro_f1']:8.4f}  {total:7d}")
+    lines.append(
+        f"{'macro avg':<{width}}  {summary['macro_precision']:9.4f}  {summary['macro_recall']:6.4f}  {summary['macro_f1']:8.4f}  {total:7d}"
+    )
     return "\n".join(lines) + "\n"

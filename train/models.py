@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
 import torchvision
+from torch import nn
 
 from container import ConfigError
 

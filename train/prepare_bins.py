@@ -60,16 +60,21 @@ def parse_split(text: str) -> tuple[float, float, float]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="train prepare-bins", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="train prepare-bins", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, required=True, help="folder of bin images (ID.jpg)")
     parser.add_argument("--metadata", type=Path, required=True, help="folder of metadata JSONs (ID.json)")
     parser.add_argument("--out", type=Path, required=True, help="ImageFolder root to create (train/valid/test)")
-    parser.add_argument("--quantities", type=parse_quantities, default=parse_quantities("1-5"), help="quantities kept as classes (default 1-5)")
+    parser.add_argument(
+        "--quantities", type=parse_quantities, default=parse_quantities("1-5"), help="quantities kept as classes (default 1-5)"
+    )
     parser.add_argument("--split", type=parse_split, default=(0.8, 0.1, 0.1), help="train,valid,test fractions (default 0.8,0.1,0.1)")
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed: the same seed gives the same split")
-    parser.add_argument("--link", choices=["hardlink", "symlink", "copy"], default="hardlink", help="how files reach the tree (hardlink falls back to copy across filesystems)")
+    parser.add_argument(
+        "--link",
+        choices=["hardlink", "symlink", "copy"],
+        default="hardlink",
+        help="how files reach the tree (hardlink falls back to copy across filesystems)",
+    )
     return parser
 
 
@@ -110,7 +115,7 @@ def assign(by_class: dict[int, list[Path]], fractions: tuple[float, float, float
         images = sorted(by_class[quantity])
         rng.shuffle(images)
         start = 0
-        for split, count in zip(SPLITS, split_counts(len(images), fractions)):
+        for split, count in zip(SPLITS, split_counts(len(images), fractions), strict=False):
             result[split][quantity] = images[start : start + count]
             start += count
     return result
@@ -139,7 +144,9 @@ def format_table(split: dict[str, dict[int, list[Path]]], quantities: list[int])
     totals = [sum(len(v) for v in split[s].values()) for s in SPLITS]
     rows.append(["total", *map(str, totals), str(sum(totals))])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths))) for r in rows)
+    return "\n".join(
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(r, widths, strict=False))) for r in rows
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
             by_class.setdefault(quantity, []).append(image)
     kept = sum(len(v) for v in by_class.values())
     if kept == 0:
-        print(f"error: none of the {len(images)} images in {args.images} has a usable {QUANTITY_KEY} in {format_quantities(args.quantities)} "
-              f"(skipped: {dict(skipped) or 'none'})", file=sys.stderr)
+        print(
+            f"error: none of the {len(images)} images in {args.images} has a usable {QUANTITY_KEY} in {format_quantities(args.quantities)} "
+            f"(skipped: {dict(skipped) or 'none'})",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
 
     split = assign(by_class, args.split, args.seed)

@@ -7,7 +7,7 @@ Every metric is `name=value`, names are unique, and no name is the tail of anoth
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 EPOCH_METRICS = (
     "train_loss",
@@ -22,8 +22,7 @@ PROGRESS_METRICS = ("step_loss", "images_per_s")
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 METRIC_DEFINITIONS: list[dict[str, str]] = [
-    {"Name": name, "Regex": f"{name}={_NUMBER}"}
-    for name in EPOCH_METRICS + TEST_METRICS + PROGRESS_METRICS
+    {"Name": name, "Regex": f"{name}={_NUMBER}"} for name in EPOCH_METRICS + TEST_METRICS + PROGRESS_METRICS
 ]
 
 

@@ -67,7 +67,7 @@ class Config:
     allowed_url_hosts: tuple[str, ...] = ()
 
     @classmethod
-    def from_env(cls, environ=None) -> "Config":
+    def from_env(cls, environ=None) -> Config:
         environ = os.environ if environ is None else environ
         endpoint = environ.get("ENDPOINT_NAME", "").strip()
         if not endpoint:
@@ -84,6 +84,7 @@ class Config:
 
 # --- responses ---------------------------------------------------------------------
 
+
 def response(status: int, body) -> dict:
     return {
         "statusCode": status,
@@ -94,6 +95,7 @@ def response(status: int, body) -> dict:
 
 
 # --- decoding the event --------------------------------------------------------------
+
 
 def _header(headers: dict | None, name: str) -> str:
     for key, value in (headers or {}).items():
@@ -111,8 +113,7 @@ def parse_event(event) -> tuple[str, object]:
         return _parse_payload(event)
     body = event.get("body")
     if body is None or body == "":
-        raise RequestError(400, "empty request body: send {\"url\": ...}, {\"s3_uri\": ...}, "
-                                "{\"image\": base64} or an image/jpeg|png body")
+        raise RequestError(400, 'empty request body: send {"url": ...}, {"s3_uri": ...}, {"image": base64} or an image/jpeg|png body')
     content_type = _header(event.get("headers"), "content-type")
     raw: bytes | str = body
     if event.get("isBase64Encoded"):
@@ -128,8 +129,7 @@ def parse_event(event) -> tuple[str, object]:
     try:
         payload = json.loads(text)
     except json.JSONDecodeError:
-        raise RequestError(400, "body is not JSON; send application/json, an image, or a URL "
-                                "with Content-Type string/url") from None
+        raise RequestError(400, "body is not JSON; send application/json, an image, or a URL with Content-Type string/url") from None
     return _parse_payload(payload)
 
 
@@ -163,6 +163,7 @@ def sniff_image(data: bytes) -> str | None:
 
 # --- the URL guard -------------------------------------------------------------------
 
+
 def resolve(host: str, port: int) -> list[str]:
     """All addresses of host (a seam for tests: they must not query real DNS)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -176,8 +177,9 @@ def address_allowed(ip) -> bool:
             ip = mapped
         elif ip.teredo:
             ip = ip.teredo[1]
-    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified
-                                 or ip.is_loopback or ip.is_link_local or ip.is_private)
+    return ip.is_global and not (
+        ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback or ip.is_link_local or ip.is_private
+    )
 
 
 def check_url(url: str, config: Config) -> tuple[str, str, int, str, str]:
@@ -247,8 +249,7 @@ def fetch_url(url: str, config: Config) -> bytes:
         cls = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
         connection = cls(host, port, address, timeout=remaining)
         try:
-            connection.request("GET", path, headers={"User-Agent": "smvision-lambda-bridge",
-                                                     "Accept": "image/jpeg, image/png"})
+            connection.request("GET", path, headers={"User-Agent": "smvision-lambda-bridge", "Accept": "image/jpeg, image/png"})
             reply = connection.getresponse()
             if reply.status in (301, 302, 303, 307, 308):
                 location = reply.getheader("Location")
@@ -270,7 +271,7 @@ def fetch_url(url: str, config: Config) -> bytes:
                     return data
                 data += chunk
             raise RequestError(413, f"image is larger than the limit of {config.max_image_bytes} bytes")
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise RequestError(504, "fetching the url timed out") from None
         except (OSError, http.client.HTTPException) as err:
             raise RequestError(502, f"fetching the url failed: {type(err).__name__}") from None
@@ -280,6 +281,7 @@ def fetch_url(url: str, config: Config) -> bytes:
 
 
 # --- S3 ---------------------------------------------------------------------------------
+
 
 def _split_s3(uri: str) -> tuple[str, str]:
     parts = urlsplit(uri)
@@ -313,6 +315,7 @@ def read_s3(uri: str, config: Config, s3_client) -> bytes:
 
 
 # --- the endpoint -------------------------------------------------------------------
+
 
 def invoke(image: bytes, config: Config, runtime_client) -> dict:
     from botocore.exceptions import ClientError, ReadTimeoutError

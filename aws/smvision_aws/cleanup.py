@@ -34,8 +34,7 @@ def _attempt(report: list, kind: str, name: str, call, **params) -> None:
         report.append((kind, name, "already gone"))
 
 
-def cleanup_endpoint(sagemaker_client, autoscaling_client, endpoint_name: str,
-                     delete_models: bool = True) -> list[tuple[str, str, str]]:
+def cleanup_endpoint(sagemaker_client, autoscaling_client, endpoint_name: str, delete_models: bool = True) -> list[tuple[str, str, str]]:
     """Returns (kind, name, 'deleted' | 'already gone') for everything touched."""
     report: list[tuple[str, str, str]] = []
     config_name = None
@@ -62,15 +61,20 @@ def cleanup_endpoint(sagemaker_client, autoscaling_client, endpoint_name: str,
 
     if autoscaling_client is not None:
         for variant in variants:
-            _attempt(report, "scalable-target", resource_id(endpoint_name, variant),
-                     autoscaling_client.deregister_scalable_target, ServiceNamespace="sagemaker",
-                     ResourceId=resource_id(endpoint_name, variant), ScalableDimension=SCALABLE_DIMENSION)
+            _attempt(
+                report,
+                "scalable-target",
+                resource_id(endpoint_name, variant),
+                autoscaling_client.deregister_scalable_target,
+                ServiceNamespace="sagemaker",
+                ResourceId=resource_id(endpoint_name, variant),
+                ScalableDimension=SCALABLE_DIMENSION,
+            )
     if delete_models:
         for model in dict.fromkeys(models):
             _attempt(report, "model", model, sagemaker_client.delete_model, ModelName=model)
     _attempt(report, "endpoint", endpoint_name, sagemaker_client.delete_endpoint, EndpointName=endpoint_name)
-    _attempt(report, "endpoint-config", config_name, sagemaker_client.delete_endpoint_config,
-             EndpointConfigName=config_name)
+    _attempt(report, "endpoint-config", config_name, sagemaker_client.delete_endpoint_config, EndpointConfigName=config_name)
     return report
 
 
@@ -80,8 +84,7 @@ def names_by_tag(tagging_client, key: str, value: str | None) -> dict[str, list[
     tag_filter = {"Key": key, **({"Values": [value]} if value is not None else {})}
     token = ""
     while True:
-        params = dict(TagFilters=[tag_filter],
-                      ResourceTypeFilters=["sagemaker:endpoint", "sagemaker:endpoint-config", "sagemaker:model"])
+        params = dict(TagFilters=[tag_filter], ResourceTypeFilters=["sagemaker:endpoint", "sagemaker:endpoint-config", "sagemaker:model"])
         if token:
             params["PaginationToken"] = token
         page = tagging_client.get_resources(**params)
@@ -108,8 +111,7 @@ def cleanup_by_tag(sagemaker_client, autoscaling_client, tagging_client, key: st
     done = {(kind, name.lower()) for kind, name, _ in report}
     for name in found["endpoint-config"]:
         if ("endpoint-config", name.lower()) not in done:
-            _attempt(report, "endpoint-config", name, sagemaker_client.delete_endpoint_config,
-                     EndpointConfigName=name)
+            _attempt(report, "endpoint-config", name, sagemaker_client.delete_endpoint_config, EndpointConfigName=name)
     for name in found["model"]:
         if ("model", name.lower()) not in done:
             _attempt(report, "model", name, sagemaker_client.delete_model, ModelName=name)

@@ -24,7 +24,14 @@ from smvision_aws import cleanup as cleanup_mod
 from smvision_aws import hosting, iam, lambda_package, local_mode, tuning
 from smvision_aws.sessions import make_session, metric_definitions
 from smvision_aws.training import (
-    TrainSpec, UsageError, build_estimator, fit, parse_channels, parse_pairs, parse_tags, trainer_field,
+    TrainSpec,
+    UsageError,
+    build_estimator,
+    fit,
+    parse_channels,
+    parse_pairs,
+    parse_tags,
+    trainer_field,
     validate_hyperparameters,
 )
 
@@ -35,35 +42,48 @@ LOCAL_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode never ass
 def _common(parser: argparse.ArgumentParser, local: bool = True) -> None:
     parser.add_argument("--region", help="AWS region (default: from the AWS config/environment)")
     if local:
-        parser.add_argument("--local", action="store_true",
-                            help="run through SageMaker SDK local mode on this machine's docker")
+        parser.add_argument("--local", action="store_true", help="run through SageMaker SDK local mode on this machine's docker")
 
 
 def _image_role(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image",
-                        help="image URI: ACCOUNT.dkr.ecr.REGION.amazonaws.com/sagemaker-vision:TAG, "
-                             "or a local tag with --local")
-    parser.add_argument("--role", default=os.environ.get("SAGEMAKER_ROLE_ARN"),
-                        help="execution role ARN (default $SAGEMAKER_ROLE_ARN; not needed with --local)")
+    parser.add_argument("--image", help="image URI: ACCOUNT.dkr.ecr.REGION.amazonaws.com/sagemaker-vision:TAG, or a local tag with --local")
+    parser.add_argument(
+        "--role",
+        default=os.environ.get("SAGEMAKER_ROLE_ARN"),
+        help="execution role ARN (default $SAGEMAKER_ROLE_ARN; not needed with --local)",
+    )
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:
     _common(parser)
     _image_role(parser)
-    parser.add_argument("--instance-type", default="ml.g4dn.xlarge",
-                        help="training instance type (ignored with --local: 'local' or 'local_gpu')")
+    parser.add_argument(
+        "--instance-type", default="ml.g4dn.xlarge", help="training instance type (ignored with --local: 'local' or 'local_gpu')"
+    )
     parser.add_argument("--instance-count", type=int, default=1, help="hosts; >1 trains with DDP across them")
     parser.add_argument("--gpu", action="store_true", help="with --local: instance_type local_gpu")
-    parser.add_argument("--channel", action="append", metavar="NAME=URI",
-                        help="input channel, repeatable: training=s3://bucket/prefix/ (ImageFolder with "
-                             "train/ valid/ [test/]) or train=..., validation=..., test=...; file:///dir with --local")
-    parser.add_argument("--hp", action="append", metavar="NAME=VALUE",
-                        help="trainer hyperparameter, repeatable, the trainer's names: epochs, batch-size, lr, "
-                             "weight-decay, freeze-backbone, early-stopping-patience, arch, image-size, amp, ...")
-    parser.add_argument("--no-validate-hyperparameters", action="store_true",
-                        help="skip the host-side check of names/values (script mode: your own script's names)")
-    parser.add_argument("--output-path", help="s3://bucket/prefix/ for model.tar.gz (file:///dir with --local; "
-                                              "default there: file://$PWD/sm-local-output)")
+    parser.add_argument(
+        "--channel",
+        action="append",
+        metavar="NAME=URI",
+        help="input channel, repeatable: training=s3://bucket/prefix/ (ImageFolder with "
+        "train/ valid/ [test/]) or train=..., validation=..., test=...; file:///dir with --local",
+    )
+    parser.add_argument(
+        "--hp",
+        action="append",
+        metavar="NAME=VALUE",
+        help="trainer hyperparameter, repeatable, the trainer's names: epochs, batch-size, lr, "
+        "weight-decay, freeze-backbone, early-stopping-patience, arch, image-size, amp, ...",
+    )
+    parser.add_argument(
+        "--no-validate-hyperparameters",
+        action="store_true",
+        help="skip the host-side check of names/values (script mode: your own script's names)",
+    )
+    parser.add_argument(
+        "--output-path", help="s3://bucket/prefix/ for model.tar.gz (file:///dir with --local; default there: file://$PWD/sm-local-output)"
+    )
     parser.add_argument("--spot", action="store_true", help="managed spot training (needs --checkpoint-s3-uri)")
     parser.add_argument("--max-run", type=int, default=24 * 3600, help="seconds of training at most")
     parser.add_argument("--max-wait", type=int, help="spot: seconds to wait for capacity + run (default 2x max-run)")
@@ -71,14 +91,16 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volume-size", type=int, default=30, help="GB of EBS per instance")
     parser.add_argument("--tag", action="append", metavar="KEY=VALUE", help="resource tag, repeatable")
     parser.add_argument("--base-job-name", default="smvision")
-    parser.add_argument("--debugger-hook", action="store_true",
-                        help="keep SageMaker Debugger's hook config (script-mode users whose script creates an smdebug hook)")
+    parser.add_argument(
+        "--debugger-hook",
+        action="store_true",
+        help="keep SageMaker Debugger's hook config (script-mode users whose script creates an smdebug hook)",
+    )
     parser.add_argument("--no-wait", action="store_true", help="start the job and return")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="smvision-aws", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="smvision-aws", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -108,8 +130,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--autoscale", action="store_true", help="register target-tracking autoscaling")
     p.add_argument("--min-capacity", type=int, default=2)
     p.add_argument("--max-capacity", type=int, default=4)
-    p.add_argument("--target-invocations", type=float, default=10.0,
-                   help="target of SageMakerVariantInvocationsPerInstance (per instance per minute)")
+    p.add_argument(
+        "--target-invocations", type=float, default=10.0, help="target of SageMakerVariantInvocationsPerInstance (per instance per minute)"
+    )
     p.add_argument("--scale-in-cooldown", type=int, default=30, help="seconds")
     p.add_argument("--scale-out-cooldown", type=int, default=30, help="seconds")
     p.add_argument("--serverless", action="store_true", help="serverless endpoint instead of instances")
@@ -121,8 +144,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true")
     p.add_argument("--smoke-image", type=Path, help="send this JPEG/PNG once the endpoint is up; print the answer")
     p.add_argument("--serving-port", type=int, help="--local: host port of the endpoint (default 8080)")
-    p.add_argument("--hold", action="store_true",
-                   help="--local: keep the endpoint up until Ctrl-C (local endpoints end with this process)")
+    p.add_argument("--hold", action="store_true", help="--local: keep the endpoint up until Ctrl-C (local endpoints end with this process)")
 
     p = sub.add_parser("transform", help="batch transform over an S3 prefix (or file:// dir with --local)")
     _common(p)
@@ -165,10 +187,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # --- commands ------------------------------------------------------------------------
 
+
 def _image(args) -> str:
     if not args.image:
-        raise UsageError("--image is required: ACCOUNT.dkr.ecr.REGION.amazonaws.com/sagemaker-vision:TAG "
-                         "(or a local tag with --local)")
+        raise UsageError("--image is required: ACCOUNT.dkr.ecr.REGION.amazonaws.com/sagemaker-vision:TAG (or a local tag with --local)")
     return args.image
 
 
@@ -186,8 +208,9 @@ def _train_spec(args) -> TrainSpec:
     if args.local and not output_path:
         output_path = (Path.cwd() / "sm-local-output").as_uri()
     if not args.local and not output_path:
-        raise UsageError("--output-path s3://bucket/prefix/models/ is required (the execution role may "
-                         "write only under the project prefix)")
+        raise UsageError(
+            "--output-path s3://bucket/prefix/models/ is required (the execution role may write only under the project prefix)"
+        )
     spec = TrainSpec(
         image_uri=_image(args),
         role=_role(args),
@@ -217,11 +240,9 @@ def cmd_train(args, session=None) -> dict:
     estimator = build_estimator(spec, session, args.local)
     if args.local:
         job_name, model_data, hosts = local_fit(estimator, spec.channels, session, spec.image_uri, args.job_name)
-        return {"training_job": job_name, "model_data": model_data, "instance_count": spec.instance_count,
-                "hosts": hosts}
+        return {"training_job": job_name, "model_data": model_data, "instance_count": spec.instance_count, "hosts": hosts}
     job_name, model_data = fit(estimator, spec.channels, wait=not args.no_wait, job_name=args.job_name)
-    return {"training_job": job_name, "model_data": model_data, "instance_count": spec.instance_count,
-            "spot": spec.spot}
+    return {"training_job": job_name, "model_data": model_data, "instance_count": spec.instance_count, "spot": spec.spot}
 
 
 def local_fit(estimator, channels, session, image: str, job_name: str | None = None):
@@ -257,9 +278,14 @@ def cmd_tune(args, session=None) -> dict:
         job_name, model_data, hosts = local_fit(estimator, spec.channels, session, spec.image_uri)
         return {"local_trial": job_name, "hyperparameters": point, "model_data": model_data, "hosts": hosts}
     estimator = build_estimator(spec, session, local=False)
-    tuner = tuning.build_tuner(estimator, args.max_jobs, args.max_parallel_jobs,
-                               early_stopping=not args.no_early_stopping,
-                               metric_definitions=metric_definitions(), tags=spec.tags)
+    tuner = tuning.build_tuner(
+        estimator,
+        args.max_jobs,
+        args.max_parallel_jobs,
+        early_stopping=not args.no_early_stopping,
+        metric_definitions=metric_definitions(),
+        tags=spec.tags,
+    )
     tuner.fit(inputs=dict(spec.channels), wait=False)
     name = tuner.latest_tuning_job.name
     if args.no_wait:
@@ -271,8 +297,9 @@ def cmd_tune(args, session=None) -> dict:
 def _model_data(args, session) -> str:
     if args.training_job:
         if args.local:
-            raise UsageError("--training-job: local jobs end with their process; pass --model-data "
-                             "file:///.../model.tar.gz (printed by `train --local`)")
+            raise UsageError(
+                "--training-job: local jobs end with their process; pass --model-data file:///.../model.tar.gz (printed by `train --local`)"
+            )
         return hosting.model_data_from_training_job(session.sagemaker_client, args.training_job)
     if not args.model_data:
         raise UsageError("give --training-job NAME or --model-data URI")
@@ -293,17 +320,17 @@ def cmd_deploy(args, session=None, autoscaling_client=None) -> dict:
 
 
 def _deploy(args, session=None, autoscaling_client=None) -> dict:
-    if args.local:
-        if args.serverless or args.multi_model or args.autoscale:
-            raise UsageError("--serverless, --multi-model and --autoscale need AWS; local mode hosts one container")
+    if args.local and (args.serverless or args.multi_model or args.autoscale):
+        raise UsageError("--serverless, --multi-model and --autoscale need AWS; local mode hosts one container")
     if args.serverless and args.autoscale:
         raise UsageError("serverless endpoints scale by themselves; drop --autoscale")
     if args.multi_model and not args.model_data_prefix:
         raise UsageError("--multi-model needs --model-data-prefix s3://bucket/prefix/")
     if args.model_data_prefix and not args.multi_model:
         raise UsageError("--model-data-prefix is for --multi-model")
-    autoscale = hosting.AutoscalingSpec(args.min_capacity, args.max_capacity, args.target_invocations,
-                                        args.scale_in_cooldown, args.scale_out_cooldown)
+    autoscale = hosting.AutoscalingSpec(
+        args.min_capacity, args.max_capacity, args.target_invocations, args.scale_in_cooldown, args.scale_out_cooldown
+    )
     if args.autoscale:
         autoscale.check()
     session = session or make_session(args.local, args.region, serving_port=args.serving_port)
@@ -315,29 +342,30 @@ def _deploy(args, session=None, autoscaling_client=None) -> dict:
         model_data = args.model_data_prefix
     else:
         model_data = _model_data(args, session)
-        model = hosting.build_model(_image(args), model_data, role, session, name=name,
-                                    env=parse_pairs(args.env, "env"))
+        model = hosting.build_model(_image(args), model_data, role, session, name=name, env=parse_pairs(args.env, "env"))
     instance_type = "local" if args.local else args.instance_type
     count = max(args.instance_count, args.min_capacity) if args.autoscale else args.instance_count
-    serverless = (hosting.serverless_config(args.serverless_memory, args.serverless_max_concurrency)
-                  if args.serverless else None)
-    predictor = hosting.deploy(model, args.endpoint_name, instance_type, count, serverless, tags,
-                               wait=not args.no_wait or args.local)
+    serverless = hosting.serverless_config(args.serverless_memory, args.serverless_max_concurrency) if args.serverless else None
+    predictor = hosting.deploy(model, args.endpoint_name, instance_type, count, serverless, tags, wait=not args.no_wait or args.local)
     if predictor is None:  # only when a Model class without predictor_cls sneaks in
         raise RuntimeError("Model.deploy returned no predictor")
-    result = {"endpoint": args.endpoint_name, "model": name, "model_data": model_data,
-              "instance_type": None if serverless else instance_type,
-              "instance_count": None if serverless else count}
+    result = {
+        "endpoint": args.endpoint_name,
+        "model": name,
+        "model_data": model_data,
+        "instance_type": None if serverless else instance_type,
+        "instance_count": None if serverless else count,
+    }
     try:
         if args.autoscale:
             if args.no_wait:
                 raise UsageError("--autoscale needs the endpoint InService; drop --no-wait")
-            policy = hosting.register_autoscaling(autoscaling_client or _autoscaling_client(session),
-                                                  args.endpoint_name, autoscale)
+            policy = hosting.register_autoscaling(autoscaling_client or _autoscaling_client(session), args.endpoint_name, autoscale)
             result["autoscaling_policy"] = policy
         if args.smoke_image:
-            result["smoke_prediction"] = predictor.predict(args.smoke_image.read_bytes(), initial_args={
-                "ContentType": _content_type(args.smoke_image), "Accept": "application/json"})
+            result["smoke_prediction"] = predictor.predict(
+                args.smoke_image.read_bytes(), initial_args={"ContentType": _content_type(args.smoke_image), "Accept": "application/json"}
+            )
         if args.local and args.hold:
             print(json.dumps(result), flush=True)
             log.warning("serving on the local endpoint; Ctrl-C to delete it")
@@ -377,11 +405,18 @@ def _transform(args, session=None) -> dict:
     session = session or make_session(args.local, args.region)
     model_data = _model_data(args, session)
     model = hosting.build_model(_image(args), model_data, _role(args), session)
-    transformer = hosting.transform(model, args.input, args.output,
-                                    "local" if args.local else args.instance_type, args.instance_count,
-                                    args.content_type, max_concurrent=args.max_concurrent,
-                                    wait=not args.no_wait, tags=parse_tags(args.tag),
-                                    logs=False if args.local else None)
+    transformer = hosting.transform(
+        model,
+        args.input,
+        args.output,
+        "local" if args.local else args.instance_type,
+        args.instance_count,
+        args.content_type,
+        max_concurrent=args.max_concurrent,
+        wait=not args.no_wait,
+        tags=parse_tags(args.tag),
+        logs=False if args.local else None,
+    )
     result = {"transform_job": transformer.latest_transform_job.name, "output": args.output}
     if args.local:
         model.delete_model()
@@ -401,13 +436,11 @@ def cmd_cleanup(args, session=None, autoscaling_client=None, tagging_client=None
     autoscaling_client = autoscaling_client or _autoscaling_client(session)
     report = []
     for endpoint in args.endpoint_name:
-        report += cleanup_mod.cleanup_endpoint(session.sagemaker_client, autoscaling_client, endpoint,
-                                               delete_models=not args.keep_models)
+        report += cleanup_mod.cleanup_endpoint(session.sagemaker_client, autoscaling_client, endpoint, delete_models=not args.keep_models)
     if args.by_tag:
         key, sep, value = args.by_tag.partition("=")
         tagging_client = tagging_client or session.boto_session.client("resourcegroupstaggingapi")
-        report += cleanup_mod.cleanup_by_tag(session.sagemaker_client, autoscaling_client, tagging_client,
-                                             key, value if sep else None)
+        report += cleanup_mod.cleanup_by_tag(session.sagemaker_client, autoscaling_client, tagging_client, key, value if sep else None)
     return {"cleanup": [{"kind": k, "name": n, "result": r} for k, n, r in report]}
 
 
@@ -417,8 +450,17 @@ def cmd_lambda_package(args) -> dict:
 
 
 def cmd_iam_policies(args) -> dict:
-    names = iam.PolicyNames(args.account_id, args.region, args.bucket, args.prefix, args.repository,
-                            args.endpoint_name, args.function_name, args.lambda_prefix, args.partition)
+    names = iam.PolicyNames(
+        args.account_id,
+        args.region,
+        args.bucket,
+        args.prefix,
+        args.repository,
+        args.endpoint_name,
+        args.function_name,
+        args.lambda_prefix,
+        args.partition,
+    )
     for name, document in iam.render(names).items():
         found = iam.problems(document)
         if found:
@@ -427,8 +469,13 @@ def cmd_iam_policies(args) -> dict:
 
 
 COMMANDS = {
-    "train": cmd_train, "tune": cmd_tune, "deploy": cmd_deploy, "transform": cmd_transform,
-    "cleanup": cmd_cleanup, "lambda-package": cmd_lambda_package, "iam-policies": cmd_iam_policies,
+    "train": cmd_train,
+    "tune": cmd_tune,
+    "deploy": cmd_deploy,
+    "transform": cmd_transform,
+    "cleanup": cmd_cleanup,
+    "lambda-package": cmd_lambda_package,
+    "iam-policies": cmd_iam_policies,
 }
 
 
@@ -436,8 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     # SDK 2.x is pinned on purpose (see the README); its deprecation banner is noise here.
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     try:
         result = COMMANDS[args.command](args)
     except UsageError as err:

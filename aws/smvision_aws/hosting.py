@@ -24,14 +24,20 @@ def model_data_from_training_job(sagemaker_client, job_name: str) -> str:
     return job["ModelArtifacts"]["S3ModelArtifacts"]
 
 
-def build_model(image_uri: str, model_data: str, role: str, session, name: str | None = None,
-                env: dict | None = None):
+def build_model(image_uri: str, model_data: str, role: str, session, name: str | None = None, env: dict | None = None):
     from sagemaker.model import Model
     from sagemaker.predictor import Predictor
 
     # Without predictor_cls, Model.deploy returns None instead of a Predictor.
-    return Model(image_uri=image_uri, model_data=model_data, role=role, sagemaker_session=session,
-                 name=name, env=env or None, predictor_cls=Predictor)
+    return Model(
+        image_uri=image_uri,
+        model_data=model_data,
+        role=role,
+        sagemaker_session=session,
+        name=name,
+        env=env or None,
+        predictor_cls=Predictor,
+    )
 
 
 def serverless_config(memory_mb: int, max_concurrency: int):
@@ -42,14 +48,18 @@ def serverless_config(memory_mb: int, max_concurrency: int):
     return ServerlessInferenceConfig(memory_size_in_mb=memory_mb, max_concurrency=max_concurrency)
 
 
-def deploy(model, endpoint_name: str, instance_type: str | None, instance_count: int = 1,
-           serverless=None, tags=None, wait: bool = True):
+def deploy(model, endpoint_name: str, instance_type: str | None, instance_count: int = 1, serverless=None, tags=None, wait: bool = True):
     """Create endpoint config + endpoint; returns a Predictor speaking JSON back."""
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.serializers import IdentitySerializer
 
-    kwargs = dict(endpoint_name=endpoint_name, wait=wait, tags=tags or None,
-                  serializer=IdentitySerializer("image/jpeg"), deserializer=JSONDeserializer())
+    kwargs = dict(
+        endpoint_name=endpoint_name,
+        wait=wait,
+        tags=tags or None,
+        serializer=IdentitySerializer("image/jpeg"),
+        deserializer=JSONDeserializer(),
+    )
     if serverless is not None:
         kwargs["serverless_inference_config"] = serverless
     else:
@@ -69,8 +79,7 @@ class AutoscalingSpec:
 
     def check(self) -> None:
         if not 1 <= self.min_capacity <= self.max_capacity:
-            raise UsageError(f"autoscaling needs 1 <= --min-capacity ({self.min_capacity}) <= "
-                             f"--max-capacity ({self.max_capacity})")
+            raise UsageError(f"autoscaling needs 1 <= --min-capacity ({self.min_capacity}) <= --max-capacity ({self.max_capacity})")
         if self.target_invocations <= 0:
             raise UsageError("--target-invocations must be > 0")
 
@@ -83,8 +92,7 @@ def policy_name(endpoint_name: str, variant: str = DEFAULT_VARIANT) -> str:
     return f"{endpoint_name}-{variant}-invocations"
 
 
-def register_autoscaling(autoscaling_client, endpoint_name: str, spec: AutoscalingSpec,
-                         variant: str = DEFAULT_VARIANT) -> str:
+def register_autoscaling(autoscaling_client, endpoint_name: str, spec: AutoscalingSpec, variant: str = DEFAULT_VARIANT) -> str:
     """Register the variant and attach target tracking; returns the policy ARN."""
     spec.check()
     rid = resource_id(endpoint_name, variant)
@@ -121,13 +129,24 @@ def build_multi_model(name: str, model_data_prefix: str, image_uri: str, role: s
         raise UsageError("--model-data-prefix must be an s3://bucket/prefix/ ending in '/'")
     from sagemaker.predictor import Predictor
 
-    return MultiDataModel(name=name, model_data_prefix=model_data_prefix, image_uri=image_uri,
-                          role=role, sagemaker_session=session, predictor_cls=Predictor)
+    return MultiDataModel(
+        name=name, model_data_prefix=model_data_prefix, image_uri=image_uri, role=role, sagemaker_session=session, predictor_cls=Predictor
+    )
 
 
-def transform(model, input_uri: str, output_uri: str, instance_type: str, instance_count: int = 1,
-              content_type: str = "image/jpeg", max_payload_mb: int = 6, max_concurrent: int | None = None,
-              wait: bool = True, tags=None, logs: bool | None = None):
+def transform(
+    model,
+    input_uri: str,
+    output_uri: str,
+    instance_type: str,
+    instance_count: int = 1,
+    content_type: str = "image/jpeg",
+    max_payload_mb: int = 6,
+    max_concurrent: int | None = None,
+    wait: bool = True,
+    tags=None,
+    logs: bool | None = None,
+):
     """Batch transform: one request per file (SplitType None), JSON lines out."""
     transformer = model.transformer(
         instance_count=instance_count,
@@ -141,6 +160,5 @@ def transform(model, input_uri: str, output_uri: str, instance_type: str, instan
         tags=tags or None,
     )
     # Local mode has no CloudWatch: its container logs go to stdout, so logs=False there.
-    transformer.transform(input_uri, content_type=content_type, split_type="None", wait=wait,
-                          logs=wait if logs is None else logs)
+    transformer.transform(input_uri, content_type=content_type, split_type="None", wait=wait, logs=wait if logs is None else logs)
     return transformer

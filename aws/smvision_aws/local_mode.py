@@ -38,8 +38,7 @@ def host_exit_codes(hosts: list[str], docker: str = "docker") -> dict[str, tuple
     """{host: (container name, exit code)}; (None, None) when no container is left."""
     results: dict[str, tuple[str, int | None]] = {}
     for host in hosts:
-        rows = _docker(["ps", "-a", "--filter", f"name={host}",
-                        "--format", "{{.Names}}"], docker).split()
+        rows = _docker(["ps", "-a", "--filter", f"name={host}", "--format", "{{.Names}}"], docker).split()
         names = [n for n in rows if n.endswith("-" + host) and _NAME.match(n)]
         if not names:
             results[host] = (None, None)
@@ -55,7 +54,8 @@ def check_hosts(results: dict[str, tuple[str, int | None]]) -> None:
         raise LocalJobError(
             "local training: the SDK reported success from the first host to exit, but "
             + ", ".join(f"{h} exited with {c if c is not None else 'no container'}" for h, c in failed.items())
-            + " (137: killed when another host exited first)")
+            + " (137: killed when another host exited first)"
+        )
 
 
 def leftover_containers(image: str, docker: str = "docker") -> list[tuple[str, str]]:
@@ -68,8 +68,8 @@ def leftover_containers(image: str, docker: str = "docker") -> list[tuple[str, s
         return []
     created_from = dict(
         line.split(" ", 1)
-        for line in _docker(["inspect", "-f", "{{.Name}} {{.Config.Image}}", *[cid for cid, _ in rows]],
-                            docker).splitlines() if line.strip()
+        for line in _docker(["inspect", "-f", "{{.Name}} {{.Config.Image}}", *[cid for cid, _ in rows]], docker).splitlines()
+        if line.strip()
     )
     return [(cid, name) for cid, name in rows if created_from.get("/" + name) == image]
 

@@ -45,8 +45,7 @@ def prepare_local_environment(environ=None) -> None:
         environ.setdefault("AWS_SECRET_ACCESS_KEY", "local-mode")
 
 
-def make_session(local: bool = False, region: str | None = None, serving_port: int | None = None,
-                 boto_session=None):
+def make_session(local: bool = False, region: str | None = None, serving_port: int | None = None, boto_session=None):
     """A sagemaker Session (AWS) or LocalSession (docker on this machine).
 
     Imported lazily so `lambda-package` and `iam-policies` work without the SDK.

@@ -93,8 +93,9 @@ class TrainSpec:
             if self.max_wait_s < self.max_run_s:
                 raise UsageError(f"--max-wait ({self.max_wait_s}s) must be >= --max-run ({self.max_run_s}s)")
             if not self.checkpoint_s3_uri:
-                raise UsageError("--spot needs --checkpoint-s3-uri so an interrupted job resumes "
-                                 "from /opt/ml/checkpoints instead of starting over")
+                raise UsageError(
+                    "--spot needs --checkpoint-s3-uri so an interrupted job resumes from /opt/ml/checkpoints instead of starting over"
+                )
         elif self.max_wait_s is not None:
             raise UsageError("--max-wait applies only to --spot jobs")
         if self.checkpoint_s3_uri and not self.checkpoint_s3_uri.startswith("s3://"):

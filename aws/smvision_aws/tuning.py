@@ -43,7 +43,7 @@ def sample(space: dict | None = None, seed: int = 0) -> dict[str, str]:
     """One point of the space as hyperparameter strings (local dry runs, validation)."""
     rng = random.Random(seed)
     point = {}
-    for name, (kind, low, high, scaling) in (space or SEARCH_SPACE).items():
+    for name, (kind, low, high, _scaling) in (space or SEARCH_SPACE).items():
         if kind == "continuous":
             point[name] = f"{10 ** rng.uniform(math.log10(low), math.log10(high)):.3g}"
         elif kind == "integer":
@@ -53,8 +53,15 @@ def sample(space: dict | None = None, seed: int = 0) -> dict[str, str]:
     return point
 
 
-def build_tuner(estimator, max_jobs: int = 20, max_parallel_jobs: int = 2, early_stopping: bool = True,
-                metric_definitions=None, tags=None, base_tuning_job_name: str = "smvision-hpo"):
+def build_tuner(
+    estimator,
+    max_jobs: int = 20,
+    max_parallel_jobs: int = 2,
+    early_stopping: bool = True,
+    metric_definitions=None,
+    tags=None,
+    base_tuning_job_name: str = "smvision-hpo",
+):
     from sagemaker.tuner import HyperparameterTuner
 
     if max_parallel_jobs > max_jobs:

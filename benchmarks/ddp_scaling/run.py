@@ -49,20 +49,33 @@ def run_trainer(args, data: Path, nproc: int, gpus: int) -> tuple[list[float], s
     if gpus:
         command += ["--gpus", "all"]
     command += [
-        args.image, "train",
-        "--nproc", str(nproc),
-        "--arch", args.arch,
-        "--image-size", str(args.image_size),
-        "--batch-size", str(args.batch_size),
-        "--epochs", str(args.epochs),
-        "--num-workers", str(args.num_workers),
-        "--log-interval", str(args.log_interval),
-        "--device", "cuda" if gpus else "cpu",
+        args.image,
+        "train",
+        "--nproc",
+        str(nproc),
+        "--arch",
+        args.arch,
+        "--image-size",
+        str(args.image_size),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--num-workers",
+        str(args.num_workers),
+        "--log-interval",
+        str(args.log_interval),
+        "--device",
+        "cuda" if gpus else "cpu",
         # Outputs stay inside the throw-away container; nothing resumes from a previous run.
-        "--resume", "false",
-        "--checkpoint-dir", "/tmp/checkpoints",
-        "--model-dir", "/tmp/model",
-        "--output-data-dir", "/tmp/output",
+        "--resume",
+        "false",
+        "--checkpoint-dir",
+        "/tmp/checkpoints",
+        "--model-dir",
+        "/tmp/model",
+        "--output-data-dir",
+        "/tmp/output",
     ]
     result = subprocess.run(command, capture_output=True, text=True)
     log = result.stdout + result.stderr
@@ -102,7 +115,7 @@ def main() -> int:
         synthetic.make_shapes(data, {"train": args.per_class, "valid": 8}, size=args.image_size, seed=0)
         os.chmod(tmp, 0o755)
         print(
-            f"image={args.image} device={'cuda x%d' % gpus if gpus else 'cpu (gloo)'} host_cpus={os.cpu_count()} "
+            f"image={args.image} device={f'cuda x{gpus}' if gpus else 'cpu (gloo)'} host_cpus={os.cpu_count()} "
             f"arch={args.arch} image_size={args.image_size} batch_per_process={args.batch_size} "
             f"train_images={3 * args.per_class} epochs={args.epochs} (epoch 1 skipped)",
             flush=True,
@@ -111,9 +124,14 @@ def main() -> int:
         for n in (1, nproc):
             rates, _ = run_trainer(args, data, n, gpus)
             results[n] = statistics.median(rates)
-            print(f"nproc={n} images_per_s={results[n]:.2f} (median of {len(rates)} windows, min {min(rates):.2f}, max {max(rates):.2f})", flush=True)
+            print(
+                f"nproc={n} images_per_s={results[n]:.2f} (median of {len(rates)} windows, min {min(rates):.2f}, max {max(rates):.2f})",
+                flush=True,
+            )
     efficiency = results[nproc] / (nproc * results[1])
-    print(f"scaling_efficiency={efficiency:.3f}  (= {results[nproc]:.2f} / ({nproc} x {results[1]:.2f}); speed-up {results[nproc] / results[1]:.2f}x)")
+    print(
+        f"scaling_efficiency={efficiency:.3f}  (= {results[nproc]:.2f} / ({nproc} x {results[1]:.2f}); speed-up {results[nproc] / results[1]:.2f}x)"
+    )
     if not gpus:
         print(f"note: on CPU both runs share the same {os.cpu_count()} cores, so the ideal is a 1.0x speed-up (efficiency {1 / nproc:.2f})")
     return 0

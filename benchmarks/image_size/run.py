@@ -59,7 +59,14 @@ def measure(image: str, layers: int) -> dict:
         raw_size, _, created_by = line.partition("\t")
         history.append({"bytes": int(raw_size), "step": " ".join(created_by.split())})
     largest = sorted((h for h in history if h["bytes"] > 0), key=lambda h: -h["bytes"])[:layers]
-    return {"image": image, "bytes": size, "goal_gb": GOAL_GB, "ratio_to_goal": size / 1e9 / GOAL_GB, "largest_layers": largest, "layer_count": len(history)}
+    return {
+        "image": image,
+        "bytes": size,
+        "goal_gb": GOAL_GB,
+        "ratio_to_goal": size / 1e9 / GOAL_GB,
+        "largest_layers": largest,
+        "layer_count": len(history),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

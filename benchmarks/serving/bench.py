@@ -16,6 +16,7 @@ only. Needs the docker SDK, requests and Pillow on the host; the image must exis
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -72,7 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=20, help="seconds of load per backend and arch")
     parser.add_argument("--rounds", type=int, default=4, help="alternate backends this many times within --duration")
     parser.add_argument("--mms-workers", type=int, default=2, help="SAGEMAKER_MODEL_SERVER_WORKERS for MMS")
-    parser.add_argument("--asgi-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for the default server (repeatable)")
+    parser.add_argument(
+        "--asgi-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for the default server (repeatable)"
+    )
     parser.add_argument("--soak", action="store_true", help="also a soak of the default server (not for CI)")
     parser.add_argument("--soak-seconds", type=float, default=300)
     parser.add_argument("--soak-concurrency", type=int, default=32)
@@ -111,10 +114,8 @@ class RssSampler:
 
     def _run(self):
         while not self.stop_event.is_set():
-            try:
+            with contextlib.suppress(Exception):  # the container may be stopping
                 self.samples.append(self.sample())
-            except Exception:  # noqa: BLE001 - the container may be stopping
-                pass
             self.stop_event.wait(self.period)
 
     def __enter__(self):
@@ -191,8 +192,15 @@ def start_backend(client, image, root: Path, backend: str, args, body: bytes, ba
     """Start one server; measure cold start and sequential latency; leave it running."""
     env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(args.mms_workers)} if backend == "mms" else dict(kv.split("=", 1) for kv in args.asgi_env)
     t0 = time.monotonic()
-    container = client.containers.run(image, ["serve", "--backend", backend], detach=True, labels={LABEL: "1"}, environment=env,
-                                       volumes={str(root): {"bind": "/opt/ml", "mode": "ro"}}, ports={"8080/tcp": ("127.0.0.1", None)})
+    container = client.containers.run(
+        image,
+        ["serve", "--backend", backend],
+        detach=True,
+        labels={LABEL: "1"},
+        environment=env,
+        volumes={str(root): {"bind": "/opt/ml", "mode": "ro"}},
+        ports={"8080/tcp": ("127.0.0.1", None)},
+    )
     while True:
         container.reload()
         ports = container.attrs["NetworkSettings"]["Ports"].get("8080/tcp")
@@ -213,9 +221,19 @@ def start_backend(client, image, root: Path, backend: str, args, body: bytes, ba
         assert post().status_code == 200
         sequential.append(time.perf_counter() - start)
     p50_1 = statistics.median(sequential) * 1000
-    return {"backend": backend, "container": container, "url": base + "/invocations", "cold_start_ping_s": ping_s,
-            "cold_start_first_prediction_s": first_s, "p50_c1_ms": p50_1, "overhead_ms": p50_1 - bare_ms,
-            "latencies": [], "errors": 0, "elapsed": 0.0, "peak_rss_mb": 0.0}
+    return {
+        "backend": backend,
+        "container": container,
+        "url": base + "/invocations",
+        "cold_start_ping_s": ping_s,
+        "cold_start_first_prediction_s": first_s,
+        "p50_c1_ms": p50_1,
+        "overhead_ms": p50_1 - bare_ms,
+        "latencies": [],
+        "errors": 0,
+        "elapsed": 0.0,
+        "peak_rss_mb": 0.0,
+    }
 
 
 def load_rounds(servers: list[dict], body: bytes, args) -> None:
@@ -231,8 +249,12 @@ def load_rounds(servers: list[dict], body: bytes, args) -> None:
             server["peak_rss_mb"] = max(server["peak_rss_mb"], rss.peak / 2**20)
     for server in servers:
         lat = server["latencies"]
-        server.update(requests=len(lat), rps=len(lat) / server["elapsed"],
-                      p50_ms=percentile(lat, 50) * 1000 if lat else float("nan"), p99_ms=percentile(lat, 99) * 1000 if lat else float("nan"))
+        server.update(
+            requests=len(lat),
+            rps=len(lat) / server["elapsed"],
+            p50_ms=percentile(lat, 50) * 1000 if lat else float("nan"),
+            p99_ms=percentile(lat, 99) * 1000 if lat else float("nan"),
+        )
 
 
 def soak(server: dict, body: bytes, args) -> dict:
@@ -241,23 +263,39 @@ def soak(server: dict, body: bytes, args) -> dict:
     result.pop("latency_list")
     samples = rss.samples
     head = statistics.mean(samples[: max(1, len(samples) // 10)])
-    tail = statistics.mean(samples[-max(1, len(samples) // 10):])
-    return {**result, "rss_start_mb": head / 2**20, "rss_end_mb": tail / 2**20, "rss_growth_pct": (tail - head) / head * 100,
-            "seconds": args.soak_seconds, "concurrency": args.soak_concurrency}
+    tail = statistics.mean(samples[-max(1, len(samples) // 10) :])
+    return {
+        **result,
+        "rss_start_mb": head / 2**20,
+        "rss_end_mb": tail / 2**20,
+        "rss_growth_pct": (tail - head) / head * 100,
+        "seconds": args.soak_seconds,
+        "concurrency": args.soak_concurrency,
+    }
 
 
 def make_model(client, image, arch: str, root: Path) -> None:
     (root / "model").mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o777)
     os.chmod(root / "model", 0o777)
-    out = client.containers.run(image, ["python", "-c", MAKE_MODEL, "/opt/ml/model", arch], remove=True,
-                                labels={LABEL: "1"}, volumes={str(root): {"bind": "/opt/ml", "mode": "rw"}})
+    out = client.containers.run(
+        image,
+        ["python", "-c", MAKE_MODEL, "/opt/ml/model", arch],
+        remove=True,
+        labels={LABEL: "1"},
+        volumes={str(root): {"bind": "/opt/ml", "mode": "rw"}},
+    )
     del out
 
 
 def bare_forward_ms(client, image, root: Path, threads: int) -> float:
-    out = client.containers.run(image, ["python", "-c", BARE_FORWARD, "/opt/ml/model", str(threads)], remove=True,
-                                labels={LABEL: "1"}, volumes={str(root): {"bind": "/opt/ml", "mode": "ro"}}).decode()
+    out = client.containers.run(
+        image,
+        ["python", "-c", BARE_FORWARD, "/opt/ml/model", str(threads)],
+        remove=True,
+        labels={LABEL: "1"},
+        volumes={str(root): {"bind": "/opt/ml", "mode": "ro"}},
+    ).decode()
     return float(out.split("BARE_MS")[1].split()[0])
 
 
@@ -266,20 +304,26 @@ def print_table(results: list[dict]) -> None:
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['arch']:9} {r['backend']:7} {r['rps']:7.1f} {r['p50_ms']:8.0f} {r['p99_ms']:8.0f} {r['errors']:4d} {r['peak_rss_mb']:11.0f} "
-              f"{r['cold_start_ping_s']:7.1f} {r['cold_start_first_prediction_s']:10.1f} {r['p50_c1_ms']:8.1f} {r['overhead_ms']:11.1f}")
+        print(
+            f"{r['arch']:9} {r['backend']:7} {r['rps']:7.1f} {r['p50_ms']:8.0f} {r['p99_ms']:8.0f} {r['errors']:4d} {r['peak_rss_mb']:11.0f} "
+            f"{r['cold_start_ping_s']:7.1f} {r['cold_start_first_prediction_s']:10.1f} {r['p50_c1_ms']:8.1f} {r['overhead_ms']:11.1f}"
+        )
     print()
     for arch in sorted({r["arch"] for r in results}):
         ours = next((r for r in results if r["arch"] == arch and r["backend"] == "asgi"), None)
         mms = next((r for r in results if r["arch"] == arch and r["backend"] == "mms"), None)
         if ours and mms:
-            print(f"{arch}: req/s x{ours['rps'] / mms['rps']:.2f} (goal >= 1.5), p99 x{ours['p99_ms'] / mms['p99_ms']:.2f} (goal <= 0.5), "
-                  f"RSS x{ours['peak_rss_mb'] / mms['peak_rss_mb']:.2f} (goal <= 0.5), cold start {ours['cold_start_first_prediction_s']:.1f} s "
-                  f"vs MMS {mms['cold_start_first_prediction_s']:.1f} s")
+            print(
+                f"{arch}: req/s x{ours['rps'] / mms['rps']:.2f} (goal >= 1.5), p99 x{ours['p99_ms'] / mms['p99_ms']:.2f} (goal <= 0.5), "
+                f"RSS x{ours['peak_rss_mb'] / mms['peak_rss_mb']:.2f} (goal <= 0.5), cold start {ours['cold_start_first_prediction_s']:.1f} s "
+                f"vs MMS {mms['cold_start_first_prediction_s']:.1f} s"
+            )
         if ours and "soak" in ours:
             s = ours["soak"]
-            print(f"{arch} soak: {s['seconds']:.0f} s at concurrency {s['concurrency']}: {s['rps']:.1f} req/s, p99 {s['p99_ms']:.0f} ms, "
-                  f"{s['errors']} errors, RSS {s['rss_start_mb']:.0f} -> {s['rss_end_mb']:.0f} MB ({s['rss_growth_pct']:+.1f}%, goal < 10%)")
+            print(
+                f"{arch} soak: {s['seconds']:.0f} s at concurrency {s['concurrency']}: {s['rps']:.1f} req/s, p99 {s['p99_ms']:.0f} ms, "
+                f"{s['errors']} errors, RSS {s['rss_start_mb']:.0f} -> {s['rss_end_mb']:.0f} MB ({s['rss_growth_pct']:+.1f}%, goal < 10%)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
                     server.pop("latencies")
                     server.update(arch=arch, bare_forward_ms=bare, concurrency=args.concurrency, duration_s=args.duration)
                     results.append(server)
-                    print(f"  {server['backend']}: {server['rps']:.1f} req/s, p99 {server['p99_ms']:.0f} ms, peak RSS {server['peak_rss_mb']:.0f} MB", flush=True)
+                    print(
+                        f"  {server['backend']}: {server['rps']:.1f} req/s, p99 {server['p99_ms']:.0f} ms, peak RSS {server['peak_rss_mb']:.0f} MB",
+                        flush=True,
+                    )
     finally:
         for container in client.containers.list(all=True, filters={"label": LABEL}):
             container.remove(force=True)

@@ -9,7 +9,6 @@ median is compared. Goal: trainer / bare >= 0.95.
 """
 
 import argparse
-import io
 import statistics
 import tempfile
 import time
@@ -118,9 +117,13 @@ def main():
     parser.add_argument("--source-size", type=int, default=500, help="JPEG side for the pipeline benchmark")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device={device} arch={args.arch} batch={args.batch_size} image={args.image_size} torch={torch.__version__} threads={torch.get_num_threads()}")
+    print(
+        f"device={device} arch={args.arch} batch={args.batch_size} image={args.image_size} torch={torch.__version__} threads={torch.get_num_threads()}"
+    )
     bare, trainer = bench_training(args, device)
-    print(f"training   bare loop {bare:8.1f} img/s | trainer {trainer:8.1f} img/s | ratio trainer/bare = {trainer / bare:.3f} (goal >= 0.95)")
+    print(
+        f"training   bare loop {bare:8.1f} img/s | trainer {trainer:8.1f} img/s | ratio trainer/bare = {trainer / bare:.3f} (goal >= 0.95)"
+    )
     plain, ours = bench_pipeline(args)
     print(
         f"pipeline   Pillow decode {plain:8.1f} img/s/core | decode + train transforms {ours:8.1f} img/s/core | "

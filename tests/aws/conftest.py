@@ -36,9 +36,14 @@ def _is_loopback(host) -> bool:
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     for name, value in {
-        "AWS_DEFAULT_REGION": REGION, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        "SAGEMAKER_SUPPRESS_V2_WARNING": "1", "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_CONFIG_FILE": "/nonexistent",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
+        "AWS_EC2_METADATA_DISABLED": "true",
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -57,7 +62,7 @@ def offline(monkeypatch):
             ipaddress.ip_address(str(host).split("%")[0])
         except ValueError:
             if host not in ("localhost", None) and not numeric_only:
-                raise AssertionError(f"test tried to resolve {host!r} through DNS")
+                raise AssertionError(f"test tried to resolve {host!r} through DNS") from None
         return real_getaddrinfo(host, *args, **kwargs)
 
     monkeypatch.setattr(socket.socket, "connect", connect)
@@ -77,5 +82,6 @@ def sm_session(boto_session):
 
     sm = boto_session.client("sagemaker")
     runtime = boto_session.client("sagemaker-runtime")
-    return sagemaker.Session(boto_session=boto_session, sagemaker_client=sm, sagemaker_runtime_client=runtime,
-                             sagemaker_config=TELEMETRY_OPT_OUT)
+    return sagemaker.Session(
+        boto_session=boto_session, sagemaker_client=sm, sagemaker_runtime_client=runtime, sagemaker_config=TELEMETRY_OPT_OUT
+    )

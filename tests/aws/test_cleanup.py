@@ -7,15 +7,17 @@ import datetime
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
+from smvision_aws import cleanup, cli
 
 from tests.aws.conftest import ACCOUNT, REGION
 
-from smvision_aws import cleanup, cli
-
 ARN = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}"
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-TARGET = {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/shapes-prod/variant/AllTraffic",
-          "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
+TARGET = {
+    "ServiceNamespace": "sagemaker",
+    "ResourceId": "endpoint/shapes-prod/variant/AllTraffic",
+    "ScalableDimension": "sagemaker:variant:DesiredInstanceCount",
+}
 
 
 @pytest.fixture
@@ -31,20 +33,36 @@ def clients(sm_session, boto_session):
 
 
 def endpoint_description(name="shapes-prod", config="shapes-prod-config"):
-    return {"EndpointName": name, "EndpointArn": f"{ARN}:endpoint/{name}", "EndpointConfigName": config,
-            "EndpointStatus": "InService", "CreationTime": NOW, "LastModifiedTime": NOW,
-            "ProductionVariants": [{"VariantName": "AllTraffic"}]}
+    return {
+        "EndpointName": name,
+        "EndpointArn": f"{ARN}:endpoint/{name}",
+        "EndpointConfigName": config,
+        "EndpointStatus": "InService",
+        "CreationTime": NOW,
+        "LastModifiedTime": NOW,
+        "ProductionVariants": [{"VariantName": "AllTraffic"}],
+    }
 
 
 def config_description(config="shapes-prod-config", model="shapes-prod-model"):
-    return {"EndpointConfigName": config, "EndpointConfigArn": f"{ARN}:endpoint-config/{config}", "CreationTime": NOW,
-            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model, "InstanceType": "ml.m5.xlarge",
-                                    "InitialInstanceCount": 2}]}
+    return {
+        "EndpointConfigName": config,
+        "EndpointConfigArn": f"{ARN}:endpoint-config/{config}",
+        "CreationTime": NOW,
+        "ProductionVariants": [
+            {"VariantName": "AllTraffic", "ModelName": model, "InstanceType": "ml.m5.xlarge", "InitialInstanceCount": 2}
+        ],
+    }
 
 
 def missing(stub, operation, params, code="ValidationException", message=None):
-    stub.add_client_error(operation, service_error_code=code, http_status_code=400,
-                          service_message=message or f"Could not find {operation}", expected_params=params)
+    stub.add_client_error(
+        operation,
+        service_error_code=code,
+        http_status_code=400,
+        service_message=message or f"Could not find {operation}",
+        expected_params=params,
+    )
 
 
 def expect_full_teardown(sm_stub, aas_stub):
@@ -76,29 +94,33 @@ def test_half_deleted_endpoint(clients):
     and the scalable target was deregistered already."""
     sm, aas, _, sm_stub, aas_stub, _ = clients
     missing(sm_stub, "describe_endpoint", {"EndpointName": "shapes-prod"}, message='Could not find endpoint "shapes-prod".')
-    sm_stub.add_response("describe_endpoint_config", config_description("shapes-prod"),
-                         {"EndpointConfigName": "shapes-prod"})
+    sm_stub.add_response("describe_endpoint_config", config_description("shapes-prod"), {"EndpointConfigName": "shapes-prod"})
     missing(aas_stub, "deregister_scalable_target", TARGET, code="ObjectNotFoundException", message="No scalable target")
     sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
     missing(sm_stub, "delete_endpoint", {"EndpointName": "shapes-prod"}, message='Could not find endpoint "shapes-prod".')
     sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "shapes-prod"})
     report = cleanup.cleanup_endpoint(sm, aas, "shapes-prod")
     assert [(kind, result) for kind, _, result in report] == [
-        ("scalable-target", "already gone"), ("model", "deleted"), ("endpoint", "already gone"),
-        ("endpoint-config", "deleted")]
+        ("scalable-target", "already gone"),
+        ("model", "deleted"),
+        ("endpoint", "already gone"),
+        ("endpoint-config", "deleted"),
+    ]
 
 
 def test_everything_already_gone_is_not_an_error(clients):
     sm, aas, _, sm_stub, _, _ = clients
     for _ in range(2):  # and running it again changes nothing
         missing(sm_stub, "describe_endpoint", {"EndpointName": "gone"}, message='Could not find endpoint "gone".')
-        missing(sm_stub, "describe_endpoint_config", {"EndpointConfigName": "gone"},
-                message='Could not find endpoint configuration "gone".')
+        missing(
+            sm_stub, "describe_endpoint_config", {"EndpointConfigName": "gone"}, message='Could not find endpoint configuration "gone".'
+        )
         missing(sm_stub, "delete_endpoint", {"EndpointName": "gone"}, message='Could not find endpoint "gone".')
-        missing(sm_stub, "delete_endpoint_config", {"EndpointConfigName": "gone"},
-                message='Could not find endpoint configuration "gone".')
+        missing(sm_stub, "delete_endpoint_config", {"EndpointConfigName": "gone"}, message='Could not find endpoint configuration "gone".')
         assert cleanup.cleanup_endpoint(sm, aas, "gone") == [
-            ("endpoint", "gone", "already gone"), ("endpoint-config", "gone", "already gone")]
+            ("endpoint", "gone", "already gone"),
+            ("endpoint-config", "gone", "already gone"),
+        ]
 
 
 def test_real_errors_are_not_swallowed(clients):
@@ -107,32 +129,59 @@ def test_real_errors_are_not_swallowed(clients):
     sm_stub.add_response("describe_endpoint_config", config_description(), {"EndpointConfigName": "shapes-prod-config"})
     aas_stub.add_response("deregister_scalable_target", {}, TARGET)
     sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
-    sm_stub.add_client_error("delete_endpoint", service_error_code="AccessDeniedException", http_status_code=403,
-                             service_message="not authorized", expected_params={"EndpointName": "shapes-prod"})
+    sm_stub.add_client_error(
+        "delete_endpoint",
+        service_error_code="AccessDeniedException",
+        http_status_code=403,
+        service_message="not authorized",
+        expected_params={"EndpointName": "shapes-prod"},
+    )
     with pytest.raises(ClientError, match="AccessDenied"):
         cleanup.cleanup_endpoint(sm, aas, "shapes-prod")
 
 
 def test_a_validation_error_that_is_not_about_absence_is_raised(clients):
     sm, aas, _, sm_stub, _, _ = clients
-    sm_stub.add_client_error("describe_endpoint", service_error_code="ValidationException", http_status_code=400,
-                             service_message="1 validation error detected: Value at 'endpointName' failed",
-                             expected_params={"EndpointName": "Bad_Name"})
+    sm_stub.add_client_error(
+        "describe_endpoint",
+        service_error_code="ValidationException",
+        http_status_code=400,
+        service_message="1 validation error detected: Value at 'endpointName' failed",
+        expected_params={"EndpointName": "Bad_Name"},
+    )
     with pytest.raises(ClientError):
         cleanup.cleanup_endpoint(sm, aas, "Bad_Name")
 
 
 def test_cleanup_by_tag_follows_pages_and_removes_tagged_leftovers(clients, sm_session):
     sm, aas, tagging, sm_stub, aas_stub, tag_stub = clients
-    request = {"TagFilters": [{"Key": "project", "Values": ["shapes"]}],
-               "ResourceTypeFilters": ["sagemaker:endpoint", "sagemaker:endpoint-config", "sagemaker:model"]}
-    tag_stub.add_response("get_resources", {"PaginationToken": "page2", "ResourceTagMappingList": [
-        {"ResourceARN": f"{ARN}:endpoint/shapes-prod"},
-        {"ResourceARN": f"{ARN}:endpoint-config/shapes-prod-config"}]}, request)
-    tag_stub.add_response("get_resources", {"PaginationToken": "", "ResourceTagMappingList": [
-        {"ResourceARN": f"{ARN}:model/shapes-prod-model"},
-        {"ResourceARN": f"{ARN}:model/orphan-model"},
-        {"ResourceARN": f"{ARN}:endpoint-config/orphan-config"}]}, {**request, "PaginationToken": "page2"})
+    request = {
+        "TagFilters": [{"Key": "project", "Values": ["shapes"]}],
+        "ResourceTypeFilters": ["sagemaker:endpoint", "sagemaker:endpoint-config", "sagemaker:model"],
+    }
+    tag_stub.add_response(
+        "get_resources",
+        {
+            "PaginationToken": "page2",
+            "ResourceTagMappingList": [
+                {"ResourceARN": f"{ARN}:endpoint/shapes-prod"},
+                {"ResourceARN": f"{ARN}:endpoint-config/shapes-prod-config"},
+            ],
+        },
+        request,
+    )
+    tag_stub.add_response(
+        "get_resources",
+        {
+            "PaginationToken": "",
+            "ResourceTagMappingList": [
+                {"ResourceARN": f"{ARN}:model/shapes-prod-model"},
+                {"ResourceARN": f"{ARN}:model/orphan-model"},
+                {"ResourceARN": f"{ARN}:endpoint-config/orphan-config"},
+            ],
+        },
+        {**request, "PaginationToken": "page2"},
+    )
     expect_full_teardown(sm_stub, aas_stub)
     sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "orphan-config"})
     sm_stub.add_response("delete_model", {}, {"ModelName": "orphan-model"})

@@ -9,13 +9,19 @@ import sys
 import zipfile
 
 import pytest
+from smvision_aws import cli, iam, lambda_package
 
 from tests.aws.conftest import REPO
 
-from smvision_aws import cli, iam, lambda_package
-
-NAMES = iam.PolicyNames(account_id="123456789012", region="eu-west-1", bucket="smv-bucket", prefix="shapes",
-                        repository="sagemaker-vision", endpoint="Shapes-Prod", function="smv-bridge")
+NAMES = iam.PolicyNames(
+    account_id="123456789012",
+    region="eu-west-1",
+    bucket="smv-bucket",
+    prefix="shapes",
+    repository="sagemaker-vision",
+    endpoint="Shapes-Prod",
+    function="smv-bridge",
+)
 
 
 def statements(document):
@@ -35,12 +41,14 @@ def test_lambda_role_invokes_only_the_named_endpoint_and_reads_only_its_prefix()
     assert lam["InvokeOnlyTheNamedEndpoint"]["Action"] == "sagemaker:InvokeEndpoint"
     # Endpoint ARNs are lower case whatever the name's case.
     assert lam["InvokeOnlyTheNamedEndpoint"]["Resource"] == "arn:aws:sagemaker:eu-west-1:123456789012:endpoint/shapes-prod"
-    assert lam["ReadOnlyTheNamedPrefix"] == {"Sid": "ReadOnlyTheNamedPrefix", "Effect": "Allow",
-                                             "Action": "s3:GetObject",
-                                             "Resource": "arn:aws:s3:::smv-bucket/shapes/inference/*"}
+    assert lam["ReadOnlyTheNamedPrefix"] == {
+        "Sid": "ReadOnlyTheNamedPrefix",
+        "Effect": "Allow",
+        "Action": "s3:GetObject",
+        "Resource": "arn:aws:s3:::smv-bucket/shapes/inference/*",
+    }
     actions = {a for s in lam.values() for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-    assert actions == {"sagemaker:InvokeEndpoint", "s3:GetObject", "logs:CreateLogGroup", "logs:CreateLogStream",
-                       "logs:PutLogEvents"}
+    assert actions == {"sagemaker:InvokeEndpoint", "s3:GetObject", "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 
 
 def test_execution_role_scope():
@@ -54,22 +62,26 @@ def test_execution_role_scope():
     assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"}
 
 
-@pytest.mark.parametrize("statement, problem", [
-    ({"Effect": "Allow", "Action": "*", "Resource": "*"}, "wildcard action"),
-    ({"Effect": "Allow", "Action": "s3:*", "Resource": "arn:aws:s3:::b/p/*"}, "wildcard action"),
-    ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}, "on Resource '*'"),
-    ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}, "whole bucket"),
-    ({"Effect": "Allow", "Action": "sagemaker:InvokeEndpoint", "Resource": "arn:aws:sagemaker:*:1:endpoint/e"}, "regions"),
-    ({"Effect": "Allow", "Action": "sagemaker:InvokeEndpoint", "Resource": "arn:aws:sagemaker:r:1:*"}, "every sagemaker"),
-    ({"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:aws:s3:::b/p/*"}, "NotAction"),
-])
+@pytest.mark.parametrize(
+    "statement, problem",
+    [
+        ({"Effect": "Allow", "Action": "*", "Resource": "*"}, "wildcard action"),
+        ({"Effect": "Allow", "Action": "s3:*", "Resource": "arn:aws:s3:::b/p/*"}, "wildcard action"),
+        ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}, "on Resource '*'"),
+        ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::b/*"}, "whole bucket"),
+        ({"Effect": "Allow", "Action": "sagemaker:InvokeEndpoint", "Resource": "arn:aws:sagemaker:*:1:endpoint/e"}, "regions"),
+        ({"Effect": "Allow", "Action": "sagemaker:InvokeEndpoint", "Resource": "arn:aws:sagemaker:r:1:*"}, "every sagemaker"),
+        ({"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:aws:s3:::b/p/*"}, "NotAction"),
+    ],
+)
 def test_the_checker_catches_over_broad_statements(statement, problem):
     found = iam.problems({"Version": "2012-10-17", "Statement": [statement]})
     assert any(problem in f for f in found), found
 
 
-@pytest.mark.parametrize("field, value", [("account_id", "12345"), ("bucket", "Bad_Bucket"), ("prefix", "a/../*"),
-                                          ("endpoint", "ep*"), ("region", "moon-1")])
+@pytest.mark.parametrize(
+    "field, value", [("account_id", "12345"), ("bucket", "Bad_Bucket"), ("prefix", "a/../*"), ("endpoint", "ep*"), ("region", "moon-1")]
+)
 def test_bad_names_are_rejected(field, value):
     import dataclasses
 
@@ -90,18 +102,34 @@ def test_iam_accepts_the_documents():
         for name in ("execution-role-policy.json", "lambda-role-policy.json"):
             client.create_policy(PolicyName=name.replace(".json", ""), PolicyDocument=json.dumps(documents[name]))
         with pytest.raises(client.exceptions.MalformedPolicyDocumentException):
-            client.create_policy(PolicyName="broken", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Action": "s3:GetObject"}]}))
+            client.create_policy(
+                PolicyName="broken",
+                PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:GetObject"}]}),
+            )
 
 
 def test_iam_policies_command_writes_files(tmp_path, capsys):
-    code = cli.main(["iam-policies", "--account-id", "123456789012", "--region", "eu-west-1", "--bucket", "smv-bucket",
-                     "--prefix", "shapes", "--endpoint-name", "shapes-prod", "--out", str(tmp_path)])
+    code = cli.main(
+        [
+            "iam-policies",
+            "--account-id",
+            "123456789012",
+            "--region",
+            "eu-west-1",
+            "--bucket",
+            "smv-bucket",
+            "--prefix",
+            "shapes",
+            "--endpoint-name",
+            "shapes-prod",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     written = json.loads(capsys.readouterr().out)["written"]
     assert sorted(p.split("/")[-1] for p in written) == sorted(iam.TEMPLATES)
-    assert json.loads((tmp_path / "lambda-role-policy.json").read_text())["Statement"][0]["Resource"].endswith(
-        ":endpoint/shapes-prod")
+    assert json.loads((tmp_path / "lambda-role-policy.json").read_text())["Statement"][0]["Resource"].endswith(":endpoint/shapes-prod")
 
 
 def test_lambda_zip_is_deployable_and_reproducible(tmp_path):
@@ -116,8 +144,21 @@ def test_lambda_zip_is_deployable_and_reproducible(tmp_path):
 
 
 def test_usage_errors_exit_2(capsys):
-    code = cli.main(["train", "--image", "img", "--role", "arn:aws:iam::1:role/r", "--channel", "training=s3://b/p/",
-                     "--output-path", "s3://b/p/m/", "--hp", "no-such-flag=1"])
+    code = cli.main(
+        [
+            "train",
+            "--image",
+            "img",
+            "--role",
+            "arn:aws:iam::1:role/r",
+            "--channel",
+            "training=s3://b/p/",
+            "--output-path",
+            "s3://b/p/m/",
+            "--hp",
+            "no-such-flag=1",
+        ]
+    )
     assert code == 2
     assert "unknown hyperparameter" in capsys.readouterr().err
 
@@ -125,21 +166,36 @@ def test_usage_errors_exit_2(capsys):
 def test_every_command_has_local_where_the_sdk_has_local_mode():
     parser = cli.get_args_parser()
     for command in ("train", "tune", "deploy", "transform", "cleanup"):
-        args = parser.parse_args([command, "--local", "--image", "x", *{
-            "train": [], "tune": [], "deploy": ["--endpoint-name", "e"], "cleanup": [],
-            "transform": ["--model-data", "file:///m.tar.gz", "--input", "file:///i", "--output", "file:///o"]}[command]])
+        args = parser.parse_args(
+            [
+                command,
+                "--local",
+                "--image",
+                "x",
+                *{
+                    "train": [],
+                    "tune": [],
+                    "deploy": ["--endpoint-name", "e"],
+                    "cleanup": [],
+                    "transform": ["--model-data", "file:///m.tar.gz", "--input", "file:///i", "--output", "file:///o"],
+                }[command],
+            ]
+        )
         assert args.local is True
 
 
 def test_no_torch_on_the_host():
     """The host tools import the trainer's metric regexes and config parser, never torch."""
-    code = ("import sys; sys.path[:0] = [%r, %r]; import smvision_aws.cli, smvision_aws.sessions as s; "
-            "s.metric_definitions(); import smvision_aws.training as t; t.validate_hyperparameters({'epochs': '1'}); "
-            "assert 'torch' not in sys.modules, 'torch imported'" % (str(REPO / "aws"), str(REPO)))
+    code = (
+        "import sys; sys.path[:0] = [{!r}, {!r}]; import smvision_aws.cli, smvision_aws.sessions as s; "
+        "s.metric_definitions(); import smvision_aws.training as t; t.validate_hyperparameters({{'epochs': '1'}}); "
+        "assert 'torch' not in sys.modules, 'torch imported'".format(str(REPO / "aws"), str(REPO))
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_python_aws_entry_point_runs_from_the_repo_root(tmp_path):
-    out = subprocess.run([sys.executable, "aws", "lambda-package", "--out", str(tmp_path / "z.zip")], cwd=REPO,
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "aws", "lambda-package", "--out", str(tmp_path / "z.zip")], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
     assert json.loads(out)["handler"] == "handler.lambda_handler" and (tmp_path / "z.zip").is_file()

@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 from botocore.response import StreamingBody
@@ -48,8 +47,9 @@ JPEG = _encoded("JPEG")
 
 @pytest.fixture
 def config():
-    return bridge.Config(endpoint_name=ENDPOINT, allowed_s3_prefix="s3://smv-bucket/shapes/inference/",
-                         max_image_bytes=200_000, fetch_timeout_s=2.0)
+    return bridge.Config(
+        endpoint_name=ENDPOINT, allowed_s3_prefix="s3://smv-bucket/shapes/inference/", max_image_bytes=200_000, fetch_timeout_s=2.0
+    )
 
 
 @pytest.fixture
@@ -70,9 +70,11 @@ def s3(boto_session):
 
 def expect_invoke(stub, body: bytes, content_type: str, reply=None):
     payload = json.dumps(reply or PREDICTION).encode()
-    stub.add_response("invoke_endpoint",
-                      {"Body": StreamingBody(io.BytesIO(payload), len(payload)), "ContentType": "application/json"},
-                      {"EndpointName": ENDPOINT, "ContentType": content_type, "Accept": "application/json", "Body": body})
+    stub.add_response(
+        "invoke_endpoint",
+        {"Body": StreamingBody(io.BytesIO(payload), len(payload)), "ContentType": "application/json"},
+        {"EndpointName": ENDPOINT, "ContentType": content_type, "Accept": "application/json", "Body": body},
+    )
 
 
 def call(event, config, runtime, s3):
@@ -83,6 +85,7 @@ def call(event, config, runtime, s3):
 
 
 # --- a loopback image server -------------------------------------------------------
+
 
 class _Handler(BaseHTTPRequestHandler):
     routes: dict = {}
@@ -144,6 +147,7 @@ def serve_bytes(data: bytes, content_length: bool = True):
             h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         h.wfile.write(data)
+
     return route
 
 
@@ -153,10 +157,12 @@ def redirect_to(location: str):
         h.send_header("Location", location)
         h.send_header("Content-Length", "0")
         h.end_headers()
+
     return route
 
 
 # --- event shapes ---------------------------------------------------------------------
+
 
 def test_direct_invoke_with_base64_image(config, runtime, s3):
     expect_invoke(runtime[1], PNG, "image/png")
@@ -175,8 +181,12 @@ def test_api_gateway_v1_json_url(config, runtime, s3, server, allow_loopback, fa
     httpd, base = server
     _Handler.routes["/img/cat.png?size=64"] = serve_bytes(PNG)
     expect_invoke(runtime[1], PNG, "image/png")
-    event = {"httpMethod": "POST", "headers": {"Content-Type": "application/json"}, "isBase64Encoded": False,
-             "body": json.dumps({"url": f"{base}/img/cat.png?size=64"})}
+    event = {
+        "httpMethod": "POST",
+        "headers": {"Content-Type": "application/json"},
+        "isBase64Encoded": False,
+        "body": json.dumps({"url": f"{base}/img/cat.png?size=64"}),
+    }
     assert call(event, config, runtime, s3) == (200, PREDICTION)
 
 
@@ -192,9 +202,13 @@ def test_host_name_is_pinned_to_the_checked_address(config, runtime, s3, server,
 
 def test_api_gateway_v2_base64_image_body(config, runtime, s3):
     expect_invoke(runtime[1], JPEG, "image/jpeg")
-    event = {"version": "2.0", "requestContext": {"http": {"method": "POST"}},
-             "headers": {"content-type": "image/jpeg"}, "isBase64Encoded": True,
-             "body": base64.b64encode(JPEG).decode()}
+    event = {
+        "version": "2.0",
+        "requestContext": {"http": {"method": "POST"}},
+        "headers": {"content-type": "image/jpeg"},
+        "isBase64Encoded": True,
+        "body": base64.b64encode(JPEG).decode(),
+    }
     assert call(event, config, runtime, s3) == (200, PREDICTION)
 
 
@@ -208,29 +222,36 @@ def test_api_gateway_raw_url_with_string_url_content_type(config, runtime, s3, s
 
 def test_api_gateway_json_with_base64_image(config, runtime, s3):
     expect_invoke(runtime[1], PNG, "image/png")
-    event = {"httpMethod": "POST", "headers": {"Content-Type": "application/json; charset=utf-8"},
-             "body": json.dumps({"image": base64.b64encode(PNG).decode()})}
+    event = {
+        "httpMethod": "POST",
+        "headers": {"Content-Type": "application/json; charset=utf-8"},
+        "body": json.dumps({"image": base64.b64encode(PNG).decode()}),
+    }
     assert call(event, config, runtime, s3) == (200, PREDICTION)
 
 
 # --- bad requests -----------------------------------------------------------------
 
-@pytest.mark.parametrize("event, status, message", [
-    ({"httpMethod": "POST", "headers": {}, "body": ""}, 400, "empty request body"),
-    ({"httpMethod": "POST", "headers": {"content-type": "application/json"}, "body": "{not json"}, 400, "not JSON"),
-    ({"httpMethod": "POST", "headers": {}, "body": "%%%", "isBase64Encoded": True}, 400, "base64"),
-    ({"url": "http://x.test/a.png", "image": "aGVsbG8="}, 400, "exactly one"),
-    ({}, 400, "exactly one"),
-    ({"url": 42}, 400, "must be a string"),
-    ({"image": "not base64!!"}, 400, "not valid base64"),
-    ({"image": base64.b64encode(b"GIF89a....").decode()}, 415, "not a JPEG or PNG"),
-    ({"image": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 300_000).decode()}, 413, "limit"),
-    ({"s3_uri": "s3://other-bucket/shapes/inference/a.jpg"}, 403, "outside"),
-    ({"s3_uri": "s3://smv-bucket/shapes/private/a.jpg"}, 403, "outside"),
-    ({"s3_uri": "s3://smv-bucket/shapes/inference/../private/a.jpg"}, 403, "outside"),
-    ({"s3_uri": "s3://smv-bucket"}, 400, "not an s3://bucket/key"),
-    (["not", "an", "object"], 400, "JSON object"),
-])
+
+@pytest.mark.parametrize(
+    "event, status, message",
+    [
+        ({"httpMethod": "POST", "headers": {}, "body": ""}, 400, "empty request body"),
+        ({"httpMethod": "POST", "headers": {"content-type": "application/json"}, "body": "{not json"}, 400, "not JSON"),
+        ({"httpMethod": "POST", "headers": {}, "body": "%%%", "isBase64Encoded": True}, 400, "base64"),
+        ({"url": "http://x.test/a.png", "image": "aGVsbG8="}, 400, "exactly one"),
+        ({}, 400, "exactly one"),
+        ({"url": 42}, 400, "must be a string"),
+        ({"image": "not base64!!"}, 400, "not valid base64"),
+        ({"image": base64.b64encode(b"GIF89a....").decode()}, 415, "not a JPEG or PNG"),
+        ({"image": base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"0" * 300_000).decode()}, 413, "limit"),
+        ({"s3_uri": "s3://other-bucket/shapes/inference/a.jpg"}, 403, "outside"),
+        ({"s3_uri": "s3://smv-bucket/shapes/private/a.jpg"}, 403, "outside"),
+        ({"s3_uri": "s3://smv-bucket/shapes/inference/../private/a.jpg"}, 403, "outside"),
+        ({"s3_uri": "s3://smv-bucket"}, 400, "not an s3://bucket/key"),
+        (["not", "an", "object"], 400, "JSON object"),
+    ],
+)
 def test_bad_requests(config, runtime, s3, event, status, message):
     code, body = call(event, config, runtime, s3)
     assert code == status and message in body["error"]
@@ -243,8 +264,9 @@ def test_s3_disabled_without_prefix(runtime, s3):
 
 def test_missing_s3_object_is_404(config, runtime, s3):
     key = "shapes/inference/missing.jpg"
-    s3[1].add_client_error("head_object", service_error_code="404", http_status_code=404,
-                           expected_params={"Bucket": "smv-bucket", "Key": key})
+    s3[1].add_client_error(
+        "head_object", service_error_code="404", http_status_code=404, expected_params={"Bucket": "smv-bucket", "Key": key}
+    )
     assert call({"s3_uri": f"s3://smv-bucket/{key}"}, config, runtime, s3)[0] == 404
 
 
@@ -254,13 +276,15 @@ def test_large_s3_object_is_refused_before_download(config, runtime, s3):
     assert call({"s3_uri": f"s3://smv-bucket/{key}"}, config, runtime, s3)[0] == 413
 
 
-@pytest.mark.parametrize("code, status", [("ModelError", 502), ("ThrottlingException", 429),
-                                          ("ValidationError", 502)])
+@pytest.mark.parametrize("code, status", [("ModelError", 502), ("ThrottlingException", 429), ("ValidationError", 502)])
 def test_endpoint_errors(config, runtime, s3, code, status):
-    runtime[1].add_client_error("invoke_endpoint", service_error_code=code, service_message="boom",
-                                http_status_code=400, expected_params={
-                                    "EndpointName": ENDPOINT, "ContentType": "image/png",
-                                    "Accept": "application/json", "Body": PNG})
+    runtime[1].add_client_error(
+        "invoke_endpoint",
+        service_error_code=code,
+        service_message="boom",
+        http_status_code=400,
+        expected_params={"EndpointName": ENDPOINT, "ContentType": "image/png", "Accept": "application/json", "Body": PNG},
+    )
     result, body = call({"image": base64.b64encode(PNG).decode()}, config, runtime, s3)
     assert result == status and "Traceback" not in body["error"]
 
@@ -272,44 +296,49 @@ def test_non_json_endpoint_reply_is_502(config, runtime, s3):
 
 # --- the URL guard (no connection is ever opened for these) -----------------------
 
+
 @pytest.fixture
 def no_connections(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"the guard let a connection through: {args}")
+
     monkeypatch.setattr(bridge.socket, "create_connection", refuse)
 
 
-@pytest.mark.parametrize("url, status", [
-    ("file:///etc/passwd", 400),
-    ("ftp://example.test/a.png", 400),
-    ("gopher://example.test/", 400),
-    ("javascript:alert(1)", 400),
-    ("http:///no-host", 400),
-    ("http://user:secret@example.test/a.png", 400),
-    ("http://example.test:99999/a.png", 400),
-    ("http://127.0.0.1/a.png", 403),
-    ("http://127.1.2.3:8080/", 403),
-    ("http://localhost/a.png", 403),
-    ("http://LOCALHOST./a.png", 403),
-    ("http://0.0.0.0/", 403),
-    ("http://[::1]/", 403),
-    ("http://[::]/", 403),
-    ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", 403),
-    ("http://169.254.170.2/v2/credentials", 403),
-    ("http://[fd00:ec2::254]/latest/meta-data/", 403),
-    ("http://[::ffff:169.254.169.254]/", 403),
-    ("http://[::ffff:127.0.0.1]/", 403),
-    ("http://[2002:7f00:1::]/", 403),
-    ("http://10.0.0.5/", 403),
-    ("http://172.16.3.4/", 403),
-    ("http://192.168.1.1/", 403),
-    ("http://100.64.0.1/", 403),
-    ("http://224.0.0.1/", 403),
-    ("http://2130706433/", 403),
-    ("http://0x7f000001/", 403),
-    ("http://metadata.internal.test/", 403),
-    ("http://rebind.example.test/", 403),
-])
+@pytest.mark.parametrize(
+    "url, status",
+    [
+        ("file:///etc/passwd", 400),
+        ("ftp://example.test/a.png", 400),
+        ("gopher://example.test/", 400),
+        ("javascript:alert(1)", 400),
+        ("http:///no-host", 400),
+        ("http://user:secret@example.test/a.png", 400),
+        ("http://example.test:99999/a.png", 400),
+        ("http://127.0.0.1/a.png", 403),
+        ("http://127.1.2.3:8080/", 403),
+        ("http://localhost/a.png", 403),
+        ("http://LOCALHOST./a.png", 403),
+        ("http://0.0.0.0/", 403),
+        ("http://[::1]/", 403),
+        ("http://[::]/", 403),
+        ("http://169.254.169.254/latest/meta-data/iam/security-credentials/", 403),
+        ("http://169.254.170.2/v2/credentials", 403),
+        ("http://[fd00:ec2::254]/latest/meta-data/", 403),
+        ("http://[::ffff:169.254.169.254]/", 403),
+        ("http://[::ffff:127.0.0.1]/", 403),
+        ("http://[2002:7f00:1::]/", 403),
+        ("http://10.0.0.5/", 403),
+        ("http://172.16.3.4/", 403),
+        ("http://192.168.1.1/", 403),
+        ("http://100.64.0.1/", 403),
+        ("http://224.0.0.1/", 403),
+        ("http://2130706433/", 403),
+        ("http://0x7f000001/", 403),
+        ("http://metadata.internal.test/", 403),
+        ("http://rebind.example.test/", 403),
+    ],
+)
 def test_refused_urls(config, runtime, s3, fake_dns, no_connections, url, status):
     fake_dns["localhost"] = ["127.0.0.1", "::1"]
     fake_dns["metadata.internal.test"] = ["169.254.169.254"]
@@ -340,6 +369,7 @@ def test_real_resolver_refuses_localhost(config):
 
 
 # --- fetching from the loopback server -------------------------------------------
+
 
 def test_redirect_to_metadata_is_refused(config, runtime, s3, server, allow_loopback, fake_dns):
     httpd, base = server
@@ -382,6 +412,7 @@ def test_slow_server_times_out(runtime, s3, server, allow_loopback, fake_dns):
     def slow(h):
         time.sleep(1.5)
         serve_bytes(PNG)(h)
+
     _Handler.routes["/slow.png"] = slow
     config = bridge.Config(endpoint_name=ENDPOINT, fetch_timeout_s=0.5)
     started = time.monotonic()
@@ -390,8 +421,15 @@ def test_slow_server_times_out(runtime, s3, server, allow_loopback, fake_dns):
 
 
 def test_config_from_env():
-    config = bridge.Config.from_env({"ENDPOINT_NAME": "ep", "ALLOWED_S3_PREFIX": "s3://b/p/", "MAX_IMAGE_BYTES": "1000",
-                                     "FETCH_TIMEOUT_S": "2.5", "ALLOWED_URL_HOSTS": "A.example.test, b.example.test"})
+    config = bridge.Config.from_env(
+        {
+            "ENDPOINT_NAME": "ep",
+            "ALLOWED_S3_PREFIX": "s3://b/p/",
+            "MAX_IMAGE_BYTES": "1000",
+            "FETCH_TIMEOUT_S": "2.5",
+            "ALLOWED_URL_HOSTS": "A.example.test, b.example.test",
+        }
+    )
     assert config == bridge.Config("ep", "s3://b/p/", 1000, 2.5, ("a.example.test", "b.example.test"))
     with pytest.raises(RuntimeError, match="ENDPOINT_NAME"):
         bridge.Config.from_env({})
@@ -412,21 +450,41 @@ def test_handler_needs_only_boto3_and_the_standard_library():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     import sys
+
     third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "__future__"}
     assert third_party <= {"boto3", "botocore"}, third_party
 
 
 # --- HTTPS: the pinned connection still verifies the certificate for the host name ---
 
+
 @pytest.fixture(scope="module")
 def tls_cert(tmp_path_factory):
     import subprocess
 
     folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"),
-                    "-subj", "/CN=images.example.test", "-addext", "subjectAltName=DNS:images.example.test"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+            "-subj",
+            "/CN=images.example.test",
+            "-addext",
+            "subjectAltName=DNS:images.example.test",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return folder / "cert.pem", folder / "key.pem"
 
 
@@ -451,8 +509,7 @@ def trust_test_cert(monkeypatch, tls_cert):
     monkeypatch.setattr(bridge.ssl, "create_default_context", lambda *a, **k: real(cafile=str(tls_cert[0])))
 
 
-def test_https_fetch_is_pinned_with_sni_and_verified(config, runtime, s3, tls_server, allow_loopback, fake_dns,
-                                                     trust_test_cert):
+def test_https_fetch_is_pinned_with_sni_and_verified(config, runtime, s3, tls_server, allow_loopback, fake_dns, trust_test_cert):
     port, sni = tls_server
     fake_dns["images.example.test"] = ["127.0.0.1"]
     _Handler.routes["/cat.png"] = serve_bytes(PNG)
@@ -462,8 +519,7 @@ def test_https_fetch_is_pinned_with_sni_and_verified(config, runtime, s3, tls_se
     assert sni == ["images.example.test"]
 
 
-def test_https_certificate_for_another_name_is_refused(config, runtime, s3, tls_server, allow_loopback, fake_dns,
-                                                       trust_test_cert):
+def test_https_certificate_for_another_name_is_refused(config, runtime, s3, tls_server, allow_loopback, fake_dns, trust_test_cert):
     port, _ = tls_server
     fake_dns["other.example.test"] = ["127.0.0.1"]
     _Handler.routes["/cat.png"] = serve_bytes(PNG)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import stat
 
 import pytest
-
 from smvision_aws import local_mode
 
 
@@ -39,9 +37,11 @@ esac
 def test_every_host_is_checked_not_only_the_first(fake_docker):
     docker, _ = fake_docker
     results = local_mode.host_exit_codes(["algo-1-xyz12", "algo-2-xyz12", "algo-3-xyz12"], docker=docker)
-    assert results == {"algo-1-xyz12": ("abcdefghij-algo-1-xyz12", 0),
-                       "algo-2-xyz12": ("klmnopqrst-algo-2-xyz12", 137),
-                       "algo-3-xyz12": (None, None)}
+    assert results == {
+        "algo-1-xyz12": ("abcdefghij-algo-1-xyz12", 0),
+        "algo-2-xyz12": ("klmnopqrst-algo-2-xyz12", 137),
+        "algo-3-xyz12": (None, None),
+    }
     with pytest.raises(local_mode.LocalJobError, match="algo-2-xyz12 exited with 137.*algo-3-xyz12 exited with no container"):
         local_mode.check_hosts(results)
     local_mode.check_hosts({"algo-1-xyz12": ("a", 0), "algo-2-xyz12": ("b", 0)})
@@ -49,8 +49,7 @@ def test_every_host_is_checked_not_only_the_first(fake_docker):
 
 def test_only_new_local_mode_containers_are_removed(fake_docker):
     docker, log = fake_docker
-    assert local_mode.leftover_containers("img", docker=docker) == [
-        ("c1", "abcdefghij-algo-1-xyz12"), ("c2", "klmnopqrst-algo-2-xyz12")]
+    assert local_mode.leftover_containers("img", docker=docker) == [("c1", "abcdefghij-algo-1-xyz12"), ("c2", "klmnopqrst-algo-2-xyz12")]
     with local_mode.removing_new_containers("img", docker=docker):
         pass  # nothing new appeared: nothing may be removed
     assert not any(line.startswith("rm") for line in log.read_text().splitlines())

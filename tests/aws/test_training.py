@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 from botocore.stub import Stubber
+from smvision_aws import cli
+from smvision_aws.training import UsageError, validate_hyperparameters
 
 from tests.aws.conftest import IMAGE, ROLE
 from train.reporting import METRIC_DEFINITIONS
-
-from smvision_aws import cli
-from smvision_aws.training import UsageError, validate_hyperparameters
 
 JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/smv-1"
 
@@ -23,19 +22,38 @@ def run_train(sm_session, argv, expected):
     return result
 
 
-BASE = ["--image", IMAGE, "--role", ROLE, "--channel", "training=s3://smv-bucket/shapes/data/",
-        "--output-path", "s3://smv-bucket/shapes/models/", "--no-wait", "--tag", "project=shapes"]
+BASE = [
+    "--image",
+    IMAGE,
+    "--role",
+    ROLE,
+    "--channel",
+    "training=s3://smv-bucket/shapes/data/",
+    "--output-path",
+    "s3://smv-bucket/shapes/models/",
+    "--no-wait",
+    "--tag",
+    "project=shapes",
+]
 
 
 def expected_request(**overrides):
     request = {
         "TrainingJobName": "smv-1",
-        "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File",
-                                   "MetricDefinitions": METRIC_DEFINITIONS},
+        "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File", "MetricDefinitions": METRIC_DEFINITIONS},
         "RoleArn": ROLE,
-        "InputDataConfig": [{"ChannelName": "training", "DataSource": {"S3DataSource": {
-            "S3DataType": "S3Prefix", "S3Uri": "s3://smv-bucket/shapes/data/",
-            "S3DataDistributionType": "FullyReplicated"}}}],
+        "InputDataConfig": [
+            {
+                "ChannelName": "training",
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": "s3://smv-bucket/shapes/data/",
+                        "S3DataDistributionType": "FullyReplicated",
+                    }
+                },
+            }
+        ],
         "OutputDataConfig": {"S3OutputPath": "s3://smv-bucket/shapes/models/"},
         "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "VolumeSizeInGB": 30},
         "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
@@ -56,9 +74,25 @@ def test_single_instance_job_uses_image_metrics_and_channels(sm_session):
 
 
 def test_multi_instance_spot_job_with_checkpoints(sm_session):
-    argv = BASE + HPS + ["--job-name", "smv-1", "--instance-count", "2", "--instance-type", "ml.g5.xlarge",
-                         "--spot", "--max-run", "3600", "--max-wait", "7200",
-                         "--checkpoint-s3-uri", "s3://smv-bucket/shapes/checkpoints/smv-1/"]
+    argv = (
+        BASE
+        + HPS
+        + [
+            "--job-name",
+            "smv-1",
+            "--instance-count",
+            "2",
+            "--instance-type",
+            "ml.g5.xlarge",
+            "--spot",
+            "--max-run",
+            "3600",
+            "--max-wait",
+            "7200",
+            "--checkpoint-s3-uri",
+            "s3://smv-bucket/shapes/checkpoints/smv-1/",
+        ]
+    )
     expected = expected_request(
         ResourceConfig={"InstanceCount": 2, "InstanceType": "ml.g5.xlarge", "VolumeSizeInGB": 30},
         StoppingCondition={"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200},
@@ -69,13 +103,34 @@ def test_multi_instance_spot_job_with_checkpoints(sm_session):
 
 
 def test_split_channels_are_passed_by_name(sm_session):
-    argv = ["--image", IMAGE, "--role", ROLE, "--output-path", "s3://smv-bucket/shapes/models/", "--no-wait",
-            "--job-name", "smv-1", "--hp", "epochs=2"]
+    argv = [
+        "--image",
+        IMAGE,
+        "--role",
+        ROLE,
+        "--output-path",
+        "s3://smv-bucket/shapes/models/",
+        "--no-wait",
+        "--job-name",
+        "smv-1",
+        "--hp",
+        "epochs=2",
+    ]
     for name in ("train", "validation", "test"):
         argv += ["--channel", f"{name}=s3://smv-bucket/shapes/{name}/"]
-    channels = [{"ChannelName": name, "DataSource": {"S3DataSource": {
-        "S3DataType": "S3Prefix", "S3Uri": f"s3://smv-bucket/shapes/{name}/",
-        "S3DataDistributionType": "FullyReplicated"}}} for name in ("train", "validation", "test")]
+    channels = [
+        {
+            "ChannelName": name,
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": f"s3://smv-bucket/shapes/{name}/",
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+        }
+        for name in ("train", "validation", "test")
+    ]
     expected = expected_request(InputDataConfig=channels, HyperParameters={"epochs": "2"})
     del expected["Tags"]
     run_train(sm_session, argv, expected)
@@ -91,28 +146,32 @@ def test_metric_regexes_match_the_trainers_log_line():
     assert found == {"train_loss": 0.25, "val_loss": 0.5, "val_macro_f1": 0.875, "val_acc": 0.9}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--hp", "learnin_rate=0.1"], "unknown hyperparameter"),
-    (["--hp", "optimizer=adam"], "invalid choice"),
-    (["--hp", "epochs"], "expected NAME=VALUE"),
-    (["--spot"], "--checkpoint-s3-uri"),
-    (["--spot", "--checkpoint-s3-uri", "s3://b/c/", "--max-run", "600", "--max-wait", "300"], "must be >= --max-run"),
-    (["--max-wait", "600"], "only to --spot"),
-    (["--channel", "extra=file:///data"], "only with --local"),
-    (["--channel", "extra=http://example.com/data"], "s3://bucket/prefix"),
-    (["--checkpoint-s3-uri", "/tmp/ckpt"], "must be an s3:// URI"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--hp", "learnin_rate=0.1"], "unknown hyperparameter"),
+        (["--hp", "optimizer=adam"], "invalid choice"),
+        (["--hp", "epochs"], "expected NAME=VALUE"),
+        (["--spot"], "--checkpoint-s3-uri"),
+        (["--spot", "--checkpoint-s3-uri", "s3://b/c/", "--max-run", "600", "--max-wait", "300"], "must be >= --max-run"),
+        (["--max-wait", "600"], "only to --spot"),
+        (["--channel", "extra=file:///data"], "only with --local"),
+        (["--channel", "extra=http://example.com/data"], "s3://bucket/prefix"),
+        (["--checkpoint-s3-uri", "/tmp/ckpt"], "must be an s3:// URI"),
+    ],
+)
 def test_bad_input_fails_before_any_aws_call(sm_session, argv, message):
     args = cli.get_args_parser().parse_args(["train", *BASE, *argv])
-    with Stubber(sm_session.sagemaker_client):  # no responses queued: any call would fail
-        with pytest.raises(UsageError, match=message):
-            cli.cmd_train(args, session=sm_session)
+    # no responses queued in the Stubber: any AWS call would fail
+    with Stubber(sm_session.sagemaker_client), pytest.raises(UsageError, match=message):
+        cli.cmd_train(args, session=sm_session)
 
 
 def test_role_and_output_path_are_required_on_aws(sm_session, monkeypatch):
     monkeypatch.delenv("SAGEMAKER_ROLE_ARN", raising=False)
-    args = cli.get_args_parser().parse_args(["train", "--image", IMAGE, "--channel", "training=s3://b/p/",
-                                             "--output-path", "s3://b/p/models/"])
+    args = cli.get_args_parser().parse_args(
+        ["train", "--image", IMAGE, "--channel", "training=s3://b/p/", "--output-path", "s3://b/p/models/"]
+    )
     with pytest.raises(UsageError, match="--role"):
         cli.cmd_train(args, session=sm_session)
     args = cli.get_args_parser().parse_args(["train", "--image", IMAGE, "--role", ROLE, "--channel", "training=s3://b/p/"])
@@ -129,8 +188,20 @@ def test_local_mode_estimator_gets_local_instance_and_file_output(tmp_path, monk
     from smvision_aws.training import estimator_kwargs
 
     monkeypatch.chdir(tmp_path)
-    args = cli.get_args_parser().parse_args(["train", "--local", "--image", "sagemaker-vision:aws", "--instance-count", "2",
-                                             "--channel", f"training={tmp_path.as_uri()}", "--hp", "epochs=1"])
+    args = cli.get_args_parser().parse_args(
+        [
+            "train",
+            "--local",
+            "--image",
+            "sagemaker-vision:aws",
+            "--instance-count",
+            "2",
+            "--channel",
+            f"training={tmp_path.as_uri()}",
+            "--hp",
+            "epochs=1",
+        ]
+    )
     spec = cli._train_spec(args)
     session = make_session(local=True)
     kwargs = estimator_kwargs(spec, session, local=True)

@@ -3,16 +3,34 @@
 from __future__ import annotations
 
 from botocore.stub import ANY, Stubber
+from smvision_aws import cli, tuning
+from smvision_aws.training import validate_hyperparameters
 
 from tests.aws.conftest import IMAGE, ROLE
 from train.reporting import METRIC_DEFINITIONS
 
-from smvision_aws import cli, tuning
-from smvision_aws.training import validate_hyperparameters
-
-ARGV = ["tune", "--image", IMAGE, "--role", ROLE, "--channel", "training=s3://smv-bucket/shapes/data/",
-        "--output-path", "s3://smv-bucket/shapes/models/", "--hp", "epochs=10", "--hp", "arch=resnet50",
-        "--max-jobs", "12", "--max-parallel-jobs", "3", "--no-wait", "--instance-type", "ml.g4dn.xlarge"]
+ARGV = [
+    "tune",
+    "--image",
+    IMAGE,
+    "--role",
+    ROLE,
+    "--channel",
+    "training=s3://smv-bucket/shapes/data/",
+    "--output-path",
+    "s3://smv-bucket/shapes/models/",
+    "--hp",
+    "epochs=10",
+    "--hp",
+    "arch=resnet50",
+    "--max-jobs",
+    "12",
+    "--max-parallel-jobs",
+    "3",
+    "--no-wait",
+    "--instance-type",
+    "ml.g4dn.xlarge",
+]
 
 
 def test_tuning_job_request(sm_session):
@@ -39,23 +57,32 @@ def test_tuning_job_request(sm_session):
         },
         "TrainingJobDefinition": {
             "StaticHyperParameters": {"epochs": "10", "arch": "resnet50"},
-            "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File",
-                                       "MetricDefinitions": METRIC_DEFINITIONS},
+            "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File", "MetricDefinitions": METRIC_DEFINITIONS},
             "RoleArn": ROLE,
-            "InputDataConfig": [{"ChannelName": "training", "DataSource": {"S3DataSource": {
-                "S3DataType": "S3Prefix", "S3Uri": "s3://smv-bucket/shapes/data/",
-                "S3DataDistributionType": "FullyReplicated"}}}],
+            "InputDataConfig": [
+                {
+                    "ChannelName": "training",
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri": "s3://smv-bucket/shapes/data/",
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
+                }
+            ],
             "OutputDataConfig": {"S3OutputPath": "s3://smv-bucket/shapes/models/"},
-            "HyperParameterTuningResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge",
-                                                   "VolumeSizeInGB": 30},
+            "HyperParameterTuningResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "VolumeSizeInGB": 30},
             "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
         },
     }
     args = cli.get_args_parser().parse_args(ARGV)
     with Stubber(sm_session.sagemaker_client) as stub:
-        stub.add_response("create_hyper_parameter_tuning_job",
-                          {"HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/t"},
-                          expected)
+        stub.add_response(
+            "create_hyper_parameter_tuning_job",
+            {"HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/t"},
+            expected,
+        )
         result = cli.cmd_tune(args, session=sm_session)
         stub.assert_no_pending_responses()
     assert result["status"] == "InProgress" and result["tuning_job"].startswith("smvision-hpo-")
@@ -63,7 +90,6 @@ def test_tuning_job_request(sm_session):
 
 def test_tuned_names_may_not_be_fixed(sm_session):
     import pytest
-
     from smvision_aws.training import UsageError
 
     for fixed in ("lr=0.1", "learning_rate=0.1", "batch_size=8", "patience=3", "freeze_backbone=true"):
@@ -83,31 +109,43 @@ def test_every_point_of_the_space_is_accepted_by_the_trainer():
 def test_best_job_summary(sm_session):
     client = sm_session.sagemaker_client
     with Stubber(client) as stub:
-        stub.add_response("describe_hyper_parameter_tuning_job", {
-            "HyperParameterTuningJobName": "hpo-1",
-            "HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/hpo-1",
-            "HyperParameterTuningJobConfig": {"Strategy": "Bayesian", "ResourceLimits": {"MaxParallelTrainingJobs": 2}},
-            "HyperParameterTuningJobStatus": "Completed",
-            "CreationTime": "2026-01-01T00:00:00Z",
-            "TrainingJobStatusCounters": {"Completed": 11, "Stopped": 1},
-            "ObjectiveStatusCounters": {"Succeeded": 12},
-            "BestTrainingJob": {
-                "TrainingJobName": "hpo-1-007-abc", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/hpo-1-007-abc",
-                "CreationTime": "2026-01-01T00:00:00Z", "TrainingJobStatus": "Completed",
-                "TunedHyperParameters": {"lr": "0.0004", "batch-size": "32"},
-                "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "val_macro_f1", "Value": 0.93},
+        stub.add_response(
+            "describe_hyper_parameter_tuning_job",
+            {
+                "HyperParameterTuningJobName": "hpo-1",
+                "HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/hpo-1",
+                "HyperParameterTuningJobConfig": {"Strategy": "Bayesian", "ResourceLimits": {"MaxParallelTrainingJobs": 2}},
+                "HyperParameterTuningJobStatus": "Completed",
+                "CreationTime": "2026-01-01T00:00:00Z",
+                "TrainingJobStatusCounters": {"Completed": 11, "Stopped": 1},
+                "ObjectiveStatusCounters": {"Succeeded": 12},
+                "BestTrainingJob": {
+                    "TrainingJobName": "hpo-1-007-abc",
+                    "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/hpo-1-007-abc",
+                    "CreationTime": "2026-01-01T00:00:00Z",
+                    "TrainingJobStatus": "Completed",
+                    "TunedHyperParameters": {"lr": "0.0004", "batch-size": "32"},
+                    "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "val_macro_f1", "Value": 0.93},
+                },
             },
-        }, {"HyperParameterTuningJobName": "hpo-1"})
-        stub.add_response("describe_training_job", {
-            "TrainingJobName": "hpo-1-007-abc", "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/hpo-1-007-abc",
-            "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed", "CreationTime": "2026-01-01T00:00:00Z",
-            "AlgorithmSpecification": {"TrainingInputMode": "File"},
-            "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "VolumeSizeInGB": 30},
-            "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
-            "ModelArtifacts": {"S3ModelArtifacts": "s3://smv-bucket/shapes/models/hpo-1-007-abc/output/model.tar.gz"},
-            "HyperParameters": {"epochs": "10", "lr": "0.0004", "batch-size": "32",
-                                "_tuning_objective_metric": "val_macro_f1"},
-        }, {"TrainingJobName": "hpo-1-007-abc"})
+            {"HyperParameterTuningJobName": "hpo-1"},
+        )
+        stub.add_response(
+            "describe_training_job",
+            {
+                "TrainingJobName": "hpo-1-007-abc",
+                "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/hpo-1-007-abc",
+                "TrainingJobStatus": "Completed",
+                "SecondaryStatus": "Completed",
+                "CreationTime": "2026-01-01T00:00:00Z",
+                "AlgorithmSpecification": {"TrainingInputMode": "File"},
+                "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "VolumeSizeInGB": 30},
+                "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
+                "ModelArtifacts": {"S3ModelArtifacts": "s3://smv-bucket/shapes/models/hpo-1-007-abc/output/model.tar.gz"},
+                "HyperParameters": {"epochs": "10", "lr": "0.0004", "batch-size": "32", "_tuning_objective_metric": "val_macro_f1"},
+            },
+            {"TrainingJobName": "hpo-1-007-abc"},
+        )
         args = cli.get_args_parser().parse_args(["tune", "--best", "hpo-1"])
         summary = cli.cmd_tune(args, session=sm_session)
     assert summary["best_training_job"] == "hpo-1-007-abc"

@@ -8,6 +8,7 @@ failure. If docker is unreachable the tests fail: a skip would hide that nothing
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -25,7 +26,7 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # train.synthetic (Pillow only) makes the test data
 
-from train import synthetic  # noqa: E402
+from train import synthetic  # noqa: E402 (importable only after the path insert above)
 
 DEFAULT_IMAGE = "sagemaker-vision:test"
 LABEL = "sagemaker-vision-test"
@@ -81,15 +82,11 @@ class Containers:
 
     def cleanup(self):
         for container in self.started:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
         for net in self.networks:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 net.remove()
-            except docker.errors.NotFound:
-                pass
 
 
 @pytest.fixture

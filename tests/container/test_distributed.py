@@ -84,9 +84,7 @@ def start_hosts(containers, image, tmp_path: Path, data: Path, hyperparameters: 
     for host in HOSTS:
         root = sagemaker_root(tmp_path / host, data, hyperparameters, current_host=host)
         endpoint = containers.client.api.create_endpoint_config(aliases=[host])
-        container = start_train(
-            containers, image, root, hostname=host, network=network.name, networking_config={network.name: endpoint}
-        )
+        container = start_train(containers, image, root, hostname=host, network=network.name, networking_config={network.name: endpoint})
         started[host] = (container, root)
     return started
 

@@ -47,8 +47,11 @@ def local_mode_env(monkeypatch, docker_client, image):
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
     def ours():
-        return {c.name: c for c in docker_client.containers.list(all=True)
-                if local_mode._NAME.match(c.name) and c.attrs["Config"]["Image"] == image}
+        return {
+            c.name: c
+            for c in docker_client.containers.list(all=True)
+            if local_mode._NAME.match(c.name) and c.attrs["Config"]["Image"] == image
+        }
 
     before = set(ours())
     had_network = bool(docker_client.networks.list(names=[NETWORK]))
@@ -72,10 +75,15 @@ def test_fit_two_hosts_then_deploy_predict_and_delete(image, docker_client, loca
 
     # --- fit on two hosts through the SDK ---
     session = make_session(local=True)
-    spec = TrainSpec(image_uri=image, role=cli.LOCAL_ROLE, instance_type="local", instance_count=2,
-                     hyperparameters={"epochs": "2", "image-size": "64", "batch-size": "8", "num-workers": "0",
-                                      "lr": "0.003"},
-                     output_path=out.as_uri(), base_job_name="smv-local-test")
+    spec = TrainSpec(
+        image_uri=image,
+        role=cli.LOCAL_ROLE,
+        instance_type="local",
+        instance_count=2,
+        hyperparameters={"epochs": "2", "image-size": "64", "batch-size": "8", "num-workers": "0", "lr": "0.003"},
+        output_path=out.as_uri(),
+        base_job_name="smv-local-test",
+    )
     estimator = build_estimator(spec, session, local=True)
     estimator.fit({"training": data.as_uri()}, job_name="smv-local-test-fit")
 
@@ -107,9 +115,22 @@ def test_fit_two_hosts_then_deploy_predict_and_delete(image, docker_client, loca
     # --- deploy, predict one image, delete model then endpoint (the CLI's --local path) ---
     image_file = tmp_path / "red_circle.png"
     image_file.write_bytes(png_bytes(synthetic.make_image("red_circle")))
-    args = cli.get_args_parser().parse_args([
-        "deploy", "--local", "--image", image, "--model-data", model_tar.as_uri(), "--endpoint-name", "smv-local-test",
-        "--smoke-image", str(image_file), "--serving-port", str(_free_port())])
+    args = cli.get_args_parser().parse_args(
+        [
+            "deploy",
+            "--local",
+            "--image",
+            image,
+            "--model-data",
+            model_tar.as_uri(),
+            "--endpoint-name",
+            "smv-local-test",
+            "--smoke-image",
+            str(image_file),
+            "--serving-port",
+            str(_free_port()),
+        ]
+    )
     result = cli.cmd_deploy(args, session=make_session(local=True, serving_port=args.serving_port))
     prediction = result["smoke_prediction"]
     assert prediction["predicted_label"] in synthetic.SHAPE_CLASSES, prediction

@@ -136,8 +136,16 @@ def test_user_script_gets_flags_env_channels_and_writes_its_model(image, contain
     seen = json.loads((root / "output/data/seen.json").read_text())
     # Flags verbatim, sorted by name as the toolkit passes them; no sagemaker_* keys.
     assert seen["argv"] == [
-        "--batch_size", "32", "--epochs", "2", "--learning_rate", "0.01",
-        "--model_name", "resnet50", "--test-batch-size", "100",
+        "--batch_size",
+        "32",
+        "--epochs",
+        "2",
+        "--learning_rate",
+        "0.01",
+        "--model_name",
+        "resnet50",
+        "--test-batch-size",
+        "100",
     ]
     env = seen["env"]
     assert env["SM_MODEL_DIR"] == "/opt/ml/model"
@@ -195,9 +203,7 @@ def test_missing_entry_point_is_reported(image, containers, tmp_path):
 def test_smdebug_import_explains_itself(image, containers):
     """Scripts that create an smdebug hook get the reason and the fix, as an ImportError
     (so `try: import smdebug / except ImportError` still works)."""
-    script = (
-        "try:\n    import smdebug.pytorch\nexcept ImportError as err:\n    print('IMPORT-ERROR:', err)\n"
-    )
+    script = "try:\n    import smdebug.pytorch\nexcept ImportError as err:\n    print('IMPORT-ERROR:', err)\n"
     container = containers.run(image, ["python", "-c", script])
     code, logs = wait_exit(container, timeout=120)
     assert code == 0, logs

@@ -69,7 +69,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", 9000), H).serve_forever()
 # A seed-style inference.py (as written for AWS's PyTorch images): torchvision model,
 # input_fn for image/jpeg bytes and {"url"} JSON (a str body), predict_fn taking
 # context, output_fn returning (body, content_type); imports a requirements.txt wheel.
-SEED_INFERENCE = r'''
+SEED_INFERENCE = r"""
 import io, json, os
 import requests
 import torch
@@ -103,7 +103,7 @@ def predict_fn(input_object, model, context):
 def output_fn(prediction, accept):
     logits, model_dir = prediction
     return json.dumps({"logits": logits.tolist(), "dep": smv_testdep.VALUE, "model_dir": model_dir}), accept
-'''
+"""
 
 
 def make_wheel(folder: Path) -> str:
@@ -128,8 +128,11 @@ def model_store(image, docker_client, tmp_path_factory) -> Path:
     os.chmod(store, 0o777)
     handle = Containers(docker_client)
     try:
-        container = handle.run(image, ["python", "-c", MAKE_MODELS, "/store/r18", "resnet18", "3", "/store/r50", "resnet50", "3"],
-                               volumes={str(store): {"bind": "/store", "mode": "rw"}})
+        container = handle.run(
+            image,
+            ["python", "-c", MAKE_MODELS, "/store/r18", "resnet18", "3", "/store/r50", "resnet50", "3"],
+            volumes={str(store): {"bind": "/store", "mode": "rw"}},
+        )
         code, logs = wait_exit(container, timeout=300)
         assert code == 0, logs
     finally:
@@ -236,8 +239,10 @@ def test_single_input_types(server, ctype, body):
 
 def test_red_image_same_answer_across_encodings(server):
     base, _ = server
-    answers = {post(base, png_bytes(IMG), "image/png").json()["predicted_label"],
-               post(base, npy(np.asarray(IMG)), "application/x-npy").json()["predicted_label"]}
+    answers = {
+        post(base, png_bytes(IMG), "image/png").json()["predicted_label"],
+        post(base, npy(np.asarray(IMG)), "application/x-npy").json()["predicted_label"],
+    }
     assert len(answers) == 1
 
 
@@ -360,8 +365,13 @@ def test_access_log_lines(server):
 
 def test_batch_transform_settings(containers, image, model_store, tmp_path):
     root = model_root(tmp_path, model_store)
-    env = {"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "4", "SAGEMAKER_BATCH_STRATEGY": "SINGLE_RECORD",
-           "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1", "SAGEMAKER_BIND_TO_PORT": "9090"}
+    env = {
+        "SAGEMAKER_BATCH": "true",
+        "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "4",
+        "SAGEMAKER_BATCH_STRATEGY": "SINGLE_RECORD",
+        "SAGEMAKER_MAX_PAYLOAD_IN_MB": "1",
+        "SAGEMAKER_BIND_TO_PORT": "9090",
+    }
     container, base = start_server(containers, image, root, env=env, port="9090/tcp")
     wait_ping(base, container)
     params = requests.get(base + "/execution-parameters", timeout=5).json()
@@ -379,9 +389,11 @@ def _ping_timed(base) -> tuple[int, float]:
 def test_ping_loading_then_ready(containers, image, model_store, tmp_path):
     root = model_root(tmp_path, model_store)
     # model_fn takes a while (a big model, a slow disk): /ping must say 503, quickly.
-    write_user_script(root, name="inference.py", source=
-        "import time\nfrom pathlib import Path\nfrom serve.model import load_classifier\nimport torch\n"
-        "def model_fn(model_dir):\n    time.sleep(6)\n    return load_classifier(Path(model_dir), torch.device('cpu'))\n"
+    write_user_script(
+        root,
+        name="inference.py",
+        source="import time\nfrom pathlib import Path\nfrom serve.model import load_classifier\nimport torch\n"
+        "def model_fn(model_dir):\n    time.sleep(6)\n    return load_classifier(Path(model_dir), torch.device('cpu'))\n",
     )
     container, base = start_server(containers, image, root)
     seen = []
@@ -440,11 +452,15 @@ def test_user_inference_in_model_tar(containers, image, model_store, tmp_path):
     wheel_dir = tmp_path / "wheel"
     wheel_dir.mkdir()
     wheel = make_wheel(wheel_dir)
-    _tar_model(model_store / "r18", root / "model" / "model.tar.gz", {
-        "code/inference.py": SEED_INFERENCE.encode(),
-        "code/requirements.txt": f"./{wheel}\n".encode(),
-        f"code/{wheel}": (wheel_dir / wheel).read_bytes(),
-    })
+    _tar_model(
+        model_store / "r18",
+        root / "model" / "model.tar.gz",
+        {
+            "code/inference.py": SEED_INFERENCE.encode(),
+            "code/requirements.txt": f"./{wheel}\n".encode(),
+            f"code/{wheel}": (wheel_dir / wheel).read_bytes(),
+        },
+    )
     container, base = start_server(containers, image, root, env={"SM_VISION_URL_ALLOW": "127.0.0.1:9000"})
     wait_ping(base, container, timeout=180)
     response = post(base, jpeg_bytes(IMG), "image/jpeg")
@@ -468,11 +484,13 @@ def test_user_inference_in_model_tar(containers, image, model_store, tmp_path):
 
 def test_sagemaker_program_and_transform_fn(containers, image, model_store, tmp_path):
     root = model_root(tmp_path, model_store)
-    write_user_script(root, name="infernce2.py", source=
-        "import json\n"
+    write_user_script(
+        root,
+        name="infernce2.py",
+        source="import json\n"
         "def transform_fn(model, body, content_type, accept, context):\n"
         "    probs = model.probabilities(model.preprocess(__import__('PIL.Image').Image.open(__import__('io').BytesIO(body)).convert('RGB')).unsqueeze(0))\n"
-        "    return json.dumps({'n': len(body), 'ctype': content_type, 'model': context.model_name, 'classes': list(model.classes), 'p': probs[0].tolist()}), 'application/json'\n"
+        "    return json.dumps({'n': len(body), 'ctype': content_type, 'model': context.model_name, 'classes': list(model.classes), 'p': probs[0].tolist()}), 'application/json'\n",
     )
     container, base = start_server(containers, image, root, env={"SAGEMAKER_PROGRAM": "infernce2.py"})
     wait_ping(base, container)
@@ -483,9 +501,10 @@ def test_sagemaker_program_and_transform_fn(containers, image, model_store, tmp_
 
 def test_sigterm_drains_in_flight(containers, image, model_store, tmp_path):
     root = model_root(tmp_path, model_store)
-    write_user_script(root, name="inference.py", source=
-        "import time\n"
-        "def predict_fn(data, model):\n    time.sleep(3)\n    return model.probabilities(data)\n"
+    write_user_script(
+        root,
+        name="inference.py",
+        source="import time\ndef predict_fn(data, model):\n    time.sleep(3)\n    return model.probabilities(data)\n",
     )
     container, base = start_server(containers, image, root)
     wait_ping(base, container)

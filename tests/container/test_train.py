@@ -67,7 +67,9 @@ def test_log_lines_match_the_metric_definitions(trained):
 
 
 def test_served_model_predicts_the_right_class(image, containers, trained_model):
-    server = containers.run(image, ["serve"], volumes={str(trained_model): {"bind": "/opt/ml/model", "mode": "ro"}}, ports={"8080/tcp": None})
+    server = containers.run(
+        image, ["serve"], volumes={str(trained_model): {"bind": "/opt/ml/model", "mode": "ro"}}, ports={"8080/tcp": None}
+    )
     base = f"http://127.0.0.1:{host_port(server)}"
     wait_ping(base, server)
     for seed, name in enumerate(sorted(synthetic.SHAPE_CLASSES)):
@@ -131,7 +133,9 @@ def test_too_many_unreadable_files_fail(image, containers, tmp_path, shapes_data
     root = _with_data(tmp_path, shapes_data)
     for i in range(20):
         (root / f"input/data/training/red_circle/junk{i}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    assert "are not readable images, more than max_bad_fraction=0.05" in _run_failing(image, containers, root, ("train", "--image-size", "32"))
+    assert "are not readable images, more than max_bad_fraction=0.05" in _run_failing(
+        image, containers, root, ("train", "--image-size", "32")
+    )
 
 
 def test_entrypoint_usage_and_passthrough(image, containers):

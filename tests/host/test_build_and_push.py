@@ -93,8 +93,19 @@ def build_call(image_tag: str) -> tuple:
     """What docker/build.sh runs for IMAGE:TAG (no CA bundle lent, default base)."""
     version = re.search(r'^version = "(.*)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
     return (
-        "docker", "build", "--build-arg", "BASE_IMAGE=local/debian:bookworm", "-f", "docker/Dockerfile",
-        "-t", image_tag, "--build-arg", f"VERSION={version}", "--build-arg", f"REVISION={git_sha()}", ".",
+        "docker",
+        "build",
+        "--build-arg",
+        "BASE_IMAGE=local/debian:bookworm",
+        "-f",
+        "docker/Dockerfile",
+        "-t",
+        image_tag,
+        "--build-arg",
+        f"VERSION={version}",
+        "--build-arg",
+        f"REVISION={git_sha()}",
+        ".",
     )
 
 
@@ -106,8 +117,19 @@ def test_creates_missing_repository_logs_in_builds_tags_and_pushes(sandbox):
     assert calls(log) == [
         ("aws", "sts", "get-caller-identity", "--query", "Account", "--output", "text"),
         ("aws", "ecr", "describe-repositories", "--repository-names", "smv", "--region", "eu-west-1"),
-        ("aws", "ecr", "create-repository", "--repository-name", "smv", "--region", "eu-west-1",
-         "--query", "repository.repositoryUri", "--output", "text"),
+        (
+            "aws",
+            "ecr",
+            "create-repository",
+            "--repository-name",
+            "smv",
+            "--region",
+            "eu-west-1",
+            "--query",
+            "repository.repositoryUri",
+            "--output",
+            "text",
+        ),
         ("aws", "ecr", "get-login-password", "--region", "eu-west-1"),
         ("docker", "login", "--username", "AWS", "--password-stdin", registry, ("stdin", "fake-password\n")),
         ("docker", "image", "inspect", "local/debian:bookworm"),  # build.sh: is the base there?
@@ -145,7 +167,9 @@ def test_default_tag_is_the_git_sha_and_region_from_aws_configure(sandbox):
 
 def test_region_precedence_aws_region_then_aws_default_region(sandbox):
     env, _, log = sandbox
-    result = run(env, "smv", "t", AWS_REGION="us-west-2", AWS_DEFAULT_REGION="us-east-1", FAKE_CONFIG_REGION="eu-central-1", FAKE_REPO_EXISTS="1")
+    result = run(
+        env, "smv", "t", AWS_REGION="us-west-2", AWS_DEFAULT_REGION="us-east-1", FAKE_CONFIG_REGION="eu-central-1", FAKE_REPO_EXISTS="1"
+    )
     assert result.returncode == 0, result.stderr
     assert ("docker", "push", f"{ACCOUNT}.dkr.ecr.us-west-2.amazonaws.com/smv:t") in calls(log)
     log.unlink()

@@ -19,7 +19,9 @@ def test_flags_override_hyperparameters():
     assert (config.epochs, config.lr) == (7, 0.1)
 
 
-@pytest.mark.parametrize("text, expected", [("False", False), ("false", False), ("0", False), ("no", False), ("TRUE", True), ("1", True), ("Yes", True)])
+@pytest.mark.parametrize(
+    "text, expected", [("False", False), ("false", False), ("0", False), ("no", False), ("TRUE", True), ("1", True), ("Yes", True)]
+)
 def test_booleans_from_tuners(text, expected):
     assert resolve_config({"freeze-backbone": text}, []).freeze_backbone is expected
 
@@ -29,7 +31,14 @@ def test_bare_boolean_flag_means_true():
 
 
 def test_sagemaker_switches_are_accepted():
-    config = resolve_config({"sagemaker_torch_distributed_enabled": "true", "sagemaker_distributed_dataparallel_enabled": "false", "sagemaker_region": '"us-east-1"'}, [])
+    config = resolve_config(
+        {
+            "sagemaker_torch_distributed_enabled": "true",
+            "sagemaker_distributed_dataparallel_enabled": "false",
+            "sagemaker_region": '"us-east-1"',
+        },
+        [],
+    )
     assert config == TrainConfig()
 
 

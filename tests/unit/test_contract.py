@@ -84,7 +84,12 @@ def test_failure_file_is_written_and_truncated(sm_paths):
 def test_serving_env_defaults_and_overrides():
     assert ServingEnv.from_env({}).port == 8080
     env = ServingEnv.from_env(
-        {"SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_MULTI_MODEL": "TRUE", "SAGEMAKER_MODEL_SERVER_WORKERS": "3", "SAGEMAKER_PROGRAM": "infer.py"}
+        {
+            "SAGEMAKER_BIND_TO_PORT": "9000",
+            "SAGEMAKER_MULTI_MODEL": "TRUE",
+            "SAGEMAKER_MODEL_SERVER_WORKERS": "3",
+            "SAGEMAKER_PROGRAM": "infer.py",
+        }
     )
     assert (env.port, env.multi_model, env.workers, env.program) == (9000, True, 3, "infer.py")
 

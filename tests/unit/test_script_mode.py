@@ -43,7 +43,9 @@ def test_existing_config_files_are_left_alone(sm_paths):
 
 def test_unsupported_launchers_are_named():
     assert set(script_mode._UNSUPPORTED_LAUNCHERS) == {
-        "sagemaker_mpi_enabled", "sagemaker_distributed_dataparallel_enabled", "sagemaker_pytorch_ddp_enabled",
+        "sagemaker_mpi_enabled",
+        "sagemaker_distributed_dataparallel_enabled",
+        "sagemaker_pytorch_ddp_enabled",
     }
     assert script_mode._truthy(True) and script_mode._truthy("true") and not script_mode._truthy("false")
 
@@ -58,16 +60,26 @@ def test_whole_run_under_another_root(sm_paths, tmp_path):
         "open(os.path.join(os.environ['SM_MODEL_DIR'], 'model.pth'), 'w').write('weights')\n"
     )
     (sm_paths.data_dir / "training").mkdir()
-    sm_paths.hyperparameters_file.write_text(json.dumps({
-        "lr": "0.05", "batch-size": "8",
-        "sagemaker_program": '"entry.py"', "sagemaker_submit_directory": json.dumps(str(source)),
-    }))
+    sm_paths.hyperparameters_file.write_text(
+        json.dumps(
+            {
+                "lr": "0.05",
+                "batch-size": "8",
+                "sagemaker_program": '"entry.py"',
+                "sagemaker_submit_directory": json.dumps(str(source)),
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
     env["SM_VISION_OPT_ML"] = str(sm_paths.root)
     result = subprocess.run([sys.executable, "-m", "train.cli"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     seen = json.loads((sm_paths.output_data_dir / "seen.json").read_text())
-    assert seen == {"argv": ["--batch-size", "8", "--lr", "0.05"], "model": str(sm_paths.model_dir), "channel": str(sm_paths.data_dir / "training")}
+    assert seen == {
+        "argv": ["--batch-size", "8", "--lr", "0.05"],
+        "model": str(sm_paths.model_dir),
+        "channel": str(sm_paths.data_dir / "training"),
+    }
     assert (sm_paths.model_dir / "model.pth").read_text() == "weights"
     assert (sm_paths.root / "code" / "entry.py").exists()  # the submit directory copied in, as the toolkit does
     assert not sm_paths.failure_file.exists()
@@ -77,7 +89,9 @@ def test_whole_run_failing_script_exit_code_and_failure_file(sm_paths, tmp_path)
     source = tmp_path / "src"
     source.mkdir()
     (source / "entry.py").write_text("raise RuntimeError('no bins today')\n")
-    sm_paths.hyperparameters_file.write_text(json.dumps({"sagemaker_program": '"entry.py"', "sagemaker_submit_directory": json.dumps(str(source))}))
+    sm_paths.hyperparameters_file.write_text(
+        json.dumps({"sagemaker_program": '"entry.py"', "sagemaker_submit_directory": json.dumps(str(source))})
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
     env["SM_VISION_OPT_ML"] = str(sm_paths.root)
     result = subprocess.run([sys.executable, "-m", "train.cli"], env=env, capture_output=True, text=True, timeout=300)

@@ -86,13 +86,25 @@ def test_accept_and_encode():
     probs = torch.tensor([[0.1, 0.7, 0.2]])
     result = json.loads(codec.encode(probs, ("a", "b", "c"), 2, codec.Decoded(probs, batch=False)))
     assert result["predicted_label"] == "b" and [e["label"] for e in result["top_k"]] == ["b", "c"]
-    assert json.loads(codec.encode(probs, ("a", "b", "c"), 1, codec.Decoded(probs, batch=True)))[0]["top_k"] == [{"label": "b", "probability": pytest.approx(0.7)}]
+    assert json.loads(codec.encode(probs, ("a", "b", "c"), 1, codec.Decoded(probs, batch=True)))[0]["top_k"] == [
+        {"label": "b", "probability": pytest.approx(0.7)}
+    ]
 
 
 @pytest.mark.parametrize(
     "url",
-    ["file:///etc/passwd", "ftp://example.com/x", "http://127.0.0.1/", "http://localhost:8080/", "http://[::1]/",
-     "http://169.254.169.254/latest/", "http://10.0.0.1/", "http://192.168.1.1/", "http://0.0.0.0/", "http://[::ffff:127.0.0.1]/"],
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/x",
+        "http://127.0.0.1/",
+        "http://localhost:8080/",
+        "http://[::1]/",
+        "http://169.254.169.254/latest/",
+        "http://10.0.0.1/",
+        "http://192.168.1.1/",
+        "http://0.0.0.0/",
+        "http://[::ffff:127.0.0.1]/",
+    ],
 )
 def test_url_guard_refuses_before_connecting(url):
     with pytest.raises(errors.BadInput):
@@ -170,7 +182,7 @@ def test_batcher_merges_concurrent_requests():
         inputs, outputs = asyncio.run(main())
     finally:
         runner.close()
-    for x, y in zip(inputs, outputs):
+    for x, y in zip(inputs, outputs, strict=False):
         assert torch.equal(y, x * 2)
     assert sum(sizes) == 8 and len(sizes) < 7  # fewer forwards than requests
 
@@ -198,6 +210,7 @@ def test_prepare_model_dir_extracts_and_refuses_traversal(tmp_path):
 
 # --- the app, driven in-process through ASGI -------------------------------------
 
+
 async def request(app, method, path, body=b"", headers=()):
     sent = []
     messages = [{"type": "http.request", "body": body, "more_body": False}]
@@ -209,8 +222,17 @@ async def request(app, method, path, body=b"", headers=()):
         sent.append(message)
 
     path, _, query = path.partition("?")
-    scope = {"type": "http", "method": method, "path": path, "query_string": query.encode(), "root_path": "",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers], "scheme": "http", "server": ("t", 80), "http_version": "1.1"}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+        "scheme": "http",
+        "server": ("t", 80),
+        "http_version": "1.1",
+    }
     await app(scope, receive, send)
     status = sent[0]["status"]
     return status, b"".join(m.get("body", b"") for m in sent[1:])

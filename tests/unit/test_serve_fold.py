@@ -31,6 +31,7 @@ def test_folded_model_gives_the_same_logits(arch):
 
 def test_untraceable_module_is_served_unfolded(caplog):
     caplog.set_level(logging.INFO, logger="serve.model")
+
     class DataDependent(torch.nn.Module):
         def __init__(self):
             super().__init__()
