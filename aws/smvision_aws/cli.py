@@ -639,6 +639,10 @@ def cmd_register(args, session=None, s3_client=None) -> dict:
 
 
 def cmd_pipeline(args, sagemaker_client=None) -> dict:
+    try:
+        import sagemaker.mlops.workflow  # noqa: F401 - SDK 3's workflow package
+    except ImportError:
+        raise UsageError("pipeline needs SageMaker Python SDK 3 (pip install 'sagemaker>=3'; see requirements-sdk3.txt)") from None
     from smvision_aws import pipeline
 
     if args.action == "start":
