@@ -21,10 +21,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q -r requirements-test.txt
+# The trainer's torch-free schema and the host tools, as the tools import them.
+"$VENV/bin/pip" install -q --no-deps -e . -e aws/
 if [ ! -x "$VENV_SDK3/bin/python" ]; then
   python3 -m venv "$VENV_SDK3"
 fi
 "$VENV_SDK3/bin/pip" install -q -r requirements-sdk3.txt
+"$VENV_SDK3/bin/pip" install -q --no-deps -e . -e aws/
 
 echo "=== lint and format (ruff)"
 "$VENV/bin/ruff" check .
