@@ -137,8 +137,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _base_type(tp):
-    # `X | None` (types.UnionType) as well as Optional[X] (typing.Union)
-    if get_origin(tp) in (Union, types.UnionType):
+    if get_origin(tp) in (Union, types.UnionType):  # Optional[X] and X | None
         return next(a for a in get_args(tp) if a is not type(None))
     return tp
 
