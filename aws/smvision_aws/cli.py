@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from smvision_aws import cleanup as cleanup_mod
-from smvision_aws import hosting, iam, lambda_package, local_mode, processing, registry, tuning
-from smvision_aws.sessions import make_session, metric_definitions
+from smvision_aws import hosting, iam, lambda_package, local_mode, local_sdk3, processing, registry, tuning
+from smvision_aws.sessions import make_client_session, metric_definitions
+from smvision_aws.sessions import make_session as _sdk2_session
 from smvision_aws.training import (
     TrainSpec,
     UsageError,
@@ -274,6 +275,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --- commands ------------------------------------------------------------------------
 
 
+def make_session(local: bool = False, region: str | None = None, serving_port: int | None = None):
+    """An SDK 2.x Session/LocalSession for train, tune, deploy and transform."""
+    if local_sdk3.sdk_major() >= 3:
+        raise UsageError(
+            "train, tune, deploy and transform on AWS (and deploy/transform --local) drive SDK 2.x's Estimator and Model: "
+            "install them with pip install -e 'aws/[sdk2]', or use SDK 3's ModelTrainer directly (docs/aws.md); "
+            "train --local, tune --local, process, register and pipeline work with SDK 3"
+        )
+    return _sdk2_session(local, region, serving_port=serving_port)
+
+
 def _image(args) -> str:
     if not args.image:
         raise UsageError("--image is required: ACCOUNT.dkr.ecr.REGION.amazonaws.com/sagemaker-vision:TAG (or a local tag with --local)")
@@ -322,6 +334,8 @@ def cmd_train(args, session=None) -> dict:
     spec = _train_spec(args)
     if not args.no_validate_hyperparameters:
         validate_hyperparameters(spec.hyperparameters)
+    if args.local and session is None and local_sdk3.sdk_major() >= 3:
+        return local_sdk3.train(spec, args.gpu, args.job_name)
     session = session or make_session(args.local, args.region)
     estimator = build_estimator(spec, session, args.local)
     if args.local:
@@ -343,7 +357,8 @@ def local_fit(estimator, channels, session, image: str, job_name: str | None = N
 
 
 def cmd_tune(args, session=None) -> dict:
-    session = session or make_session(args.local, args.region)
+    if args.best or not (args.local and local_sdk3.sdk_major() >= 3):
+        session = session or make_session(args.local, args.region)
     if args.best:
         return tuning.best_job_summary(session.sagemaker_client, args.best)
     spec = _train_spec(args)
@@ -360,6 +375,14 @@ def cmd_tune(args, session=None) -> dict:
         point = tuning.sample(seed=args.seed)
         log.warning("local mode has no tuning service; running one trial with %s", point)
         spec.hyperparameters = {**spec.hyperparameters, **point}
+        if local_sdk3.sdk_major() >= 3:
+            trial = local_sdk3.train(spec, args.gpu)
+            return {
+                "local_trial": trial["training_job"],
+                "hyperparameters": point,
+                "model_data": trial["model_data"],
+                "hosts": trial["hosts"],
+            }
         estimator = build_estimator(spec, session, local=True)
         job_name, model_data, hosts = local_fit(estimator, spec.channels, session, spec.image_uri)
         return {"local_trial": job_name, "hyperparameters": point, "model_data": model_data, "hosts": hosts}
@@ -583,7 +606,7 @@ def cmd_cleanup(args, session=None, autoscaling_client=None, tagging_client=None
         return {"removed_containers": [name for _, name in leftovers]}
     if not args.endpoint_name and not args.by_tag:
         raise UsageError("give --endpoint-name NAME (repeatable) or --by-tag KEY[=VALUE]")
-    session = session or make_session(False, args.region)
+    session = session or make_client_session(args.region)
     autoscaling_client = autoscaling_client or _autoscaling_client(session)
     report = []
     for endpoint in args.endpoint_name:
@@ -613,12 +636,12 @@ def cmd_process(args, session=None) -> dict:
         tags=parse_tags(args.tag),
     )
     request = processing.processing_request(spec, args.job_name or hosting.timestamped_name("smvision-process"))
-    session = session or make_session(False, args.region)
+    session = session or make_client_session(args.region)
     return processing.start(session.sagemaker_client, request, wait=not args.no_wait)
 
 
 def cmd_register(args, session=None, s3_client=None) -> dict:
-    session = session or make_session(False, args.region)
+    session = session or make_client_session(args.region)
     if args.model_package:
         if not args.approval_status:
             raise UsageError("--model-package ARN needs --approval-status Approved|Rejected|PendingManualApproval")

@@ -4,6 +4,7 @@ torch-free schema (container, train.config, train.reporting) the tools share."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 # The SDK reads this nested dict as if it came from ~/.sagemaker/config.yaml.
 TELEMETRY_OPT_OUT = {
@@ -38,6 +39,22 @@ def prepare_local_environment(environ=None) -> None:
     if not (environ.get("AWS_ACCESS_KEY_ID") or environ.get("AWS_PROFILE")):
         environ.setdefault("AWS_ACCESS_KEY_ID", "local-mode")
         environ.setdefault("AWS_SECRET_ACCESS_KEY", "local-mode")
+
+
+@dataclass(frozen=True)
+class ClientSession:
+    """What the boto3-only commands (process, register, cleanup) take from a session;
+    an SDK 2 sagemaker.Session has the same two attributes."""
+
+    boto_session: object
+    sagemaker_client: object
+
+
+def make_client_session(region: str | None = None, boto_session=None) -> ClientSession:
+    import boto3
+
+    boto_session = boto_session or boto3.Session(region_name=region)
+    return ClientSession(boto_session, boto_session.client("sagemaker"))
 
 
 def make_session(local: bool = False, region: str | None = None, serving_port: int | None = None, boto_session=None):

@@ -201,3 +201,25 @@ def test_tuning_path_runs_the_script_through_the_images_train(image, docker_clie
     assert "script rank 0 of 1 done" in logs["algo-1"], logs["algo-1"][-3000:]
     run = json.loads(model_files(local_root)["run.json"])
     assert run["args"] == ["--epochs", "2"], run
+
+
+def test_cli_train_local_runs_sdk3_local_container_mode(image, docker_client, local_root, shapes, tmp_path):
+    """`smvision-aws train --local` with SDK 3 installed: the same ModelTrainer path,
+    every host checked, model.tar.gz copied to --output-path, containers removed."""
+    from smvision_aws import cli
+
+    out = tmp_path / "out"
+    args = cli.get_args_parser().parse_args(
+        ["train", "--local", "--image", image, "--instance-count", "2", "--channel", f"training={shapes.as_uri()}"]
+        + ["--output-path", out.as_uri(), "--job-name", "smv-cli-sdk3"]
+        + [arg for name, value in HPS.items() for arg in ("--hp", f"{name}={value}")]
+    )
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    result = cli.cmd_train(args)
+
+    assert result["hosts"] == {"algo-1": 0, "algo-2": 0}, result
+    assert result["model_data"] == (out / "smv-cli-sdk3" / "model.tar.gz").as_uri()
+    with tarfile.open(out / "smv-cli-sdk3" / "model.tar.gz") as archive:
+        assert {"model.pt", "model_spec.json"} <= {Path(n).name for n in archive.getnames()}
+    left = [c.name for c in docker_client.containers.list(all=True) if c.id not in before and c.attrs["Config"]["Image"] == image]
+    assert left == [], f"local containers left behind: {left}"
