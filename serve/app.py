@@ -63,6 +63,7 @@ class Settings:
     max_concurrent_transforms: int | None = None
     batch_strategy: str | None = None
     mme_budget_bytes: int = 4 * 1024**3
+    precision: str = "auto"  # SM_VISION_PRECISION: auto, fp32, bf16 or fp16 (our classifier only)
 
 
 def _default_preprocess():
@@ -105,7 +106,7 @@ class ServedModel:
         if hooks and "model_fn" in hooks.functions:
             self.model = call(hooks.functions["model_fn"], str(self.model_dir), context=context)
         else:
-            self.model = load_classifier(self.model_dir, settings.device)
+            self.model = load_classifier(self.model_dir, settings.device, settings.precision)
         classifier = self.model if isinstance(self.model, Classifier) else None
         self.classifier = classifier
         self.pipeline = None

@@ -147,6 +147,7 @@ def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
         max_concurrent_transforms=env.max_concurrent_transforms,
         batch_strategy=env.batch_strategy,
         mme_budget_bytes=_env_number("SM_VISION_MME_MEMORY_MB", memory_budget_bytes() >> 20) * 1024 * 1024,
+        precision=os.environ.get("SM_VISION_PRECISION", "auto"),
     )
     if settings.top_k < 1 or settings.workers < 1 or settings.max_batch_size < 1:
         raise ConfigError("top_k, workers and max batch size must be >= 1")
