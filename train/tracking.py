@@ -120,6 +120,11 @@ class MlflowSink:
             from mlflow.entities import Param
             from mlflow.tracking import MlflowClient
 
+            # MLflow logs a warning per HTTP retry (urllib3) and per failing request-header
+            # plugin; one outage would be a dozen lines. Failures reach us as exceptions and
+            # become the single warning below.
+            for name in ("mlflow", "urllib3.connectionpool"):
+                logging.getLogger(name).setLevel(logging.ERROR)
             client = MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(experiment)
             self.experiment_id = found.experiment_id if found else client.create_experiment(experiment)
