@@ -181,3 +181,37 @@ def test_multiprocess_mode_sums_over_processes(tmp_path):
     assert values[("sm_vision_requests_total", (("model", "model"), ("route", "/invocations"), ("status_class", "2xx")))] == 6
     assert values[("sm_vision_request_duration_seconds_count", (("route", "/invocations"),))] == 6
     assert values[("sm_vision_requests_in_flight", ())] == 0
+
+
+def test_gpu_memory_gauges_on_a_cuda_device(monkeypatch):
+    """The CUDA branch of the scrape, with torch.cuda's readers faked (no GPU here)."""
+    import torch
+
+    from serve.app import Pools
+    from serve.metrics import HostCollector
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (6 << 30, 16 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 << 30)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 4 << 30)
+    host = type("Host", (), {"model": None, "state": "loading"})()
+    pools = Pools(Settings(model_dir=None))
+    try:
+        metrics = ServerMetrics()
+        metrics.watch(HostCollector(host, pools, torch.device("cuda", 0)))
+        values = samples(metrics.exposition(None)[0].decode())
+    finally:
+        pools.close()
+    device = (("device", "cuda:0"),)
+    assert values[("sm_vision_gpu_memory_allocated_bytes", device)] == 3 << 30
+    assert values[("sm_vision_gpu_memory_reserved_bytes", device)] == 4 << 30
+    assert values[("sm_vision_gpu_memory_used_bytes", device)] == 10 << 30
+    assert values[("sm_vision_gpu_memory_total_bytes", device)] == 16 << 30
+    assert values[("sm_vision_model_state", (("model", "model"), ("state", "loading")))] == 1
+    assert values[("sm_vision_models_loaded", ())] == 0
+
+    def lost(device):
+        raise RuntimeError("CUDA error: device lost")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lost)
+    cpu_values = samples(metrics.exposition(None)[0].decode())  # a failing GPU read must not break the scrape
+    assert ("sm_vision_gpu_memory_total_bytes", device) not in cpu_values and ("sm_vision_models_loaded", ()) in cpu_values
