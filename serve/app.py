@@ -39,7 +39,6 @@ from serve.runner import BatchRunner
 from train.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 log = logging.getLogger("serve")
-access_log = logging.getLogger("serve.access")
 
 TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
 DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) over-cap bodies up to this, so clients see the 413
