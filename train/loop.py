@@ -241,7 +241,7 @@ def train_one_epoch(
             rate = window_images * info.world_size / max(elapsed, 1e-9)
             line = format_metrics({"epoch": epoch + 1, "step": f"{step}/{steps}"}, {"step_loss": loss.item(), "images_per_s": rate})
             if bar is not None:
-                bar.note(line)
+                bar.note(line, step)
             else:
                 log.info(line)
             window_start, window_images = time.perf_counter(), 0

@@ -28,9 +28,10 @@ class ProgressBar:
         isatty = getattr(stream, "isatty", None)
         return cls(label, total, done, stream) if isatty and isatty() else None
 
-    def note(self, text: str) -> None:
+    def note(self, text: str, done: int) -> None:
+        """Show `text` (the latest metrics line) after the bar, redrawing now."""
         self.text = text
-        self.update(self.done, force=True)
+        self.update(done, force=True)
 
     def update(self, done: int, force: bool = False) -> None:
         self.done = done

@@ -159,10 +159,12 @@ def test_progress_bar_only_on_a_terminal():
     assert ProgressBar.for_terminal("epoch 1", 10, stream=io.StringIO()) is None
     screen = Terminal()
     bar = ProgressBar.for_terminal("epoch 1", 4, stream=screen)
-    bar.note("step_loss=0.5")
     for step in range(1, 5):
         bar.update(step)
+        if step == 2:
+            bar.note("step=2/4 step_loss=0.5", step)
     bar.close()
     text = screen.getvalue()
-    assert text.startswith("\repoch 1 0/4 [") and "epoch 1 4/4 [" in text and "step_loss=0.5" in text and text.endswith("\n")
+    assert text.startswith("\repoch 1 1/4 [") and "epoch 1 4/4 [" in text and text.endswith("\n")
+    assert "\repoch 1 2/4 [" in text.split("step_loss=0.5")[0]  # the note is drawn with its own step
     assert text.count("\n") == 1
