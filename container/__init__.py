@@ -15,6 +15,8 @@ from container.contract import (
     read_hyperparameters,
     read_input_data_config,
     read_resource_config,
+    read_tensorboard_dir,
+    training_job_name,
     write_failure,
 )
 
@@ -28,5 +30,7 @@ __all__ = [
     "read_hyperparameters",
     "read_input_data_config",
     "read_resource_config",
+    "read_tensorboard_dir",
+    "training_job_name",
     "write_failure",
 ]

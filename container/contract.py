@@ -81,6 +81,16 @@ class SageMakerPaths:
     def checkpoint_dir(self) -> Path:
         return self.root / "checkpoints"
 
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Where SageMaker uploads TensorBoard files from when a job has a
+        TensorBoardOutputConfig (its LocalPath default)."""
+        return self.output_dir / "tensorboard"
+
+    @property
+    def tensorboard_config_file(self) -> Path:
+        return self.config_dir / "tensorboardoutputconfig.json"
+
 
 def _read_json(path: Path, what: str) -> object:
     try:
@@ -162,6 +172,23 @@ def read_input_data_config(paths: SageMakerPaths) -> dict[str, Channel]:
     if not paths.data_dir.is_dir():
         return {}
     return {entry.name: Channel(entry.name, entry) for entry in sorted(paths.data_dir.iterdir()) if entry.is_dir()}
+
+
+def read_tensorboard_dir(paths: SageMakerPaths) -> Path | None:
+    """The TensorBoard directory the job asked for: tensorboardoutputconfig.json's
+    LocalPath (SageMaker writes the file when the job sets TensorBoardOutputConfig), else
+    the default directory when it exists; None when TensorBoard was not asked for."""
+    if paths.tensorboard_config_file.exists():
+        raw = _read_json(paths.tensorboard_config_file, "TensorBoard output config")
+        local = raw.get("LocalPath") if isinstance(raw, dict) else None
+        return Path(local) if local else paths.tensorboard_dir
+    return paths.tensorboard_dir if paths.tensorboard_dir.is_dir() else None
+
+
+def training_job_name(environ: Mapping[str, str] | None = None) -> str | None:
+    """TRAINING_JOB_NAME, which SageMaker sets in training containers."""
+    environ = os.environ if environ is None else environ
+    return environ.get("TRAINING_JOB_NAME") or None
 
 
 @dataclass(frozen=True)

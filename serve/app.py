@@ -30,6 +30,8 @@ from starlette.routing import Route
 
 from container import ConfigError
 from serve import codec
+from serve import metrics as server_metrics
+from serve.access_log import RequestLog
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, PayloadTooLarge, ServeError, Timeout
 from serve.hooks import Context, HookPipeline, UserHooks, call, find_script, safe_module_name
 from serve.model import Classifier, load_classifier, module_nbytes, prepare_model_dir
@@ -37,7 +39,6 @@ from serve.runner import BatchRunner
 from train.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 log = logging.getLogger("serve")
-access_log = logging.getLogger("serve.access")
 
 TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
 DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) over-cap bodies up to this, so clients see the 413
@@ -64,6 +65,8 @@ class Settings:
     batch_strategy: str | None = None
     mme_budget_bytes: int = 4 * 1024**3
     precision: str = "auto"  # SM_VISION_PRECISION: auto, fp32, bf16 or fp16 (our classifier only)
+    metrics: bool = True  # GET /metrics (SM_VISION_METRICS)
+    access_log: str = "log"  # log, json or off (SM_VISION_ACCESS_LOG)
 
 
 def _default_preprocess():
@@ -76,9 +79,11 @@ def dir_bytes(path: Path) -> int:
 
 
 class Pools:
-    """Bounded thread pools: decoding (request side) and inference (model side)."""
+    """Bounded thread pools: decoding (request side) and inference (model side), and
+    the metrics the models report their stages to."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics=None):
+        self.metrics = metrics or server_metrics.NoMetrics()
         self.decoders = concurrent.futures.ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.inference = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="infer")
 
@@ -97,6 +102,7 @@ class ServedModel:
     """One loaded model and how to run it: our Classifier, or the user's hooks."""
 
     def __init__(self, name: str, model_dir: Path, url: str, settings: Settings, pools: Pools):
+        started = time.perf_counter()
         self.name, self.url, self.settings = name, url, settings
         self.model_dir = prepare_model_dir(model_dir, settings.scratch / name)
         self.gpu_id = settings.device.index or 0 if settings.device.type == "cuda" else None
@@ -118,12 +124,14 @@ class ServedModel:
         self.pools = pools
         self.batcher = None
         if classifier and settings.batching and not hooks:
-            self.batcher = BatchRunner(classifier.probabilities, settings.max_batch_size, settings.max_delay_ms)
+            forward = pools.metrics.counting_batches(name, classifier.probabilities)  # metrics: batch sizes
+            self.batcher = BatchRunner(forward, settings.max_batch_size, settings.max_delay_ms)
         if classifier:
             classifier.warm_up()
         if hooks and "model_warmup_fn" in hooks.functions:
             call(hooks.functions["model_warmup_fn"], str(self.model_dir), self.model, context=context)
         self.nbytes = self.model.nbytes() if isinstance(self.model, Classifier) else module_nbytes(self.model)
+        self.load_seconds = time.perf_counter() - started  # read by serve.metrics.HostCollector
 
     def context(self, headers: dict[str, str]) -> Context:
         return Context(self.name, str(self.model_dir), self.gpu_id, headers)
@@ -134,14 +142,21 @@ class ServedModel:
         if self.pipeline is not None:
             return await self.pools.infer(self.pipeline, body, content_type, accept, self.context(headers))
         codec.check_accept(accept)
+        metrics, started = self.pools.metrics, time.perf_counter()
         decoded = await self.pools.decode(codec.decode, body, content_type, self.classifier.preprocess, self.settings.limits)
+        decoded_at = time.perf_counter()
+        metrics.stage("decode", self.name, decoded_at - started)
         if self.batcher is not None:
             probs = await self.batcher.run(decoded.inputs)
         else:
             probs = await self.pools.infer(self.classifier.probabilities, decoded.inputs)
+        forwarded_at = time.perf_counter()
+        metrics.stage("forward", self.name, forwarded_at - decoded_at)
         k = min(top_k or self.settings.top_k, len(self.classifier.classes))
         out_type = "application/jsonlines" if decoded.lines else codec.JSON
-        return codec.encode(probs, self.classifier.classes, k, decoded), out_type
+        out = codec.encode(probs, self.classifier.classes, k, decoded)
+        metrics.stage("encode", self.name, time.perf_counter() - forwarded_at)
+        return out, out_type
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -188,6 +203,7 @@ class Registry:
         self.settings, self.pools = settings, pools
         self.models: OrderedDict[str, ServedModel] = OrderedDict()
         self.lock = asyncio.Lock()
+        self.evictions = 0  # read by serve.metrics.HostCollector
 
     def get(self, name: str | None) -> ServedModel:
         if not name:
@@ -216,6 +232,7 @@ class Registry:
             while self.models and self.used() + need > budget:
                 evicted, model = self.models.popitem(last=False)
                 model.close()
+                self.evictions += 1
                 log.info("unloaded least recently used model %s to fit %s", evicted, name)
             gc.collect()
             try:
@@ -281,43 +298,15 @@ def _top_k(request: Request) -> int | None:
     return int(raw)
 
 
-class AccessLog:
-    """One JSON line per request: method, path, status, latency."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            access_log.info(
-                json.dumps(
-                    {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status[0],
-                        "latency_ms": round((time.perf_counter() - start) * 1000, 2),
-                    }
-                )
-            )
-
-
 def create_app(settings: Settings) -> Starlette:
-    pools = Pools(settings)
+    metrics = server_metrics.ServerMetrics.from_env(settings.metrics)
+    pools = Pools(settings, metrics)
     models: SingleModel | Registry = Registry(settings, pools) if settings.multi_model else SingleModel(settings, pools)
+    metrics.watch(server_metrics.HostCollector(models, pools, settings.device))
 
     async def invoke(request: Request, name: str | None) -> Response:
         model = models.get(name)
+        server_metrics.note_model(request.scope, model.name)  # metrics: label the request with its model
         body = await read_body(request, settings.max_payload_bytes)
         headers = {key.lower(): value for key, value in request.headers.items()}
         try:
@@ -386,6 +375,10 @@ def create_app(settings: Settings) -> Starlette:
         registry()
         return await invoke(request, request.path_params["name"])
 
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return _error(exc.status_code, exc.detail)
 
@@ -417,6 +410,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/models/{name}", one_model, methods=["GET", "DELETE"]),
         Route("/models/{name}/invoke", invoke_named, methods=["POST"]),
     ]
+    if metrics.enabled:
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.models = models
-    return AccessLog(app)
+    return RequestLog(app, metrics, settings.access_log)  # request ids, access log, request metrics

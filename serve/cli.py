@@ -113,6 +113,15 @@ def decode_limits(env: ServingEnv):
     )
 
 
+def access_log_format() -> str:
+    from serve.access_log import LOG_FORMATS
+
+    value = os.environ.get("SM_VISION_ACCESS_LOG", "").strip().lower() or "log"
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"SM_VISION_ACCESS_LOG={value!r}: choose one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
 def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
     import torch
 
@@ -148,6 +157,8 @@ def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
         batch_strategy=env.batch_strategy,
         mme_budget_bytes=_env_number("SM_VISION_MME_MEMORY_MB", memory_budget_bytes() >> 20) * 1024 * 1024,
         precision=os.environ.get("SM_VISION_PRECISION", "auto"),
+        metrics=os.environ.get("SM_VISION_METRICS", "true").lower() not in ("0", "false", "no", "off"),
+        access_log=access_log_format(),
     )
     if settings.top_k < 1 or settings.workers < 1 or settings.max_batch_size < 1:
         raise ConfigError("top_k, workers and max batch size must be >= 1")

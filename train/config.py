@@ -73,6 +73,13 @@ class TrainConfig:
     model_dir: str | None = _opt(None, "where the model is written (default /opt/ml/model)")
     output_data_dir: str | None = _opt(None, "metrics and plots (default /opt/ml/output/data)")
     checkpoint_dir: str | None = _opt(None, "checkpoints (default /opt/ml/checkpoints)")
+    # --- tracking (docs/observability.md) ---
+    mlflow_experiment: str | None = _opt(
+        None, "MLflow experiment of this job's run when MLFLOW_TRACKING_URI is set (default: MLFLOW_EXPERIMENT_NAME, else sagemaker-vision)"
+    )
+    tensorboard_dir: str | None = _opt(
+        None, "TensorBoard event files (default: the job's TensorBoardOutputConfig path, or /opt/ml/output/tensorboard when it exists)"
+    )
 
     def __post_init__(self):
         _validate(self)
