@@ -204,7 +204,16 @@ def summarize_failures(failures: Mapping[int, ProcessFailure], host: str) -> Lau
     real = {rank: f for rank, f in failures.items() if f.exitcode not in _STOP_CODES}
     if not real:
         return LaunchResult(EXIT_STOPPED, stopped=True)
-    rank = min(real, key=lambda r: (real[r].timestamp, r))
+    first = min(f.timestamp for f in real.values())
+
+    def order(rank: int) -> tuple:
+        # A worker killed by a signal (the OOM killer's SIGKILL, a segfault) leaves no error
+        # file, and its peers fail on the broken connection before the agent notices the
+        # death: a death within a few seconds of the first error is taken as its cause.
+        f = real[rank]
+        return (not (f.exitcode < 0 and f.timestamp - first <= 3), f.timestamp, rank)
+
+    rank = min(real, key=order)
     failure = real[rank]
     message = failure.message["message"] if isinstance(failure.message, dict) else failure.message
     code = _exit_code(failure.exitcode)
@@ -268,14 +277,28 @@ def init_distributed(device: torch.device, timeout_s: int, environ: Mapping[str,
         wait_for_host(environ["MASTER_ADDR"], timeout_s)
         torch_dist.init_process_group(
             backend="nccl" if device.type == "cuda" else "gloo",
-            init_method="env://",
             rank=rank,
             world_size=world_size,
             timeout=timedelta(seconds=timeout_s),
+            **_rendezvous_store(environ, world_size, timeout_s),
         )
         control = torch_dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s)) if device.type == "cuda" else None
         return DistInfo(rank, local_rank, world_size, device, host, control)
     return DistInfo(rank, local_rank, world_size, device, host)
+
+
+def _rendezvous_store(environ: Mapping[str, str], world_size: int, timeout_s: int) -> dict:
+    """How init_process_group meets the other ranks: MASTER_ADDR/MASTER_PORT (env://), and
+    under torchelastic the agent's store there, with one key prefix per attempt. The
+    agent keeps its store across restarts, but torch >= 2.4 no longer prefixes the keys
+    per attempt, so a restarted group would read the dead workers' addresses."""
+    if environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {"init_method": "env://"}
+    agent_store = torch_dist.TCPStore(
+        environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), world_size, is_master=False, timeout=timedelta(seconds=timeout_s)
+    )
+    attempt = environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": torch_dist.PrefixStore(f"/worker/attempt_{attempt}", agent_store)}
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
