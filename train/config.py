@@ -138,8 +138,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _base_type(tp):
-    # `str | None` is a types.UnionType, `Optional[str]` a typing.Union: the same to us.
-    if get_origin(tp) in (Union, types.UnionType):
+    if get_origin(tp) in (Union, types.UnionType):  # Optional[X] and X | None
         return next(a for a in get_args(tp) if a is not type(None))
     return tp
 
