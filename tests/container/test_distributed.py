@@ -259,7 +259,9 @@ def test_sigterm_mid_run_checkpoints_and_restart_matches_uninterrupted_run(image
 
 def test_sigterm_through_the_launcher_stops_both_processes(image, containers, tmp_path, small_shapes):
     # 96 images, 2 ranks, batch 4: 12 steps per epoch per rank; stopped in epoch 2 of 2.
-    hyperparameters = dict(BASE_HYPERPARAMETERS, epochs="2", nproc="2", batch_size="4")
+    # One DataLoader worker per rank: the launcher signals each worker's process group,
+    # and the loader processes must outlive the signal until the checkpoint is saved.
+    hyperparameters = dict(BASE_HYPERPARAMETERS, epochs="2", nproc="2", batch_size="4", num_workers="1")
     root = sagemaker_root(tmp_path, small_shapes, hyperparameters)
     container = start_train(containers, image, root)
     elapsed, logs = stop_mid_epoch(container, root)
