@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +198,22 @@ def read_resource_config(paths: SageMakerPaths) -> ResourceConfig | None:
         raise ConfigError(f"{paths.resource_config_file} lacks field {err.args[0]!r}") from None
     if current not in hosts:
         raise ConfigError(f"resourceconfig.json: current_host {current!r} is not among hosts {list(hosts)}")
-    return ResourceConfig(current, hosts, raw.get("network_interface_name"))
+    interface = raw.get("network_interface_name")
+    interfaces = _host_interfaces()
+    if interface and interfaces is not None and interface not in interfaces:
+        # SDK 3's local mode writes "ethwe", the name on SageMaker's own hosts, into
+        # containers that only have eth0: pinning sockets to it would fail, so the
+        # name counts only where this host has that interface.
+        interface = None
+    return ResourceConfig(current, hosts, interface)
+
+
+def _host_interfaces() -> set[str] | None:
+    """This host's network interface names; None where the OS cannot list them."""
+    try:
+        return {name for _, name in socket.if_nameindex()}
+    except OSError:
+        return None
 
 
 def write_failure(paths: SageMakerPaths, message: str) -> None:

@@ -186,3 +186,13 @@ def resolve_config(hyperparameters: dict[str, str], argv: list[str]) -> TrainCon
         valid = ", ".join(f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig))
         raise ConfigError(f"unknown hyperparameter or flag {names[0]!r} (see `train --help`); valid names: {valid}")
     return TrainConfig(**vars(args))
+
+
+def field_name(name: str) -> str | None:
+    """The TrainConfig field a hyperparameter name or alias sets ('learning_rate' -> 'lr',
+    'batch_size' -> 'batch_size'); None for an unknown name. Spellings as the parser's."""
+    spelling = name.replace("_", "-")
+    for f in dataclasses.fields(TrainConfig):
+        if spelling in {f.name.replace("_", "-"), *(alias.replace("_", "-") for alias in f.metadata["aliases"])}:
+            return f.name
+    return None

@@ -35,7 +35,9 @@ for name in ("fp32", "auto"):
     clf.warm_up()
     batch = torch.stack([clf.preprocess(Image.open(f).convert("RGB")) for f in files])
     probs = torch.cat([clf.probabilities(chunk) for chunk in batch.split(64)])
-    results[name] = {"precision": clf.precision.name, "probs": probs}
+    guard = clf.guard
+    results[name] = {"precision": clf.precision.name, "probs": probs,
+                     "guard": None if guard is None else [guard.max_probability_diff, guard.top1_disagreements, guard.bound]}
 labels = torch.tensor([clf.classes.index(f.parent.name) for f in files])
 ref, red = results["fp32"]["probs"], results["auto"]["probs"]
 print("RESULT " + json.dumps({
@@ -45,6 +47,7 @@ print("RESULT " + json.dumps({
     "auto_accuracy": float((red.argmax(1) == labels).float().mean()),
     "top1_agreement": float((ref.argmax(1) == red.argmax(1)).float().mean()),
     "max_probability_diff": float((ref - red).abs().max()),
+    "guard_on_warm_up_inputs": results["auto"]["guard"],
 }))
 """
 
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"digits test split, {result['images']} real images: fp32 accuracy {result['fp32_accuracy']:.4f}, "
         f"{result['auto_precision']} accuracy {result['auto_accuracy']:.4f}; top-1 agreement {result['top1_agreement']:.4f} "
-        f"(goal >= 0.995), largest probability difference {result['max_probability_diff']:.4f}"
+        f"(goal >= 0.995), largest probability difference {result['max_probability_diff']:.4f}; "
+        f"guard at warm-up (max diff, top-1 flips, bound): {result['guard_on_warm_up_inputs']}"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
