@@ -6,11 +6,14 @@ here: host-side tools and tests import it freely.
 """
 
 from container.contract import (
+    EXIT_CONFIG,
+    EXIT_STOPPED,
     Channel,
     ConfigError,
     ResourceConfig,
     SageMakerPaths,
     ServingEnv,
+    cpu_count,
     hyperparameters_to_argv,
     read_hyperparameters,
     read_input_data_config,
@@ -21,11 +24,14 @@ from container.contract import (
 )
 
 __all__ = [
+    "EXIT_CONFIG",
+    "EXIT_STOPPED",
     "ConfigError",
     "Channel",
     "ResourceConfig",
     "SageMakerPaths",
     "ServingEnv",
+    "cpu_count",
     "hyperparameters_to_argv",
     "read_hyperparameters",
     "read_input_data_config",

@@ -22,6 +22,11 @@ DEFAULT_ROOT = "/opt/ml"
 # SageMaker reads at most 1024 characters of the failure file as FailureReason.
 FAILURE_REASON_LIMIT = 1024
 
+# Exit codes of `train` besides 0 and 1 (SageMaker only tells zero from non-zero; people,
+# scripts and launchers read them).
+EXIT_CONFIG = 2  # bad configuration: the failure file names the field
+EXIT_STOPPED = 143  # stopped by SIGTERM after saving a checkpoint (128 + SIGTERM, as a shell reports it)
+
 
 class ConfigError(ValueError):
     """A configuration problem the user must fix; the message names the field."""
@@ -249,6 +254,23 @@ def write_failure(paths: SageMakerPaths, message: str) -> None:
         paths.failure_file.write_text(text + "\n")
     except OSError:
         pass
+
+
+def cpu_count() -> int:
+    """CPUs this container may use: its CPU affinity, capped by a cgroup (v2 or v1) quota
+    (`docker run --cpus`, ECS/Kubernetes limits), which os.cpu_count() ignores."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        try:
+            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
+            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return count
+    if quota not in ("max", "-1"):
+        count = min(count, max(1, int(int(quota) / int(period))))
+    return count
 
 
 def _env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:

@@ -69,6 +69,7 @@ class TrainConfig:
     master_addr: str | None = _opt(None, "address of rank 0's host (default: first host, or MASTER_ADDR)")
     master_port: int = _opt(29500, "rendezvous port on the master host")
     dist_timeout_s: int = _opt(300, "seconds before a dead or hung peer fails the job")
+    max_restarts: int = _opt(0, "restart the workers this many times after a failure; they resume from the last checkpoint")
     # --- outputs (default: the /opt/ml contract) ---
     model_dir: str | None = _opt(None, "where the model is written (default /opt/ml/model)")
     output_data_dir: str | None = _opt(None, "metrics and plots (default /opt/ml/output/data)")
@@ -113,7 +114,7 @@ def _positive(name, value, zero_ok=False):
 def _validate(c: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "image_size", "log_interval", "keep_checkpoints", "step_size", "dist_timeout_s"):
         _positive(name, getattr(c, name))
-    for name in ("warmup_epochs", "early_stopping_patience", "checkpoint_every_steps", "nproc_per_node", "nnodes"):
+    for name in ("warmup_epochs", "early_stopping_patience", "checkpoint_every_steps", "nproc_per_node", "nnodes", "max_restarts"):
         _positive(name, getattr(c, name), zero_ok=True)
     if not c.lr > 0:
         raise ConfigError(f"lr={c.lr}: must be > 0")
