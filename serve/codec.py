@@ -117,6 +117,8 @@ def _parse_json(text: bytes) -> object:
         return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInput(f"body is not valid JSON: {err}") from None
+    except RecursionError:  # thousands of nested brackets
+        raise BadInput("body is not valid JSON: nested too deeply") from None
 
 
 def _json_items(payload: object) -> tuple[list, bool]:
@@ -160,6 +162,27 @@ def _parse_array(array: np.ndarray) -> Parsed:
     )
 
 
+def _load_npy(body: bytes) -> np.ndarray:
+    """np.load, after checking that the header's shape fits in the body: numpy
+    allocates the declared size before reading, so a 100-byte body claiming a
+    terabyte would be a MemoryError (500) or worse."""
+    buffer = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(buffer)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if dtype.hasobject or declared > len(body) - buffer.tell():
+            raise ValueError(f"the header declares {list(shape)} {dtype} ({declared} bytes) but the body holds {len(body) - buffer.tell()}")
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError) as err:
+        raise BadInput(f"body is not a .npy array: {str(err)[:200]}") from None
+
+
 def parse(body: bytes, content_type: str | None, limits: DecodeLimits, item_cap: bool = True) -> Parsed:
     """The request's items. item_cap=False (batch transform, decoded in chunks) accepts
     as many items as the payload limit lets in."""
@@ -167,11 +190,7 @@ def parse(body: bytes, content_type: str | None, limits: DecodeLimits, item_cap:
     if is_image_type(ctype):
         return Parsed("image", [body], batch=False)
     if ctype == NPY:
-        try:
-            array = np.load(io.BytesIO(body), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise BadInput(f"body is not a .npy array: {err}") from None
-        parsed = _parse_array(array)
+        parsed = _parse_array(_load_npy(body))
     elif ctype == JSON or ctype in JSONLINES:
         if ctype in JSONLINES:
             parsed = Parsed("json", [_parse_json(line) for line in body.splitlines() if line.strip()], batch=True, lines=True)

@@ -140,3 +140,23 @@ def test_training_scan_reports_extreme_aspect_ratios(tmp_path):
 def test_pixel_limit_names_the_limit():
     with pytest.raises(errors.PayloadTooLarge, match="limit of 1000 pixels"):
         codec.decode(encoded(Image.new("RGB", (40, 30))), "image/png", PRE, codec.DecodeLimits(max_pixels=1000))
+
+
+def npy_claiming(shape, descr="|u1", payload=b"x" * 100) -> bytes:
+    import struct
+
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + payload
+
+
+@pytest.mark.parametrize("shape, descr", [((2**20, 2**20, 3), "|u1"), ((7000,), "<f4"), ((1, 2), "|O")])
+def test_npy_header_must_fit_the_body(shape, descr):
+    """numpy allocates what the header declares before reading: a 100-byte body
+    claiming 3 TiB was a MemoryError (500)."""
+    with pytest.raises(errors.BadInput, match="header declares"):
+        codec.decode(npy_claiming(shape, descr), "application/x-npy", PRE, LIMITS)
+
+
+def test_deeply_nested_json_is_400():
+    with pytest.raises(errors.BadInput, match="nested too deeply"):
+        codec.decode(b"[" * 50_000, "application/json", PRE, LIMITS)
