@@ -122,7 +122,7 @@ def test_iam_accepts_the_documents():
         documents = iam.render(NAMES)
         client.create_role(RoleName="smv-exec", AssumeRolePolicyDocument=json.dumps(documents["execution-role-trust.json"]))
         client.create_role(RoleName="smv-lambda", AssumeRolePolicyDocument=json.dumps(documents["lambda-role-trust.json"]))
-        for name in ("execution-role-policy.json", "lambda-role-policy.json"):
+        for name in ("training-role-policy.json", "hosting-role-policy.json", "lambda-role-policy.json"):
             client.create_policy(PolicyName=name.replace(".json", ""), PolicyDocument=json.dumps(documents[name]))
         with pytest.raises(client.exceptions.MalformedPolicyDocumentException):
             client.create_policy(
