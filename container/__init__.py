@@ -15,6 +15,8 @@ from container.contract import (
     read_hyperparameters,
     read_input_data_config,
     read_resource_config,
+    read_tensorboard_dir,
+    training_job_name,
     write_failure,
 )
 from container.parse import parse_bool, parse_float, parse_int
@@ -29,6 +31,8 @@ __all__ = [
     "read_hyperparameters",
     "read_input_data_config",
     "read_resource_config",
+    "read_tensorboard_dir",
+    "training_job_name",
     "write_failure",
     "parse_bool",
     "parse_float",

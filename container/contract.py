@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,16 @@ class SageMakerPaths:
     @property
     def checkpoint_dir(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Where SageMaker uploads TensorBoard files from when a job has a
+        TensorBoardOutputConfig (its LocalPath default)."""
+        return self.output_dir / "tensorboard"
+
+    @property
+    def tensorboard_config_file(self) -> Path:
+        return self.config_dir / "tensorboardoutputconfig.json"
 
 
 def _read_json(path: Path, what: str) -> object:
@@ -161,6 +172,23 @@ def read_input_data_config(paths: SageMakerPaths) -> dict[str, Channel]:
     return {entry.name: Channel(entry.name, entry) for entry in sorted(paths.data_dir.iterdir()) if entry.is_dir()}
 
 
+def read_tensorboard_dir(paths: SageMakerPaths) -> Path | None:
+    """The TensorBoard directory the job asked for: tensorboardoutputconfig.json's
+    LocalPath (SageMaker writes the file when the job sets TensorBoardOutputConfig), else
+    the default directory when it exists; None when TensorBoard was not asked for."""
+    if paths.tensorboard_config_file.exists():
+        raw = _read_json(paths.tensorboard_config_file, "TensorBoard output config")
+        local = raw.get("LocalPath") if isinstance(raw, dict) else None
+        return Path(local) if local else paths.tensorboard_dir
+    return paths.tensorboard_dir if paths.tensorboard_dir.is_dir() else None
+
+
+def training_job_name(environ: Mapping[str, str] | None = None) -> str | None:
+    """TRAINING_JOB_NAME, which SageMaker sets in training containers."""
+    environ = os.environ if environ is None else environ
+    return environ.get("TRAINING_JOB_NAME") or None
+
+
 @dataclass(frozen=True)
 class ResourceConfig:
     current_host: str
@@ -190,7 +218,22 @@ def read_resource_config(paths: SageMakerPaths) -> ResourceConfig | None:
         raise ConfigError(f"{paths.resource_config_file} lacks field {err.args[0]!r}") from None
     if current not in hosts:
         raise ConfigError(f"resourceconfig.json: current_host {current!r} is not among hosts {list(hosts)}")
-    return ResourceConfig(current, hosts, raw.get("network_interface_name"))
+    interface = raw.get("network_interface_name")
+    interfaces = _host_interfaces()
+    if interface and interfaces is not None and interface not in interfaces:
+        # SDK 3's local mode writes "ethwe", the name on SageMaker's own hosts, into
+        # containers that only have eth0: pinning sockets to it would fail, so the
+        # name counts only where this host has that interface.
+        interface = None
+    return ResourceConfig(current, hosts, interface)
+
+
+def _host_interfaces() -> set[str] | None:
+    """This host's network interface names; None where the OS cannot list them."""
+    try:
+        return {name for _, name in socket.if_nameindex()}
+    except OSError:
+        return None
 
 
 def write_failure(paths: SageMakerPaths, message: str) -> None:

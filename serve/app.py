@@ -30,6 +30,8 @@ from starlette.routing import Route
 
 from container import ConfigError
 from serve import archive, codec
+from serve import metrics as server_metrics
+from serve.access_log import RequestLog
 from serve.archive import ExtractLimits
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, PayloadTooLarge, ServeError
 from serve.hooks import Context, HookPipeline, UserHooks, call, find_script, safe_module_name
@@ -38,7 +40,6 @@ from serve.runner import Admission, BatchRunner, ClientGone, until_done_or_gone
 from train.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 log = logging.getLogger("serve")
-access_log = logging.getLogger("serve.access")
 
 TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
 DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) over-cap bodies up to this, so clients see the 413
@@ -66,6 +67,9 @@ class Settings:
     mme_budget_bytes: int = 4 * 1024**3
     extract_limits: ExtractLimits = ExtractLimits()  # model.tar.gz expansion caps (serve.archive)
     max_pending: int = 64  # requests in progress at once; more get 503 + Retry-After (SM_VISION_MAX_PENDING)
+    precision: str = "auto"  # SM_VISION_PRECISION: auto, fp32, bf16 or fp16 (our classifier only)
+    metrics: bool = True  # GET /metrics (SM_VISION_METRICS)
+    access_log: str = "log"  # log, json or off (SM_VISION_ACCESS_LOG)
 
 
 def _default_preprocess():
@@ -78,9 +82,11 @@ def dir_bytes(path: Path) -> int:
 
 
 class Pools:
-    """Bounded thread pools: decoding (request side) and inference (model side)."""
+    """Bounded thread pools: decoding (request side) and inference (model side), and
+    the metrics the models report their stages to."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics=None):
+        self.metrics = metrics or server_metrics.NoMetrics()
         self.decoders = concurrent.futures.ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.inference = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="infer")
 
@@ -99,6 +105,7 @@ class ServedModel:
     """One loaded model and how to run it: our Classifier, or the user's hooks."""
 
     def __init__(self, name: str, model_dir: Path, url: str, settings: Settings, pools: Pools):
+        started = time.perf_counter()
         self.name, self.url, self.settings = name, url, settings
         self.model_dir = prepare_model_dir(model_dir, settings.scratch / archive.check_model_name(name), settings.extract_limits)
         self.gpu_id = settings.device.index or 0 if settings.device.type == "cuda" else None
@@ -108,7 +115,7 @@ class ServedModel:
         if hooks and "model_fn" in hooks.functions:
             self.model = call(hooks.functions["model_fn"], str(self.model_dir), context=context)
         else:
-            self.model = load_classifier(self.model_dir, settings.device)
+            self.model = load_classifier(self.model_dir, settings.device, settings.precision)
         classifier = self.model if isinstance(self.model, Classifier) else None
         self.classifier = classifier
         self.pipeline = None
@@ -120,12 +127,14 @@ class ServedModel:
         self.pools = pools
         self.batcher = None
         if classifier and settings.batching and not hooks:
-            self.batcher = BatchRunner(classifier.probabilities, settings.max_batch_size, settings.max_delay_ms)
+            forward = pools.metrics.counting_batches(name, classifier.probabilities)  # metrics: batch sizes
+            self.batcher = BatchRunner(forward, settings.max_batch_size, settings.max_delay_ms)
         if classifier:
             classifier.warm_up()
         if hooks and "model_warmup_fn" in hooks.functions:
             call(hooks.functions["model_warmup_fn"], str(self.model_dir), self.model, context=context)
         self.nbytes = self.model.nbytes() if isinstance(self.model, Classifier) else module_nbytes(self.model)
+        self.load_seconds = time.perf_counter() - started  # read by serve.metrics.HostCollector
 
     def context(self, headers: dict[str, str]) -> Context:
         return Context(self.name, str(self.model_dir), self.gpu_id, headers)
@@ -136,21 +145,31 @@ class ServedModel:
         if self.pipeline is not None:
             return await self.pools.infer(self.pipeline, body, content_type, accept, self.context(headers))
         codec.check_accept(accept)
+        metrics, started = self.pools.metrics, time.perf_counter()
         limits = self.settings.limits
         # A batch transform request holds as many records as MaxPayloadInMB allows; they
         # are decoded and run max_batch at a time, so memory stays bounded.
         parsed = await self.pools.decode(codec.parse, body, content_type, limits, not self.settings.batch_mode)
-        chunks = []
+        decode_s, forward_s, chunks = time.perf_counter() - started, 0.0, []
         for start in range(0, len(parsed), limits.max_batch):
+            chunk_started = time.perf_counter()
             inputs = await self.pools.decode(codec.to_inputs, parsed, self.classifier.preprocess, limits, start, start + limits.max_batch)
+            decoded_at = time.perf_counter()
             if self.batcher is not None:
                 chunks.append(await self.batcher.run(inputs))
             else:
                 chunks.append(await self.pools.infer(self.classifier.probabilities, inputs))
+            decode_s += decoded_at - chunk_started
+            forward_s += time.perf_counter() - decoded_at
+        metrics.stage("decode", self.name, decode_s)
+        metrics.stage("forward", self.name, forward_s)
+        encode_started = time.perf_counter()
         probs = torch.cat(chunks)
         k = min(top_k or self.settings.top_k, len(self.classifier.classes))
         out_type = "application/jsonlines" if parsed.lines else codec.JSON
-        return codec.encode(probs, self.classifier.classes, k, codec.Decoded(probs, parsed.batch, parsed.lines)), out_type
+        out = codec.encode(probs, self.classifier.classes, k, codec.Decoded(probs, parsed.batch, parsed.lines))
+        metrics.stage("encode", self.name, time.perf_counter() - encode_started)
+        return out, out_type
 
     @property
     def healthy(self) -> bool:
@@ -201,6 +220,7 @@ class Registry:
         self.settings, self.pools = settings, pools
         self.models: OrderedDict[str, ServedModel] = OrderedDict()
         self.lock = asyncio.Lock()
+        self.evictions = 0  # read by serve.metrics.HostCollector
 
     def get(self, name: str | None) -> ServedModel:
         if not name:
@@ -233,6 +253,7 @@ class Registry:
             while self.models and self.used() + need > budget:
                 evicted, model = self.models.popitem(last=False)
                 model.close()
+                self.evictions += 1
                 log.info("unloaded least recently used model %s to fit %s", evicted, name)
             gc.collect()
             try:
@@ -298,46 +319,18 @@ def _top_k(request: Request) -> int | None:
     return int(raw)
 
 
-class AccessLog:
-    """One JSON line per request: method, path, status, latency."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            access_log.info(
-                json.dumps(
-                    {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status[0],
-                        "latency_ms": round((time.perf_counter() - start) * 1000, 2),
-                    }
-                )
-            )
-
-
 def create_app(settings: Settings) -> Starlette:
-    pools = Pools(settings)
+    metrics = server_metrics.ServerMetrics.from_env(settings.metrics)
+    pools = Pools(settings, metrics)
     models: SingleModel | Registry = Registry(settings, pools) if settings.multi_model else SingleModel(settings, pools)
+    metrics.watch(server_metrics.HostCollector(models, pools, settings.device))
 
     admission = Admission(settings.max_pending)
 
     async def invoke(request: Request, name: str | None) -> Response:
         with admission.slot():
             model = models.get(name)
+            server_metrics.note_model(request.scope, model.name)  # metrics: label the request with its model
             body = await read_body(request, settings.max_payload_bytes)
             headers = {key.lower(): value for key, value in request.headers.items()}
             work = model.invoke(body, request.headers.get("content-type"), request.headers.get("accept"), _top_k(request), headers)
@@ -406,6 +399,10 @@ def create_app(settings: Settings) -> Starlette:
         registry()
         return await invoke(request, request.path_params["name"])
 
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     async def http_error(request: Request, exc: HTTPException) -> Response:
         return _error(exc.status_code, exc.detail)
 
@@ -437,6 +434,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/models/{name}", one_model, methods=["GET", "DELETE"]),
         Route("/models/{name}/invoke", invoke_named, methods=["POST"]),
     ]
+    if metrics.enabled:
+        routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     app.state.models = models
-    return AccessLog(app)
+    return RequestLog(app, metrics, settings.access_log)  # request ids, access log, request metrics

@@ -116,10 +116,19 @@ def decode_limits(env: ServingEnv):
     )
 
 
+def access_log_format() -> str:
+    from serve.access_log import LOG_FORMATS
+
+    value = os.environ.get("SM_VISION_ACCESS_LOG", "").strip().lower() or "log"
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"SM_VISION_ACCESS_LOG={value!r}: choose one of {', '.join(LOG_FORMATS)}")
+    return value
+
+
 def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
     import torch
 
-    from container.parse import env_int
+    from container.parse import env_bool, env_int
     from serve.app import Settings
     from serve.archive import ExtractLimits
     from train.devices import select_device
@@ -154,6 +163,9 @@ def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
         mme_budget_bytes=_env_number("SM_VISION_MME_MEMORY_MB", memory_budget_bytes() >> 20) * 1024 * 1024,
         max_pending=env_int(os.environ, "SM_VISION_MAX_PENDING", 64, minimum=1),
         extract_limits=ExtractLimits(max_bytes=env_int(os.environ, "SM_VISION_MAX_MODEL_EXTRACT_MB", 20 * 1024, minimum=1) << 20),
+        precision=os.environ.get("SM_VISION_PRECISION", "auto"),
+        metrics=env_bool(os.environ, "SM_VISION_METRICS", True),
+        access_log=access_log_format(),
     )
     if settings.top_k < 1 or settings.workers < 1 or settings.max_batch_size < 1:
         raise ConfigError("top_k, workers and max batch size must be >= 1")

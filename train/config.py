@@ -73,6 +73,13 @@ class TrainConfig:
     model_dir: str | None = _opt(None, "where the model is written (default /opt/ml/model)")
     output_data_dir: str | None = _opt(None, "metrics and plots (default /opt/ml/output/data)")
     checkpoint_dir: str | None = _opt(None, "checkpoints (default /opt/ml/checkpoints)")
+    # --- tracking (docs/observability.md) ---
+    mlflow_experiment: str | None = _opt(
+        None, "MLflow experiment of this job's run when MLFLOW_TRACKING_URI is set (default: MLFLOW_EXPERIMENT_NAME, else sagemaker-vision)"
+    )
+    tensorboard_dir: str | None = _opt(
+        None, "TensorBoard event files (default: the job's TensorBoardOutputConfig path, or /opt/ml/output/tensorboard when it exists)"
+    )
 
     def __post_init__(self):
         _validate(self)
@@ -185,3 +192,13 @@ def resolve_config(hyperparameters: dict[str, str], argv: list[str]) -> TrainCon
         valid = ", ".join(f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig))
         raise ConfigError(f"unknown hyperparameter or flag {names[0]!r} (see `train --help`); valid names: {valid}")
     return TrainConfig(**vars(args))
+
+
+def field_name(name: str) -> str | None:
+    """The TrainConfig field a hyperparameter name or alias sets ('learning_rate' -> 'lr',
+    'batch_size' -> 'batch_size'); None for an unknown name. Spellings as the parser's."""
+    spelling = name.replace("_", "-")
+    for f in dataclasses.fields(TrainConfig):
+        if spelling in {f.name.replace("_", "-"), *(alias.replace("_", "-") for alias in f.metadata["aliases"])}:
+            return f.name
+    return None

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import random
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,10 +22,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from container import ConfigError, SageMakerPaths, read_input_data_config
-from train import data, distributed, metrics, models, plots, presets
+from train import data, distributed, metrics, models, plots, presets, tracking
 from train.artifact import WEIGHTS_FILE, ModelSpec
 from train.checkpoint import atomic_save, load_latest, save_checkpoint
 from train.config import TrainConfig
+from train.progress import ProgressBar
 from train.reporting import format_metrics
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,7 @@ def train_one_epoch(
     steps = start_step + len(loader)
     window_start, window_images = time.perf_counter(), 0
     step = start_step
+    bar = ProgressBar.for_terminal(f"epoch {epoch + 1}", steps, start_step) if info.is_main else None
     for images, targets in loader:
         if stop.agreed(info):
             break
@@ -239,14 +240,16 @@ def train_one_epoch(
             elapsed = time.perf_counter() - window_start
             rate = window_images * info.world_size / max(elapsed, 1e-9)
             line = format_metrics({"epoch": epoch + 1, "step": f"{step}/{steps}"}, {"step_loss": loss.item(), "images_per_s": rate})
-            if sys.stderr.isatty():
-                print("\r" + line, end="", file=sys.stderr, flush=True)
+            if bar is not None:
+                bar.note(line, step)
             else:
                 log.info(line)
             window_start, window_images = time.perf_counter(), 0
+        if bar is not None:
+            bar.update(step)
         on_step(step)
-    if info.is_main and sys.stderr.isatty():
-        print(file=sys.stderr)
+    if bar is not None:
+        bar.close()
     loss, correct, seen = sums.reduced(info)
     n = max(1.0, seen)
     return {"train_loss": loss / n, "train_acc": correct / n}, step
@@ -367,6 +370,8 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
         }
         return str(save_checkpoint(snapshot, checkpoint_dir, epoch, step, config.keep_checkpoints))
 
+    tracker = tracking.start(config, info, paths)  # MLflow / TensorBoard, main process only
+
     # --- epochs ---
     for epoch in range(progress.epoch, config.epochs):
         start = time.perf_counter()
@@ -414,6 +419,7 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
             "val_per_class": summary["per_class"],  # precision/recall/F1/support per class
         }
         progress.history.append(row)
+        tracker.log_epoch(row, len(dataset.train))
         if info.is_main:
             log.info(
                 format_metrics(
@@ -463,14 +469,17 @@ def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, 
     if info.is_main:
         if final_split == "test":
             log.info(format_metrics({}, {"test_loss": final_loss, "test_acc": final["acc"], "test_macro_f1": final["macro_f1"]}))
-        write_outputs(config, dataset, progress, final_split, final, final_confusion, model_dir, output_dir)
+        write_outputs(config, dataset, progress, final_split, final, final_confusion, model_dir, output_dir, tracker.summary())
+        tracker.finish({"split": final_split, **final}, output_dir, model_dir)
     # Other ranks wait here until the main process has written the model: SageMaker
     # local mode stops every container as soon as the first one exits.
     distributed.barrier(info)
     return Outcome(False, progress.epoch, 0, final={"split": final_split, **final})
 
 
-def write_outputs(config, dataset: Data, progress: Progress, final_split, final, confusion, model_dir: Path, output_dir: Path) -> None:
+def write_outputs(
+    config, dataset: Data, progress: Progress, final_split, final, confusion, model_dir: Path, output_dir: Path, tracking_info=None
+) -> None:
     model_dir.mkdir(parents=True, exist_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_save(progress.best_weights, model_dir / WEIGHTS_FILE)
@@ -499,6 +508,7 @@ def write_outputs(config, dataset: Data, progress: Progress, final_split, final,
             "skipped_examples": dataset.bad_files[:20],
         },
         "config": config.to_dict(),
+        "tracking": tracking_info or {},  # e.g. the MLflow run id
     }
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (output_dir / "classification_report.txt").write_text(
