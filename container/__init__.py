@@ -22,6 +22,7 @@ from container.contract import (
     training_job_name,
     write_failure,
 )
+from container.parse import parse_bool, parse_float, parse_int
 
 __all__ = [
     "EXIT_CONFIG",
@@ -39,4 +40,7 @@ __all__ = [
     "read_tensorboard_dir",
     "training_job_name",
     "write_failure",
+    "parse_bool",
+    "parse_float",
+    "parse_int",
 ]

@@ -29,13 +29,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from container import ConfigError
-from serve import codec
+from serve import archive, codec
 from serve import metrics as server_metrics
 from serve.access_log import RequestLog
-from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, PayloadTooLarge, ServeError, Timeout
+from serve.archive import ExtractLimits
+from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, PayloadTooLarge, ServeError
 from serve.hooks import Context, HookPipeline, UserHooks, call, find_script, safe_module_name
 from serve.model import Classifier, load_classifier, module_nbytes, prepare_model_dir
-from serve.runner import BatchRunner
+from serve.runner import Admission, BatchRunner, ClientGone, until_done_or_gone
 from train.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 log = logging.getLogger("serve")
@@ -64,6 +65,8 @@ class Settings:
     max_concurrent_transforms: int | None = None
     batch_strategy: str | None = None
     mme_budget_bytes: int = 4 * 1024**3
+    extract_limits: ExtractLimits = ExtractLimits()  # model.tar.gz expansion caps (serve.archive)
+    max_pending: int = 64  # requests in progress at once; more get 503 + Retry-After (SM_VISION_MAX_PENDING)
     precision: str = "auto"  # SM_VISION_PRECISION: auto, fp32, bf16 or fp16 (our classifier only)
     metrics: bool = True  # GET /metrics (SM_VISION_METRICS)
     access_log: str = "log"  # log, json or off (SM_VISION_ACCESS_LOG)
@@ -104,7 +107,7 @@ class ServedModel:
     def __init__(self, name: str, model_dir: Path, url: str, settings: Settings, pools: Pools):
         started = time.perf_counter()
         self.name, self.url, self.settings = name, url, settings
-        self.model_dir = prepare_model_dir(model_dir, settings.scratch / name)
+        self.model_dir = prepare_model_dir(model_dir, settings.scratch / archive.check_model_name(name), settings.extract_limits)
         self.gpu_id = settings.device.index or 0 if settings.device.type == "cuda" else None
         script = find_script(self.model_dir, settings.program)
         hooks = UserHooks.load(script, safe_module_name(name)) if script else None
@@ -143,20 +146,34 @@ class ServedModel:
             return await self.pools.infer(self.pipeline, body, content_type, accept, self.context(headers))
         codec.check_accept(accept)
         metrics, started = self.pools.metrics, time.perf_counter()
-        decoded = await self.pools.decode(codec.decode, body, content_type, self.classifier.preprocess, self.settings.limits)
-        decoded_at = time.perf_counter()
-        metrics.stage("decode", self.name, decoded_at - started)
-        if self.batcher is not None:
-            probs = await self.batcher.run(decoded.inputs)
-        else:
-            probs = await self.pools.infer(self.classifier.probabilities, decoded.inputs)
-        forwarded_at = time.perf_counter()
-        metrics.stage("forward", self.name, forwarded_at - decoded_at)
+        limits = self.settings.limits
+        # A batch transform request holds as many records as MaxPayloadInMB allows; they
+        # are decoded and run max_batch at a time, so memory stays bounded.
+        parsed = await self.pools.decode(codec.parse, body, content_type, limits, not self.settings.batch_mode)
+        decode_s, forward_s, chunks = time.perf_counter() - started, 0.0, []
+        for start in range(0, len(parsed), limits.max_batch):
+            chunk_started = time.perf_counter()
+            inputs = await self.pools.decode(codec.to_inputs, parsed, self.classifier.preprocess, limits, start, start + limits.max_batch)
+            decoded_at = time.perf_counter()
+            if self.batcher is not None:
+                chunks.append(await self.batcher.run(inputs))
+            else:
+                chunks.append(await self.pools.infer(self.classifier.probabilities, inputs))
+            decode_s += decoded_at - chunk_started
+            forward_s += time.perf_counter() - decoded_at
+        metrics.stage("decode", self.name, decode_s)
+        metrics.stage("forward", self.name, forward_s)
+        encode_started = time.perf_counter()
+        probs = torch.cat(chunks)
         k = min(top_k or self.settings.top_k, len(self.classifier.classes))
-        out_type = "application/jsonlines" if decoded.lines else codec.JSON
-        out = codec.encode(probs, self.classifier.classes, k, decoded)
-        metrics.stage("encode", self.name, time.perf_counter() - forwarded_at)
+        out_type = "application/jsonlines" if parsed.lines else codec.JSON
+        out = codec.encode(probs, self.classifier.classes, k, codec.Decoded(probs, parsed.batch, parsed.lines))
+        metrics.stage("encode", self.name, time.perf_counter() - encode_started)
         return out, out_type
+
+    @property
+    def healthy(self) -> bool:
+        return self.batcher is None or self.batcher.alive
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -217,6 +234,10 @@ class Registry:
         return sum(model.nbytes for model in self.models.values())
 
     async def load(self, name: str, url: str) -> None:
+        try:
+            archive.check_model_name(name)  # it becomes a directory name
+        except ValueError as err:
+            raise BadInput(str(err)) from None
         path = Path(url)
         async with self.lock:
             if name in self.models:
@@ -265,7 +286,7 @@ def endpoint(handler):
         try:
             return await handler(request)
         except ServeError as err:
-            return _error(err.status, err.message)
+            return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
         except Exception as err:  # noqa: BLE001 - e.g. a user hook's bug
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             return _error(500, f"internal error: {type(err).__name__}: {err}")
@@ -304,24 +325,27 @@ def create_app(settings: Settings) -> Starlette:
     models: SingleModel | Registry = Registry(settings, pools) if settings.multi_model else SingleModel(settings, pools)
     metrics.watch(server_metrics.HostCollector(models, pools, settings.device))
 
+    admission = Admission(settings.max_pending)
+
     async def invoke(request: Request, name: str | None) -> Response:
-        model = models.get(name)
-        server_metrics.note_model(request.scope, model.name)  # metrics: label the request with its model
-        body = await read_body(request, settings.max_payload_bytes)
-        headers = {key.lower(): value for key, value in request.headers.items()}
-        try:
-            out, out_type = await asyncio.wait_for(
-                model.invoke(body, request.headers.get("content-type"), request.headers.get("accept"), _top_k(request), headers),
-                timeout=settings.timeout_s,
-            )
-        except asyncio.TimeoutError:
-            raise Timeout(f"inference took longer than {settings.timeout_s:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT)") from None
+        with admission.slot():
+            model = models.get(name)
+            server_metrics.note_model(request.scope, model.name)  # metrics: label the request with its model
+            body = await read_body(request, settings.max_payload_bytes)
+            headers = {key.lower(): value for key, value in request.headers.items()}
+            work = model.invoke(body, request.headers.get("content-type"), request.headers.get("accept"), _top_k(request), headers)
+            try:
+                out, out_type = await until_done_or_gone(work, request.receive, settings.timeout_s)
+            except ClientGone:
+                return Response(status_code=499)  # nobody reads it; the access log records the abandon
         return Response(out, media_type=out_type)
 
     @endpoint
     async def ping(request: Request) -> Response:
-        if isinstance(models, Registry) or models.state == "ready":
+        if isinstance(models, Registry) or (models.state == "ready" and models.model.healthy):
             return JSONResponse({"status": "healthy"})
+        if models.state == "ready":
+            return JSONResponse({"status": "unhealthy", "error": "the micro-batcher has stopped"}, status_code=500)
         if models.state == "loading":
             return JSONResponse({"status": "loading"}, status_code=503)
         return JSONResponse({"status": "failed", "error": models.reason}, status_code=500)

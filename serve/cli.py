@@ -95,21 +95,24 @@ def default_top_k() -> int:
 
 
 def decode_limits(env: ServingEnv):
-    """What a request may ask of the decoder (pixels, batch items, URL fetches): the
-    same for the default server and the MMS backend."""
+    """What a request may ask of the decoder (pixels, aspect ratio, batch items, URL
+    fetches): the same for the default server and the MMS backend. Strictly parsed:
+    SM_VISION_URL_FETCH=flase fails instead of leaving URL fetching on."""
+    from container.parse import env_bool, env_float, env_int
     from serve.codec import DecodeLimits
     from serve.fetch import FetchPolicy
 
     fetch = FetchPolicy(
         max_bytes=env.max_payload_mb * 1024 * 1024,
-        timeout_s=_env_number("SM_VISION_URL_TIMEOUT_S", 5.0, float),
+        timeout_s=env_float(os.environ, "SM_VISION_URL_TIMEOUT_S", 5.0, minimum=0.1),
         allow=FetchPolicy.parse_allow(os.environ.get("SM_VISION_URL_ALLOW")),
-        enabled=os.environ.get("SM_VISION_URL_FETCH", "true").lower() not in ("0", "false", "no", "off"),
+        enabled=env_bool(os.environ, "SM_VISION_URL_FETCH", True),
     )
     return DecodeLimits(
-        max_pixels=_env_number("SM_VISION_MAX_IMAGE_PIXELS", 40_000_000),
-        max_batch=_env_number("SM_VISION_MAX_BATCH_ITEMS", 64),
+        max_pixels=env_int(os.environ, "SM_VISION_MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
+        max_batch=env_int(os.environ, "SM_VISION_MAX_BATCH_ITEMS", 64, minimum=1),
         fetch=fetch,
+        max_aspect_ratio=env_float(os.environ, "SM_VISION_MAX_ASPECT_RATIO", 20.0, minimum=1.0),
     )
 
 
@@ -125,7 +128,9 @@ def access_log_format() -> str:
 def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
     import torch
 
+    from container.parse import env_bool, env_int
     from serve.app import Settings
+    from serve.archive import ExtractLimits
     from train.devices import select_device
 
     device = select_device(args.device)
@@ -156,8 +161,10 @@ def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
         max_concurrent_transforms=env.max_concurrent_transforms,
         batch_strategy=env.batch_strategy,
         mme_budget_bytes=_env_number("SM_VISION_MME_MEMORY_MB", memory_budget_bytes() >> 20) * 1024 * 1024,
+        max_pending=env_int(os.environ, "SM_VISION_MAX_PENDING", 64, minimum=1),
+        extract_limits=ExtractLimits(max_bytes=env_int(os.environ, "SM_VISION_MAX_MODEL_EXTRACT_MB", 20 * 1024, minimum=1) << 20),
         precision=os.environ.get("SM_VISION_PRECISION", "auto"),
-        metrics=os.environ.get("SM_VISION_METRICS", "true").lower() not in ("0", "false", "no", "off"),
+        metrics=env_bool(os.environ, "SM_VISION_METRICS", True),
         access_log=access_log_format(),
     )
     if settings.top_k < 1 or settings.workers < 1 or settings.max_batch_size < 1:
@@ -191,7 +198,9 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from container.parse import env_float
     from serve.app import create_app
+    from serve.connections import with_header_timeout
 
     port = args.port or env.port
     log.info("sagemaker-vision serve: http://%s:%d (model %s)", args.host, port, settings.model_dir)
@@ -203,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         access_log=False,  # serve.access writes one structured line per request
         timeout_graceful_shutdown=settings.timeout_s,
         timeout_keep_alive=75,  # above SageMaker's 60 s idle timeout, so it closes first
+        # A connection that has not sent a request's headers in time is closed (uvicorn has no such timeout).
+        http=with_header_timeout(env_float(os.environ, "SM_VISION_HEADER_TIMEOUT_S", 15.0, minimum=0.1)),
         log_config=None,
     )
 

@@ -14,16 +14,16 @@ import base64
 import binascii
 import io
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from serve.errors import BadInput, NotAcceptable, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from serve.fetch import FetchPolicy, fetch_url
+from train import images
 
 IMAGE_TYPES = {"application/x-image", "application/octet-stream"}
 JSON = "application/json"
@@ -37,6 +37,11 @@ class DecodeLimits:
     max_pixels: int = 40_000_000  # width * height; a 10k x 10k image is refused before decoding
     max_batch: int = 64
     fetch: FetchPolicy = FetchPolicy()
+    max_aspect_ratio: float = 20.0  # long side / short side: bounds what the short-side resize allocates
+
+    @property
+    def image(self) -> images.ImageLimits:
+        return images.ImageLimits(self.max_pixels, self.max_aspect_ratio)
 
 
 @dataclass
@@ -66,23 +71,21 @@ def check_accept(accept: str | None) -> str:
 
 
 def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
+    """Client bytes -> upright 8-bit RGB, by the decoder training uses (train.images)."""
     if not data:
         raise BadInput("empty image body")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check below
-            image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > limits.max_pixels:
-            raise PayloadTooLarge(f"image is {width}x{height} pixels, above the limit of {limits.max_pixels} pixels")
-        image.load()
-        return image.convert("RGB")
-    except Image.DecompressionBombError as err:
-        raise PayloadTooLarge(f"image refused as a decompression bomb: {err}") from None
-    except UnidentifiedImageError:
-        raise BadInput("body is not an image Pillow can read") from None
-    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
-        raise BadInput(f"cannot decode image: {err}") from None
+        return images.load_rgb(data, limits.image)
+    except images.ImageRejected as err:
+        raise _image_error(err) from None
+
+
+def _image_error(err: images.ImageRejected) -> Exception:
+    if isinstance(err, images.ImageTooLarge):
+        return PayloadTooLarge(str(err))
+    if isinstance(err, images.ImageUnsupported):
+        return Unprocessable(str(err))
+    return BadInput(str(err))
 
 
 def _b64(text: object) -> bytes:
@@ -114,6 +117,8 @@ def _parse_json(text: bytes) -> object:
         return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInput(f"body is not valid JSON: {err}") from None
+    except RecursionError:  # thousands of nested brackets
+        raise BadInput("body is not valid JSON: nested too deeply") from None
 
 
 def _json_items(payload: object) -> tuple[list, bool]:
@@ -128,50 +133,97 @@ def _json_items(payload: object) -> tuple[list, bool]:
     raise Unprocessable('JSON body must be an object ({"image": ...}, {"url": ...}, {"instances": [...]}) or a list')
 
 
-def _from_array(array: np.ndarray, preprocess: Callable) -> tuple[torch.Tensor, bool]:
+@dataclass
+class Parsed:
+    """A request split into its items, not yet turned into tensors, so a large batch
+    transform request can be decoded and run a chunk at a time."""
+
+    kind: str  # "image" (bytes), "json" (JSON items), "frames" (uint8 HxW[xC] arrays), "tensor" (float Nx3xHxW)
+    items: object  # a list, or an array sliced along its first axis
+    batch: bool
+    lines: bool = False
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _parse_array(array: np.ndarray) -> Parsed:
     if array.dtype == np.uint8 and array.ndim in (2, 3, 4):
         batch = array.ndim == 4
         frames = array if batch else array[None]
         if frames.ndim == 3 or frames.shape[-1] in (1, 3, 4):
-            images = [
-                Image.fromarray(frame.squeeze(-1) if frame.ndim == 3 and frame.shape[-1] == 1 else frame).convert("RGB") for frame in frames
-            ]
-            return torch.stack([preprocess(image) for image in images]), batch
+            return Parsed("frames", frames, batch)
     if np.issubdtype(array.dtype, np.floating) and array.ndim in (3, 4) and array.shape[-3] == 3:
         batch = array.ndim == 4
-        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-        return (tensor if batch else tensor.unsqueeze(0)), batch
+        return Parsed("tensor", array if batch else array[None], batch)
     raise Unprocessable(
         f"array of shape {list(array.shape)} and dtype {array.dtype} is neither uint8 images "
         "(HxWx3 or NxHxWx3) nor float model input (3xHxW or Nx3xHxW)"
     )
 
 
-def decode(body: bytes, content_type: str | None, preprocess: Callable, limits: DecodeLimits) -> Decoded:
-    """The request as model input. Raises the typed errors of serve.errors."""
+def _load_npy(body: bytes) -> np.ndarray:
+    """np.load, after checking that the header's shape fits in the body: numpy
+    allocates the declared size before reading, so a 100-byte body claiming a
+    terabyte would be a MemoryError (500) or worse."""
+    buffer = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(buffer)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if dtype.hasobject or declared > len(body) - buffer.tell():
+            raise ValueError(f"the header declares {list(shape)} {dtype} ({declared} bytes) but the body holds {len(body) - buffer.tell()}")
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError, TypeError, SyntaxError) as err:
+        raise BadInput(f"body is not a .npy array: {str(err)[:200]}") from None
+
+
+def parse(body: bytes, content_type: str | None, limits: DecodeLimits, item_cap: bool = True) -> Parsed:
+    """The request's items. item_cap=False (batch transform, decoded in chunks) accepts
+    as many items as the payload limit lets in."""
     ctype = media_type(content_type)
     if is_image_type(ctype):
-        return Decoded(preprocess(open_image(body, limits)).unsqueeze(0), batch=False)
+        return Parsed("image", [body], batch=False)
     if ctype == NPY:
-        try:
-            array = np.load(io.BytesIO(body), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise BadInput(f"body is not a .npy array: {err}") from None
-        if array.ndim == 4 and not 0 < array.shape[0] <= limits.max_batch:
-            raise Unprocessable(f"batch of {array.shape[0]} arrays; send 1 to {limits.max_batch}")
-        inputs, batch = _from_array(array, preprocess)
-        return Decoded(inputs, batch)
-    if ctype == JSON or ctype in JSONLINES:
-        lines = ctype in JSONLINES
-        if lines:
-            items, batch = [_parse_json(line) for line in body.splitlines() if line.strip()], True
+        parsed = _parse_array(_load_npy(body))
+    elif ctype == JSON or ctype in JSONLINES:
+        if ctype in JSONLINES:
+            parsed = Parsed("json", [_parse_json(line) for line in body.splitlines() if line.strip()], batch=True, lines=True)
         else:
-            items, batch = _json_items(_parse_json(body))
-        if not 0 < len(items) <= limits.max_batch:
-            raise Unprocessable(f"batch of {len(items)} inputs; send 1 to {limits.max_batch}")
-        tensors = [preprocess(open_image(_item_bytes(item, limits), limits)) for item in items]
-        return Decoded(torch.stack(tensors), batch, lines)
-    raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not supported; use one of: {SUPPORTED}")
+            parsed = Parsed("json", *_json_items(_parse_json(body)))
+    else:
+        raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not supported; use one of: {SUPPORTED}")
+    if len(parsed) == 0 or (item_cap and len(parsed) > limits.max_batch):
+        raise Unprocessable(f"batch of {len(parsed)} inputs; send 1 to {limits.max_batch}")
+    return parsed
+
+
+def to_inputs(parsed: Parsed, preprocess: Callable, limits: DecodeLimits, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Items [start, stop) of a parsed request as an N x C x H x W model input."""
+    items = parsed.items[start:stop]
+    if parsed.kind == "tensor":
+        return torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
+    if parsed.kind == "frames":
+        try:
+            rgb = [images.array_to_rgb(frame, limits.image) for frame in items]
+        except images.ImageRejected as err:
+            raise _image_error(err) from None
+        return torch.stack([preprocess(image) for image in rgb])
+    if parsed.kind == "image":
+        return torch.stack([preprocess(open_image(data, limits)) for data in items])
+    return torch.stack([preprocess(open_image(_item_bytes(item, limits), limits)) for item in items])
+
+
+def decode(body: bytes, content_type: str | None, preprocess: Callable, limits: DecodeLimits) -> Decoded:
+    """The request as model input, all at once (at most limits.max_batch items).
+    Raises the typed errors of serve.errors."""
+    parsed = parse(body, content_type, limits)
+    return Decoded(to_inputs(parsed, preprocess, limits), parsed.batch, parsed.lines)
 
 
 def top_k_result(probs: torch.Tensor, classes: tuple[str, ...], k: int) -> dict:

@@ -7,6 +7,7 @@ class ServeError(Exception):
     """A problem with the request (or the endpoint's state) the client can act on."""
 
     status = 500
+    headers: dict[str, str] = {}  # extra response headers (Retry-After)
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -43,6 +44,11 @@ class Unprocessable(ServeError):
 
 class NotReady(ServeError):
     status = 503  # model still loading, or failed to load
+
+
+class Overloaded(ServeError):
+    status = 503  # too many requests in progress: come back shortly
+    headers = {"Retry-After": "1"}
 
 
 class Timeout(ServeError):

@@ -8,15 +8,15 @@ trainer's default), a TorchScript archive or a torch.export program (.pt2).
 from __future__ import annotations
 
 import logging
-import tarfile
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import torch
 from PIL import Image
 from torch.fx.experimental.optimization import fuse
 
 from container import ConfigError
+from serve.archive import ExtractLimits, extract_model_archive
 from train import precision
 from train.artifact import SPEC_FILE, ModelSpec
 from train.models import build_model
@@ -27,23 +27,13 @@ log = logging.getLogger(__name__)
 ARCHIVE = "model.tar.gz"
 
 
-def prepare_model_dir(model_dir: Path, scratch: Path) -> Path:
+def prepare_model_dir(model_dir: Path, scratch: Path, limits: ExtractLimits | None = None) -> Path:
     """The directory holding the model files: model_dir itself, or `scratch` with
-    model_dir/model.tar.gz extracted into it."""
+    model_dir/model.tar.gz extracted into it (serve.archive's checked extraction)."""
     archive = model_dir / ARCHIVE
     if not archive.is_file() or (model_dir / SPEC_FILE).exists():
         return model_dir
-    scratch.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(archive) as tar:
-            members = tar.getmembers()
-            for member in members:
-                path = PurePosixPath(member.name)
-                if path.is_absolute() or ".." in path.parts or not (member.isfile() or member.isdir()):
-                    raise ConfigError(f"{archive}: refusing member {member.name!r} (absolute, '..', or a link/device)")
-            tar.extractall(scratch, members=members)
-    except (tarfile.TarError, OSError) as err:
-        raise ConfigError(f"cannot extract {archive}: {err}") from None
+    extract_model_archive(archive, scratch, limits)
     log.info("extracted %s into %s", archive, scratch)
     return scratch
 

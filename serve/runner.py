@@ -1,31 +1,107 @@
-"""The micro-batcher (GPU by default): joins concurrent requests into one forward of
-up to max_batch_size rows, waiting at most max_delay_ms for the batch to fill. (On CPU
-forwards run in serve.app.Pools' bounded inference pool instead.)"""
+"""Admission and the micro-batcher.
+
+Admission bounds how many requests are inside the server at once (body read, decode,
+queued, forward): one over the bound gets 503 with Retry-After at once, before its
+body is read, instead of waiting in an unbounded queue with its body in memory.
+`until_done_or_gone` runs a request's work under its deadline and stops waiting when
+the client hangs up; either way the work's futures are cancelled, so stages not yet
+started (a queued decode, a queued forward, a batcher slot) are skipped.
+
+The micro-batcher (GPU by default) joins concurrent requests into one forward of up to
+max_batch_size rows, waiting at most max_delay_ms for the batch to fill. Cancelled
+work is dropped before the forward; no exception ends its thread, and `alive` lets
+/ping report the endpoint unhealthy should it ever stop. (On CPU forwards run in
+serve.app.Pools' bounded inference pool instead.)
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import torch
 
+from serve.errors import Overloaded, Timeout
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1
+
+
+class Admission:
+    """At most `limit` requests admitted at once. Used from the event loop only, so a
+    plain counter is enough."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.active = 0
+
+    @contextlib.contextmanager
+    def slot(self):
+        if self.active >= self.limit:
+            raise Overloaded(f"the server is at its limit of {self.limit} requests in progress (SM_VISION_MAX_PENDING); retry shortly")
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
+
+
+async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
+    # After the body has been read, the next ASGI message is http.disconnect.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_done_or_gone(work: Awaitable, receive: Callable[[], Awaitable[dict]], timeout_s: float):
+    """work's result; Timeout past timeout_s, ClientGone if the client hangs up first.
+    In both cases work is cancelled, which cancels the futures it waits on."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        if watcher in done:
+            raise ClientGone()
+        raise Timeout(f"inference took longer than {timeout_s:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT)")
+    finally:
+        for pending in (task, watcher):
+            pending.cancel()
+
 
 class BatchRunner:
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], max_batch_size: int, max_delay_ms: float):
+    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], max_batch_size: int, max_delay_ms: float, max_queued: int = 256):
         self.forward = forward
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000
-        self.queue: queue.Queue = queue.Queue()
+        self.queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self.thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
     async def run(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self.alive:
+            raise RuntimeError("the micro-batcher thread has stopped")
         future: concurrent.futures.Future = concurrent.futures.Future()
-        self.queue.put((inputs, future))
+        try:
+            self.queue.put_nowait((inputs, future))
+        except queue.Full:
+            raise Overloaded(f"the micro-batcher queue is full ({self.queue.maxsize} requests); retry shortly") from None
         return await asyncio.wrap_future(future)
 
     def _collect(self) -> list | None:
@@ -43,29 +119,40 @@ class BatchRunner:
             except queue.Empty:
                 break
             if item is None:
-                self.queue.put(None)  # let the loop see the stop after this batch
+                self.stopping = True  # finish this batch, then stop
                 break
             items.append(item)
             rows += item[0].shape[0]
-        return items
+        # A request that timed out or whose client left has cancelled its future: skip it.
+        return [item for item in items if item[1].set_running_or_notify_cancel()]
+
+    def _run_group(self, group: list) -> None:
+        try:
+            outputs = self.forward(torch.cat([inputs for inputs, _ in group]))
+        except Exception as err:  # noqa: BLE001 - handed to each waiting request
+            for _, future in group:
+                future.set_exception(err)
+            return
+        start = 0
+        for inputs, future in group:
+            future.set_result(outputs[start : start + inputs.shape[0]])
+            start += inputs.shape[0]
 
     def _loop(self) -> None:
-        while (items := self._collect()) is not None:
+        while not self.stopping and (items := self._collect()) is not None:
             groups: dict[tuple, list] = {}
             for item in items:  # only same-shaped inputs can be stacked
                 groups.setdefault(tuple(item[0].shape[1:]), []).append(item)
             for group in groups.values():
                 try:
-                    outputs = self.forward(torch.cat([inputs for inputs, _ in group]))
-                except Exception as err:  # noqa: BLE001 - handed to each waiting request
+                    self._run_group(group)
+                except Exception:  # noqa: BLE001 - one bad batch must not end the thread
+                    log.exception("micro-batcher: a batch failed")
                     for _, future in group:
-                        future.set_exception(err)
-                    continue
-                start = 0
-                for inputs, future in group:
-                    future.set_result(outputs[start : start + inputs.shape[0]])
-                    start += inputs.shape[0]
+                        if not future.done():
+                            future.set_exception(RuntimeError("the micro-batch failed"))
 
     def close(self) -> None:
-        self.queue.put(None)
+        with contextlib.suppress(queue.Full):
+            self.queue.put(None, timeout=30)
         self.thread.join(timeout=30)

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from container import Channel, ConfigError, cpu_count
+from train import images
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,10 @@ def scan_image_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
 def _readable_image(path: Path) -> bool:
     # Opening reads only the header: cheap enough for ~10k files, and it catches
     # non-images and zero-byte files. Truncated pixel data is caught at load time.
+    # Sizes the decoder would refuse (train.images) are reported here, not mid-epoch.
     try:
         with Image.open(path) as image:
-            image.size  # noqa: B018
+            images.check_geometry(*image.size, images.ImageLimits())
         return True
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return False
@@ -139,13 +141,15 @@ def holdout_split(samples, fraction: float, seed: int):
 
 
 class ImageSamples(Dataset):
-    """(path, label) pairs -> (tensor, label). A file that fails to decode (truncated
-    pixel data) is replaced by the next readable one and logged, so one bad JPEG
-    does not kill a long job; the scan already removed files that are not images."""
+    """(path, label) pairs -> (tensor, label), decoded by train.images as serving does
+    (EXIF orientation, 16-bit and float scaling, size limits). A file that fails to
+    decode (truncated pixel data) is replaced by the next readable one and logged, so
+    one bad JPEG does not kill a long job; the scan already removed non-images."""
 
-    def __init__(self, samples, transform):
+    def __init__(self, samples, transform, limits: images.ImageLimits | None = None):
         self.samples = samples
         self.transform = transform
+        self.limits = limits or images.ImageLimits()  # the decoder serving uses too: same orientation, bit depth, size limits
 
     def __len__(self):
         return len(self.samples)
@@ -154,9 +158,8 @@ class ImageSamples(Dataset):
         for attempt in range(len(self.samples)):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                with Image.open(path) as image:
-                    return self.transform(image.convert("RGB")), label
-            except (OSError, ValueError, Image.DecompressionBombError) as err:
+                return self.transform(images.load_rgb(path, self.limits)), label
+            except (OSError, ValueError) as err:  # images.ImageRejected is a ValueError
                 log.warning("skipping unreadable image %s: %s", path, err)
         raise RuntimeError("no readable image left in the dataset")
 

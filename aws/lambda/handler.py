@@ -1,7 +1,8 @@
 """Lambda bridge: an image reference in, the endpoint's prediction out.
 
-Deployed alone (`smvision-aws lambda-package` zips this file); needs only boto3, which
-the Lambda Python runtime provides. Handler: `handler.lambda_handler`.
+Deployed alone (`smvision-aws lambda-package` zips this file with serve/urlguard.py,
+the server's own URL guard, stdlib only); needs only boto3, which the Lambda Python
+runtime provides. Handler: `handler.lambda_handler`.
 
 Accepted events (API Gateway REST/HTTP proxy events, or a direct invoke):
   {"url": "https://..."}               the Lambda fetches it (guarded, see below)
@@ -18,11 +19,13 @@ Every answer is API-Gateway shaped ({"statusCode", "headers", "body"}): 400 bad 
 502 endpoint or upstream error, 504 timeout. Bodies are {"error": message}, never a
 traceback.
 
-URL guard: http/https only, no credentials in the URL, every address the host resolves
-to must be public (no loopback, private, link-local incl. 169.254.169.254 metadata,
-unique-local incl. fd00:ec2::254, multicast, reserved, unspecified); the connection
-goes to the address that was checked (no DNS rebinding), redirects are re-checked hop
-by hop, bodies are capped at MAX_IMAGE_BYTES and every step has a timeout.
+URL guard (urlguard.py, shared with the server): http/https only, one parse, no
+backslashes or credentials in the URL, every address the host resolves to must be
+public (no loopback, private, link-local incl. 169.254.169.254 metadata, unique-local
+incl. fd00:ec2::254, site-local, 6to4, multicast, reserved, unspecified); the
+connection goes to the address that was checked (no DNS rebinding), redirects are
+re-checked hop by hop, bodies are capped at MAX_IMAGE_BYTES and FETCH_TIMEOUT_S is a
+wall-clock deadline for the whole fetch.
 
 Environment: ENDPOINT_NAME (required), ALLOWED_S3_PREFIX (s3://bucket/prefix/; empty:
 S3 inputs refused), MAX_IMAGE_BYTES (default 5 MiB; the endpoint takes at most 6 MB),
@@ -36,18 +39,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import http.client
-import ipaddress
 import json
 import logging
 import os
-import socket
-import ssl
-import time
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
-MAX_REDIRECTS = 3
+try:
+    import urlguard  # the deployment zip ships the server's guard next to this file
+except ModuleNotFoundError:  # a checkout of the repository: the same file in serve/
+    from serve import urlguard
+
 logger = logging.getLogger(__name__)
 
 
@@ -101,10 +103,12 @@ def response(status: int, body) -> dict:
 # --- decoding the event --------------------------------------------------------------
 
 
-def _header(headers: dict | None, name: str) -> str:
-    for key, value in (headers or {}).items():
-        if key.lower() == name.lower():
-            return (value or "").split(";")[0].strip().lower()
+def _header(headers: object, name: str) -> str:
+    if not isinstance(headers, dict):  # API Gateway sends null when there are none
+        return ""
+    for key, value in headers.items():
+        if isinstance(key, str) and key.lower() == name.lower() and isinstance(value, str):
+            return value.split(";")[0].strip().lower()
     return ""
 
 
@@ -118,6 +122,8 @@ def parse_event(event) -> tuple[str, object]:
     body = event.get("body")
     if body is None or body == "":
         raise RequestError(400, 'empty request body: send {"url": ...}, {"s3_uri": ...}, {"image": base64} or an image/jpeg|png body')
+    if not isinstance(body, str):
+        raise RequestError(400, "the request body must be a string (API Gateway proxy event)")
     content_type = _header(event.get("headers"), "content-type")
     raw: bytes | str = body
     if event.get("isBase64Encoded"):
@@ -126,13 +132,18 @@ def parse_event(event) -> tuple[str, object]:
         except (binascii.Error, ValueError):
             raise RequestError(400, "body is marked base64 but does not decode") from None
     if content_type.startswith("image/") or (isinstance(raw, bytes) and sniff_image(raw)):
-        return "bytes", raw if isinstance(raw, bytes) else raw.encode("latin-1")
+        if isinstance(raw, bytes):
+            return "bytes", raw
+        try:
+            return "bytes", raw.encode("latin-1")
+        except UnicodeEncodeError:
+            raise RequestError(400, "an image body must be sent base64-encoded (isBase64Encoded)") from None
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     if content_type in ("string/url", "text/plain", "text/uri-list"):
         return "url", text.strip()
     try:
         payload = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: absurdly deep nesting
         raise RequestError(400, "body is not JSON; send application/json, an image, or a URL with Content-Type string/url") from None
     return _parse_payload(payload)
 
@@ -168,127 +179,31 @@ def sniff_image(data: bytes) -> str | None:
 # --- the URL guard -------------------------------------------------------------------
 
 
-def resolve(host: str, port: int) -> list[str]:
-    """All addresses of host (a seam for tests: they must not query real DNS)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return sorted({info[4][0].split("%")[0] for info in infos})
-
-
-def address_allowed(ip) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address):
-        mapped = ip.ipv4_mapped or ip.sixtofour
-        if mapped is not None:
-            ip = mapped
-        elif ip.teredo:
-            ip = ip.teredo[1]
-    return ip.is_global and not (
-        ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_loopback or ip.is_link_local or ip.is_private
+def url_policy(config: Config) -> urlguard.URLPolicy:
+    return urlguard.URLPolicy(
+        max_bytes=config.max_image_bytes,
+        timeout_s=config.fetch_timeout_s,
+        hosts=config.allowed_url_hosts,
+        refusal_hint=" (ALLOWED_URL_HOSTS)" if config.allowed_url_hosts else "",
+        user_agent="smvision-lambda-bridge",
     )
 
 
-def check_url(url: str, config: Config) -> tuple[str, str, int, str, str]:
-    """(scheme, host, port, address to connect to, path+query) or RequestError."""
-    if len(url) > 2048:
-        raise RequestError(400, "url is longer than 2048 characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise RequestError(400, "url is malformed or has an invalid port") from None
-    if parts.scheme not in ("http", "https"):
-        raise RequestError(400, f"url scheme {parts.scheme or '(none)'!r} is not allowed: use http or https")
-    if parts.username is not None or parts.password is not None:
-        raise RequestError(400, "credentials in the url are not allowed")
-    host = (parts.hostname or "").lower().rstrip(".")
-    if not host:
-        raise RequestError(400, "url has no host")
-    port = port or (443 if parts.scheme == "https" else 80)
-    if config.allowed_url_hosts and host not in config.allowed_url_hosts:
-        raise RequestError(403, f"host {host!r} is not in ALLOWED_URL_HOSTS")
-    try:
-        addresses = resolve(host, port)
-    except (socket.gaierror, UnicodeError, OSError):
-        raise RequestError(400, f"cannot resolve url host {host!r}") from None
-    if not addresses:
-        raise RequestError(400, f"url host {host!r} has no addresses")
-    for address in addresses:
-        if not address_allowed(ipaddress.ip_address(address)):
-            raise RequestError(403, f"url host {host!r} resolves to non-public address {address}; refused")
-    path = parts.path or "/"
-    if parts.query:
-        path += "?" + parts.query
-    # IPv4 first: Lambda functions in a VPC often have no IPv6 route.
-    address = next((a for a in addresses if ":" not in a), addresses[0])
-    return parts.scheme, host, port, address, path
-
-
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, host, port, address, timeout):
-        super().__init__(host, port, timeout=timeout)
-        self._address = address
-
-    def connect(self):
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    """TLS to the checked address, with SNI and certificate check for the host name."""
-
-    def __init__(self, host, port, address, timeout):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
-
-    def connect(self):
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
-
-
 def fetch_url(url: str, config: Config) -> bytes:
-    deadline = time.monotonic() + config.fetch_timeout_s
-    for _ in range(MAX_REDIRECTS + 1):
-        scheme, host, port, address, path = check_url(url, config)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise RequestError(504, "fetching the url timed out")
-        cls = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
-        connection = cls(host, port, address, timeout=remaining)
-        try:
-            connection.request("GET", path, headers={"User-Agent": "smvision-lambda-bridge", "Accept": "image/jpeg, image/png"})
-            reply = connection.getresponse()
-            if reply.status in (301, 302, 303, 307, 308):
-                location = reply.getheader("Location")
-                if not location:
-                    raise RequestError(502, f"url redirected ({reply.status}) without a Location")
-                url = urljoin(url, location)
-                continue
-            if reply.status != 200:
-                raise RequestError(502, f"url answered HTTP {reply.status}")
-            length = reply.getheader("Content-Length")
-            if length and length.isdigit() and int(length) > config.max_image_bytes:
-                raise RequestError(413, f"image is {length} bytes; the limit is {config.max_image_bytes}")
-            data = b""
-            while len(data) <= config.max_image_bytes:
-                if time.monotonic() > deadline:
-                    raise RequestError(504, "fetching the url timed out")
-                chunk = reply.read(64 * 1024)
-                if not chunk:
-                    return data
-                data += chunk
-            raise RequestError(413, f"image is larger than the limit of {config.max_image_bytes} bytes")
-        except TimeoutError:
-            raise RequestError(504, "fetching the url timed out") from None
-        except (OSError, http.client.HTTPException) as err:
-            raise RequestError(502, f"fetching the url failed: {type(err).__name__}") from None
-        finally:
-            connection.close()
-    raise RequestError(502, f"url redirected more than {MAX_REDIRECTS} times")
+    try:
+        return urlguard.fetch(url, url_policy(config))
+    except urlguard.FetchError as err:
+        raise RequestError(err.status, err.message) from None
 
 
 # --- S3 ---------------------------------------------------------------------------------
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # e.g. an unclosed '[' in the bucket part
+        raise RequestError(400, f"{uri[:200]!r} is not an s3://bucket/key URI") from None
     if parts.scheme != "s3" or not parts.netloc or not parts.path.strip("/"):
         raise RequestError(400, f"{uri!r} is not an s3://bucket/key URI")
     return parts.netloc, parts.path.lstrip("/")

@@ -1,8 +1,13 @@
 """Least-privilege IAM policy documents, filled from the templates in policies/.
 
-Two roles: the SageMaker execution role (training jobs, endpoints, batch transform:
-pull one ECR repository, read/write one S3 prefix, own logs and metrics) and the
-Lambda bridge's role (invoke one endpoint, read one S3 prefix, own logs).
+Three roles, each writing only what it produces:
+- training (training and tuning jobs): pull one ECR repository, read the project
+  prefix, write only <prefix>/models/ and <prefix>/checkpoints/, its logs and metrics;
+- hosting (endpoints, batch transform): the same image and reads, but writes only
+  <prefix>/transform/ and <prefix>/async/, never models or checkpoints: a compromised
+  endpoint cannot plant a checkpoint that the next training job would resume from;
+- the Lambda bridge: invoke one endpoint, read one S3 prefix, its own logs.
+Both SageMaker roles share one trust policy (sagemaker.amazonaws.com).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from string import Template
 
 POLICY_DIR = Path(__file__).resolve().parent / "policies"
 TEMPLATES = {
-    "execution-role-policy.json": "permissions of the SageMaker execution role",
-    "execution-role-trust.json": "trust policy: SageMaker may assume the execution role",
+    "training-role-policy.json": "permissions of the training role (training and tuning jobs)",
+    "hosting-role-policy.json": "permissions of the hosting role (endpoints, batch transform)",
+    "execution-role-trust.json": "trust policy: SageMaker may assume the training and hosting roles",
     "lambda-role-policy.json": "permissions of the Lambda bridge's role",
     "lambda-role-trust.json": "trust policy: Lambda may assume its role",
 }
@@ -139,9 +145,32 @@ def _resource_problems(arn: str) -> list[str]:
     if rest in ("*", "") or rest.startswith("*"):
         return [f"{arn!r} spans every {service} resource"]
     if service == "s3":
-        if re.fullmatch(r"[^/]+/\*", rest):
+        bucket, _, key = rest.partition("/")
+        if any(char in bucket for char in "*?"):
+            return [f"{arn!r} matches many buckets; name the bucket"]
+        if key.startswith("*"):
             return [f"{arn!r} spans a whole bucket; name a prefix"]
         return []
     if "*" in region or "*" in account:
         return [f"{arn!r} spans regions or accounts"]
+    # resource-type/name or resource-type:name; a name that is (or starts with) a
+    # wildcard, at any path level for IAM (role/*, role/service-role/*), names them all.
+    kind, name = re.split(r"[/:]", rest, maxsplit=1) if re.search(r"[/:]", rest) else (rest, "")
+    segments = [name] if service == "logs" else re.split(r"[/:]", name)
+    if not name or any(segment.startswith(("*", "?")) for segment in segments):
+        return [f"{arn!r} spans every {service} {kind}"]
     return []
+
+
+def can_write(document: dict, object_arn: str) -> bool:
+    """Whether an Allow statement grants s3:PutObject on object_arn (IAM's * and ?
+    wildcards honoured)."""
+    import fnmatch
+
+    for statement in document.get("Statement", []):
+        actions = _as_list(statement.get("Action", []))
+        if statement.get("Effect") != "Allow" or not any(fnmatch.fnmatchcase("s3:PutObject", action) for action in actions):
+            continue
+        if any(fnmatch.fnmatchcase(object_arn, resource) for resource in _as_list(statement.get("Resource", []))):
+            return True
+    return False

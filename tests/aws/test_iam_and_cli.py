@@ -51,15 +51,29 @@ def test_lambda_role_invokes_only_the_named_endpoint_and_reads_only_its_prefix()
     assert actions == {"sagemaker:InvokeEndpoint", "s3:GetObject", "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
 
 
-def test_execution_role_scope():
-    ex = statements(iam.render(NAMES)["execution-role-policy.json"])
+@pytest.mark.parametrize("role", ["training-role-policy.json", "hosting-role-policy.json"])
+def test_sagemaker_role_scope(role):
+    ex = statements(iam.render(NAMES)[role])
     star = [s for s in ex.values() if s["Resource"] == "*"]
     assert sorted(s["Action"] for s in star) == ["cloudwatch:PutMetricData", "ecr:GetAuthorizationToken"]
     assert ex["PullTheImage"]["Resource"] == "arn:aws:ecr:eu-west-1:123456789012:repository/sagemaker-vision"
-    assert ex["ReadDataWriteModelsAndCheckpoints"]["Resource"] == "arn:aws:s3:::smv-bucket/shapes/*"
     assert ex["ListOnlyTheProjectPrefix"]["Condition"] == {"StringLike": {"s3:prefix": ["shapes", "shapes/*"]}}
     trust = iam.render(NAMES)["execution-role-trust.json"]["Statement"][0]
     assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"}
+
+
+def test_training_and_hosting_write_scopes_are_separate():
+    """Hosting (endpoints, batch transform) must not write models or checkpoints: a
+    compromised endpoint could plant a checkpoint the next training job resumes from."""
+    documents = iam.render(NAMES)
+    training, hosting = documents["training-role-policy.json"], documents["hosting-role-policy.json"]
+    key = "arn:aws:s3:::smv-bucket/shapes/{}/job-1/file"
+    assert iam.can_write(training, key.format("checkpoints")) and iam.can_write(training, key.format("models"))
+    assert not iam.can_write(hosting, key.format("checkpoints")) and not iam.can_write(hosting, key.format("models"))
+    assert iam.can_write(hosting, key.format("transform")) and not iam.can_write(training, key.format("transform"))
+    for document in (training, hosting):
+        assert not iam.can_write(document, "arn:aws:s3:::smv-bucket/shapes/data/train/cat.jpg")
+        assert not iam.can_write(document, "arn:aws:s3:::smv-bucket/other/x")
 
 
 @pytest.mark.parametrize(
@@ -72,6 +86,15 @@ def test_execution_role_scope():
         ({"Effect": "Allow", "Action": "sagemaker:InvokeEndpoint", "Resource": "arn:aws:sagemaker:*:1:endpoint/e"}, "regions"),
         ({"Effect": "Allow", "Action": "sagemaker:InvokeEndpoint", "Resource": "arn:aws:sagemaker:r:1:*"}, "every sagemaker"),
         ({"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:aws:s3:::b/p/*"}, "NotAction"),
+        (
+            {"Effect": "Allow", "Action": "sagemaker:InvokeEndpoint", "Resource": "arn:aws:sagemaker:r:123456789012:endpoint/*"},
+            "every sagemaker endpoint",
+        ),
+        ({"Effect": "Allow", "Action": "iam:PassRole", "Resource": "arn:aws:iam::123456789012:role/*"}, "every iam role"),
+        ({"Effect": "Allow", "Action": "iam:PassRole", "Resource": "arn:aws:iam::123456789012:role/service-role/*"}, "every iam role"),
+        ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::smv-*/shapes/*"}, "many buckets"),
+        ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::smv-bucke?/shapes/*"}, "many buckets"),
+        ({"Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": "arn:aws:logs:r:123456789012:log-group:*"}, "every logs"),
     ],
 )
 def test_the_checker_catches_over_broad_statements(statement, problem):
@@ -99,7 +122,7 @@ def test_iam_accepts_the_documents():
         documents = iam.render(NAMES)
         client.create_role(RoleName="smv-exec", AssumeRolePolicyDocument=json.dumps(documents["execution-role-trust.json"]))
         client.create_role(RoleName="smv-lambda", AssumeRolePolicyDocument=json.dumps(documents["lambda-role-trust.json"]))
-        for name in ("execution-role-policy.json", "lambda-role-policy.json"):
+        for name in ("training-role-policy.json", "hosting-role-policy.json", "lambda-role-policy.json"):
             client.create_policy(PolicyName=name.replace(".json", ""), PolicyDocument=json.dumps(documents[name]))
         with pytest.raises(client.exceptions.MalformedPolicyDocumentException):
             client.create_policy(
@@ -137,10 +160,23 @@ def test_lambda_zip_is_deployable_and_reproducible(tmp_path):
     second = lambda_package.build_zip(tmp_path / "b.zip")
     assert first.read_bytes() == second.read_bytes()
     with zipfile.ZipFile(first) as archive:
-        assert archive.namelist() == ["handler.py"]
+        assert archive.namelist() == ["handler.py", "urlguard.py"]
         source = archive.read("handler.py").decode()
+        # The server's guard itself, not a copy that could drift.
+        assert archive.read("urlguard.py") == (REPO / "serve" / "urlguard.py").read_bytes()
+        archive.extractall(tmp_path / "unzipped")
     assert "def lambda_handler(event, context)" in source
-    compile(source, "handler.py", "exec")
+    # As Lambda runs it: the zip's root on the path, no checkout, standard library only
+    # (boto3 is imported lazily, when a client is first needed).
+    probe = "import handler, sys; assert handler.urlguard.__file__.startswith(sys.path[0]); print(sorted(m for m in sys.modules if m in ('serve', 'boto3', 'requests')))"
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path / 'unzipped')!r}); {probe}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
 
 def test_usage_errors_exit_2(capsys):

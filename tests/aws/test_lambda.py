@@ -120,8 +120,8 @@ def server():
 @pytest.fixture
 def allow_loopback(monkeypatch):
     """Allow exactly 127.0.0.1 in addition to what the real guard allows."""
-    real = bridge.address_allowed
-    monkeypatch.setattr(bridge, "address_allowed", lambda ip: ip == ipaddress.ip_address("127.0.0.1") or real(ip))
+    real = bridge.urlguard.address_is_public
+    monkeypatch.setattr(bridge.urlguard, "address_is_public", lambda ip: ip == ipaddress.ip_address("127.0.0.1") or real(ip))
 
 
 @pytest.fixture
@@ -135,7 +135,7 @@ def fake_dns(monkeypatch):
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
         return sorted({info[4][0] for info in infos})
 
-    monkeypatch.setattr(bridge, "resolve", resolve)
+    monkeypatch.setattr(bridge.urlguard, "resolve", resolve)
     return table
 
 
@@ -302,7 +302,7 @@ def no_connections(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"the guard let a connection through: {args}")
 
-    monkeypatch.setattr(bridge.socket, "create_connection", refuse)
+    monkeypatch.setattr(bridge.urlguard.socket, "create_connection", refuse)
 
 
 @pytest.mark.parametrize(
@@ -337,6 +337,21 @@ def no_connections(monkeypatch):
         ("http://0x7f000001/", 403),
         ("http://metadata.internal.test/", 403),
         ("http://rebind.example.test/", 403),
+        # parser differentials: what the guard and a WHATWG-style client read differently
+        ("http://169.254.169.254\\@example.test/../latest/meta-data/", 400),
+        ("http://example.test\\@169.254.169.254/", 400),
+        ("http://example.test@169.254.169.254/", 400),
+        ("http://@example.test/", 400),
+        ("http://example.test/a b", 400),
+        ("http://example.test/\x00", 400),
+        ("http://exa%6dple.test/", 400),
+        ("http://[fe80::1%25eth0]/", 400),
+        # non-global IPv6 forms
+        ("http://[fec0::1]/", 403),
+        ("http://[2002:5db8:d822::1]/", 403),
+        ("http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/", 403),
+        ("http://[64:ff9b::a9fe:a9fe]/", 403),
+        ("http://[::7f00:1]/", 403),
     ],
 )
 def test_refused_urls(config, runtime, s3, fake_dns, no_connections, url, status):
@@ -349,22 +364,22 @@ def test_refused_urls(config, runtime, s3, fake_dns, no_connections, url, status
 
 def test_public_address_passes_the_guard(config, fake_dns):
     fake_dns["images.example.test"] = ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]
-    scheme, host, port, address, path = bridge.check_url("https://images.example.test/a/b.png?x=1", config)
-    assert (scheme, host, port, address, path) == ("https", "images.example.test", 443, "93.184.216.34", "/a/b.png?x=1")
+    target = bridge.urlguard.check_url("https://images.example.test/a/b.png?x=1", bridge.url_policy(config))
+    assert target == bridge.urlguard.Target("https", "images.example.test", 443, "93.184.216.34", "/a/b.png?x=1")
 
 
 def test_host_allow_list(fake_dns):
     fake_dns["cdn.example.test"] = ["93.184.216.34"]
     config = bridge.Config(endpoint_name=ENDPOINT, allowed_url_hosts=("images.example.test",))
-    with pytest.raises(bridge.RequestError) as err:
-        bridge.check_url("https://cdn.example.test/a.png", config)
+    with pytest.raises(bridge.urlguard.FetchError) as err:
+        bridge.urlguard.check_url("https://cdn.example.test/a.png", bridge.url_policy(config))
     assert err.value.status == 403
 
 
 def test_real_resolver_refuses_localhost(config):
     """No fake: the real resolve() (from /etc/hosts, no DNS) must refuse localhost."""
-    with pytest.raises(bridge.RequestError) as err:
-        bridge.check_url("http://localhost:9/", config)
+    with pytest.raises(bridge.urlguard.FetchError) as err:
+        bridge.urlguard.check_url("http://localhost:9/", bridge.url_policy(config))
     assert err.value.status == 403
 
 
@@ -443,16 +458,19 @@ def test_lambda_handler_wires_env_and_clients(monkeypatch, runtime, s3):
     assert result["statusCode"] == 200 and json.loads(result["body"]) == PREDICTION
 
 
-def test_handler_needs_only_boto3_and_the_standard_library():
+def _third_party_imports(path):
     import ast
 
-    tree = ast.parse((REPO / "aws" / "lambda" / "handler.py").read_text())
+    tree = ast.parse(path.read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    import sys
+    return {name for name in imported if name not in sys.stdlib_module_names and name != "__future__"}
 
-    third_party = {name for name in imported if name not in sys.stdlib_module_names and name != "__future__"}
-    assert third_party <= {"boto3", "botocore"}, third_party
+
+def test_handler_needs_only_boto3_and_the_standard_library():
+    # urlguard ships in the zip next to handler.py (serve/urlguard.py in a checkout).
+    assert _third_party_imports(REPO / "aws" / "lambda" / "handler.py") <= {"boto3", "botocore", "urlguard", "serve"}
+    assert _third_party_imports(REPO / "serve" / "urlguard.py") == set()
 
 
 # --- HTTPS: the pinned connection still verifies the certificate for the host name ---
@@ -506,7 +524,7 @@ def trust_test_cert(monkeypatch, tls_cert):
     import ssl
 
     real = ssl.create_default_context
-    monkeypatch.setattr(bridge.ssl, "create_default_context", lambda *a, **k: real(cafile=str(tls_cert[0])))
+    monkeypatch.setattr(bridge.urlguard.ssl, "create_default_context", lambda *a, **k: real(cafile=str(tls_cert[0])))
 
 
 def test_https_fetch_is_pinned_with_sni_and_verified(config, runtime, s3, tls_server, allow_loopback, fake_dns, trust_test_cert):
@@ -525,3 +543,110 @@ def test_https_certificate_for_another_name_is_refused(config, runtime, s3, tls_
     _Handler.routes["/cat.png"] = serve_bytes(PNG)
     code, body = call({"url": f"https://other.example.test:{port}/cat.png"}, config, runtime, s3)
     assert code == 502 and "SSL" in body["error"]
+
+
+# --- the deadline, rebinding and odd inputs (issue 12: 4, 5, 15) ------------------------
+
+
+def test_whole_fetch_has_one_deadline(config, runtime, s3, server, allow_loopback, fake_dns):
+    """A server dripping a byte at a time never trips a per-read timeout; the
+    wall-clock deadline (FETCH_TIMEOUT_S=2) cuts it off anyway."""
+    httpd, base = server
+
+    def drip(h):
+        h.send_response(200)
+        h.send_header("Content-Length", "1000")
+        h.end_headers()
+        for _ in range(1000):
+            try:
+                h.wfile.write(b"x")
+                h.wfile.flush()
+            except OSError:
+                return
+            time.sleep(0.1)
+
+    _Handler.routes["/drip"] = drip
+    start = time.monotonic()
+    code, body = call({"url": f"{base}/drip"}, config, runtime, s3)
+    assert code == 504 and time.monotonic() - start < config.fetch_timeout_s + 1.5, body
+
+
+def test_dns_is_resolved_once_and_pinned(config, runtime, s3, monkeypatch):
+    """A resolver that answers differently the second time (DNS rebinding): the
+    fetch connects to the first, checked answer, whatever later lookups say."""
+    public = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    port = public.server_address[1]
+    try:
+        secret = ThreadingHTTPServer(("127.0.0.2", port), _Handler)
+    except OSError:
+        public.server_close()
+        pytest.fail("cannot bind 127.0.0.2 on the same port")
+    answers = iter([["127.0.0.1"]] + [["127.0.0.2"]] * 10)
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebinding(host, *args, **kwargs):
+        if host == "rebind.example.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers)[0], port))]
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(bridge.urlguard, "address_is_public", lambda ip: str(ip) == "127.0.0.1")
+    served = {}
+
+    def which(name):
+        def route(h):
+            served[name] = True
+            serve_bytes(PNG)(h)
+
+        return route
+
+    _Handler.routes = {"/img.png": None}
+    threads = []
+    for httpd, name in ((public, "public"), (secret, "secret")):
+        handler = type(f"H{name}", (_Handler,), {"routes": {"/img.png": which(name)}})
+        httpd.RequestHandlerClass = handler
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        threads.append(httpd)
+    try:
+        expect_invoke(runtime[1], PNG, "image/png")
+        assert call({"url": f"http://rebind.example.test:{port}/img.png"}, config, runtime, s3)[0] == 200
+        assert served == {"public": True}
+    finally:
+        for httpd in threads:
+            httpd.shutdown()
+            httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"httpMethod": "POST", "headers": {"content-type": "application/json"}, "body": {"url": "http://x.test/"}},
+        {"httpMethod": "POST", "headers": {"content-type": "application/json"}, "body": 42},
+        {"httpMethod": "POST", "headers": None, "body": "{}"},
+        {"httpMethod": "POST", "headers": ["content-type", "image/png"], "body": "{}"},
+        {"httpMethod": "POST", "headers": {"content-type": None}, "body": "{}"},
+        {"httpMethod": "POST", "headers": {"content-type": "image/png"}, "body": "\u2603 not latin-1"},
+        {"httpMethod": "POST", "headers": {"content-type": "application/json"}, "body": "[" * 100_000},
+        {"httpMethod": "POST", "headers": {"content-type": "application/json"}, "body": "null"},
+        {"httpMethod": "POST", "headers": {"content-type": "string/url"}, "body": "http://x.test/\u00e9\u00e9"},
+        {"httpMethod": "POST", "headers": {"content-type": "string/url"}, "body": "http://[::1"},
+        {"httpMethod": "POST", "headers": {"content-type": "string/url"}, "body": "http://a..b/"},
+        {"httpMethod": "POST", "headers": {"content-type": "string/url"}, "body": "http://x.test:0/"},
+        {"url": "http://" + "a" * 3000 + ".test/"},
+        {"url": ["http://x.test/"]},
+        {"s3_uri": "s3://[bucket/key"},
+        {"image": "\u00e9\u00e9\u00e9\u00e9"},
+    ],
+)
+def test_odd_events_are_400(config, runtime, s3, event):
+    code, body = call(event, config, runtime, s3)
+    assert code == 400, body
+    assert "Traceback" not in body["error"]
+
+
+def test_odd_redirect_location_is_not_a_500(config, runtime, s3, server, allow_loopback, fake_dns):
+    httpd, base = server
+    _Handler.routes["/r"] = redirect_to("http://[::1")
+    code, body = call({"url": f"{base}/r"}, config, runtime, s3)
+    assert code in (400, 502), body

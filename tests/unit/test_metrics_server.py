@@ -25,7 +25,9 @@ async def call(app, method, path, body=b"", headers=()):
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive():
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # a connected client: as uvicorn, no disconnect until it leaves
 
     async def send(message):
         sent.append(message)

@@ -1,0 +1,162 @@
+"""Image decoding safety (train.images, used by serve.codec and train.data alike):
+size and aspect-ratio limits before allocation, 16-bit and float scaling, EXIF
+orientation; and the same pixels for training and serving."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from serve import codec, errors
+from train import data, images
+from train.presets import eval_transform
+
+PRE = eval_transform(32, 36)
+LIMITS = codec.DecodeLimits(max_pixels=40_000_000, max_batch=4)
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def npy(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+THIN = encoded(Image.new("1", (16000, 1)))  # ~100 bytes; Resize(36) of the short side: 36 x 576000
+
+
+@pytest.mark.parametrize(
+    "body, ctype",
+    [
+        (THIN, "image/png"),
+        (encoded(Image.new("1", (1, 40_000))), "image/png"),
+        (encoded(Image.new("1", (40_000_000, 1))), "image/png"),  # at the pixel limit: was a 500
+        (json.dumps({"image": base64.b64encode(THIN).decode()}).encode(), "application/json"),
+        (json.dumps([{"b64": base64.b64encode(THIN).decode()}]).encode(), "application/json"),
+        (b'{"image": "' + base64.b64encode(THIN) + b'"}\n', "application/jsonlines"),
+        (npy(np.zeros((1, 5000, 3), np.uint8)), "application/x-npy"),
+        (npy(np.zeros((2, 3000, 2, 3), np.uint8)), "application/x-npy"),
+    ],
+    ids=["png", "tall-png", "40M-wide-png", "json-b64", "json-list", "jsonlines", "npy-hwc", "npy-batch"],
+)
+def test_extreme_aspect_ratio_is_refused_before_resizing(body, ctype):
+    with pytest.raises(errors.PayloadTooLarge, match="aspect ratio .* above the limit of 20:1"):
+        codec.decode(body, ctype, PRE, LIMITS)
+
+
+def test_aspect_ratio_limit_is_a_setting():
+    wide = encoded(Image.new("RGB", (300, 10)))
+    with pytest.raises(errors.PayloadTooLarge):
+        codec.decode(wide, "image/png", PRE, LIMITS)
+    relaxed = codec.DecodeLimits(max_aspect_ratio=40)
+    assert codec.decode(wide, "image/png", PRE, relaxed).inputs.shape == (1, 3, 32, 32)
+
+
+def test_geometry_is_checked_from_the_header():
+    header_only = THIN[:-20]  # header intact, pixel data cut short: refused for its size, not as corrupt
+    with pytest.raises(images.ImageTooLarge):
+        images.load_rgb(header_only, images.ImageLimits())
+
+
+def gradient16() -> np.ndarray:
+    return (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+
+
+def test_16_bit_grayscale_png_is_scaled_not_clipped():
+    values = gradient16()
+    rgb = np.asarray(images.load_rgb(encoded(Image.fromarray(values)), images.ImageLimits()))
+    expected = np.rint(values / 257.0)
+    assert rgb.shape == (64, 64, 3) and np.abs(rgb[..., 0] - expected).max() <= 1
+    assert rgb.mean() == pytest.approx(127.5, abs=1.5)  # Pillow's convert gives ~254 (all white)
+
+
+def test_float_tiff_in_unit_range_is_scaled():
+    values = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    rgb = np.asarray(images.load_rgb(encoded(Image.fromarray(values), "TIFF"), images.ImageLimits()))
+    assert rgb.mean() == pytest.approx(127.5, abs=1.5)  # Pillow's convert gives 0 (all black)
+
+
+@pytest.mark.parametrize("values", [np.full((8, 8), 7.5, np.float32), np.full((8, 8), np.nan, np.float32)])
+def test_float_tiff_out_of_range_is_refused_clearly(values):
+    body = encoded(Image.fromarray(values), "TIFF")
+    with pytest.raises(errors.Unprocessable, match=r"\[0, 1\]"):
+        codec.decode(body, "image/tiff", PRE, LIMITS)
+
+
+def oriented_jpeg() -> bytes:
+    """40x20 stored pixels, left half red; EXIF Orientation 6: display rotated 90
+    degrees clockwise, so the upright image is 20x40 with red on top."""
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 20, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encoded(image, "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def test_exif_orientation_is_applied():
+    upright = images.load_rgb(oriented_jpeg(), images.ImageLimits())
+    assert upright.size == (20, 40)
+    top, bottom = np.asarray(upright)[5, 10], np.asarray(upright)[35, 10]
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
+
+
+def test_malformed_exif_does_not_break_decoding():
+    image = Image.new("RGB", (8, 8))
+    exif = Image.Exif()
+    exif[0x0112] = 99  # no such orientation
+    assert images.load_rgb(encoded(image, "JPEG", exif=exif.tobytes()), images.ImageLimits()).size == (8, 8)
+
+
+@pytest.mark.parametrize("body", [oriented_jpeg(), encoded(Image.fromarray(gradient16()))], ids=["exif-jpeg", "png16"])
+def test_training_and_serving_see_the_same_pixels(tmp_path, body):
+    path = tmp_path / "cls" / "img.png"
+    path.parent.mkdir()
+    path.write_bytes(body)
+    trained, _ = data.ImageSamples([(str(path), 0)], PRE)[0]
+    served = codec.decode(body, "image/png", PRE, LIMITS).inputs[0]
+    assert torch.equal(trained, served)
+
+
+def test_training_scan_reports_extreme_aspect_ratios(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "ok.png").write_bytes(encoded(Image.new("RGB", (10, 10))))
+    (tmp_path / "a" / "thin.png").write_bytes(THIN)
+    _, samples, report = data.scan_image_folder(tmp_path)
+    assert [p.rsplit("/", 1)[-1] for p, _ in samples] == ["ok.png"]
+    assert report.bad == [str(tmp_path / "a" / "thin.png")]
+
+
+def test_pixel_limit_names_the_limit():
+    with pytest.raises(errors.PayloadTooLarge, match="limit of 1000 pixels"):
+        codec.decode(encoded(Image.new("RGB", (40, 30))), "image/png", PRE, codec.DecodeLimits(max_pixels=1000))
+
+
+def npy_claiming(shape, descr="|u1", payload=b"x" * 100) -> bytes:
+    import struct
+
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + payload
+
+
+@pytest.mark.parametrize("shape, descr", [((2**20, 2**20, 3), "|u1"), ((7000,), "<f4"), ((1, 2), "|O")])
+def test_npy_header_must_fit_the_body(shape, descr):
+    """numpy allocates what the header declares before reading: a 100-byte body
+    claiming 3 TiB was a MemoryError (500)."""
+    with pytest.raises(errors.BadInput, match="header declares"):
+        codec.decode(npy_claiming(shape, descr), "application/x-npy", PRE, LIMITS)
+
+
+def test_deeply_nested_json_is_400():
+    with pytest.raises(errors.BadInput, match="nested too deeply"):
+        codec.decode(b"[" * 50_000, "application/json", PRE, LIMITS)
