@@ -17,6 +17,7 @@ from container.contract import (
     read_resource_config,
     write_failure,
 )
+from container.parse import parse_bool, parse_float, parse_int
 
 __all__ = [
     "ConfigError",
@@ -29,4 +30,7 @@ __all__ = [
     "read_input_data_config",
     "read_resource_config",
     "write_failure",
+    "parse_bool",
+    "parse_float",
+    "parse_int",
 ]

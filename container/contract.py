@@ -14,16 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from container.parse import ConfigError, env_bool, env_int
+
 # One variable moves the whole tree, so tests and local runs can use a temp dir.
 ROOT_ENV_VAR = "SM_VISION_OPT_ML"
 DEFAULT_ROOT = "/opt/ml"
 
 # SageMaker reads at most 1024 characters of the failure file as FailureReason.
 FAILURE_REASON_LIMIT = 1024
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user must fix; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -208,28 +206,6 @@ def write_failure(paths: SageMakerPaths, message: str) -> None:
         pass
 
 
-def _env_bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
-    value = environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    lowered = value.strip().lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name}={value!r}: expected true/false")
-
-
-def _env_int(environ: Mapping[str, str], name: str, default: int | None) -> int | None:
-    value = environ.get(name)
-    if value is None or value.strip() == "":
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r}: expected a whole number") from None
-
-
 @dataclass(frozen=True)
 class ServingEnv:
     """What SageMaker hosting tells a serving container through its environment."""
@@ -248,21 +224,21 @@ class ServingEnv:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingEnv:
         environ = os.environ if environ is None else environ
-        port = _env_int(environ, "SAGEMAKER_BIND_TO_PORT", 8080)
+        port = env_int(environ, "SAGEMAKER_BIND_TO_PORT", 8080)
         assert port is not None
         if not 0 < port < 65536:
             raise ConfigError(f"SAGEMAKER_BIND_TO_PORT={port}: not a TCP port")
-        workers = _env_int(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", None)
+        workers = env_int(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", None)
         if workers is not None and workers < 1:
             raise ConfigError(f"SAGEMAKER_MODEL_SERVER_WORKERS={workers}: must be >= 1")
         return cls(
             port=port,
-            multi_model=_env_bool(environ, "SAGEMAKER_MULTI_MODEL"),
-            batch=_env_bool(environ, "SAGEMAKER_BATCH"),
+            multi_model=env_bool(environ, "SAGEMAKER_MULTI_MODEL"),
+            batch=env_bool(environ, "SAGEMAKER_BATCH"),
             workers=workers,
-            timeout_s=_env_int(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60) or 60,
+            timeout_s=env_int(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60) or 60,
             program=environ.get("SAGEMAKER_PROGRAM") or None,
-            max_payload_mb=_env_int(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6) or 6,
-            max_concurrent_transforms=_env_int(environ, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", None),
+            max_payload_mb=env_int(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6) or 6,
+            max_concurrent_transforms=env_int(environ, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", None),
             batch_strategy=environ.get("SAGEMAKER_BATCH_STRATEGY") or None,
         )
