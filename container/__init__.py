@@ -10,7 +10,6 @@ from container.contract import (
     ConfigError,
     ResourceConfig,
     SageMakerPaths,
-    ServingEnv,
     hyperparameters_to_argv,
     read_hyperparameters,
     read_input_data_config,
@@ -18,13 +17,14 @@ from container.contract import (
     write_failure,
 )
 from container.parse import parse_bool, parse_float, parse_int
+from container.serving import ServeConfig
 
 __all__ = [
     "ConfigError",
     "Channel",
     "ResourceConfig",
     "SageMakerPaths",
-    "ServingEnv",
+    "ServeConfig",
     "hyperparameters_to_argv",
     "read_hyperparameters",
     "read_input_data_config",
