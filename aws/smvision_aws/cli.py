@@ -377,7 +377,7 @@ def _deploy(args, session=None, autoscaling_client=None) -> dict:
                 pass
     finally:
         if args.local:
-            # A local endpoint lives in this process: delete it (model first; see COMPAT.md).
+            # A local endpoint lives in this process: delete it (model first: the other order raises ValidationException).
             predictor.delete_model()
             predictor.delete_endpoint()
             result["deleted"] = True

@@ -1,6 +1,6 @@
 """Script mode through the real image: `docker run IMAGE train` with the hyperparameters
 the SageMaker SDK writes for entry_point=/source_dir=, as in AWS's PyTorch images
-(COMPAT.md): user flags verbatim, SM_* variables, channels, requirements.txt installed
+(docs/script-mode.md): user flags verbatim, SM_* variables, channels, requirements.txt installed
 first, the model in SM_MODEL_DIR, and a failing script reported in the failure file."""
 
 from __future__ import annotations

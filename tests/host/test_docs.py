@@ -1,0 +1,69 @@
+"""The docs stay true to the code: generated reference tables are current, links
+resolve, the README keeps its two commands, and nothing points outside the repository."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # docs/reference.py imports the torch-free config modules
+
+
+def _reference():
+    spec = importlib.util.spec_from_file_location("docs_reference", REPO / "docs" / "reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_reference_tables_are_current():
+    stale = _reference().stale_pages()
+    assert not stale, f"stale generated tables in {[str(p) for p in stale]}: run python3 docs/reference.py"
+
+
+def test_every_generated_block_names_a_known_table():
+    reference = _reference()
+    names = {m.group("name") for page in (REPO / "docs").glob("*.md") for m in reference.BLOCK.finditer(page.read_text())}
+    assert names, "no generated blocks found: the hyperparameter table must be generated"
+    assert names <= set(reference.TABLES), names - set(reference.TABLES)
+
+
+def test_a_stale_table_is_detected():
+    reference = _reference()
+    page = (REPO / "docs" / "training.md").read_text()
+    assert "`batch-size` | `32`" in page
+    assert reference.render(page.replace("`batch-size` | `32`", "`batch-size` | `33`")) == page
+
+
+def test_readme_keeps_the_two_commands_and_ci_runs_the_test_command():
+    readme = (REPO / "README.md").read_text()
+    assert "bash local_test/demo.sh" in readme
+    assert "bash tests/run_all.sh" in readme
+    assert "bash tests/run_all.sh" in (REPO / ".ci" / "run").read_text()
+    assert len(readme.splitlines()) <= 220, "the README is an overview; topics live in docs/"
+
+
+def test_relative_links_in_readme_and_docs_resolve():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert not broken, broken
+
+
+def test_nothing_points_outside_the_repository():
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    this_file = Path(__file__).relative_to(REPO).as_posix()
+    pattern = re.compile(r"COMPAT\.md|STYLE\.md|\.\./shared\b")
+    hits = [
+        name
+        for name in tracked
+        if name != this_file and (REPO / name).is_file() and pattern.search((REPO / name).read_text(errors="ignore"))
+    ]
+    assert not hits, f"files that point outside the repository: {hits}"
