@@ -32,7 +32,7 @@ class ServeConfig:
     backend: str = _setting(
         "SM_VISION_SERVE_BACKEND", "asgi", "asgi (our server) or mms (multi-model-server, as AWS's images)", "--backend", BACKENDS
     )
-    host: str = _setting("SM_VISION_HOST", "0.0.0.0", "address to listen on", "--host")
+    host: str = _setting("SM_VISION_BIND_HOST", "0.0.0.0", "address to listen on", "--host")
     port: int = _setting("SAGEMAKER_BIND_TO_PORT", 8080, "TCP port to listen on", "--port", minimum=1)
     log_level: str = _setting("SM_VISION_LOG_LEVEL", "info", "log level", "--log-level", LOG_LEVELS)
     model_dir: str | None = _setting("SM_VISION_MODEL_DIR", None, "model directory (default /opt/ml/model)", "--model-dir")
@@ -75,7 +75,7 @@ class ServeConfig:
     max_image_pixels: int = _setting("SM_VISION_MAX_IMAGE_PIXELS", 40_000_000, "largest image (width x height) decoded", minimum=1)
     max_batch_items: int = _setting("SM_VISION_MAX_BATCH_ITEMS", 64, "most images in one request", minimum=1)
     url_fetch: bool = _setting("SM_VISION_URL_FETCH", True, 'fetch {"url": ...} inputs (public addresses only)')
-    url_allow: str | None = _setting("SM_VISION_URL_ALLOW", None, "comma-separated host[:port] the URL guard lets through")
+    url_allow: str | None = _setting("SM_VISION_URL_ALLOW", None, "comma-separated host, host:port or CIDR entries the URL guard lets through")
     url_timeout_s: float = _setting("SM_VISION_URL_TIMEOUT_S", 5.0, "timeout of one URL fetch in seconds", minimum=0)
 
     def __post_init__(self):
@@ -132,14 +132,3 @@ def _parse(raw: str, hint, name: str):
     if "float" in kind:
         return parse_float(raw, name)
     return raw.strip()
-
-
-def reference_table() -> str:
-    """The Markdown table of every setting, as docs/serving.md shows it."""
-    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
-    for spec in dataclasses.fields(ServeConfig):
-        meta = spec.metadata
-        default = "—" if spec.default is None else (str(spec.default).lower() if isinstance(spec.default, bool) else str(spec.default))
-        help_text = meta["help"] + (f" ({', '.join(meta['choices'])})" if meta["choices"] else "")
-        rows.append(f"| `{meta['env']}` | {'`' + meta['flag'] + '`' if meta['flag'] else ''} | `{default}` | {help_text} |")
-    return "\n".join(rows) + "\n"
