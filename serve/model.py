@@ -139,7 +139,7 @@ def load_torchscript(model_dir: Path, device: torch.device):
             )
         path = model_dir / found[0]
     if not _is_torchscript(path):
-        raise ConfigError(f"{path.name} is not TorchScript: save it with torch.jit.save or provide model_fn in code/inference.py")
+        raise ConfigError(f"{path.name} is not TorchScript: save with torch.jit.save or provide model_fn in code/inference.py")
     return torch.jit.load(str(path), map_location=device).eval()
 
 

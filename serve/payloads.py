@@ -64,15 +64,14 @@ def parse_json(body: bytes) -> object:
 
 def decode_csv(body: bytes) -> np.ndarray:
     try:
-        rows = [line.split(",") for line in body.decode("utf-8").splitlines() if line.strip()]
-        array = np.array([[float(cell) for cell in row] for row in rows], dtype=np.float32)
+        rows = [[float(cell) for cell in line.split(",")] for line in body.decode("utf-8").splitlines() if line.strip()]
     except UnicodeDecodeError:
         raise BadInput("CSV body is not UTF-8 text") from None
     except ValueError as err:
         raise BadInput(f"CSV body must be rows of numbers: {err}") from None
-    if array.ndim != 2 or array.size == 0:
+    if not rows or len({len(row) for row in rows}) != 1:
         raise Unprocessable("CSV body must be non-empty rows with the same number of columns")
-    return array
+    return np.array(rows, dtype=np.float32)
 
 
 def decode_npy(body: bytes) -> np.ndarray:
