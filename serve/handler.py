@@ -13,6 +13,8 @@ model that is not ours, and our image codec and top-k answer for our classifier:
 
 The server and the MMS backend both call decode, predict and encode, so they behave
 the same. Each step may run on a different thread: per-request state travels in Call.
+A request is route -> HostedModel.invoke -> Handler.decode / predict / encode -> the
+user's hook or model(x): the steps call hooks directly, with no dispatch in between.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from serve import codec, payloads
 from serve.errors import NotAcceptable
-from serve.hooks import UTF8_TYPES, Context, UserHooks, call
+from serve.hooks import UTF8_TYPES, Context, UserHooks, call, takes_context
 from serve.model import Classifier, load_default_model, module_nbytes
 from train.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
@@ -56,6 +58,10 @@ class Handler:
     limits: codec.DecodeLimits = codec.DecodeLimits()
     top_k: int = 5
     device: torch.device = torch.device("cpu")
+
+    def __post_init__(self):
+        # Decided once here, so a request calls each hook directly (no dispatch frame).
+        self.context_hooks = frozenset(name for name, func in self.hooks.items() if takes_context(name, func))
 
     @classmethod
     def load(cls, model_dir: Path, hooks: UserHooks | None, context: Context, device: torch.device, **options) -> Handler:
@@ -92,68 +98,67 @@ class Handler:
     def nbytes(self) -> int:
         return self.classifier.nbytes() if self.classifier is not None else module_nbytes(self.model)
 
+    def _context(self, name: str, request: Call) -> tuple:
+        return (request.context,) if name in self.context_hooks else ()
+
     # --- the three steps ---------------------------------------------------------
 
-    def decode(self, body: bytes, call_: Call):
+    def decode(self, body: bytes, request: Call):
         if "output_fn" not in self.hooks and "transform_fn" not in self.hooks:
             # Refuse an Accept we cannot produce before any work is done.
-            call_.out_type = codec.check_accept(call_.accept) if self.classifier is not None else payloads.negotiate(call_.accept)
-        payload = body.decode("utf-8", errors="replace") if codec.media_type(call_.content_type) in UTF8_TYPES and self.hooks else body
+            request.out_type = codec.check_accept(request.accept) if self.classifier is not None else payloads.negotiate(request.accept)
+        if not self.hooks.keys() & {"input_fn", "transform_fn"}:
+            return self.default_input_fn(body, request)
+        # As AWS's toolkit: the hooks get a str for the UTF-8 types, bytes otherwise.
+        payload = body.decode("utf-8", errors="replace") if codec.media_type(request.content_type) in UTF8_TYPES else body
         if "transform_fn" in self.hooks:
             return payload
-        if "input_fn" in self.hooks:
-            return call(self.hooks["input_fn"], payload, call_.content_type, context=call_.context)
-        return self.default_input_fn(body, call_)
+        return self.hooks["input_fn"](payload, request.content_type, *self._context("input_fn", request))
 
-    def predict(self, data, call_: Call):
+    def predict(self, data, request: Call):
         if "transform_fn" in self.hooks:
-            accept = call_.accept if call_.accept and call_.accept.strip() not in ("", "*/*") else codec.JSON
-            return call(self.hooks["transform_fn"], self.model, data, call_.content_type, accept, context=call_.context)
+            args = (self.model, data, request.content_type, hook_accept(request.accept))
+            return self.hooks["transform_fn"](*args, *self._context("transform_fn", request))
         if "predict_fn" in self.hooks:
-            return call(self.hooks["predict_fn"], data, self.model, context=call_.context)
-        return self.default_predict_fn(data)
+            return self.hooks["predict_fn"](data, self.model, *self._context("predict_fn", request))
+        if self.classifier is not None:
+            return self.classifier.probabilities(data)
+        with torch.inference_mode():  # AWS's default predict_fn: model(data), no autograd
+            return self.model(data)
 
-    def encode(self, prediction, call_: Call) -> tuple[bytes, str]:
+    def encode(self, prediction, request: Call) -> tuple[bytes, str]:
         if "transform_fn" in self.hooks:
-            return self._normalise(prediction, call_)
+            return self._normalise(prediction, request)
         if "output_fn" in self.hooks:
-            accept = call_.accept if call_.accept and call_.accept.strip() not in ("", "*/*") else codec.JSON
-            return self._normalise(call(self.hooks["output_fn"], prediction, accept, context=call_.context), call_)
-        return self.default_output_fn(prediction, call_)
+            result = self.hooks["output_fn"](prediction, hook_accept(request.accept), *self._context("output_fn", request))
+            return self._normalise(result, request)
+        return self.default_output_fn(prediction, request)
 
     # --- our defaults ------------------------------------------------------------
 
-    def default_input_fn(self, body: bytes, call_: Call):
-        ctype = codec.media_type(call_.content_type)
+    def default_input_fn(self, body: bytes, request: Call):
+        ctype = codec.media_type(request.content_type)
         if self.classifier is None and ctype in payloads.DECODES and not _image_json(body, ctype):
             return payloads.decode(body, ctype).to(self.device)
-        decoded = codec.decode(body, call_.content_type, self.preprocess, self.limits)
-        call_.batch, call_.lines = decoded.batch, decoded.lines
+        decoded = codec.decode(body, request.content_type, self.preprocess, self.limits)
+        request.batch, request.lines = decoded.batch, decoded.lines
         return decoded.inputs if self.classifier is not None else decoded.inputs.to(self.device)
 
-    def default_predict_fn(self, data):
-        if self.classifier is not None:
-            return self.classifier.probabilities(data)
-        with torch.inference_mode():
-            return self.model(data)
-
-    def default_output_fn(self, prediction, call_: Call) -> tuple[bytes, str]:
+    def default_output_fn(self, prediction, request: Call) -> tuple[bytes, str]:
         classes = self.classifier.classes if self.classifier is not None else None
         if classes and isinstance(prediction, torch.Tensor) and prediction.ndim == 2 and prediction.shape[1] == len(classes):
-            codec.check_accept(call_.accept)
-            batch = call_.batch or prediction.shape[0] > 1  # a user input_fn may batch too
-            k = min(call_.top_k or self.top_k, len(classes))
-            decoded = codec.Decoded(prediction, batch, call_.lines)
-            return codec.encode(prediction, classes, k, decoded), "application/jsonlines" if call_.lines else codec.JSON
-        out_type = payloads.negotiate(call_.accept)
+            codec.check_accept(request.accept)
+            batch = request.batch or prediction.shape[0] > 1  # a user input_fn may batch too
+            k = min(request.top_k or self.top_k, len(classes))
+            decoded = codec.Decoded(prediction, batch, request.lines)
+            return codec.encode(prediction, classes, k, decoded), "application/jsonlines" if request.lines else codec.JSON
+        out_type = payloads.negotiate(request.accept)
         return payloads.encode(prediction, out_type), out_type
 
-    def _normalise(self, result, call_: Call) -> tuple[bytes, str]:
+    def _normalise(self, result, request: Call) -> tuple[bytes, str]:
         """A hook's answer: body or (body, content_type); str, bytes, or data for JSON."""
         body, out_type = result if isinstance(result, tuple) else (result, None)
-        if out_type is None:
-            accept = call_.accept if call_.accept and call_.accept.strip() not in ("", "*/*") else codec.JSON
-            out_type = accept
+        out_type = out_type or hook_accept(request.accept)
         if isinstance(body, str):
             body = body.encode()
         elif not isinstance(body, (bytes, bytearray)):
@@ -162,7 +167,12 @@ class Handler:
             except NotAcceptable:
                 kind = codec.JSON
             body, out_type = payloads.encode(body, kind), kind
-        return bytes(body), out_type or codec.JSON
+        return bytes(body), out_type
+
+
+def hook_accept(accept: str | None) -> str:
+    """The Accept a user hook sees: missing or */* is application/json (AWS's default)."""
+    return accept if accept and accept.strip() not in ("", "*/*") else codec.JSON
 
 
 def _image_json(body: bytes, ctype: str) -> bool:

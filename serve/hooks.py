@@ -111,6 +111,18 @@ def call(func: Callable, *args, context: Context | None = None):
     raise TypeError(f"{func.__name__} takes {count} arguments; expected {len(args)} (or {len(args) + 1} with context)")
 
 
+# Positional arguments of each hook without the optional trailing `context`.
+ARITY = {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2, "transform_fn": 4, "model_warmup_fn": 2}
+
+
+def takes_context(name: str, func: Callable) -> bool:
+    """Whether the hook takes `context` last (AWS's rule: one more parameter), checked at load."""
+    count = len(inspect.signature(func).parameters)
+    if count not in (ARITY[name], ARITY[name] + 1):
+        raise ConfigError(f"{name} takes {count} arguments; expected {ARITY[name]} (or {ARITY[name] + 1} with context)")
+    return count == ARITY[name] + 1
+
+
 @dataclass
 class UserHooks:
     script: Path

@@ -18,6 +18,7 @@ import re
 import shutil
 import socket
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -353,3 +354,28 @@ def test_mme_sequence_with_aws_style_models(containers, image, artifacts, tmp_pa
     assert np.array(response.json()).shape == (3, 10)
     container.kill(signal="SIGTERM")
     assert wait_exit(container, timeout=60)[0] == 0
+
+
+def test_mms_backend_gives_a_user_model_the_same_defaults(containers, image, artifacts, tmp_path):
+    root = opt_ml(tmp_path)
+    shutil.rmtree(root / "model")
+    shutil.copytree(artifacts / "flat", root / "model")
+    (root / "model" / "code").mkdir()
+    (root / "model" / "code" / "inference.py").write_text(ONCE_INFERENCE)
+    environment = {"SM_VISION_SERVE_BACKEND": "mms", "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+    container = containers.run(image, ["serve"], volumes=mount(root), environment=environment, ports={"8080/tcp": None})
+    base = f"http://127.0.0.1:{host_port(container, '8080/tcp')}"
+    wait_ping(base, container, timeout=180)
+    rows = "\n".join(",".join(["0.5"] * 784) for _ in range(3))
+    deadline = time.monotonic() + 120
+    while True:  # MMS answers /ping before its worker has loaded the model
+        response = requests.post(base + "/invocations", data=rows, headers={"Content-Type": "text/csv", "Accept": "text/csv"}, timeout=30)
+        if response.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("text/csv")
+    answer = np.loadtxt(io.StringIO(response.text), delimiter=",")
+    assert answer.shape == (3, 10) and np.allclose(np.exp(answer).sum(axis=1), 1, atol=1e-4)
+    refused = requests.post(base + "/invocations", data=rows, headers={"Content-Type": "text/csv", "Accept": "image/png"}, timeout=30)
+    assert refused.status_code == 406 and "Traceback" not in refused.text

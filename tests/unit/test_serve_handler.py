@@ -105,3 +105,40 @@ def test_find_script_takes_only_the_name_of_an_absolute_host_path(tmp_path):
     (submit / "serve_me.py").write_text("")
     assert find_script(model_dir, "serve_me.py", (submit,)) == submit / "serve_me.py"
     assert find_script(model_dir, "missing.py") is None  # and no inference.py either
+
+
+PROBE_SCRIPT = """
+import traceback
+import torch
+
+STACKS = []
+
+class Probe(torch.nn.Module):
+    def forward(self, x):
+        STACKS.append([f.name for f in traceback.extract_stack() if "/serve/" in f.filename])
+        return x
+
+def model_fn(model_dir):
+    return Probe()
+"""
+
+
+@pytest.mark.parametrize("predict_fn", ["", "def predict_fn(data, model, context):\n    return model(data)\n"])
+def test_the_path_to_model_x_is_one_step_deep(tmp_path, predict_fn):
+    # Route -> HostedModel.invoke -> (inference pool) Handler.predict -> [the user's
+    # predict_fn] -> model(x): nothing of ours between the step and the model.
+    model_dir = tmp_path / "m"
+    (model_dir / "code").mkdir(parents=True)
+    (model_dir / "code" / "inference.py").write_text(PROBE_SCRIPT + predict_fn)
+    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s"))
+
+    async def body():
+        assert await wait_ready(app) == 200
+        status, out = await request(app, "POST", "/invocations", b"[[1.0]]", [("content-type", "application/json")])
+        assert (status, out) == (200, b"[[1.0]]")
+
+    asyncio.run(with_lifespan(app, body))
+    import sys
+
+    stacks = sys.modules["sm_vision_user_model"].STACKS
+    assert stacks == [["predict"]], stacks
