@@ -9,6 +9,7 @@ the entry point writes to /opt/ml/output/failure.
 
 import argparse
 import dataclasses
+import types
 from dataclasses import dataclass, field
 from typing import Union, get_args, get_origin, get_type_hints
 
@@ -136,7 +137,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _base_type(tp):
-    if get_origin(tp) is Union:
+    if get_origin(tp) in (Union, types.UnionType):  # Optional[X] and X | None
         return next(a for a in get_args(tp) if a is not type(None))
     return tp
 

@@ -1,16 +1,28 @@
-"""Our serving stack vs `serve --backend mms`, same image, same model, same run.
+"""Our server against the stacks SageMaker users run today, side by side in one run.
 
-    python3 benchmarks/serving/bench.py                       # ResNet-18 and ResNet-50, 20 s each
+    python3 benchmarks/serving/bench.py                         # ResNet-18 and ResNet-50, c=1 and c=16
     python3 benchmarks/serving/bench.py --archs resnet50 --duration 60
-    python3 benchmarks/serving/bench.py --soak                # + 5 min at concurrency 32 (default server)
+    python3 benchmarks/serving/bench.py --quick                 # a short smoke run of every stack
 
-Per architecture and backend: cold start (container start -> /ping 200, and -> first
-successful prediction, since MMS answers /ping before its model is loaded), p50
-latency at concurrency 1 and its overhead over a bare forward pass (preprocessed
-tensor, same thread count), then a closed loop of --concurrency clients for
---duration seconds: req/s, p50/p99, errors, peak RSS (sum over the container's
-processes, sampled with `docker top`). Every loop is bounded and talks to 127.0.0.1
-only. Needs the docker SDK, requests and Pillow on the host; the image must exist.
+Stacks (all on our image's base, Python, torch and JRE; the anchors are built from PyPI
+by benchmarks/serving/anchors/Dockerfile):
+  ours         `serve`, the model our trainer writes (model_spec.json + state dict)
+  torchserve   TorchServe 0.12 + sagemaker-pytorch-inference 2.0.25, the retired PyTorch
+               inference DLC's stack, serving a plain user inference.py
+               (benchmarks/serving/anchors/user_inference.py) with the same weights
+  mms-toolkit  multi-model-server + sagemaker-inference running the same toolkit handler
+The anchors run "tuned" (OMP_NUM_THREADS=1 per worker, as an expert sets it); with
+--as-shipped they also run with torch's default thread count, as the DLC shipped.
+
+Per arch and stack: cold start (container start -> /ping 200, and -> first successful
+prediction; TorchServe answers /ping before its workers are up), the bare forward pass
+of our model (same threads and precision) and our overhead over it, then closed loops of
+clients at each --concurrency, interleaved across stacks in --rounds slices so drift on
+a shared machine hits every stack alike: req/s, p50/p99, errors, peak RSS. Clients post
+real photos (scikit-learn's china.jpg and flower.jpg) and, in a second body set, a
+12-megapixel photo made by upscaling china.jpg. Everything talks to 127.0.0.1 only and
+every loop is bounded in time. --agreement adds the accuracy check (agreement.py).
+Needs the docker SDK, requests, Pillow and scikit-learn on the host.
 """
 
 from __future__ import annotations
@@ -20,19 +32,24 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 import requests
-from PIL import Image, ImageDraw
+from PIL import Image
 
+HERE = Path(__file__).resolve().parent
 LABEL = "sagemaker-vision-bench"
-BACKENDS = ("asgi", "mms")
+STACKS = ("ours", "torchserve", "mms-toolkit")
+GOALS = {"resnet50": 2.0, "resnet18": 1.5}  # req/s ratio at concurrency 16 against each anchor
 
 MAKE_MODEL = r"""
 import os, sys, torch
@@ -42,15 +59,15 @@ from train.artifact import ModelSpec
 out, arch = Path(sys.argv[1]), sys.argv[2]
 out.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(0)
-torch.save(build_model(arch, 10).state_dict(), out / "model.pt")
-ModelSpec(arch, tuple(f"class_{i}" for i in range(10)), 224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).save(out)
+torch.save(build_model(arch, 133).state_dict(), out / "model.pt")
+ModelSpec(arch, tuple(f"breed_{i}" for i in range(133)), 224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).save(out)
 for f in out.iterdir(): os.chmod(f, 0o666)
 os.chmod(out, 0o777)
 """
 
-# The same forward the server runs, minus HTTP, decoding and preprocessing.
+# Our server's forward, minus HTTP, decoding and preprocessing, in the precision it serves.
 BARE_FORWARD = r"""
-import os, sys, time, statistics, torch
+import sys, time, statistics, torch
 from pathlib import Path
 from serve.model import load_classifier
 torch.set_num_threads(int(sys.argv[2]))
@@ -60,7 +77,7 @@ for _ in range(5): clf.probabilities(x)
 times = []
 for _ in range(30):
     t = time.perf_counter(); clf.probabilities(x); times.append(time.perf_counter() - t)
-print("BARE_MS", statistics.median(times) * 1000)
+print("BARE_MS", statistics.median(times) * 1000, "PRECISION", getattr(getattr(clf, "precision", None), "name", "fp32"))
 """
 
 
@@ -68,29 +85,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default=os.environ.get("IMAGE", "sagemaker-vision:latest"))
     parser.add_argument("--archs", default="resnet18,resnet50")
-    parser.add_argument("--backends", default="asgi,mms")
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=20, help="seconds of load per backend and arch")
-    parser.add_argument("--rounds", type=int, default=4, help="alternate backends this many times within --duration")
-    parser.add_argument("--mms-workers", type=int, default=2, help="SAGEMAKER_MODEL_SERVER_WORKERS for MMS")
+    parser.add_argument("--stacks", default=",".join(STACKS))
+    parser.add_argument("--as-shipped", action="store_true", help="also run the anchors with torch's default thread count")
+    parser.add_argument("--concurrency", default="1,16", help="comma-separated client counts")
+    parser.add_argument("--bodies", default="photos,12mp", help="photos (china.jpg, flower.jpg) and/or 12mp")
+    parser.add_argument("--duration", type=float, default=20, help="seconds of load per stack, arch, concurrency and body set")
+    parser.add_argument("--rounds", type=int, default=4, help="interleave the stacks this many times within --duration")
     parser.add_argument(
-        "--asgi-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for the default server (repeatable)"
+        "--ours-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for our server (repeatable)"
     )
-    parser.add_argument("--soak", action="store_true", help="also a soak of the default server (not for CI)")
-    parser.add_argument("--soak-seconds", type=float, default=300)
-    parser.add_argument("--soak-concurrency", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="smoke run: resnet18, c=16, photos, 6 s, 2 rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
     return parser
 
 
-def jpeg() -> bytes:
-    image = Image.new("RGB", (320, 240), (235, 230, 220))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((60, 40, 220, 200), fill=(200, 40, 40))
-    draw.rectangle((180, 100, 300, 220), fill=(40, 160, 60))
+# --- payloads ---------------------------------------------------------------------------
+
+
+def photo_bodies() -> dict[str, list[bytes]]:
+    """Real photos as JPEG files exactly as scikit-learn ships them, and a 12 MP one."""
+    import sklearn.datasets
+
+    images = Path(sklearn.datasets.__file__).parent / "images"
+    photos = [(images / name).read_bytes() for name in ("china.jpg", "flower.jpg")]
+    big = Image.open(io.BytesIO(photos[0])).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC)
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    big.save(buffer, "JPEG", quality=90)
+    return {"photos": photos, "12mp": [buffer.getvalue()]}
+
+
+# --- measurement ------------------------------------------------------------------------
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -131,241 +155,273 @@ class RssSampler:
         return max(self.samples or [0])
 
 
-def load_loop(url: str, body: bytes, concurrency: int, duration: float) -> dict:
+def post(url: str, body: bytes, session=requests) -> bool:
+    try:
+        return session.post(url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=60).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def load_loop(url: str, bodies: list[bytes], concurrency: int, duration: float) -> tuple[list[float], int, float]:
+    """Closed loop: each client posts, waits for the answer, posts the next body."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     deadline = time.monotonic() + duration
 
-    def client():
+    def client(offset: int):
         session = requests.Session()
-        own, bad = [], 0
+        own, bad, i = [], 0, offset
         while time.monotonic() < deadline:
             start = time.perf_counter()
-            try:
-                response = session.post(url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=60)
-                ok = response.status_code == 200
-            except requests.RequestException:
-                ok = False
-            if ok:
+            if post(url, bodies[i % len(bodies)], session):
                 own.append(time.perf_counter() - start)
             else:
                 bad += 1
+            i += 1
         with lock:
             latencies.extend(own)
             errors[0] += bad
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
     start = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    elapsed = time.monotonic() - start
-    return {
-        "requests": len(latencies),
-        "errors": errors[0],
-        "elapsed": elapsed,
-        "rps": len(latencies) / elapsed,
-        "p50_ms": percentile(latencies, 50) * 1000 if latencies else float("nan"),
-        "p99_ms": percentile(latencies, 99) * 1000 if latencies else float("nan"),
-        "latency_list": latencies,
-    }
+    return latencies, errors[0], time.monotonic() - start
 
 
 def wait_for(predicate, timeout: float, container) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        try:
+        with contextlib.suppress(requests.RequestException):
             if predicate():
                 return time.monotonic() - start
-        except requests.RequestException:
-            pass
         container.reload()
         if container.status == "exited":
             raise RuntimeError("server exited:\n" + container.logs().decode(errors="replace")[-3000:])
         time.sleep(0.05)
-    raise RuntimeError(f"not ready within {timeout} s")
+    raise RuntimeError(f"not ready within {timeout} s:\n" + container.logs().decode(errors="replace")[-3000:])
 
 
-def start_backend(client, image, root: Path, backend: str, args, body: bytes, bare_ms: float) -> dict:
-    """Start one server; measure cold start and sequential latency; leave it running."""
-    env = {"SAGEMAKER_MODEL_SERVER_WORKERS": str(args.mms_workers)} if backend == "mms" else dict(kv.split("=", 1) for kv in args.asgi_env)
+# --- stacks -----------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    stack: str  # ours, torchserve, mms-toolkit, or torchserve-shipped / mms-toolkit-shipped
+    container: object
+    url: str
+    cold_start_ping_s: float
+    cold_start_first_prediction_s: float
+    p50_c1_ms: float
+    loads: dict = field(default_factory=dict)  # (concurrency, body set) -> accumulated samples
+    peak_rss_mb: float = 0.0
+
+
+def start_server(client, image: str, stack: str, model_root: Path, env: dict, bodies: list[bytes]) -> Server:
+    command = ["serve"] if stack == "ours" else [stack.removesuffix("-shipped")]
     t0 = time.monotonic()
     container = client.containers.run(
         image,
-        ["serve", "--backend", backend],
+        command,
         detach=True,
         labels={LABEL: "1"},
         environment=env,
-        volumes={str(root): {"bind": "/opt/ml", "mode": "ro"}},
+        volumes={str(model_root): {"bind": "/opt/ml", "mode": "ro"}},
         ports={"8080/tcp": ("127.0.0.1", None)},
     )
-    while True:
+    ports = None
+    while not ports:
         container.reload()
         ports = container.attrs["NetworkSettings"]["Ports"].get("8080/tcp")
-        if ports:
-            break
         time.sleep(0.05)
     base = f"http://127.0.0.1:{ports[0]['HostPort']}"
     wait_for(lambda: requests.get(base + "/ping", timeout=2).status_code == 200, 300, container)
     ping_s = time.monotonic() - t0
-    post = lambda: requests.post(base + "/invocations", data=body, headers={"Content-Type": "image/jpeg"}, timeout=60)  # noqa: E731
-    wait_for(lambda: post().status_code == 200, 300, container)
+    url = base + "/invocations"
+    wait_for(lambda: post(url, bodies[0]), 300, container)
     first_s = time.monotonic() - t0
     for _ in range(10):
-        post()
+        post(url, bodies[0])
     sequential = []
-    for _ in range(30):
+    for i in range(30):
         start = time.perf_counter()
-        assert post().status_code == 200
+        assert post(url, bodies[i % len(bodies)]), f"{stack}: a sequential request failed"
         sequential.append(time.perf_counter() - start)
-    p50_1 = statistics.median(sequential) * 1000
-    return {
-        "backend": backend,
-        "container": container,
-        "url": base + "/invocations",
-        "cold_start_ping_s": ping_s,
-        "cold_start_first_prediction_s": first_s,
-        "p50_c1_ms": p50_1,
-        "overhead_ms": p50_1 - bare_ms,
-        "latencies": [],
-        "errors": 0,
-        "elapsed": 0.0,
-        "peak_rss_mb": 0.0,
-    }
+    return Server(stack, container, url, ping_s, first_s, statistics.median(sequential) * 1000)
 
 
-def load_rounds(servers: list[dict], body: bytes, args) -> None:
-    """Closed-loop load, alternating servers in --rounds slices so that a neighbour's
-    CPU use on a shared machine hits every backend alike."""
-    for _ in range(args.rounds):
-        for server in servers:
-            with RssSampler(server["container"]) as rss:
-                result = load_loop(server["url"], body, args.concurrency, args.duration / args.rounds)
-            server["latencies"] += result.pop("latency_list")
-            server["errors"] += result["errors"]
-            server["elapsed"] += result["elapsed"]
-            server["peak_rss_mb"] = max(server["peak_rss_mb"], rss.peak / 2**20)
-    for server in servers:
-        lat = server["latencies"]
-        server.update(
-            requests=len(lat),
-            rps=len(lat) / server["elapsed"],
-            p50_ms=percentile(lat, 50) * 1000 if lat else float("nan"),
-            p99_ms=percentile(lat, 99) * 1000 if lat else float("nan"),
-        )
+def stack_env(stack: str, ours_env: dict) -> dict:
+    if stack == "ours":
+        return dict(ours_env)
+    if stack.endswith("-shipped"):
+        return {}
+    return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def soak(server: dict, body: bytes, args) -> dict:
-    with RssSampler(server["container"], period=5) as rss:
-        result = load_loop(server["url"], body, args.soak_concurrency, args.soak_seconds)
-    result.pop("latency_list")
-    samples = rss.samples
-    head = statistics.mean(samples[: max(1, len(samples) // 10)])
-    tail = statistics.mean(samples[-max(1, len(samples) // 10) :])
-    return {
-        **result,
-        "rss_start_mb": head / 2**20,
-        "rss_end_mb": tail / 2**20,
-        "rss_growth_pct": (tail - head) / head * 100,
-        "seconds": args.soak_seconds,
-        "concurrency": args.soak_concurrency,
-    }
+def build_anchors(image: str) -> str:
+    tag = image.split(":")[0] + ":bench-anchors"
+    docker_bin = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker")
+    command = [docker_bin, "build", "-q", "-t", tag, "--build-arg", f"BASE_IMAGE={image}", "-f", str(HERE / "anchors" / "Dockerfile")]
+    ca = os.environ.get("PIP_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    if ca and Path(ca).is_file():
+        command += ["--secret", f"id=pipca,src={ca}"]
+    print(f"building {tag} on {image} (TorchServe + sagemaker-pytorch-inference from PyPI)", flush=True)
+    subprocess.run([*command, str(HERE / "anchors")], check=True, env={**os.environ, "DOCKER_BUILDKIT": "1"}, stdout=subprocess.DEVNULL)
+    return tag
 
 
-def make_model(client, image, arch: str, root: Path) -> None:
-    (root / "model").mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o777)
-    os.chmod(root / "model", 0o777)
-    out = client.containers.run(
+def make_models(client, image: str, arch: str, root: Path) -> tuple[Path, Path]:
+    """Two /opt/ml trees holding the same weights: ours (model_spec.json + state dict)
+    and the user's (the same files plus code/inference.py, as their model.tar.gz has)."""
+    ours, user = root / "ours", root / "user"
+    for tree in (ours, user):
+        (tree / "model").mkdir(parents=True, exist_ok=True)
+        os.chmod(tree, 0o777)
+        os.chmod(tree / "model", 0o777)
+    client.containers.run(
         image,
         ["python", "-c", MAKE_MODEL, "/opt/ml/model", arch],
         remove=True,
         labels={LABEL: "1"},
-        volumes={str(root): {"bind": "/opt/ml", "mode": "rw"}},
+        volumes={str(ours): {"bind": "/opt/ml", "mode": "rw"}},
     )
-    del out
+    shutil.copytree(ours / "model", user / "model", dirs_exist_ok=True)
+    (user / "model" / "code").mkdir(exist_ok=True)
+    shutil.copy(HERE / "anchors" / "user_inference.py", user / "model" / "code" / "inference.py")
+    return ours, user
 
 
-def bare_forward_ms(client, image, root: Path, threads: int) -> float:
+def bare_forward(client, image: str, ours: Path, threads: int, env: dict) -> tuple[float, str]:
     out = client.containers.run(
         image,
         ["python", "-c", BARE_FORWARD, "/opt/ml/model", str(threads)],
         remove=True,
         labels={LABEL: "1"},
-        volumes={str(root): {"bind": "/opt/ml", "mode": "ro"}},
+        environment=env,
+        volumes={str(ours): {"bind": "/opt/ml", "mode": "ro"}},
     ).decode()
-    return float(out.split("BARE_MS")[1].split()[0])
+    words = out.split("BARE_MS")[1].split()
+    return float(words[0]), words[2]
 
 
-def print_table(results: list[dict]) -> None:
-    header = f"{'arch':9} {'backend':7} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'err':>4} {'peak RSS MB':>11} {'ping s':>7} {'1st pred s':>10} {'c=1 p50':>8} {'overhead ms':>11}"
+def run_loads(servers: list[Server], bodies: dict[str, list[bytes]], args) -> None:
+    for concurrency in [int(c) for c in args.concurrency.split(",")]:
+        for body_set in args.bodies.split(","):
+            for _ in range(args.rounds):
+                for server in servers:
+                    with RssSampler(server.container) as rss:
+                        lat, err, elapsed = load_loop(server.url, bodies[body_set], concurrency, args.duration / args.rounds)
+                    slot = server.loads.setdefault((concurrency, body_set), {"latencies": [], "errors": 0, "elapsed": 0.0})
+                    slot["latencies"] += lat
+                    slot["errors"] += err
+                    slot["elapsed"] += elapsed
+                    server.peak_rss_mb = max(server.peak_rss_mb, rss.peak / 2**20)
+
+
+def summarise(server: Server, arch: str, bare_ms: float, precision: str) -> dict:
+    loads = {}
+    for (concurrency, body_set), slot in server.loads.items():
+        lat = slot["latencies"]
+        loads[f"c{concurrency}-{body_set}"] = {
+            "concurrency": concurrency,
+            "bodies": body_set,
+            "requests": len(lat),
+            "errors": slot["errors"],
+            "rps": len(lat) / slot["elapsed"] if slot["elapsed"] else 0.0,
+            "p50_ms": percentile(lat, 50) * 1000 if lat else float("nan"),
+            "p99_ms": percentile(lat, 99) * 1000 if lat else float("nan"),
+        }
+    summary = {
+        "arch": arch,
+        "stack": server.stack,
+        "cold_start_ping_s": server.cold_start_ping_s,
+        "cold_start_first_prediction_s": server.cold_start_first_prediction_s,
+        "p50_c1_ms": server.p50_c1_ms,
+        "peak_rss_mb": server.peak_rss_mb,
+        "loads": loads,
+    }
+    if server.stack == "ours":
+        summary.update(bare_forward_ms=bare_ms, precision=precision, overhead_pct=(server.p50_c1_ms / bare_ms - 1) * 100)
+    return summary
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def print_report(results: list[dict]) -> None:
+    header = f"{'arch':9} {'stack':20} {'load':12} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'err':>4} {'RSS MB':>7} {'ping s':>7} {'1st pred s':>10}"
     print(header)
     print("-" * len(header))
     for r in results:
-        print(
-            f"{r['arch']:9} {r['backend']:7} {r['rps']:7.1f} {r['p50_ms']:8.0f} {r['p99_ms']:8.0f} {r['errors']:4d} {r['peak_rss_mb']:11.0f} "
-            f"{r['cold_start_ping_s']:7.1f} {r['cold_start_first_prediction_s']:10.1f} {r['p50_c1_ms']:8.1f} {r['overhead_ms']:11.1f}"
-        )
+        for name, load in sorted(r["loads"].items()):
+            print(
+                f"{r['arch']:9} {r['stack']:20} {name:12} {load['rps']:7.1f} {load['p50_ms']:8.0f} {load['p99_ms']:8.0f} {load['errors']:4d} "
+                f"{r['peak_rss_mb']:7.0f} {r['cold_start_ping_s']:7.1f} {r['cold_start_first_prediction_s']:10.1f}"
+            )
     print()
     for arch in sorted({r["arch"] for r in results}):
-        ours = next((r for r in results if r["arch"] == arch and r["backend"] == "asgi"), None)
-        mms = next((r for r in results if r["arch"] == arch and r["backend"] == "mms"), None)
-        if ours and mms:
+        ours = next((r for r in results if r["arch"] == arch and r["stack"] == "ours"), None)
+        if not ours:
+            continue
+        print(
+            f"{arch} ours: {ours['precision']}, bare forward {ours['bare_forward_ms']:.1f} ms, c=1 p50 {ours['p50_c1_ms']:.1f} ms: "
+            f"server overhead {ours['overhead_pct']:+.1f}% (goal <= 10%)"
+        )
+        for anchor in (r for r in results if r["arch"] == arch and r["stack"] != "ours"):
+            for name, load in sorted(ours["loads"].items()):
+                other = anchor["loads"].get(name)
+                if not other or not other["rps"]:
+                    continue
+                goal = f" (goal >= {GOALS.get(arch, 1.5)}x req/s, <= 0.5x p99)" if load["concurrency"] >= 16 else ""
+                print(
+                    f"  vs {anchor['stack']:20} {name:12} req/s x{load['rps'] / other['rps']:.2f}, p99 x{load['p99_ms'] / other['p99_ms']:.2f}{goal}"
+                )
             print(
-                f"{arch}: req/s x{ours['rps'] / mms['rps']:.2f} (goal >= 1.5), p99 x{ours['p99_ms'] / mms['p99_ms']:.2f} (goal <= 0.5), "
-                f"RSS x{ours['peak_rss_mb'] / mms['peak_rss_mb']:.2f} (goal <= 0.5), cold start {ours['cold_start_first_prediction_s']:.1f} s "
-                f"vs MMS {mms['cold_start_first_prediction_s']:.1f} s"
-            )
-        if ours and "soak" in ours:
-            s = ours["soak"]
-            print(
-                f"{arch} soak: {s['seconds']:.0f} s at concurrency {s['concurrency']}: {s['rps']:.1f} req/s, p99 {s['p99_ms']:.0f} ms, "
-                f"{s['errors']} errors, RSS {s['rss_start_mb']:.0f} -> {s['rss_end_mb']:.0f} MB ({s['rss_growth_pct']:+.1f}%, goal < 10%)"
+                f"  vs {anchor['stack']:20} RSS x{ours['peak_rss_mb'] / anchor['peak_rss_mb']:.2f}, first prediction "
+                f"{ours['cold_start_first_prediction_s']:.1f} s vs {anchor['cold_start_first_prediction_s']:.1f} s"
             )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.quick:
+        args.archs, args.concurrency, args.bodies, args.duration, args.rounds = "resnet18", "16", "photos", 6, 2
     client = docker.from_env(timeout=600)
     client.images.get(args.image)
-    body = jpeg()
+    stacks = args.stacks.split(",")
+    if args.as_shipped:
+        stacks += [s + "-shipped" for s in stacks if s != "ours"]
+    anchors = build_anchors(args.image) if any(s != "ours" for s in stacks) else None
+    bodies = photo_bodies()
+    ours_env = dict(kv.split("=", 1) for kv in args.ours_env)
+    cpus = os.cpu_count() or 1
+    threads = max(1, cpus // min(4, cpus))  # what each of our forward workers uses
     results = []
     try:
         with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
             for arch in args.archs.split(","):
-                root = Path(tmp) / arch
-                make_model(client, args.image, arch, root)
-                cpus = os.cpu_count() or 1
-                threads = max(1, cpus // min(4, cpus))  # what each server's forward uses (both backends)
-                bare = bare_forward_ms(client, args.image, root, threads)
-                print(f"{arch}: bare forward (1 x 3 x 224 x 224, {threads} thread(s)) {bare:.1f} ms", flush=True)
-                servers = []
+                ours_root, user_root = make_models(client, args.image, arch, Path(tmp) / arch)
+                bare_ms, precision = bare_forward(client, args.image, ours_root, threads, ours_env)
+                print(f"{arch}: bare forward (1 x 3 x 224 x 224, {threads} thread(s), {precision}) {bare_ms:.1f} ms", flush=True)
+                servers: list[Server] = []
                 try:
-                    for backend in args.backends.split(","):
-                        servers.append(start_backend(client, args.image, root, backend, args, body, bare))
-                    load_rounds(servers, body, args)
-                    if args.soak and servers[0]["backend"] == "asgi":
-                        for server in servers[1:]:  # the soak runs alone
-                            server["container"].remove(force=True)
-                        servers[0]["soak"] = soak(servers[0], body, args)
+                    for stack in stacks:
+                        image, root = (args.image, ours_root) if stack == "ours" else (anchors, user_root)
+                        servers.append(start_server(client, image, stack, root, stack_env(stack, ours_env), bodies["photos"]))
+                        print(f"  {stack}: first prediction after {servers[-1].cold_start_first_prediction_s:.1f} s", flush=True)
+                    run_loads(servers, bodies, args)
                 finally:
                     for server in servers:
-                        server.pop("container").remove(force=True)
-                for server in servers:
-                    server.pop("latencies")
-                    server.update(arch=arch, bare_forward_ms=bare, concurrency=args.concurrency, duration_s=args.duration)
-                    results.append(server)
-                    print(
-                        f"  {server['backend']}: {server['rps']:.1f} req/s, p99 {server['p99_ms']:.0f} ms, peak RSS {server['peak_rss_mb']:.0f} MB",
-                        flush=True,
-                    )
+                        server.container.remove(force=True)
+                results += [summarise(server, arch, bare_ms, precision) for server in servers]
     finally:
         for container in client.containers.list(all=True, filters={"label": LABEL}):
             container.remove(force=True)
     print()
-    print_table(results)
+    print_report(results)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")

@@ -352,7 +352,8 @@ def test_access_log_lines(server):
     base, container = server
     before = container.logs().decode().count("serve.access")
     post(base, b"junk", "image/png", path="/predictions/junk")
-    for _ in range(20):  # the line is written just after the response is sent
+    deadline = time.monotonic() + 15  # the line is written just after the response is sent
+    while time.monotonic() < deadline:
         lines = [line for line in container.logs().decode().splitlines() if "serve.access" in line]
         if len(lines) > before:
             break
