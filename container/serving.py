@@ -75,7 +75,9 @@ class ServeConfig:
     max_image_pixels: int = _setting("SM_VISION_MAX_IMAGE_PIXELS", 40_000_000, "largest image (width x height) decoded", minimum=1)
     max_batch_items: int = _setting("SM_VISION_MAX_BATCH_ITEMS", 64, "most images in one request", minimum=1)
     url_fetch: bool = _setting("SM_VISION_URL_FETCH", True, 'fetch {"url": ...} inputs (public addresses only)')
-    url_allow: str | None = _setting("SM_VISION_URL_ALLOW", None, "comma-separated host, host:port or CIDR entries the URL guard lets through")
+    url_allow: str | None = _setting(
+        "SM_VISION_URL_ALLOW", None, "comma-separated host, host:port or CIDR entries the URL guard lets through"
+    )
     url_timeout_s: float = _setting("SM_VISION_URL_TIMEOUT_S", 5.0, "timeout of one URL fetch in seconds", minimum=0)
 
     def __post_init__(self):
