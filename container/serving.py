@@ -20,6 +20,7 @@ from container.parse import ConfigError, parse_bool, parse_float, parse_int
 BACKENDS = ("asgi", "mms")
 BATCHING = ("auto", "on", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _setting(env: str, default, help: str, flag: str | None = None, choices=None, minimum=None):
@@ -37,6 +38,13 @@ class ServeConfig:
     log_level: str = _setting("SM_VISION_LOG_LEVEL", "info", "log level", "--log-level", LOG_LEVELS)
     model_dir: str | None = _setting("SM_VISION_MODEL_DIR", None, "model directory (default /opt/ml/model)", "--model-dir")
     device: str = _setting("SM_VISION_DEVICE", "auto", "auto, cpu, cuda or cuda:N", "--device")
+    precision: str = _setting(
+        "SM_VISION_PRECISION",
+        "auto",
+        "our classifier's forward precision; auto = what the device runs natively, kept only if it agrees with fp32 at warm-up",
+        "--precision",
+        PRECISIONS,
+    )
     workers: int | None = _setting(
         "SAGEMAKER_MODEL_SERVER_WORKERS",
         None,

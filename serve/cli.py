@@ -117,6 +117,7 @@ def build_settings(config: ServeConfig, paths: SageMakerPaths, processes: int = 
         model_dir=Path(config.model_dir) if config.model_dir else paths.model_dir,
         scratch=SCRATCH,
         device=device,
+        precision=config.precision,
         workers=workers,
         decode_threads=max(2, cpus),
         timeout_s=config.timeout_s,

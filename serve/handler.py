@@ -64,13 +64,15 @@ class Handler:
         self.context_hooks = frozenset(name for name, func in self.hooks.items() if takes_context(name, func))
 
     @classmethod
-    def load(cls, model_dir: Path, hooks: UserHooks | None, context: Context, device: torch.device, **options) -> Handler:
+    def load(
+        cls, model_dir: Path, hooks: UserHooks | None, context: Context, device: torch.device, precision: str = "auto", **options
+    ) -> Handler:
         """model_fn (the user's or the default), then the model's warm-up."""
         functions = hooks.functions if hooks else {}
         if "model_fn" in functions:
             model = call(functions["model_fn"], str(model_dir), context=context)
         else:
-            model = load_default_model(model_dir, device)
+            model = load_default_model(model_dir, device, precision)
         handler = cls(model, functions, device=device, **options)
         if isinstance(model, Classifier):
             model.warm_up()

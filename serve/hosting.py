@@ -42,6 +42,7 @@ class Settings:
     model_dir: Path
     scratch: Path = Path("/tmp/sm-vision-models")
     device: torch.device = torch.device("cpu")
+    precision: str = "auto"  # our classifier's forward precision (train.precision)
     workers: int = 1  # concurrent forward passes (CPU) / user-hook calls
     decode_threads: int = 4  # concurrent decodes: a few, not one per request, so forwards keep the GIL and cores
     timeout_s: float = 60
@@ -89,7 +90,7 @@ def load_handler(name: str, model_dir: Path, settings: Settings) -> Handler:
     script = find_script(model_dir, settings.program, settings.code_dirs)
     hooks = UserHooks.load(script, safe_module_name(name)) if script else None
     context = Context(name, str(model_dir), gpu_id(settings))
-    return Handler.load(model_dir, hooks, context, settings.device, limits=settings.limits, top_k=settings.top_k)
+    return Handler.load(model_dir, hooks, context, settings.device, settings.precision, limits=settings.limits, top_k=settings.top_k)
 
 
 def gpu_id(settings: Settings) -> int | None:

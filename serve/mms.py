@@ -43,7 +43,9 @@ def _load(context):
     gpu = context.system_properties.get("gpu_id")
     device = select_device(f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else config.device)
     model_dir = prepare_model_dir(Path(context.system_properties["model_dir"]), Path("/tmp/sm-vision-mms") / str(os.getpid()))
-    settings = Settings(model_dir=model_dir, device=device, top_k=config.top_k, limits=_limits(), program=config.program)
+    settings = Settings(
+        model_dir=model_dir, device=device, precision=config.precision, top_k=config.top_k, limits=_limits(), program=config.program
+    )
     handler = load_handler(context.model_name, model_dir, settings)
     handler.context = Context(context.model_name, str(model_dir), gpu)
     return handler

@@ -17,6 +17,7 @@ from PIL import Image
 from torch.fx.experimental.optimization import fuse
 
 from container import ConfigError
+from train import precision
 from train.artifact import SPEC_FILE, ModelSpec
 from train.models import build_model
 from train.presets import eval_transform
@@ -93,38 +94,62 @@ def module_nbytes(module) -> int:
     return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
 
 
-class Classifier:
-    """The default model: module + the spec's transforms + class names."""
+def warm_up_images(size: int) -> list[Image.Image]:
+    """Deterministic, varied inputs for the warm-up and the precision guard: flat grey,
+    a colour gradient, a checkerboard and seeded noise (no data ships with a model)."""
+    grey = Image.new("RGB", (size, size), (127, 127, 127))
+    ramp = torch.linspace(0, 255, size).to(torch.uint8)
+    gradient = torch.stack([ramp.expand(size, size), ramp.expand(size, size).T, ramp.flip(0).expand(size, size)], dim=-1)
+    checker = ((torch.arange(size)[:, None] // 8 + torch.arange(size)[None, :] // 8) % 2 * 255).to(torch.uint8)
+    noise = torch.randint(0, 256, (size, size, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    arrays = (gradient, checker[..., None].expand(size, size, 3), noise)
+    return [grey, *(Image.fromarray(a.contiguous().numpy()) for a in arrays)]
 
-    def __init__(self, module, spec: ModelSpec, device: torch.device):
+
+class Classifier:
+    """The default model: module + the spec's transforms + class names, run in the
+    precision chosen for the device (kept only if the guard at warm-up agrees)."""
+
+    def __init__(self, module, spec: ModelSpec, device: torch.device, chosen: precision.Precision | None = None):
         self.module = module
         self.spec = spec
         self.device = device
         self.classes = spec.classes
         self.transform = eval_transform(spec.image_size, spec.resize_size, spec.mean, spec.std, spec.interpolation)
+        self.precision = chosen or precision.Precision("fp32", device.type)
+        self.guard: precision.GuardResult | None = None
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
 
-    @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=True)
         if batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)  # as the folded module's weights
-        logits = self.module(batch)
-        return torch.softmax(logits.float(), dim=1).cpu()
+        return torch.softmax(self.module(batch).float(), dim=1).cpu()
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            return self._forward(batch)
 
     def nbytes(self) -> int:
         return module_nbytes(self.module)
 
     def warm_up(self) -> None:
-        size = self.spec.image_size
-        self.probabilities(self.preprocess(Image.new("RGB", (size, size), (127, 127, 127))).unsqueeze(0))
+        """First forwards (allocations, oneDNN kernel choice) before traffic, and the
+        accuracy guard: the reduced precision stays only if it agrees with fp32."""
+        batch = torch.stack([self.preprocess(image) for image in warm_up_images(self.spec.image_size)])
+        self.guard = precision.guard(self._forward, batch, self.precision)
+        self.precision = self.guard.precision
+        self.probabilities(batch[:1])
 
 
-def load_classifier(model_dir: Path, device: torch.device) -> Classifier:
+def load_classifier(model_dir: Path, device: torch.device, precision_name: str = "auto") -> Classifier:
+    """`precision_name`: auto (what the device runs natively), fp32, bf16 or fp16."""
     spec = ModelSpec.load(model_dir)
-    return Classifier(load_module(spec, model_dir / spec.weights_file, device), spec, device)
+    chosen = precision.choose(precision_name, device)
+    return Classifier(load_module(spec, model_dir / spec.weights_file, device), spec, device, chosen)
 
 
 def load_torchscript(model_dir: Path, device: torch.device):
@@ -143,8 +168,8 @@ def load_torchscript(model_dir: Path, device: torch.device):
     return torch.jit.load(str(path), map_location=device).eval()
 
 
-def load_default_model(model_dir: Path, device: torch.device):
+def load_default_model(model_dir: Path, device: torch.device, precision_name: str = "auto"):
     """The model when the user's script has no model_fn: ours, else TorchScript."""
     if (model_dir / SPEC_FILE).exists():
-        return load_classifier(model_dir, device)
+        return load_classifier(model_dir, device, precision_name)
     return load_torchscript(model_dir, device)

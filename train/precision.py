@@ -109,8 +109,14 @@ class GuardResult:
         return self.top1_disagreements > 0 or self.max_probability_diff > self.bound
 
 
+# bf16 keeps 8 significant bits: a trained model's logits of magnitude ~10 move by ~0.05,
+# which shifts a probability near 0.5 by ~0.01-0.02 without changing any answer. A broken
+# reduced-precision forward (overflow, lost resolution) moves them far more.
+GUARD_BOUND = 0.05
+
+
 def guard(
-    probabilities: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, chosen: Precision, bound: float = 0.01
+    probabilities: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, chosen: Precision, bound: float = GUARD_BOUND
 ) -> GuardResult:
     """Run `batch` in fp32 and in `chosen`; keep `chosen` only if no probability moves by
     more than `bound` and top-1 agrees. A top-1 flip between two classes whose fp32

@@ -94,6 +94,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ours-env", action="append", default=[], metavar="KEY=VALUE", help="extra environment for our server (repeatable)"
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also run our server as stack ours-NAME with this environment, e.g. fp32:SM_VISION_PRECISION=fp32 (repeatable)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: resnet18, c=16, photos, 6 s, 2 rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
     return parser
@@ -220,8 +227,12 @@ class Server:
     peak_rss_mb: float = 0.0
 
 
+def is_ours(stack: str) -> bool:
+    return stack == "ours" or stack.startswith("ours-")
+
+
 def start_server(client, image: str, stack: str, model_root: Path, env: dict, bodies: list[bytes]) -> Server:
-    command = ["serve"] if stack == "ours" else [stack.removesuffix("-shipped")]
+    command = ["serve"] if is_ours(stack) else [stack.removesuffix("-shipped")]
     t0 = time.monotonic()
     container = client.containers.run(
         image,
@@ -253,9 +264,11 @@ def start_server(client, image: str, stack: str, model_root: Path, env: dict, bo
     return Server(stack, container, url, ping_s, first_s, statistics.median(sequential) * 1000)
 
 
-def stack_env(stack: str, ours_env: dict) -> dict:
+def stack_env(stack: str, ours_env: dict, variants: dict[str, dict]) -> dict:
     if stack == "ours":
         return dict(ours_env)
+    if stack.startswith("ours-"):
+        return {**ours_env, **variants[stack]}
     if stack.endswith("-shipped"):
         return {}
     return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -370,7 +383,7 @@ def print_report(results: list[dict]) -> None:
             f"{arch} ours: {ours['precision']}, bare forward {ours['bare_forward_ms']:.1f} ms, c=1 p50 {ours['p50_c1_ms']:.1f} ms: "
             f"server overhead {ours['overhead_pct']:+.1f}% (goal <= 10%)"
         )
-        for anchor in (r for r in results if r["arch"] == arch and r["stack"] != "ours"):
+        for anchor in (r for r in results if r["arch"] == arch and r["stack"] != "ours"):  # anchors and our variants
             for name, load in sorted(ours["loads"].items()):
                 other = anchor["loads"].get(name)
                 if not other or not other["rps"]:
@@ -394,7 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     stacks = args.stacks.split(",")
     if args.as_shipped:
         stacks += [s + "-shipped" for s in stacks if s != "ours"]
-    anchors = build_anchors(args.image) if any(s != "ours" for s in stacks) else None
+    variants = {}
+    for spec in args.variant:
+        name, _, assignments = spec.partition(":")
+        variants[f"ours-{name}"] = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
+    stacks[1:1] = list(variants)  # variants right after ours, before the anchors
+    anchors = build_anchors(args.image) if any(not is_ours(s) for s in stacks) else None
     bodies = photo_bodies()
     ours_env = dict(kv.split("=", 1) for kv in args.ours_env)
     cpus = os.cpu_count() or 1
@@ -409,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
                 servers: list[Server] = []
                 try:
                     for stack in stacks:
-                        image, root = (args.image, ours_root) if stack == "ours" else (anchors, user_root)
-                        servers.append(start_server(client, image, stack, root, stack_env(stack, ours_env), bodies["photos"]))
+                        image, root = (args.image, ours_root) if is_ours(stack) else (anchors, user_root)
+                        env = stack_env(stack, ours_env, variants)
+                        servers.append(start_server(client, image, stack, root, env, bodies["photos"]))
                         print(f"  {stack}: first prediction after {servers[-1].cold_start_first_prediction_s:.1f} s", flush=True)
                     run_loads(servers, bodies, args)
                 finally:

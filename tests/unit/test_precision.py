@@ -90,3 +90,34 @@ def test_guard_ignores_top1_flips_between_tied_classes():
 def test_fp32_needs_no_guard():
     result = precision.guard(lambda b: b, torch.ones(1, 2), precision.Precision("fp32", "cpu"))
     assert result.precision.name == "fp32" and not result.fell_back
+
+
+def classifier_with(module, chosen):
+    from serve.model import Classifier
+    from train.artifact import ModelSpec
+
+    spec = ModelSpec("resnet18", ("a", "b"), 32, 36, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return Classifier(module.eval(), spec, CPU, chosen)
+
+
+def test_served_classifier_keeps_bf16_when_the_guard_agrees():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    classifier = classifier_with(net, precision.Precision("bf16", "cpu"))
+    classifier.warm_up()
+    assert classifier.precision.name == "bf16"
+    assert classifier.guard is not None and not classifier.guard.fell_back
+
+
+def test_served_classifier_falls_back_to_fp32_on_a_model_made_to_disagree():
+    head = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([256.0, 256.5]))  # equal in bf16: the answer becomes a tie
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), head)
+    classifier = classifier_with(net, precision.Precision("bf16", "cpu"))
+    classifier.warm_up()
+    assert classifier.guard.fell_back
+    assert classifier.precision.name == "fp32"
+    batch = torch.zeros(1, 3, 32, 32)
+    assert torch.allclose(classifier.probabilities(batch), torch.softmax(torch.tensor([[256.0, 256.5]]), 1), atol=1e-6)
