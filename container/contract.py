@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,11 @@ DEFAULT_ROOT = "/opt/ml"
 
 # SageMaker reads at most 1024 characters of the failure file as FailureReason.
 FAILURE_REASON_LIMIT = 1024
+
+# Exit codes of `train` besides 0 and 1 (SageMaker only tells zero from non-zero; people,
+# scripts and launchers read them).
+EXIT_CONFIG = 2  # bad configuration: the failure file names the field
+EXIT_STOPPED = 143  # stopped by SIGTERM after saving a checkpoint (128 + SIGTERM, as a shell reports it)
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,16 @@ class SageMakerPaths:
     @property
     def checkpoint_dir(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """Where SageMaker uploads TensorBoard files from when a job has a
+        TensorBoardOutputConfig (its LocalPath default)."""
+        return self.output_dir / "tensorboard"
+
+    @property
+    def tensorboard_config_file(self) -> Path:
+        return self.config_dir / "tensorboardoutputconfig.json"
 
 
 def _read_json(path: Path, what: str) -> object:
@@ -161,6 +177,23 @@ def read_input_data_config(paths: SageMakerPaths) -> dict[str, Channel]:
     return {entry.name: Channel(entry.name, entry) for entry in sorted(paths.data_dir.iterdir()) if entry.is_dir()}
 
 
+def read_tensorboard_dir(paths: SageMakerPaths) -> Path | None:
+    """The TensorBoard directory the job asked for: tensorboardoutputconfig.json's
+    LocalPath (SageMaker writes the file when the job sets TensorBoardOutputConfig), else
+    the default directory when it exists; None when TensorBoard was not asked for."""
+    if paths.tensorboard_config_file.exists():
+        raw = _read_json(paths.tensorboard_config_file, "TensorBoard output config")
+        local = raw.get("LocalPath") if isinstance(raw, dict) else None
+        return Path(local) if local else paths.tensorboard_dir
+    return paths.tensorboard_dir if paths.tensorboard_dir.is_dir() else None
+
+
+def training_job_name(environ: Mapping[str, str] | None = None) -> str | None:
+    """TRAINING_JOB_NAME, which SageMaker sets in training containers."""
+    environ = os.environ if environ is None else environ
+    return environ.get("TRAINING_JOB_NAME") or None
+
+
 @dataclass(frozen=True)
 class ResourceConfig:
     current_host: str
@@ -190,7 +223,22 @@ def read_resource_config(paths: SageMakerPaths) -> ResourceConfig | None:
         raise ConfigError(f"{paths.resource_config_file} lacks field {err.args[0]!r}") from None
     if current not in hosts:
         raise ConfigError(f"resourceconfig.json: current_host {current!r} is not among hosts {list(hosts)}")
-    return ResourceConfig(current, hosts, raw.get("network_interface_name"))
+    interface = raw.get("network_interface_name")
+    interfaces = _host_interfaces()
+    if interface and interfaces is not None and interface not in interfaces:
+        # SDK 3's local mode writes "ethwe", the name on SageMaker's own hosts, into
+        # containers that only have eth0: pinning sockets to it would fail, so the
+        # name counts only where this host has that interface.
+        interface = None
+    return ResourceConfig(current, hosts, interface)
+
+
+def _host_interfaces() -> set[str] | None:
+    """This host's network interface names; None where the OS cannot list them."""
+    try:
+        return {name for _, name in socket.if_nameindex()}
+    except OSError:
+        return None
 
 
 def write_failure(paths: SageMakerPaths, message: str) -> None:
@@ -204,3 +252,20 @@ def write_failure(paths: SageMakerPaths, message: str) -> None:
         paths.failure_file.write_text(text + "\n")
     except OSError:
         pass
+
+
+def cpu_count() -> int:
+    """CPUs this container may use: its CPU affinity, capped by a cgroup (v2 or v1) quota
+    (`docker run --cpus`, ECS/Kubernetes limits), which os.cpu_count() ignores."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+    except (OSError, ValueError):
+        try:
+            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
+            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return count
+    if quota not in ("max", "-1"):
+        count = min(count, max(1, int(int(quota) / int(period))))
+    return count

@@ -21,6 +21,7 @@ BACKENDS = ("asgi", "mms")
 BATCHING = ("auto", "on", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ACCESS_LOG_FORMATS = ("log", "json", "off")  # serve.access_log.LOG_FORMATS
 
 
 def _setting(env: str, default, help: str, flag: str | None = None, choices=None, minimum=None):
@@ -55,6 +56,10 @@ class ServeConfig:
     )
     timeout_s: int = _setting("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, "seconds one inference may take before a 504", minimum=1)
     max_payload_mb: int = _setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, "largest request body in MiB (413 above)", minimum=1)
+    metrics: bool = _setting("SM_VISION_METRICS", True, "serve Prometheus metrics at GET /metrics")
+    access_log: str = _setting(
+        "SM_VISION_ACCESS_LOG", "log", "one access-log line per request: a log line, a JSON line, or none", choices=ACCESS_LOG_FORMATS
+    )
     # --- the user's inference script ---
     program: str | None = _setting(
         "SAGEMAKER_PROGRAM", None, "the user's inference script (default inference.py), found in model/code or the submit directory"

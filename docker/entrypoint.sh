@@ -1,6 +1,15 @@
 #!/bin/sh
 # `train` and `serve` are executables on PATH (as in SageMaker's bring-your-own layout),
-# so this only adds a usage text; any other command runs as given.
+# so a command runs as given. Without a command the container decides from what its
+# host left in /opt/ml (the rule is written out in docs/aws.md, "Started without a
+# command"):
+#   - a training job's config (input/config/hyperparameters.json or resourceconfig.json,
+#     which SageMaker and every SDK's local mode write before the container starts):
+#     run `train`. SDK 3's ModelTrainer starts the image with no command, where 2.x
+#     passed `train`.
+#   - a processing job's config (config/processingjobconfig.json) and no command:
+#     fail with a message, a processing job must say which command to run.
+#   - anything else (a plain `docker run IMAGE`): print the usage text.
 set -e
 usage() {
   cat <<'USAGE'
@@ -12,9 +21,22 @@ sagemaker-vision: PyTorch image classification for SageMaker, EC2 and local dock
   serve [--backend mms]      serve /opt/ml/model on port 8080 (/ping, /invocations)
   serve --help               serving options
   COMMAND ...                run anything else, e.g. bash or python -c '...'
+
+Without a command, a container that finds a training job's config in
+/opt/ml/input/config (hyperparameters.json or resourceconfig.json) runs `train`.
 USAGE
 }
+root="${SM_VISION_OPT_ML:-/opt/ml}"
 case "${1:-}" in
-  ""|-h|--help|help) usage ;;
+  -h|--help|help) usage ;;
+  "")
+    if [ -f "$root/input/config/hyperparameters.json" ] || [ -f "$root/input/config/resourceconfig.json" ]; then
+      exec train
+    elif [ -f "$root/config/processingjobconfig.json" ]; then
+      echo "error: a processing job needs a command, e.g. ContainerArguments [\"train\", \"prepare-bins\", ...]" >&2
+      exit 2
+    fi
+    usage
+    ;;
   *) exec "$@" ;;
 esac

@@ -14,18 +14,21 @@ import threading
 
 from starlette.applications import Starlette
 
+from serve import metrics as server_metrics
 from serve.hosting import Pools, Settings, SingleModel, create_hosting
 from serve.middleware import middleware
 from serve.routes import EXCEPTION_HANDLERS, routes
 
-__all__ = ["Settings", "create_app"]
+__all__ = ["Pools", "Settings", "create_app"]
 
 log = logging.getLogger("serve")
 
 
 def create_app(settings: Settings) -> Starlette:
-    pools = Pools(settings)
+    metrics = server_metrics.ServerMetrics.from_env(settings.metrics)
+    pools = Pools(settings, metrics)
     hosting = create_hosting(settings, pools)
+    metrics.watch(server_metrics.HostCollector(hosting, pools, settings.device))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -45,6 +48,11 @@ def create_app(settings: Settings) -> Starlette:
         for model in hosting.loaded():
             model.close()
 
-    app = Starlette(routes=routes(settings, hosting), middleware=middleware(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app = Starlette(
+        routes=routes(settings, hosting, metrics),
+        middleware=middleware(metrics, settings.access_log),
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
     app.state.models = hosting
     return app

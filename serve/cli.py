@@ -17,7 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from container import ConfigError, SageMakerPaths, ServeConfig
+from container import ConfigError, SageMakerPaths, ServeConfig, cpu_count
 
 log = logging.getLogger("serve")
 
@@ -39,22 +39,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                 help=f"{meta['help']}; env {meta['env']}, default {default}",
             )
     return parser
-
-
-def cpu_count() -> int:
-    """CPUs this container may use: affinity, capped by a cgroup (v2 or v1) quota."""
-    count = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-    except (OSError, ValueError):
-        try:
-            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
-            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return count
-    if quota not in ("max", "-1"):
-        count = min(count, max(1, int(int(quota) / int(period))))
-    return count
 
 
 def memory_budget_bytes() -> int:
@@ -135,6 +119,8 @@ def build_settings(config: ServeConfig, paths: SageMakerPaths, processes: int = 
         batch_strategy=config.batch_strategy,
         mme_budget_bytes=mme_mb * 1024 * 1024,
         gpu_id=gpu,
+        metrics=config.metrics,
+        access_log=config.access_log,
     )
     if device.type == "cpu":
         # Each concurrent forward gets its share of the cores, so they do not oversubscribe.

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from container import ConfigError
 from serve import codec
+from serve import metrics as server_metrics
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady
 from serve.handler import Call, Handler
 from serve.hooks import Context, UserHooks, find_script, safe_module_name
@@ -60,6 +61,8 @@ class Settings:
     batch_strategy: str | None = None
     mme_budget_bytes: int = 4 * 1024**3
     gpu_id: int | None = None  # this worker's GPU (context.system_properties["gpu_id"])
+    metrics: bool = True  # GET /metrics (SM_VISION_METRICS)
+    access_log: str = "log"  # log, json or off (SM_VISION_ACCESS_LOG)
 
 
 def dir_bytes(path: Path) -> int:
@@ -68,9 +71,11 @@ def dir_bytes(path: Path) -> int:
 
 
 class Pools:
-    """Bounded thread pools: decoding (request side) and inference (model side)."""
+    """Bounded thread pools: decoding (request side) and inference (model side), and
+    the metrics the models report their stages to."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, metrics=None):
+        self.metrics = metrics or server_metrics.NoMetrics()
         self.decoders = concurrent.futures.ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self.inference = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="infer")
 
@@ -103,21 +108,31 @@ class HostedModel:
     """One loaded model and the pools that run it."""
 
     def __init__(self, name: str, model_dir: Path, url: str, settings: Settings, pools: Pools):
+        started = time.perf_counter()
         self.name, self.url, self.settings, self.pools = name, url, settings, pools
         self.model_dir = prepare_model_dir(model_dir, settings.scratch / name)
         self.handler = load_handler(name, self.model_dir, settings)
         self.batcher = None
         if self.handler.plain and settings.batching:
-            self.batcher = BatchRunner(self.handler.classifier.probabilities, settings.max_batch_size, settings.max_delay_ms)
+            forward = pools.metrics.counting_batches(name, self.handler.classifier.probabilities)  # metrics: batch sizes
+            self.batcher = BatchRunner(forward, settings.max_batch_size, settings.max_delay_ms)
         self.nbytes = self.handler.nbytes()
+        self.load_seconds = time.perf_counter() - started  # read by serve.metrics.HostCollector
 
     async def invoke(self, body: bytes, request: Call) -> tuple[bytes, str]:
+        metrics, started = self.pools.metrics, time.perf_counter()
         data = await self.pools.decode(self.handler.decode, body, request)
+        decoded_at = time.perf_counter()
+        metrics.stage("decode", self.name, decoded_at - started)
         if self.batcher is not None:
             prediction = await self.batcher.run(data)
         else:
             prediction = await self.pools.infer(self.handler.predict, data, request)
-        return self.handler.encode(prediction, request)
+        forwarded_at = time.perf_counter()
+        metrics.stage("forward", self.name, forwarded_at - decoded_at)
+        out = self.handler.encode(prediction, request)
+        metrics.stage("encode", self.name, time.perf_counter() - forwarded_at)
+        return out
 
     def context(self, headers: dict[str, str]) -> Context:
         return Context(self.name, str(self.model_dir), gpu_id(self.settings), headers)
@@ -181,6 +196,7 @@ class MultiModel:
         self.settings, self.pools = settings, pools
         self.models: OrderedDict[str, HostedModel] = OrderedDict()
         self.lock = asyncio.Lock()
+        self.evictions = 0  # read by serve.metrics.HostCollector
 
     def ping(self) -> tuple[int, dict]:
         return 200, {"status": "healthy"}
@@ -215,6 +231,7 @@ class MultiModel:
             while self.models and self.used() + need > budget:
                 evicted, model = self.models.popitem(last=False)
                 model.close()
+                self.evictions += 1
                 log.info("unloaded least recently used model %s to fit %s", evicted, name)
             gc.collect()
             try:

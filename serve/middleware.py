@@ -1,47 +1,13 @@
 """HTTP middleware, all registered in one place: `middleware()` is the list the app
-wraps its routes in (outermost first). Add a new one (metrics, tracing) there."""
+wraps its routes in (outermost first). Add a new one (tracing, auth) there."""
 
 from __future__ import annotations
 
-import json
-import logging
-import time
-
 from starlette.middleware import Middleware
 
-access_log = logging.getLogger("serve.access")
+from serve.access_log import RequestLog
 
 
-class AccessLog:
-    """One JSON line per request: method, path, status, latency."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            access_log.info(
-                json.dumps(
-                    {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status[0],
-                        "latency_ms": round((time.perf_counter() - start) * 1000, 2),
-                    }
-                )
-            )
-
-
-def middleware() -> list[Middleware]:
-    return [Middleware(AccessLog)]
+def middleware(metrics, access_log: str) -> list[Middleware]:
+    # Request ids, the access log and the request metrics (serve.access_log).
+    return [Middleware(RequestLog, metrics=metrics, log_format=access_log)]

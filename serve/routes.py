@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from serve import metrics as server_metrics
 from serve.errors import BadInput, NotFound, PayloadTooLarge, ServeError, Timeout
 from serve.handler import Call
 from serve.hosting import TARGET_MODEL_HEADER, MultiModel, Settings, SingleModel
@@ -46,9 +47,10 @@ def top_k(request: Request) -> int | None:
     return int(raw)
 
 
-def routes(settings: Settings, hosting: SingleModel | MultiModel) -> list[Route]:
+def routes(settings: Settings, hosting: SingleModel | MultiModel, metrics) -> list[Route]:
     async def invoke(request: Request, name: str | None) -> Response:
         model = hosting.get(name)
+        server_metrics.note_model(request.scope, model.name)  # metrics: label the request with its model
         body = await read_body(request, settings.max_payload_bytes)
         headers = {key.lower(): value for key, value in request.headers.items()}
         call = Call(request.headers.get("content-type"), request.headers.get("accept"), model.context(headers), top_k(request))
@@ -105,6 +107,10 @@ def routes(settings: Settings, hosting: SingleModel | MultiModel) -> list[Route]
         registry()
         return await invoke(request, request.path_params["name"])
 
+    async def metrics_endpoint(request: Request) -> Response:
+        body, content_type = metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     table = [
         ("/ping", ping, ["GET"]),
         ("/invocations", invocations, ["POST"]),
@@ -114,6 +120,8 @@ def routes(settings: Settings, hosting: SingleModel | MultiModel) -> list[Route]
         ("/models/{name}", one_model, ["GET", "DELETE"]),
         ("/models/{name}/invoke", invoke_named, ["POST"]),
     ]
+    if metrics.enabled:
+        table.append(("/metrics", metrics_endpoint, ["GET"]))
     return [Route(path, mapped_errors(handler), methods=methods) for path, handler, methods in table]
 
 

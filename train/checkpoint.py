@@ -1,8 +1,14 @@
 """Checkpoints in /opt/ml/checkpoints (synced to S3 by SageMaker for spot jobs).
 
+A checkpoint is plain data: one dict of tensors, numbers, strings, lists and dicts,
+loaded with `torch.load(weights_only=True)`. The folder is shared with S3 and read as
+root on every restart, so nothing in it may run code when loaded; a file that would
+(a pickled object) is refused like a truncated one. Each checkpoint names the
+architecture and class list it was trained for, and resume takes the newest one that
+loads *and* belongs to this run, skipping (with a warning) those that do not.
+
 Files are written to a temporary name and renamed, so a job killed mid-write never
-leaves a half file under a real name; a file that still fails to load (truncated by
-a sync, say) is skipped with a warning and the next older one is used.
+leaves a half file under a real name.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
+FORMAT = "sagemaker-vision-checkpoint"
+FORMAT_VERSION = 2  # 1: the pickled-objects format before plain data; never resumed
 _NAME = re.compile(r"^checkpoint-e(\d+)-s(\d+)\.pt$")
-BEST_WEIGHTS = "best_model.pt"
 
 
 def _name(epoch: int, step: int) -> str:
@@ -32,37 +39,59 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _position(path: Path) -> tuple[int, int] | None:
+    match = _NAME.match(path.name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Newest first."""
     if not directory.is_dir():
         return []
-    found = []
-    for path in directory.iterdir():
-        match = _NAME.match(path.name)
-        if match:
-            found.append(((int(match.group(1)), int(match.group(2))), path))
+    found = [(_position(path), path) for path in directory.iterdir() if _position(path)]
     return [path for _, path in sorted(found, reverse=True)]
 
 
 def save_checkpoint(state: dict, directory: Path, epoch: int, step: int, keep: int) -> Path:
+    """Write `state` (plain data, with `arch` and `classes`) and keep the newest `keep`
+    checkpoints up to this one. Newer files are another run's (skipped on resume, see
+    `load_latest`); counting them would delete this run's own checkpoints."""
     path = directory / _name(epoch, step)
-    atomic_save(state, path)
-    for old in list_checkpoints(directory)[keep:]:
+    atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, path)
+    ours = [p for p in list_checkpoints(directory) if _position(p) <= (epoch, step)]
+    for old in ours[keep:]:
         old.unlink(missing_ok=True)
     return path
 
 
-def load_latest(directory: Path) -> dict | None:
+def load_latest(directory: Path, arch: str, classes: list[str]) -> dict | None:
+    """The newest checkpoint that loads as plain data and was written for `arch` and
+    `classes`, with its `path` added; None when there is none."""
     for path in list_checkpoints(directory):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - truncated/corrupt: any failure means "skip"
-            log.warning("skipping unreadable checkpoint %s: %s", path, err)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - truncated, corrupt or not plain data: all mean "skip"
+            # weights_only refuses pickled objects: such a file is skipped, never executed.
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.warning("skipping unreadable checkpoint %s: %s", path, reason)
             continue
-        if not isinstance(state, dict) or "model" not in state:
-            log.warning("skipping %s: not a checkpoint of this trainer", path)
+        mismatch = _mismatch(state, arch, classes)
+        if mismatch:
+            log.warning("skipping checkpoint %s: %s", path, mismatch)
             continue
-        log.info("resuming from %s", path)
         state["path"] = str(path)
         return state
+    return None
+
+
+def _mismatch(state, arch: str, classes: list[str]) -> str | None:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        return "not a checkpoint of this trainer"
+    if state.get("format_version") != FORMAT_VERSION:
+        return f"checkpoint format {state.get('format_version')!r}, this trainer reads {FORMAT_VERSION}"
+    if state.get("arch") != arch:
+        return f"written for arch={state.get('arch')!r}, this run trains {arch!r}"
+    if list(state.get("classes") or []) != list(classes):
+        theirs = list(state.get("classes") or [])
+        return f"written for {len(theirs)} classes {theirs[:5]}, this run's data has {len(classes)} {list(classes)[:5]}"
     return None

@@ -17,12 +17,9 @@ import signal
 import sys
 import traceback
 
-from container import ConfigError, SageMakerPaths, read_hyperparameters, read_resource_config, write_failure
+from container import EXIT_CONFIG, EXIT_STOPPED, ConfigError, SageMakerPaths, read_hyperparameters, read_resource_config, write_failure
 
 log = logging.getLogger("train")
-
-EXIT_CONFIG = 2
-EXIT_STOPPED = 143  # 128 + SIGTERM, as a process killed by the signal would report
 
 
 def setup_logging(rank: int = 0) -> None:
@@ -45,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         return prepare_bins.main(argv[1:])
     setup_logging()
     paths = SageMakerPaths.from_env()
-    paths.failure_file.unlink(missing_ok=True)  # a previous attempt's reason (spot restart)
+    if os.environ.get("RANK", "0") == "0":
+        # A previous attempt's reason (spot restart, max_restarts); other workers of a
+        # job leave it to rank 0.
+        paths.failure_file.unlink(missing_ok=True)
     try:
         hyperparameters = read_hyperparameters(paths)
         if "sagemaker_program" in hyperparameters:
@@ -62,27 +62,33 @@ def main(argv: list[str] | None = None) -> int:
 
         from train import distributed
 
+        if distributed.started_by_launcher(os.environ):
+            # One worker of a job that torchrun (ours or anyone's) or a PyTorchJob started.
+            return run_worker(config, paths)
         gpu_count = torch.cuda.device_count() if config.device != "cpu" else 0
         topology = distributed.plan_topology(config, read_resource_config(paths), os.environ, gpu_count)
     except ConfigError as err:
         log.error("%s", err)
         write_failure(paths, f"ConfigError: {err}")
         return EXIT_CONFIG
-    if topology.world_size == 1:
-        return run_worker(config, paths)
-    code = distributed.launch(topology, config.to_dict())
-    if code == EXIT_STOPPED and not paths.failure_file.exists():
+    if topology.world_size == 1 and config.max_restarts == 0:
+        return run_worker(config, paths)  # in this process: no launcher in the way of a debugger
+    # torchrun's engine starts the workers: each runs this same command line.
+    result = distributed.launch(topology, ["-m", "train.cli", *argv], config.max_restarts, config.dist_timeout_s)
+    if result.stopped and not paths.failure_file.exists():
         # Rank 0 writes the detailed stop message on its own host; say it here too.
         write_failure(
             paths, f"stopped by a signal on host {topology.host_name}; rank 0 saved a checkpoint that a restarted job resumes from"
         )
-    elif code != 0 and not paths.failure_file.exists():
-        write_failure(paths, f"a training process on host {topology.host_name} exited with code {code}")
-    return code
+    elif result.failure:
+        write_failure(paths, result.failure)  # the root cause, with the worker's own error
+    return result.exit_code
 
 
 def run_worker(config, paths: SageMakerPaths, environ=None) -> int:
     """One training process (the only one, or one of a DDP job)."""
+    from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+
     from train import devices, distributed
     from train.loop import StopRequest, fit
 
@@ -105,14 +111,18 @@ def run_worker(config, paths: SageMakerPaths, environ=None) -> int:
         # Rank 0 says it when GPUs are present but unusable (old driver, no toolkit).
         device = devices.select_device(config.device, warn=rank == 0)
         info = distributed.init_distributed(device, config.dist_timeout_s, environ)
+        if info.is_main and info.distributed:
+            log.info("joined the job: world size %d, rank 0 on host %s, device %s", info.world_size, info.host, info.device)
         outcome = fit(config, paths, info, stop)
     except ConfigError as err:
         log.error("%s", err)
         write_failure(paths, f"ConfigError: {err}")
+        get_error_handler().record_exception(err)  # for a launcher: torchelastic's error file
         return EXIT_CONFIG
     except Exception as err:  # noqa: BLE001 - the last line of defence: report, never hang
         log.error("training failed on %s:\n%s", where, traceback.format_exc())
         write_failure(paths, f"{type(err).__name__} on {where}: {err}")
+        get_error_handler().record_exception(err)
         return 1
     finally:
         distributed.cleanup(info)

@@ -69,10 +69,18 @@ class TrainConfig:
     master_addr: str | None = _opt(None, "address of rank 0's host (default: first host, or MASTER_ADDR)")
     master_port: int = _opt(29500, "rendezvous port on the master host")
     dist_timeout_s: int = _opt(300, "seconds before a dead or hung peer fails the job")
+    max_restarts: int = _opt(0, "restart the workers this many times after a failure; they resume from the last checkpoint")
     # --- outputs (default: the /opt/ml contract) ---
     model_dir: str | None = _opt(None, "where the model is written (default /opt/ml/model)")
     output_data_dir: str | None = _opt(None, "metrics and plots (default /opt/ml/output/data)")
     checkpoint_dir: str | None = _opt(None, "checkpoints (default /opt/ml/checkpoints)")
+    # --- tracking (docs/observability.md) ---
+    mlflow_experiment: str | None = _opt(
+        None, "MLflow experiment of this job's run when MLFLOW_TRACKING_URI is set (default: MLFLOW_EXPERIMENT_NAME, else sagemaker-vision)"
+    )
+    tensorboard_dir: str | None = _opt(
+        None, "TensorBoard event files (default: the job's TensorBoardOutputConfig path, or /opt/ml/output/tensorboard when it exists)"
+    )
 
     def __post_init__(self):
         _validate(self)
@@ -106,7 +114,7 @@ def _positive(name, value, zero_ok=False):
 def _validate(c: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "image_size", "log_interval", "keep_checkpoints", "step_size", "dist_timeout_s"):
         _positive(name, getattr(c, name))
-    for name in ("warmup_epochs", "early_stopping_patience", "checkpoint_every_steps", "nproc_per_node", "nnodes"):
+    for name in ("warmup_epochs", "early_stopping_patience", "checkpoint_every_steps", "nproc_per_node", "nnodes", "max_restarts"):
         _positive(name, getattr(c, name), zero_ok=True)
     if not c.lr > 0:
         raise ConfigError(f"lr={c.lr}: must be > 0")
@@ -185,3 +193,13 @@ def resolve_config(hyperparameters: dict[str, str], argv: list[str]) -> TrainCon
         valid = ", ".join(f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig))
         raise ConfigError(f"unknown hyperparameter or flag {names[0]!r} (see `train --help`); valid names: {valid}")
     return TrainConfig(**vars(args))
+
+
+def field_name(name: str) -> str | None:
+    """The TrainConfig field a hyperparameter name or alias sets ('learning_rate' -> 'lr',
+    'batch_size' -> 'batch_size'); None for an unknown name. Spellings as the parser's."""
+    spelling = name.replace("_", "-")
+    for f in dataclasses.fields(TrainConfig):
+        if spelling in {f.name.replace("_", "-"), *(alias.replace("_", "-") for alias in f.metadata["aliases"])}:
+            return f.name
+    return None

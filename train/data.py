@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from container import Channel, ConfigError
+from container import Channel, ConfigError, cpu_count
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,7 @@ def find_split_dirs(channels: dict[str, Channel], train_dir=None, valid_dir=None
 
 @dataclass
 class ScanReport:
-    images: int = 0
-    bad: list[str] | None = None
-
-    def __post_init__(self):
-        self.bad = self.bad or []
+    bad: list[str] = field(default_factory=list)  # files skipped: not images, unreadable
 
 
 def scan_image_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]], ScanReport]:
@@ -112,7 +108,6 @@ def scan_image_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
             count += 1
         if count == 0:
             raise ConfigError(f"class folder {root / name} contains no readable images")
-    report.images = len(samples)
     return classes, samples, report
 
 
@@ -201,9 +196,16 @@ class ShardSampler(Sampler):
 
 
 def default_num_workers(local_world_size: int) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     # Leave a core for the training process itself; cap where returns vanish.
-    return max(0, min(8, cpus // max(1, local_world_size) - 1))
+    return max(0, min(8, cpu_count() // max(1, local_world_size) - 1))
+
+
+def _leave_process_group(_worker_id: int) -> None:
+    # The launcher (torchelastic) stops a worker by signalling its whole process group,
+    # and a terminal sends Ctrl-C to the foreground group. Loader processes must not die
+    # of that signal while their trainer finishes the step and saves its checkpoint;
+    # they still exit with the trainer (the loader watches its parent).
+    os.setpgid(0, 0)
 
 
 def make_loader(dataset, sampler, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
@@ -215,4 +217,5 @@ def make_loader(dataset, sampler, batch_size: int, num_workers: int, pin_memory:
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         drop_last=False,
+        worker_init_fn=_leave_process_group,
     )

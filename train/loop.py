@@ -1,35 +1,117 @@
-"""One training run, read top to bottom: data, model, loss, optimizer, schedule,
-resume, the epoch loop, then the final evaluation and outputs (as in torchvision's
-references/classification/train.py). Every process of a DDP job runs `fit`; only the
-main process writes files.
+"""One training run, read top to bottom in `fit`: data, model, loss, optimizer,
+schedule, resume, the epoch loop, then the final evaluation and outputs (as in
+torchvision's references/classification/train.py). `TrainState` carries what an epoch
+needs, so `train_one_epoch` and `evaluate` take it and a loader. Every process of a DDP
+job runs `fit`; only the main process writes files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import random
-import sys
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torchvision
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from container import ConfigError, SageMakerPaths, read_input_data_config
-from train import data, distributed, metrics, models, plots, presets
+from train import checkpoint, data, distributed, metrics, models, plots, presets, tracking
 from train.artifact import WEIGHTS_FILE, ModelSpec
-from train.checkpoint import atomic_save, load_latest, save_checkpoint
 from train.config import TrainConfig
+from train.progress import ProgressBar
 from train.reporting import format_metrics
 
 log = logging.getLogger(__name__)
+
+
+def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, stop: StopRequest) -> Outcome:
+    dirs = OutputDirs.resolve(config, paths)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+
+    # --- data ---
+    dataset = load_data(config, paths)
+    loaders = make_loaders(config, dataset, info)
+
+    # --- model (DDP-wrapped for the steps; saved and loaded unwrapped, keys without "module.") ---
+    model_without_ddp = make_model(config, len(dataset.classes), pretrained_weights_path(config, paths), info.device)
+    model = model_without_ddp
+    if info.distributed:
+        model = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+
+    # --- loss, optimizer, schedule ---
+    optimizer = make_optimizer(config, model_without_ddp)
+    autocast_dtype = amp_dtype(config, info.device)
+    state = TrainState(
+        config=config,
+        info=info,
+        stop=stop,
+        model=model,
+        model_without_ddp=model_without_ddp,
+        criterion=make_criterion(config, dataset, info.device),
+        optimizer=optimizer,
+        scheduler=make_scheduler(config, optimizer, loaders.steps_per_epoch),
+        scaler=torch.amp.GradScaler(info.device.type, enabled=autocast_dtype == torch.float16),
+        autocast_dtype=autocast_dtype,
+        classes=dataset.classes,
+        checkpoint_dir=dirs.checkpoints,
+        train_images=len(dataset.train),
+        tracker=tracking.start(config, info, paths),  # MLflow / TensorBoard, main process only
+    )
+
+    # --- resume ---
+    if config.resume:
+        resume(state)
+    progress = state.progress
+
+    # --- epochs ---
+    for epoch in range(progress.epoch, config.epochs):
+        start = time.perf_counter()
+        # Per-(seed, epoch, rank) RNG: augmentation is reproducible across restarts.
+        # (Tuples of ints hash the same in every process; no two ranks or epochs share.)
+        torch.manual_seed(hash((config.seed, epoch, info.rank)) & 0x7FFF_FFFF_FFFF_FFFF)
+        loaders.train.sampler.set_epoch(epoch, skip=progress.step * config.batch_size)
+        trained = train_one_epoch(state, loaders.train, epoch)
+        if trained.stopped:  # every rank agreed to stop mid-epoch; a checkpoint is saved
+            return Outcome(True, epoch, trained.step, trained.checkpoint)
+        val_loss, confusion = evaluate(state, loaders.valid)
+        row = epoch_row(epoch, trained.metrics, val_loss, metrics.summarize(confusion, dataset.classes), optimizer, start)
+        report_epoch(state, row)
+        progress.record(row, objective_value(config, row), model_without_ddp)
+        saved = save_checkpoint(state, epoch + 1, 0)
+        if stop.agreed(info):
+            return Outcome(True, epoch + 1, 0, saved)
+        if should_stop_early(config, progress, info):
+            break
+
+    # --- final evaluation with the best weights, outputs ---
+    model_without_ddp.load_state_dict(progress.best_weights)
+    final_split = "valid" if loaders.test is None else "test"
+    final_loss, final_confusion = evaluate(state, loaders.valid if loaders.test is None else loaders.test)
+    final = {**metrics.summarize(final_confusion, dataset.classes), "loss": final_loss}
+    if info.is_main:
+        report_final(config, progress, final_split, final)
+        write_outputs(config, dataset, progress, final_split, final, final_confusion, dirs, state.tracker.summary())
+        state.tracker.finish({"split": final_split, **final}, dirs.output, dirs.model)
+    # Other ranks wait here until the main process has written the model: SageMaker
+    # local mode stops every container as soon as the first one exits.
+    distributed.barrier(info)
+    return Outcome(False, progress.epoch, 0, final={"split": final_split, **final})
+
+
+# --- what the epoch loop carries ----------------------------------------------------
 
 
 class StopRequest:
@@ -61,7 +143,7 @@ class StopRequest:
 @dataclass
 class Progress:
     """Everything the epoch loop carries from one epoch to the next (and a checkpoint
-    carries across restarts)."""
+    carries across restarts, as plain data: see `to_dict`)."""
 
     epoch: int = 0  # epochs completed
     step: int = 0  # steps already done in epoch `epoch` (mid-epoch resume)
@@ -74,6 +156,58 @@ class Progress:
     # mid-epoch resume reports train_loss/train_acc over the whole epoch.
     partial: tuple[float, float, float] | None = None
 
+    def record(self, row: dict, value: float, model: nn.Module) -> None:
+        """A finished epoch: its metrics, and its weights if `value` (higher is better)
+        is the best so far."""
+        self.history.append(row)
+        if self.best_value is None or value > self.best_value:
+            self.best_value, self.best_epoch = value, row["epoch"]
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            self.epochs_without_improvement = 0
+        else:
+            self.epochs_without_improvement += 1
+        self.epoch, self.step, self.partial = row["epoch"], 0, None
+
+    def to_dict(self) -> dict:
+        # Shallow on purpose: dataclasses.asdict would deep-copy the best weights.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Progress:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+@dataclass
+class TrainState:
+    """What train_one_epoch and evaluate need, built once by fit."""
+
+    config: TrainConfig
+    info: distributed.DistInfo
+    stop: StopRequest
+    model: nn.Module  # DDP-wrapped when distributed: run steps through it
+    model_without_ddp: nn.Module  # the same weights: save and load through it
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    autocast_dtype: torch.dtype | None
+    classes: list[str]
+    checkpoint_dir: Path
+    train_images: int
+    tracker: tracking.Tracker
+    progress: Progress = field(default_factory=Progress)
+
+    def autocast(self) -> AbstractContextManager:
+        dtype = self.autocast_dtype
+        return torch.autocast(self.info.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    def to_device(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.info.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, targets.to(self.info.device, non_blocking=True)
+
 
 class EpochSums:
     """This rank's running train loss sum, correct and seen counts in one epoch."""
@@ -85,6 +219,11 @@ class EpochSums:
         self.correct = torch.tensor(int(correct), dtype=torch.int64, device=info.device)
         self.seen = torch.tensor(int(seen), dtype=torch.int64, device=info.device)
 
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.loss += loss.detach().to(torch.float64) * targets.shape[0]
+        self.correct += (logits.argmax(1) == targets).sum()
+        self.seen += targets.shape[0]
+
     def reduced(self, info: distributed.DistInfo) -> tuple[float, float, float]:
         """The sums over all ranks (a collective: every rank calls it)."""
         totals = torch.stack([self.loss, self.correct.to(torch.float64), self.seen.to(torch.float64)])
@@ -94,12 +233,238 @@ class EpochSums:
 
 
 @dataclass
+class EpochResult:
+    step: int  # steps done in the epoch
+    metrics: dict = field(default_factory=dict)  # train_loss, train_acc (a finished epoch)
+    stopped: bool = False  # left early: every rank agreed to stop
+    checkpoint: str | None = None  # saved on the way out (rank 0)
+
+
+@dataclass
 class Outcome:
     stopped: bool
     epoch: int
     step: int
     checkpoint: str | None = None
     final: dict | None = None
+
+
+# --- one epoch ------------------------------------------------------------------------
+
+
+def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int) -> EpochResult:
+    config, info = state.config, state.info
+    state.model.train()
+    step = state.progress.step  # > 0 when resuming mid-epoch
+    sums = EpochSums(info, state.progress.partial if step else None)
+    steps = step + len(loader)
+    window_start, window_images = time.perf_counter(), 0
+    # A terminal (docker run -t on EC2) gets a progress bar; logs keep a line per event.
+    bar = ProgressBar.for_terminal(f"epoch {epoch + 1}", steps, step) if info.is_main else None
+    for images, targets in loader:
+        if state.stop.agreed(info):
+            if bar is not None:
+                bar.close()
+            return EpochResult(step, stopped=True, checkpoint=save_checkpoint(state, epoch, step, sums.reduced(info)))
+        images, targets = state.to_device(images, targets)
+        with state.autocast():
+            logits = state.model(images)
+            loss = state.criterion(logits, targets)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
+        step += 1
+        sums.add(loss, logits, targets)
+        window_images += targets.shape[0]
+        if info.is_main and (step % config.log_interval == 0 or step == steps):
+            rate = window_images * info.world_size / max(time.perf_counter() - window_start, 1e-9)
+            line = format_metrics({"epoch": epoch + 1, "step": f"{step}/{steps}"}, {"step_loss": loss.item(), "images_per_s": rate})
+            if bar is not None:
+                bar.note(line, step)
+            else:
+                log.info(line)
+            window_start, window_images = time.perf_counter(), 0
+        if bar is not None:
+            bar.update(step)
+        if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step < steps:
+            save_checkpoint(state, epoch, step, sums.reduced(info))
+    if bar is not None:
+        bar.close()
+    loss, correct, seen = sums.reduced(info)
+    return EpochResult(step, {"train_loss": loss / max(1.0, seen), "train_acc": correct / max(1.0, seen)})
+
+
+@torch.inference_mode()
+def evaluate(state: TrainState, loader: DataLoader) -> tuple[float, torch.Tensor]:
+    """Loss and confusion matrix over the whole split, summed across ranks."""
+    state.model.eval()
+    device, num_classes = state.info.device, len(state.classes)
+    confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for images, targets in loader:
+        images, targets = state.to_device(images, targets)
+        with state.autocast():
+            logits = state.model(images)
+        # Plain cross-entropy (no smoothing or class weights): comparable across runs.
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").to(torch.float64)
+        metrics.update_confusion(confusion, logits, targets)
+    distributed.all_reduce_sum(confusion, state.info)
+    distributed.all_reduce_sum(loss_sum, state.info)
+    return loss_sum.item() / max(1, int(confusion.sum())), confusion.cpu()
+
+
+def epoch_row(epoch: int, train_metrics: dict, val_loss: float, summary: dict, optimizer, start: float) -> dict:
+    return {
+        "epoch": epoch + 1,
+        **train_metrics,
+        "val_loss": val_loss,
+        "val_acc": summary["acc"],
+        "val_macro_f1": summary["macro_f1"],
+        "lr": optimizer.param_groups[0]["lr"],
+        "epoch_time_s": time.perf_counter() - start,
+        "val_per_class": summary["per_class"],  # precision/recall/F1/support per class
+    }
+
+
+def report_epoch(state: TrainState, row: dict) -> None:
+    """One finished epoch's metrics, once per epoch on every rank (the main process
+    reports). The single place where per-epoch metrics leave the loop: the log line
+    SageMaker's metric definitions parse, and any other metrics sink."""
+    if state.info.is_main:
+        keys = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch_time_s")
+        log.info(format_metrics({"epoch": row["epoch"]}, {k: row[k] for k in keys}))
+    state.tracker.log_epoch(row, state.train_images)
+
+
+def objective_value(config: TrainConfig, row: dict) -> float:
+    # Higher is better for every objective: negate the loss.
+    value = row[config.objective]
+    return -value if config.objective == "val_loss" else value
+
+
+def should_stop_early(config: TrainConfig, progress: Progress, info: distributed.DistInfo) -> bool:
+    if not config.early_stopping_patience or progress.epochs_without_improvement < config.early_stopping_patience:
+        return False
+    if info.is_main:
+        log.info(
+            "early stopping: %s has not improved for %d epochs (best at epoch %d)",
+            config.objective,
+            progress.epochs_without_improvement,
+            progress.best_epoch,
+        )
+    return True
+
+
+def report_final(config: TrainConfig, progress: Progress, final_split: str, final: dict) -> None:
+    # SageMaker tuning scores a job by the *last* value of its objective metric:
+    # repeat the best epoch's validation metrics so that value is the saved model's.
+    best_row = next(row for row in progress.history if row["epoch"] == progress.best_epoch)
+    log.info(format_metrics({"best_epoch": progress.best_epoch}, {k: best_row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}))
+    if final_split == "test":
+        log.info(format_metrics({}, {"test_loss": final["loss"], "test_acc": final["acc"], "test_macro_f1": final["macro_f1"]}))
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+
+def save_checkpoint(state: TrainState, epoch: int, step: int, partial: tuple[float, float, float] | None = None) -> str | None:
+    """Rank 0 writes everything a restart needs, as plain data (see train.checkpoint);
+    `partial` is the epoch's sums so far when stopping mid-epoch."""
+    if not state.info.is_main:
+        return None
+    progress = dataclasses.replace(state.progress, epoch=epoch, step=step, partial=partial)
+    snapshot = {
+        "arch": state.config.arch,
+        "classes": list(state.classes),
+        "model": state.model_without_ddp.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "progress": progress.to_dict(),
+        "config": state.config.to_dict(),
+    }
+    return str(checkpoint.save_checkpoint(snapshot, state.checkpoint_dir, epoch, step, state.config.keep_checkpoints))
+
+
+def resume(state: TrainState) -> None:
+    """Continue from the newest checkpoint of this run, if any: rank 0 reads it (only
+    the master host has the checkpoint folder) and every rank gets the same state."""
+    info = state.info
+    found = checkpoint.load_latest(state.checkpoint_dir, state.config.arch, state.classes) if info.is_main else None
+    found = distributed.broadcast_from_main(found, info)
+    if found is None:
+        return
+    state.model_without_ddp.load_state_dict(found["model"])
+    state.optimizer.load_state_dict(found["optimizer"])
+    state.scheduler.load_state_dict(found["scheduler"])
+    state.scaler.load_state_dict(found["scaler"])
+    state.progress = Progress.from_dict(found["progress"])
+    if info.is_main:
+        log.info("resumed at epoch %d step %d from %s", state.progress.epoch + 1, state.progress.step, found["path"])
+
+
+# --- building blocks --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputDirs:
+    model: Path
+    output: Path
+    checkpoints: Path
+
+    @classmethod
+    def resolve(cls, config: TrainConfig, paths: SageMakerPaths) -> OutputDirs:
+        """Flags win; the defaults are the /opt/ml contract's."""
+        return cls(
+            Path(config.model_dir) if config.model_dir else paths.model_dir,
+            Path(config.output_data_dir) if config.output_data_dir else paths.output_data_dir,
+            Path(config.checkpoint_dir) if config.checkpoint_dir else paths.checkpoint_dir,
+        )
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    valid: DataLoader
+    test: DataLoader | None
+    steps_per_epoch: int  # of a whole epoch, before any mid-epoch skip
+
+
+def make_loaders(config: TrainConfig, dataset: Data, info: distributed.DistInfo) -> Loaders:
+    """Each rank's shard of every split: training shuffled and padded so all ranks take
+    the same number of steps; evaluation unpadded, so every image counts once."""
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    workers = config.num_workers if config.num_workers >= 0 else data.default_num_workers(local_processes)
+    pin = info.device.type == "cuda"
+
+    def loader(split, shuffle: bool) -> DataLoader:
+        sampler = data.ShardSampler(len(split), info.rank, info.world_size, config.seed, shuffle=shuffle, pad=shuffle)
+        return data.make_loader(split, sampler, config.batch_size, workers, pin)
+
+    train = loader(dataset.train, shuffle=True)
+    test = loader(dataset.test, shuffle=False) if dataset.test is not None else None
+    return Loaders(train, loader(dataset.valid, shuffle=False), test, math.ceil(len(train.sampler) / config.batch_size))
+
+
+def make_model(config: TrainConfig, num_classes: int, weights_path: Path | None, device: torch.device) -> nn.Module:
+    model = models.build_model(config.arch, num_classes, weights_path)
+    if config.freeze_backbone:
+        models.freeze_backbone(model)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def make_criterion(config: TrainConfig, dataset: Data, device: torch.device) -> nn.Module:
+    class_weight = None
+    if config.class_weighted_loss:
+        num_classes = len(dataset.classes)
+        counts = torch.bincount(torch.tensor([label for _, label in dataset.train.samples]), minlength=num_classes).float()
+        class_weight = (counts.sum() / (num_classes * counts.clamp(min=1))).to(device)
+    return nn.CrossEntropyLoss(weight=class_weight, label_smoothing=config.label_smoothing)
 
 
 @dataclass
@@ -206,274 +571,11 @@ def make_scheduler(config: TrainConfig, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train_one_epoch(
-    model, criterion, optimizer, scheduler, scaler, loader, config, info, epoch, start_step, stop, autocast_dtype, on_step, sums=None
-):
-    model.train()
-    device = info.device
-    sums = sums or EpochSums(info)
-    steps = start_step + len(loader)
-    window_start, window_images = time.perf_counter(), 0
-    step = start_step
-    for images, targets in loader:
-        if stop.agreed(info):
-            break
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if config.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = model(images)
-            loss = criterion(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        step += 1
-        sums.loss += loss.detach().to(torch.float64) * targets.shape[0]
-        sums.correct += (logits.argmax(1) == targets).sum()
-        sums.seen += targets.shape[0]
-        window_images += targets.shape[0]
-        if info.is_main and (step % config.log_interval == 0 or step == steps):
-            elapsed = time.perf_counter() - window_start
-            rate = window_images * info.world_size / max(elapsed, 1e-9)
-            line = format_metrics({"epoch": epoch + 1, "step": f"{step}/{steps}"}, {"step_loss": loss.item(), "images_per_s": rate})
-            if sys.stderr.isatty():
-                print("\r" + line, end="", file=sys.stderr, flush=True)
-            else:
-                log.info(line)
-            window_start, window_images = time.perf_counter(), 0
-        on_step(step)
-    if info.is_main and sys.stderr.isatty():
-        print(file=sys.stderr)
-    loss, correct, seen = sums.reduced(info)
-    n = max(1.0, seen)
-    return {"train_loss": loss / n, "train_acc": correct / n}, step
-
-
-@torch.inference_mode()
-def evaluate(model, criterion, loader, num_classes, info, autocast_dtype, channels_last):
-    """Loss and confusion matrix over the whole split, summed across ranks."""
-    model.eval()
-    device = info.device
-    confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for images, targets in loader:
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = model(images)
-        loss_sum += criterion(logits.float(), targets).to(torch.float64) * targets.shape[0]
-        metrics.update_confusion(confusion, logits, targets)
-    distributed.all_reduce_sum(confusion, info)
-    distributed.all_reduce_sum(loss_sum, info)
-    count = max(1, int(confusion.sum()))
-    return loss_sum.item() / count, confusion.cpu()
-
-
-def objective_value(config: TrainConfig, row: dict) -> float:
-    # Higher is better for every objective: negate the loss.
-    value = row[config.objective]
-    return -value if config.objective == "val_loss" else value
-
-
-def fit(config: TrainConfig, paths: SageMakerPaths, info: distributed.DistInfo, stop: StopRequest) -> Outcome:
-    model_dir = Path(config.model_dir) if config.model_dir else paths.model_dir
-    output_dir = Path(config.output_data_dir) if config.output_data_dir else paths.output_data_dir
-    checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else paths.checkpoint_dir
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
-
-    # --- data ---
-    dataset = load_data(config, paths)
-    num_classes = len(dataset.classes)
-    workers = config.num_workers if config.num_workers >= 0 else data.default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    pin = info.device.type == "cuda"
-    train_sampler = data.ShardSampler(len(dataset.train), info.rank, info.world_size, config.seed, shuffle=True, pad=True)
-    train_loader = data.make_loader(dataset.train, train_sampler, config.batch_size, workers, pin)
-    valid_loader = data.make_loader(
-        dataset.valid,
-        data.ShardSampler(len(dataset.valid), info.rank, info.world_size, config.seed, False, False),
-        config.batch_size,
-        workers,
-        pin,
-    )
-    steps_per_epoch = len(train_sampler) // config.batch_size + bool(len(train_sampler) % config.batch_size)
-
-    # --- model ---
-    model = models.build_model(config.arch, num_classes, pretrained_weights_path(config, paths))
-    if config.freeze_backbone:
-        models.freeze_backbone(model)
-    model.to(info.device)
-    if config.channels_last:
-        model.to(memory_format=torch.channels_last)
-    model_without_ddp = model
-    if info.distributed:
-        model = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-
-    # --- loss, optimizer, schedule ---
-    class_weight = None
-    if config.class_weighted_loss:
-        counts = torch.bincount(torch.tensor([label for _, label in dataset.train.samples]), minlength=num_classes).float()
-        class_weight = (counts.sum() / (num_classes * counts.clamp(min=1))).to(info.device)
-    criterion = nn.CrossEntropyLoss(weight=class_weight, label_smoothing=config.label_smoothing)
-    eval_criterion = nn.CrossEntropyLoss()
-    optimizer = make_optimizer(config, model_without_ddp)
-    scheduler = make_scheduler(config, optimizer, steps_per_epoch)
-    autocast_dtype = amp_dtype(config, info.device)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=autocast_dtype == torch.float16)
-
-    # --- resume ---
-    progress = Progress()
-    state = distributed.broadcast_from_main(load_latest(checkpoint_dir) if config.resume and info.is_main else None, info)
-    if state is not None:
-        if state["classes"] != dataset.classes:
-            raise ConfigError(
-                f"checkpoint {state['path']} was trained on classes {state['classes'][:5]}..., not this data's; clear {checkpoint_dir} or set resume=false"
-            )
-        model_without_ddp.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        progress = state["progress"]
-        if info.is_main:
-            log.info("resumed at epoch %d step %d from %s", progress.epoch + 1, progress.step, state["path"])
-        del state
-
-    def checkpoint(epoch: int, step: int, partial=None) -> str | None:
-        if not info.is_main:
-            return None
-        snapshot = {
-            "model": model_without_ddp.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "progress": Progress(
-                epoch,
-                step,
-                progress.best_value,
-                progress.best_epoch,
-                progress.best_weights,
-                progress.epochs_without_improvement,
-                progress.history,
-                partial,
-            ),
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-            "classes": dataset.classes,
-            "config": config.to_dict(),
-        }
-        return str(save_checkpoint(snapshot, checkpoint_dir, epoch, step, config.keep_checkpoints))
-
-    # --- epochs ---
-    for epoch in range(progress.epoch, config.epochs):
-        start = time.perf_counter()
-        # Per-(seed, epoch, rank) RNG: augmentation is reproducible across restarts.
-        # (Tuples of ints hash the same in every process; no two ranks or epochs share.)
-        torch.manual_seed(hash((config.seed, epoch, info.rank)) & 0x7FFF_FFFF_FFFF_FFFF)
-        train_sampler.set_epoch(epoch, skip=progress.step * config.batch_size)
-
-        sums = EpochSums(info, getattr(progress, "partial", None) if progress.step else None)
-
-        def on_step(step, epoch=epoch, sums=sums):
-            if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and step < steps_per_epoch:
-                checkpoint(epoch, step, sums.reduced(info))
-
-        train_row, step = train_one_epoch(
-            model,
-            criterion,
-            optimizer,
-            scheduler,
-            scaler,
-            train_loader,
-            config,
-            info,
-            epoch,
-            progress.step,
-            stop,
-            autocast_dtype,
-            on_step,
-            sums,
-        )
-        if step < steps_per_epoch:  # left early: every rank agreed to stop
-            saved = checkpoint(epoch, step, sums.reduced(info))
-            return Outcome(True, epoch, step, saved)
-        progress.step, progress.partial = 0, None
-        val_loss, confusion = evaluate(model, eval_criterion, valid_loader, num_classes, info, autocast_dtype, config.channels_last)
-        summary = metrics.summarize(confusion, dataset.classes)
-        row = {
-            "epoch": epoch + 1,
-            **train_row,
-            "val_loss": val_loss,
-            "val_acc": summary["acc"],
-            "val_macro_f1": summary["macro_f1"],
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": time.perf_counter() - start,
-            "val_per_class": summary["per_class"],  # precision/recall/F1/support per class
-        }
-        progress.history.append(row)
-        if info.is_main:
-            log.info(
-                format_metrics(
-                    {"epoch": epoch + 1},
-                    {k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch_time_s")},
-                )
-            )
-        value = objective_value(config, row)
-        if progress.best_value is None or value > progress.best_value:
-            progress.best_value, progress.best_epoch = value, epoch + 1
-            progress.best_weights = {k: v.detach().cpu().clone() for k, v in model_without_ddp.state_dict().items()}
-            progress.epochs_without_improvement = 0
-        else:
-            progress.epochs_without_improvement += 1
-        progress.epoch = epoch + 1
-        saved = checkpoint(epoch + 1, 0)
-        if stop.agreed(info):
-            return Outcome(True, epoch + 1, 0, saved)
-        if config.early_stopping_patience and progress.epochs_without_improvement >= config.early_stopping_patience:
-            if info.is_main:
-                log.info(
-                    "early stopping: %s has not improved for %d epochs (best at epoch %d)",
-                    config.objective,
-                    progress.epochs_without_improvement,
-                    progress.best_epoch,
-                )
-            break
-
-    # SageMaker tuning scores a job by the *last* value of its objective metric:
-    # repeat the best epoch's validation metrics so that value is the saved model's.
-    best_row = next(row for row in progress.history if row["epoch"] == progress.best_epoch)
-    if info.is_main:
-        log.info(format_metrics({"best_epoch": progress.best_epoch}, {k: best_row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}))
-
-    # --- final evaluation with the best weights ---
-    model_without_ddp.load_state_dict(progress.best_weights)
-    if dataset.test is not None:
-        final_split, final_set = "test", dataset.test
-    else:
-        final_split, final_set = "valid", dataset.valid
-    final_loader = data.make_loader(
-        final_set, data.ShardSampler(len(final_set), info.rank, info.world_size, config.seed, False, False), config.batch_size, workers, pin
-    )
-    final_loss, final_confusion = evaluate(model, eval_criterion, final_loader, num_classes, info, autocast_dtype, config.channels_last)
-    final = metrics.summarize(final_confusion, dataset.classes)
-    final["loss"] = final_loss
-    if info.is_main:
-        if final_split == "test":
-            log.info(format_metrics({}, {"test_loss": final_loss, "test_acc": final["acc"], "test_macro_f1": final["macro_f1"]}))
-        write_outputs(config, dataset, progress, final_split, final, final_confusion, model_dir, output_dir)
-    # Other ranks wait here until the main process has written the model: SageMaker
-    # local mode stops every container as soon as the first one exits.
-    distributed.barrier(info)
-    return Outcome(False, progress.epoch, 0, final={"split": final_split, **final})
-
-
-def write_outputs(config, dataset: Data, progress: Progress, final_split, final, confusion, model_dir: Path, output_dir: Path) -> None:
+def write_outputs(config, dataset: Data, progress: Progress, final_split, final, confusion, dirs: OutputDirs, tracking_info=None) -> None:
+    model_dir, output_dir = dirs.model, dirs.output
     model_dir.mkdir(parents=True, exist_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save(progress.best_weights, model_dir / WEIGHTS_FILE)
+    checkpoint.atomic_save(progress.best_weights, model_dir / WEIGHTS_FILE)
 
     spec = ModelSpec(
         arch=config.arch,
@@ -499,6 +601,7 @@ def write_outputs(config, dataset: Data, progress: Progress, final_split, final,
             "skipped_examples": dataset.bad_files[:20],
         },
         "config": config.to_dict(),
+        "tracking": tracking_info or {},  # e.g. the MLflow run id
     }
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (output_dir / "classification_report.txt").write_text(

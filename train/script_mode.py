@@ -33,7 +33,7 @@ import logging
 import os
 import socket
 
-from container import ConfigError, SageMakerPaths, read_input_data_config, write_failure
+from container import EXIT_CONFIG, ConfigError, SageMakerPaths, read_input_data_config, write_failure
 
 log = logging.getLogger("train.script_mode")
 
@@ -72,7 +72,7 @@ def run(paths: SageMakerPaths, hyperparameters: dict[str, str]) -> int:
     except ConfigError as err:
         log.error("%s", err)
         write_failure(paths, f"ConfigError: {err}")
-        return 2
+        return EXIT_CONFIG
 
     # The toolkit computes its paths when imported; set them first.
     os.environ["SAGEMAKER_BASE_DIR"] = str(paths.root)

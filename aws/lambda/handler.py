@@ -27,7 +27,9 @@ by hop, bodies are capped at MAX_IMAGE_BYTES and every step has a timeout.
 Environment: ENDPOINT_NAME (required), ALLOWED_S3_PREFIX (s3://bucket/prefix/; empty:
 S3 inputs refused), MAX_IMAGE_BYTES (default 5 MiB; the endpoint takes at most 6 MB),
 FETCH_TIMEOUT_S (default 5), ALLOWED_URL_HOSTS (optional comma-separated allow-list of
-host names; empty: any public host).
+host names; empty: any public host), ASYNC_INFERENCE (true for an endpoint deployed with
+`deploy --async`: {"s3_uri": ...} events are queued with InvokeEndpointAsync and the
+answer is 202 {"inference_id", "output_location", "failure_location"}).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Config:
     max_image_bytes: int = 5 * 1024 * 1024
     fetch_timeout_s: float = 5.0
     allowed_url_hosts: tuple[str, ...] = ()
+    async_inference: bool = False  # ASYNC_INFERENCE=true: the endpoint was deployed with --async
 
     @classmethod
     def from_env(cls, environ=None) -> Config:
@@ -79,6 +82,7 @@ class Config:
             max_image_bytes=int(environ.get("MAX_IMAGE_BYTES", 5 * 1024 * 1024)),
             fetch_timeout_s=float(environ.get("FETCH_TIMEOUT_S", 5)),
             allowed_url_hosts=hosts,
+            async_inference=environ.get("ASYNC_INFERENCE", "").strip().lower() in ("1", "true", "yes", "on"),
         )
 
 
@@ -290,7 +294,8 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
-def read_s3(uri: str, config: Config, s3_client) -> bytes:
+def allowed_s3_object(uri: str, config: Config) -> tuple[str, str]:
+    """(bucket, key) of an S3 input under ALLOWED_S3_PREFIX; 403 otherwise."""
     bucket, key = _split_s3(uri)
     if not config.allowed_s3_prefix:
         raise RequestError(403, "S3 inputs are disabled (ALLOWED_S3_PREFIX is not set)")
@@ -298,6 +303,11 @@ def read_s3(uri: str, config: Config, s3_client) -> bytes:
     allowed_prefix = allowed_prefix[:-1]  # drop the 'x': keeps the trailing '/'
     if bucket != allowed_bucket or not key.startswith(allowed_prefix) or ".." in key.split("/"):
         raise RequestError(403, f"s3://{bucket}/{key} is outside {config.allowed_s3_prefix}")
+    return bucket, key
+
+
+def read_s3(uri: str, config: Config, s3_client) -> bytes:
+    bucket, key = allowed_s3_object(uri, config)
     from botocore.exceptions import ClientError
 
     try:
@@ -347,9 +357,45 @@ def invoke(image: bytes, config: Config, runtime_client) -> dict:
         raise RequestError(502, "the endpoint did not answer JSON") from None
 
 
+ASYNC_CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+
+
+def submit_async(kind: str, value, config: Config, runtime_client) -> dict:
+    """An async endpoint reads its input from S3 itself: queue the object (checked
+    against ALLOWED_S3_PREFIX, never downloaded here) and answer where the result will
+    appear."""
+    from botocore.exceptions import ClientError
+
+    if kind != "s3":
+        raise RequestError(400, 'this endpoint is asynchronous: send {"s3_uri": "s3://bucket/key.jpg"}')
+    bucket, key = allowed_s3_object(value, config)
+    content_type = ASYNC_CONTENT_TYPES.get(os.path.splitext(key)[1].lower())
+    if content_type is None:
+        raise RequestError(415, "async inputs are .jpg, .jpeg or .png objects")
+    try:
+        reply = runtime_client.invoke_endpoint_async(
+            EndpointName=config.endpoint_name,
+            InputLocation=f"s3://{bucket}/{key}",
+            ContentType=content_type,
+            Accept="application/json",
+        )
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        if error.get("Code") == "ThrottlingException":
+            raise RequestError(429, "the endpoint is throttling; retry later") from None
+        raise RequestError(502, f"endpoint error {error.get('Code')}: {error.get('Message', '')[:300]}") from None
+    return {
+        "inference_id": reply.get("InferenceId"),
+        "output_location": reply["OutputLocation"],
+        "failure_location": reply.get("FailureLocation"),
+    }
+
+
 def handle(event, config: Config, runtime_client, s3_client) -> dict:
     try:
         kind, value = parse_event(event)
+        if config.async_inference:
+            return response(202, submit_async(kind, value, config, runtime_client))
         if kind == "url":
             image = fetch_url(value, config)
         elif kind == "s3":

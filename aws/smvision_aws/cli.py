@@ -1,5 +1,5 @@
-"""smvision-aws: the seed workflow as commands (train, tune, deploy, transform, cleanup,
-lambda-package, iam-policies). `--local` runs train/tune/deploy/transform through the
+"""smvision-aws: the seed workflow as commands (train, tune, deploy, transform, process,
+register, pipeline, cleanup, lambda-package, iam-policies). `--local` runs train/tune/deploy/transform through the
 SageMaker SDK's local mode (docker on this machine, file:// data) before paying for AWS.
 
     python aws train --image IMAGE --role ROLE --channel training=s3://b/p/ --hp epochs=10 ...
@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from smvision_aws import cleanup as cleanup_mod
-from smvision_aws import hosting, iam, lambda_package, local_mode, tuning
-from smvision_aws.sessions import make_session, metric_definitions
+from smvision_aws import hosting, iam, lambda_package, local_mode, local_sdk3, processing, registry, tuning
+from smvision_aws.sessions import make_client_session, metric_definitions
+from smvision_aws.sessions import make_session as _sdk2_session
 from smvision_aws.training import (
     TrainSpec,
     UsageError,
@@ -99,6 +100,17 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-wait", action="store_true", help="start the job and return")
 
 
+def _ami_option(parser: argparse.ArgumentParser, kind: str) -> None:
+    amis = hosting.INFERENCE_AMIS if kind == "inference" else hosting.TRANSFORM_AMIS
+    default = hosting.DEFAULT_INFERENCE_AMI if kind == "inference" else hosting.DEFAULT_TRANSFORM_AMI
+    parser.add_argument(
+        "--ami-version",
+        metavar="AMI",
+        help=f"GPU host image ({', '.join(amis)}); default on GPU instances {default} "
+        "(SageMaker's own default has driver 470, too old for CUDA 12); none on CPU",
+    )
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smvision-aws", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -123,6 +135,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     source.add_argument("--training-job", help="deploy this Completed training job's model.tar.gz")
     source.add_argument("--model-data", help="s3://.../model.tar.gz (file:///.../model.tar.gz with --local)")
     source.add_argument("--model-data-prefix", help="--multi-model: s3://bucket/prefix/ holding *.tar.gz models")
+    source.add_argument("--model-package", metavar="ARN", help="an Approved model package version (see `register`)")
     p.add_argument("--endpoint-name", required=True)
     p.add_argument("--model-name", help="default: the endpoint name")
     p.add_argument("--instance-type", default="ml.m5.xlarge")
@@ -139,6 +152,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--serverless-memory", type=int, default=4096, help="MB: 1024..6144 in steps of 1024")
     p.add_argument("--serverless-max-concurrency", type=int, default=5)
     p.add_argument("--multi-model", action="store_true", help="multi-model endpoint over --model-data-prefix")
+    _ami_option(p, "inference")
+    p.add_argument(
+        "--async",
+        dest="async_inference",
+        action="store_true",
+        help="asynchronous endpoint: requests name an S3 input, answers land under --output (bodies up to 1 GB)",
+    )
+    p.add_argument("--output", help="--async: s3://bucket/prefix/ for the answers")
+    p.add_argument("--failure-output", help="--async: s3://bucket/prefix/ for failed requests' errors")
+    p.add_argument("--success-topic", metavar="SNS_ARN", help="--async: SNS topic told of each answer")
+    p.add_argument("--error-topic", metavar="SNS_ARN", help="--async: SNS topic told of each failure")
+    p.add_argument("--max-concurrent-invocations", type=int, help="--async: requests one instance works on at once")
+    p.add_argument(
+        "--target-backlog",
+        type=float,
+        default=5.0,
+        help="--async --autoscale: queued requests per instance to aim for (ApproximateBacklogSizePerInstance); "
+        "--min-capacity 0 scales to zero when idle",
+    )
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="serving environment, repeatable")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE")
     p.add_argument("--no-wait", action="store_true")
@@ -158,8 +190,63 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance-count", type=int, default=1)
     p.add_argument("--content-type", default="image/jpeg", choices=["image/jpeg", "image/png"])
     p.add_argument("--max-concurrent", type=int)
+    _ami_option(p, "batch")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE")
     p.add_argument("--no-wait", action="store_true")
+
+    p = sub.add_parser(
+        "process",
+        help="run a command of the image (e.g. train prepare-bins) as a Processing job",
+        description="Run COMMAND of the image as a SageMaker Processing job. Inputs are mounted at "
+        "/opt/ml/processing/input/NAME, outputs uploaded from /opt/ml/processing/output/NAME, e.g.\n"
+        "  process --input bins=s3://b/raw/ --output data=s3://b/data/ -- train prepare-bins "
+        "--images /opt/ml/processing/input/bins/images --metadata /opt/ml/processing/input/bins/metadata "
+        "--out /opt/ml/processing/output/data",
+    )
+    _common(p, local=False)
+    _image_role(p)
+    p.add_argument("--input", action="append", metavar="NAME=S3_URI", help="repeatable; mounted at /opt/ml/processing/input/NAME")
+    p.add_argument("--output", action="append", metavar="NAME=S3_URI", help="repeatable; uploaded from /opt/ml/processing/output/NAME")
+    p.add_argument("--instance-type", default="ml.m5.xlarge")
+    p.add_argument("--instance-count", type=int, default=1)
+    p.add_argument("--volume-size", type=int, default=30, help="GB of EBS per instance")
+    p.add_argument("--max-run", type=int, default=24 * 3600, help="seconds at most")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="container environment, repeatable")
+    p.add_argument("--job-name", help="default: smvision-process-timestamp")
+    p.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    p.add_argument("--no-wait", action="store_true")
+    p.add_argument("container_command", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="what the container runs")
+
+    p = sub.add_parser("register", help="model registry: a package version from a training job, or a new approval status")
+    _common(p, local=False)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--training-job", help="register this Completed job's model.tar.gz and metrics.json")
+    target.add_argument("--model-package", metavar="ARN", help="change the approval status of this package version")
+    p.add_argument("--model-package-group", help="group of the new version (created if missing)")
+    p.add_argument("--approval-status", choices=registry.APPROVAL_STATUSES, default=None, help=f"default {registry.DEFAULT_APPROVAL}")
+    p.add_argument("--approval-description")
+    p.add_argument("--image", help="serving image (default: the training job's image)")
+    p.add_argument("--description")
+    p.add_argument("--inference-instance-type", action="append", help="repeatable; default ml.m5.xlarge and ml.g4dn.xlarge")
+    p.add_argument("--transform-instance-type", action="append", help="repeatable; default ml.m5.xlarge and ml.g4dn.xlarge")
+    p.add_argument("--tag", action="append", metavar="KEY=VALUE")
+
+    p = sub.add_parser("pipeline", help="the seed workflow as a SageMaker Pipeline (SDK 3): prepare-bins -> train -> F1 gate -> register")
+    p.add_argument("action", choices=["upsert", "start", "definition"], help="definition: print the JSON only (no AWS call)")
+    _common(p, local=False)
+    _image_role(p)
+    p.add_argument("--name", default="smvision-pipeline", help="pipeline name")
+    p.add_argument("--raw-data", help="s3:// prefix with images/ and metadata/ of the bins (processing input)")
+    p.add_argument("--data-output", help="s3:// prefix for the ImageFolder split (processing output, training input)")
+    p.add_argument("--output-path", help="s3:// prefix for model.tar.gz")
+    p.add_argument("--model-package-group", default="smvision-models")
+    p.add_argument("--processing-instance-type", default="ml.m5.xlarge")
+    p.add_argument("--training-instance-type", default="ml.g4dn.xlarge")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--f1-threshold", type=float, default=0.7, help="register only when val_macro_f1 >= this")
+    p.add_argument("--hp", action="append", metavar="NAME=VALUE", help="more trainer hyperparameters, repeatable")
+    p.add_argument("--parameter", action="append", metavar="NAME=VALUE", help="start: override a pipeline parameter for this execution")
+    p.add_argument("--tag", action="append", metavar="KEY=VALUE")
 
     p = sub.add_parser("cleanup", help="delete endpoints, configs, models and autoscaling; idempotent")
     _common(p)
@@ -186,6 +273,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # --- commands ------------------------------------------------------------------------
+
+
+def make_session(local: bool = False, region: str | None = None, serving_port: int | None = None):
+    """An SDK 2.x Session/LocalSession for train, tune, deploy and transform."""
+    if local_sdk3.sdk_major() >= 3:
+        raise UsageError(
+            "train, tune, deploy and transform on AWS (and deploy/transform --local) drive SDK 2.x's Estimator and Model: "
+            "install them with pip install -e 'aws/[sdk2]', or use SDK 3's ModelTrainer directly (docs/aws.md); "
+            "train --local, tune --local, process, register and pipeline work with SDK 3"
+        )
+    return _sdk2_session(local, region, serving_port=serving_port)
 
 
 def _image(args) -> str:
@@ -236,6 +334,8 @@ def cmd_train(args, session=None) -> dict:
     spec = _train_spec(args)
     if not args.no_validate_hyperparameters:
         validate_hyperparameters(spec.hyperparameters)
+    if args.local and session is None and local_sdk3.sdk_major() >= 3:
+        return local_sdk3.train(spec, args.gpu, args.job_name)
     session = session or make_session(args.local, args.region)
     estimator = build_estimator(spec, session, args.local)
     if args.local:
@@ -257,7 +357,8 @@ def local_fit(estimator, channels, session, image: str, job_name: str | None = N
 
 
 def cmd_tune(args, session=None) -> dict:
-    session = session or make_session(args.local, args.region)
+    if args.best or not (args.local and local_sdk3.sdk_major() >= 3):
+        session = session or make_session(args.local, args.region)
     if args.best:
         return tuning.best_job_summary(session.sagemaker_client, args.best)
     spec = _train_spec(args)
@@ -274,6 +375,14 @@ def cmd_tune(args, session=None) -> dict:
         point = tuning.sample(seed=args.seed)
         log.warning("local mode has no tuning service; running one trial with %s", point)
         spec.hyperparameters = {**spec.hyperparameters, **point}
+        if local_sdk3.sdk_major() >= 3:
+            trial = local_sdk3.train(spec, args.gpu)
+            return {
+                "local_trial": trial["training_job"],
+                "hyperparameters": point,
+                "model_data": trial["model_data"],
+                "hosts": trial["hosts"],
+            }
         estimator = build_estimator(spec, session, local=True)
         job_name, model_data, hosts = local_fit(estimator, spec.channels, session, spec.image_uri)
         return {"local_trial": job_name, "hyperparameters": point, "model_data": model_data, "hosts": hosts}
@@ -312,56 +421,109 @@ def _autoscaling_client(session):
     return session.boto_session.client("application-autoscaling")
 
 
-def cmd_deploy(args, session=None, autoscaling_client=None) -> dict:
+def cmd_deploy(args, session=None, autoscaling_client=None, cloudwatch_client=None) -> dict:
     if args.local:
         with local_mode.removing_new_containers(_image(args)):
-            return _deploy(args, session, autoscaling_client)
-    return _deploy(args, session, autoscaling_client)
+            return _deploy(args, session, autoscaling_client, cloudwatch_client)
+    return _deploy(args, session, autoscaling_client, cloudwatch_client)
 
 
-def _deploy(args, session=None, autoscaling_client=None) -> dict:
-    if args.local and (args.serverless or args.multi_model or args.autoscale):
-        raise UsageError("--serverless, --multi-model and --autoscale need AWS; local mode hosts one container")
+def _async_spec(args) -> hosting.AsyncSpec | None:
+    if not args.async_inference:
+        given = [flag for flag, value in (("--output", args.output), ("--success-topic", args.success_topic),
+                 ("--error-topic", args.error_topic), ("--failure-output", args.failure_output),
+                 ("--max-concurrent-invocations", args.max_concurrent_invocations)) if value is not None]  # fmt: skip
+        if given:
+            raise UsageError(f"{', '.join(given)} apply only to --async endpoints")
+        return None
+    if args.local or args.serverless or args.multi_model:
+        raise UsageError("--async needs an instance endpoint on AWS (not --local, --serverless or --multi-model)")
+    if not args.output:
+        raise UsageError("--async needs --output s3://bucket/prefix/ for the answers")
+    # Without a failure path the SDK would pick its default bucket (an STS call and a
+    # bucket the execution role may not write): errors go next to the answers instead.
+    failure_output = args.failure_output or args.output.rstrip("/") + "/failures/"
+    spec = hosting.AsyncSpec(args.output, failure_output, args.success_topic, args.error_topic, args.max_concurrent_invocations)
+    spec.check()
+    return spec
+
+
+def _deploy(args, session=None, autoscaling_client=None, cloudwatch_client=None) -> dict:
+    if args.local and (args.serverless or args.multi_model or args.autoscale or args.model_package):
+        raise UsageError("--serverless, --multi-model, --model-package and --autoscale need AWS; local mode hosts one container")
     if args.serverless and args.autoscale:
         raise UsageError("serverless endpoints scale by themselves; drop --autoscale")
     if args.multi_model and not args.model_data_prefix:
         raise UsageError("--multi-model needs --model-data-prefix s3://bucket/prefix/")
     if args.model_data_prefix and not args.multi_model:
         raise UsageError("--model-data-prefix is for --multi-model")
+    async_spec = _async_spec(args)
     autoscale = hosting.AutoscalingSpec(
         args.min_capacity, args.max_capacity, args.target_invocations, args.scale_in_cooldown, args.scale_out_cooldown
     )
     if args.autoscale:
-        autoscale.check()
+        autoscale.check(lowest=0 if async_spec else 1)
+    instance_type = None if args.serverless else ("local" if args.local else args.instance_type)
+    ami_version = hosting.inference_ami(instance_type, args.ami_version)
     session = session or make_session(args.local, args.region, serving_port=args.serving_port)
     role = _role(args)
     name = args.model_name or args.endpoint_name
     tags = parse_tags(args.tag)
+    env = parse_pairs(args.env, "env")
+    if async_spec:
+        env.setdefault(hosting.PAYLOAD_ENV, str(hosting.ASYNC_MAX_PAYLOAD_MB))
     if args.multi_model:
         model = hosting.build_multi_model(name, args.model_data_prefix, _image(args), role, session)
         model_data = args.model_data_prefix
+    elif args.model_package:
+        model = registry.build_package_model(session.sagemaker_client, args.model_package, role, session, name=name, env=env)
+        model_data = args.model_package
     else:
         model_data = _model_data(args, session)
-        model = hosting.build_model(_image(args), model_data, role, session, name=name, env=parse_pairs(args.env, "env"))
-    instance_type = "local" if args.local else args.instance_type
-    count = max(args.instance_count, args.min_capacity) if args.autoscale else args.instance_count
+        model = hosting.build_model(_image(args), model_data, role, session, name=name, env=env)
+    # Async endpoints may start at zero instances only through autoscaling; they are created with one.
+    count = max(args.instance_count, args.min_capacity, 1) if args.autoscale else args.instance_count
     serverless = hosting.serverless_config(args.serverless_memory, args.serverless_max_concurrency) if args.serverless else None
-    predictor = hosting.deploy(model, args.endpoint_name, instance_type, count, serverless, tags, wait=not args.no_wait or args.local)
+    predictor = hosting.deploy(
+        model,
+        args.endpoint_name,
+        instance_type,
+        count,
+        serverless,
+        tags,
+        wait=not args.no_wait or args.local,
+        ami_version=ami_version,
+        async_config=async_spec.to_sdk() if async_spec else None,
+    )
     if predictor is None:  # only when a Model class without predictor_cls sneaks in
         raise RuntimeError("Model.deploy returned no predictor")
     result = {
         "endpoint": args.endpoint_name,
         "model": name,
         "model_data": model_data,
-        "instance_type": None if serverless else instance_type,
+        "instance_type": instance_type,
         "instance_count": None if serverless else count,
     }
+    if ami_version:
+        result["inference_ami_version"] = ami_version
+    if async_spec:
+        result["async_output"] = async_spec.output_path
     try:
         if args.autoscale:
             if args.no_wait:
                 raise UsageError("--autoscale needs the endpoint InService; drop --no-wait")
-            policy = hosting.register_autoscaling(autoscaling_client or _autoscaling_client(session), args.endpoint_name, autoscale)
-            result["autoscaling_policy"] = policy
+            autoscaling_client = autoscaling_client or _autoscaling_client(session)
+            if async_spec:
+                cloudwatch_client = cloudwatch_client or session.boto_session.client("cloudwatch")
+                result.update(
+                    hosting.register_backlog_autoscaling(
+                        autoscaling_client, cloudwatch_client, args.endpoint_name, autoscale, args.target_backlog
+                    )
+                )
+            else:
+                result["autoscaling_policy"] = hosting.register_autoscaling(autoscaling_client, args.endpoint_name, autoscale)
+        if args.smoke_image and async_spec:
+            raise UsageError("--smoke-image sends a real-time request; an --async endpoint takes S3 inputs (see the Lambda bridge)")
         if args.smoke_image:
             result["smoke_prediction"] = predictor.predict(
                 args.smoke_image.read_bytes(), initial_args={"ContentType": _content_type(args.smoke_image), "Accept": "application/json"}
@@ -402,24 +564,36 @@ def cmd_transform(args, session=None) -> dict:
 def _transform(args, session=None) -> dict:
     if args.local and not (args.input.startswith("file://") and args.output.startswith("file://")):
         raise UsageError("with --local, --input and --output must be file:/// URIs")
+    if args.local and args.ami_version:
+        raise UsageError("--ami-version picks an AWS host image; drop it with --local")
+    ami_version = None if args.local else hosting.transform_ami(args.instance_type, args.ami_version)
     session = session or make_session(args.local, args.region)
     model_data = _model_data(args, session)
     model = hosting.build_model(_image(args), model_data, _role(args), session)
+    if not args.local:
+        # Our own CreateTransformJob request: the SDK's Transformer cannot set the GPU host image.
+        model.create(instance_type=args.instance_type)
+        request = hosting.transform_request(
+            model.name,
+            args.input,
+            args.output,
+            args.instance_type,
+            args.instance_count,
+            args.content_type,
+            max_concurrent=args.max_concurrent,
+            tags=parse_tags(args.tag),
+            ami_version=args.ami_version,
+        )
+        name = hosting.start_transform_job(session.sagemaker_client, request, wait=not args.no_wait)
+        result = {"transform_job": name, "output": args.output}
+        if ami_version:
+            result["transform_ami_version"] = ami_version
+        return result
     transformer = hosting.transform(
-        model,
-        args.input,
-        args.output,
-        "local" if args.local else args.instance_type,
-        args.instance_count,
-        args.content_type,
-        max_concurrent=args.max_concurrent,
-        wait=not args.no_wait,
-        tags=parse_tags(args.tag),
-        logs=False if args.local else None,
+        model, args.input, args.output, "local", args.instance_count, args.content_type, max_concurrent=args.max_concurrent, logs=False
     )
     result = {"transform_job": transformer.latest_transform_job.name, "output": args.output}
-    if args.local:
-        model.delete_model()
+    model.delete_model()
     return result
 
 
@@ -432,7 +606,7 @@ def cmd_cleanup(args, session=None, autoscaling_client=None, tagging_client=None
         return {"removed_containers": [name for _, name in leftovers]}
     if not args.endpoint_name and not args.by_tag:
         raise UsageError("give --endpoint-name NAME (repeatable) or --by-tag KEY[=VALUE]")
-    session = session or make_session(False, args.region)
+    session = session or make_client_session(args.region)
     autoscaling_client = autoscaling_client or _autoscaling_client(session)
     report = []
     for endpoint in args.endpoint_name:
@@ -442,6 +616,83 @@ def cmd_cleanup(args, session=None, autoscaling_client=None, tagging_client=None
         tagging_client = tagging_client or session.boto_session.client("resourcegroupstaggingapi")
         report += cleanup_mod.cleanup_by_tag(session.sagemaker_client, autoscaling_client, tagging_client, key, value if sep else None)
     return {"cleanup": [{"kind": k, "name": n, "result": r} for k, n, r in report]}
+
+
+def cmd_process(args, session=None) -> dict:
+    command = args.container_command[1:] if args.container_command[:1] == ["--"] else args.container_command
+    if not args.role:
+        raise UsageError("--role (or $SAGEMAKER_ROLE_ARN) is required: the execution role's ARN")
+    spec = processing.ProcessingSpec(
+        image_uri=_image(args),
+        role=args.role,
+        command=command,
+        inputs=processing.parse_inputs(args.input),
+        outputs=processing.parse_outputs(args.output),
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        volume_size_gb=args.volume_size,
+        max_runtime_s=args.max_run,
+        environment=parse_pairs(args.env, "env"),
+        tags=parse_tags(args.tag),
+    )
+    request = processing.processing_request(spec, args.job_name or hosting.timestamped_name("smvision-process"))
+    session = session or make_client_session(args.region)
+    return processing.start(session.sagemaker_client, request, wait=not args.no_wait)
+
+
+def cmd_register(args, session=None, s3_client=None) -> dict:
+    session = session or make_client_session(args.region)
+    if args.model_package:
+        if not args.approval_status:
+            raise UsageError("--model-package ARN needs --approval-status Approved|Rejected|PendingManualApproval")
+        return registry.set_approval(session.sagemaker_client, args.model_package, args.approval_status, args.approval_description)
+    if not args.model_package_group:
+        raise UsageError("--training-job needs --model-package-group NAME")
+    spec = registry.PackageSpec(
+        group=args.model_package_group,
+        approval_status=args.approval_status or registry.DEFAULT_APPROVAL,
+        description=args.description,
+        image_uri=args.image,
+        tags=parse_tags(args.tag),
+        **({"inference_instance_types": args.inference_instance_type} if args.inference_instance_type else {}),
+        **({"transform_instance_types": args.transform_instance_type} if args.transform_instance_type else {}),
+    )
+    s3_client = s3_client or session.boto_session.client("s3")
+    return registry.register(session.sagemaker_client, s3_client, args.training_job, spec)
+
+
+def cmd_pipeline(args, sagemaker_client=None) -> dict:
+    try:
+        import sagemaker.mlops.workflow  # noqa: F401 - SDK 3's workflow package
+    except ImportError:
+        raise UsageError("pipeline needs SageMaker Python SDK 3 (pip install 'sagemaker>=3'; see requirements-sdk3.txt)") from None
+    from smvision_aws import pipeline
+
+    if args.action == "start":
+        client = sagemaker_client or pipeline.boto_client(args.region)
+        return pipeline.start(client, args.name, parse_pairs(args.parameter, "parameter"))
+    spec = pipeline.PipelineSpec(
+        name=args.name,
+        image_uri=_image(args),
+        role=args.role or "",
+        raw_data_uri=args.raw_data,
+        data_output_uri=args.data_output,
+        output_path=args.output_path,
+        model_package_group=args.model_package_group,
+        processing_instance_type=args.processing_instance_type,
+        training_instance_type=args.training_instance_type,
+        epochs=args.epochs,
+        f1_threshold=args.f1_threshold,
+        hyperparameters=parse_pairs(args.hp, "hyperparameter"),
+        tags=parse_tags(args.tag),
+    )
+    definition = pipeline.definition(spec)
+    if args.action == "definition":
+        return {"pipeline": args.name, "definition": json.loads(definition)}
+    if not args.role:
+        raise UsageError("--role (or $SAGEMAKER_ROLE_ARN) is required: the role the pipeline's steps run as")
+    client = sagemaker_client or pipeline.boto_client(args.region)
+    return pipeline.upsert(client, spec, definition)
 
 
 def cmd_lambda_package(args) -> dict:
@@ -473,6 +724,9 @@ COMMANDS = {
     "tune": cmd_tune,
     "deploy": cmd_deploy,
     "transform": cmd_transform,
+    "process": cmd_process,
+    "register": cmd_register,
+    "pipeline": cmd_pipeline,
     "cleanup": cmd_cleanup,
     "lambda-package": cmd_lambda_package,
     "iam-policies": cmd_iam_policies,

@@ -8,12 +8,81 @@ adds or removes instances.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from smvision_aws.training import UsageError
 
 DEFAULT_VARIANT = "AllTraffic"  # the SDK's name for a single-variant endpoint
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+
+# GPU hosts: SageMaker's default host image for real-time, async and batch GPU
+# instances still carries NVIDIA driver 470 (CUDA 11.4), too old for the image's CUDA
+# 12.8 torch. CUDA 12's minor-version compatibility runs any 12.x build on an R525+
+# driver, so every GPU host gets an AMI with a 535+ driver unless the user picks one.
+MIN_NVIDIA_DRIVER = 525
+# ProductionVariant.InferenceAmiVersion: accelerator and NVIDIA driver of each value.
+INFERENCE_AMIS = {
+    "al2-ami-sagemaker-inference-gpu-2": ("gpu", 535),
+    "al2-ami-sagemaker-inference-gpu-2-1": ("gpu", 535),
+    "al2-ami-sagemaker-inference-gpu-3-1": ("gpu", 550),
+    "al2023-ami-sagemaker-inference-gpu-4-1": ("gpu", 580),
+    "al2-ami-sagemaker-inference-neuron-2": ("neuron", None),
+}
+DEFAULT_INFERENCE_AMI = "al2-ami-sagemaker-inference-gpu-3-1"
+# TransformResources.TransformAmiVersion: the batch host images and their drivers.
+TRANSFORM_AMIS = {"al2-ami-sagemaker-batch-gpu-470": ("gpu", 470), "al2-ami-sagemaker-batch-gpu-535": ("gpu", 535)}
+DEFAULT_TRANSFORM_AMI = "al2-ami-sagemaker-batch-gpu-535"
+# Instance families by accelerator (ml.<family>.<size>). p2 (K80) has no driver for CUDA 12.
+GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "gr6", "g7e", "p3", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en", "p6")
+NEURON_FAMILIES = ("inf1", "inf2", "trn1", "trn1n", "trn2")
+UNSUPPORTED_GPU_FAMILIES = ("p2",)
+
+
+def instance_accelerator(instance_type: str) -> str:
+    """'gpu', 'neuron' or 'cpu' for an ml.* instance type."""
+    parts = instance_type.split(".")
+    family = parts[1] if len(parts) == 3 and parts[0] == "ml" else ""
+    if family in UNSUPPORTED_GPU_FAMILIES:
+        raise UsageError(f"{instance_type}: its GPUs have no NVIDIA driver for CUDA 12; choose ml.g4dn or newer")
+    if family in GPU_FAMILIES:
+        return "gpu"
+    if family in NEURON_FAMILIES:
+        return "neuron"
+    return "cpu"
+
+
+def _host_ami(instance_type: str, requested: str | None, amis: dict, default: str, flag: str) -> str | None:
+    accelerator = instance_accelerator(instance_type)
+    if requested is None:
+        return default if accelerator == "gpu" else None
+    if requested not in amis:
+        raise UsageError(f"{flag} {requested!r}: choose one of {', '.join(amis)}")
+    ami_accelerator, driver = amis[requested]
+    if ami_accelerator == "neuron":
+        raise UsageError(f"{flag} {requested}: the image has no Neuron build; use a GPU or CPU instance")
+    if accelerator != "gpu":
+        raise UsageError(f"{flag} {requested} is a GPU host image; {instance_type} has no NVIDIA GPU (drop {flag})")
+    if driver < MIN_NVIDIA_DRIVER:
+        raise UsageError(
+            f"{flag} {requested}: NVIDIA driver {driver} cannot run the image's CUDA 12 torch (needs {MIN_NVIDIA_DRIVER}+); use {default}"
+        )
+    return requested
+
+
+def inference_ami(instance_type: str | None, requested: str | None = None) -> str | None:
+    """The production variant's InferenceAmiVersion: a 535+ driver on GPU instances,
+    nothing on CPU (and serverless, instance_type None); a user's pick is checked."""
+    if instance_type is None:
+        if requested:
+            raise UsageError("--ami-version applies to instance endpoints, not serverless ones")
+        return None
+    return _host_ami(instance_type, requested, INFERENCE_AMIS, DEFAULT_INFERENCE_AMI, "--ami-version")
+
+
+def transform_ami(instance_type: str, requested: str | None = None) -> str | None:
+    """The transform job's TransformAmiVersion, chosen like inference_ami."""
+    return _host_ami(instance_type, requested, TRANSFORM_AMIS, DEFAULT_TRANSFORM_AMI, "--ami-version")
 
 
 def model_data_from_training_job(sagemaker_client, job_name: str) -> str:
@@ -48,8 +117,19 @@ def serverless_config(memory_mb: int, max_concurrency: int):
     return ServerlessInferenceConfig(memory_size_in_mb=memory_mb, max_concurrency=max_concurrency)
 
 
-def deploy(model, endpoint_name: str, instance_type: str | None, instance_count: int = 1, serverless=None, tags=None, wait: bool = True):
-    """Create endpoint config + endpoint; returns a Predictor speaking JSON back."""
+def deploy(
+    model,
+    endpoint_name: str,
+    instance_type: str | None,
+    instance_count: int = 1,
+    serverless=None,
+    tags=None,
+    wait: bool = True,
+    ami_version: str | None = None,
+    async_config=None,
+):
+    """Create endpoint config + endpoint; returns a Predictor speaking JSON back
+    (an AsyncPredictor for an async endpoint)."""
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.serializers import IdentitySerializer
 
@@ -64,7 +144,52 @@ def deploy(model, endpoint_name: str, instance_type: str | None, instance_count:
         kwargs["serverless_inference_config"] = serverless
     else:
         kwargs.update(initial_instance_count=instance_count, instance_type=instance_type)
+    if ami_version:
+        kwargs["inference_ami_version"] = ami_version
+    if async_config is not None:
+        kwargs["async_inference_config"] = async_config
     return model.deploy(**kwargs)
+
+
+# Async endpoints take request bodies up to 1 GB from S3 (real-time: 6 MB); the server
+# reads its cap from SAGEMAKER_MAX_PAYLOAD_IN_MB, so an async model gets this value.
+ASYNC_MAX_PAYLOAD_MB = 1024
+PAYLOAD_ENV = "SAGEMAKER_MAX_PAYLOAD_IN_MB"
+
+
+@dataclass(frozen=True)
+class AsyncSpec:
+    output_path: str
+    failure_path: str | None = None
+    success_topic: str | None = None
+    error_topic: str | None = None
+    max_concurrent_invocations: int | None = None
+
+    def check(self) -> None:
+        for flag, uri in (("--output", self.output_path), ("--failure-output", self.failure_path)):
+            if uri is not None and not uri.startswith("s3://"):
+                raise UsageError(f"{flag} {uri!r}: async results go to an s3://bucket/prefix/")
+        for flag, arn in (("--success-topic", self.success_topic), ("--error-topic", self.error_topic)):
+            if arn is not None and not (arn.startswith("arn:") and ":sns:" in arn):
+                raise UsageError(f"{flag} {arn!r}: expected an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+        if self.max_concurrent_invocations is not None and not 1 <= self.max_concurrent_invocations <= 1000:
+            raise UsageError("--max-concurrent-invocations must be 1..1000")
+
+    def to_sdk(self):
+        from sagemaker.async_inference import AsyncInferenceConfig
+
+        self.check()
+        notification = {}
+        if self.success_topic:
+            notification["SuccessTopic"] = self.success_topic
+        if self.error_topic:
+            notification["ErrorTopic"] = self.error_topic
+        return AsyncInferenceConfig(
+            output_path=self.output_path,
+            max_concurrent_invocations_per_instance=self.max_concurrent_invocations,
+            notification_config=notification or None,
+            failure_path=self.failure_path,
+        )
 
 
 @dataclass(frozen=True)
@@ -77,9 +202,13 @@ class AutoscalingSpec:
     scale_in_cooldown_s: int = 30
     scale_out_cooldown_s: int = 30
 
-    def check(self) -> None:
-        if not 1 <= self.min_capacity <= self.max_capacity:
-            raise UsageError(f"autoscaling needs 1 <= --min-capacity ({self.min_capacity}) <= --max-capacity ({self.max_capacity})")
+    def check(self, lowest: int = 1) -> None:
+        """lowest: 1 for real-time endpoints; 0 for async ones, which can scale to zero."""
+        if not lowest <= self.min_capacity <= self.max_capacity or self.max_capacity < 1:
+            raise UsageError(
+                f"autoscaling needs {lowest} <= --min-capacity ({self.min_capacity}) <= --max-capacity ({self.max_capacity})"
+                + ("" if lowest == 0 else "; only --async endpoints scale to zero")
+            )
         if self.target_invocations <= 0:
             raise UsageError("--target-invocations must be > 0")
 
@@ -117,6 +246,86 @@ def register_autoscaling(autoscaling_client, endpoint_name: str, spec: Autoscali
         },
     )
     return response["PolicyARN"]
+
+
+BACKLOG_METRIC = "ApproximateBacklogSizePerInstance"
+BACKLOG_WITHOUT_CAPACITY_METRIC = "HasBacklogWithoutCapacity"
+
+
+def backlog_alarm_name(endpoint_name: str) -> str:
+    return f"{endpoint_name}-backlog-without-capacity"
+
+
+def register_backlog_autoscaling(
+    autoscaling_client, cloudwatch_client, endpoint_name: str, spec: AutoscalingSpec, target_backlog: float, variant: str = DEFAULT_VARIANT
+) -> dict[str, str]:
+    """Async endpoints scale on their queue: target tracking keeps the backlog per
+    instance near target_backlog. With min capacity 0 that policy can take the last
+    instance away but never brings one back (no instance, no per-instance metric), so a
+    step policy adds one when the HasBacklogWithoutCapacity alarm fires."""
+    spec.check(lowest=0)
+    if target_backlog <= 0:
+        raise UsageError("--target-backlog must be > 0")
+    rid = resource_id(endpoint_name, variant)
+    autoscaling_client.register_scalable_target(
+        ServiceNamespace="sagemaker",
+        ResourceId=rid,
+        ScalableDimension=SCALABLE_DIMENSION,
+        MinCapacity=spec.min_capacity,
+        MaxCapacity=spec.max_capacity,
+    )
+    dimensions = [{"Name": "EndpointName", "Value": endpoint_name}]
+    tracking = autoscaling_client.put_scaling_policy(
+        PolicyName=f"{endpoint_name}-{variant}-backlog",
+        ServiceNamespace="sagemaker",
+        ResourceId=rid,
+        ScalableDimension=SCALABLE_DIMENSION,
+        PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={
+            "TargetValue": float(target_backlog),
+            "CustomizedMetricSpecification": {
+                "MetricName": BACKLOG_METRIC,
+                "Namespace": "AWS/SageMaker",
+                "Dimensions": dimensions,
+                "Statistic": "Average",
+            },
+            "ScaleInCooldown": spec.scale_in_cooldown_s,
+            "ScaleOutCooldown": spec.scale_out_cooldown_s,
+        },
+    )
+    policies = {"backlog_policy": tracking["PolicyARN"]}
+    if spec.min_capacity == 0:
+        step = autoscaling_client.put_scaling_policy(
+            PolicyName=f"{endpoint_name}-{variant}-scale-from-zero",
+            ServiceNamespace="sagemaker",
+            ResourceId=rid,
+            ScalableDimension=SCALABLE_DIMENSION,
+            PolicyType="StepScaling",
+            StepScalingPolicyConfiguration={
+                "AdjustmentType": "ChangeInCapacity",
+                "MetricAggregationType": "Average",
+                "Cooldown": spec.scale_out_cooldown_s,
+                "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
+            },
+        )
+        cloudwatch_client.put_metric_alarm(
+            AlarmName=backlog_alarm_name(endpoint_name),
+            AlarmDescription=f"requests wait on {endpoint_name} while it has no instance: add one",
+            MetricName=BACKLOG_WITHOUT_CAPACITY_METRIC,
+            Namespace="AWS/SageMaker",
+            Dimensions=dimensions,
+            Statistic="Average",
+            Period=60,
+            EvaluationPeriods=2,
+            DatapointsToAlarm=2,
+            Threshold=1.0,
+            ComparisonOperator="GreaterThanOrEqualToThreshold",
+            TreatMissingData="missing",
+            AlarmActions=[step["PolicyARN"]],
+        )
+        policies["scale_from_zero_policy"] = step["PolicyARN"]
+        policies["alarm"] = backlog_alarm_name(endpoint_name)
+    return policies
 
 
 def build_multi_model(name: str, model_data_prefix: str, image_uri: str, role: str, session):
@@ -162,3 +371,62 @@ def transform(
     # Local mode has no CloudWatch: its container logs go to stdout, so logs=False there.
     transformer.transform(input_uri, content_type=content_type, split_type="None", wait=wait, logs=wait if logs is None else logs)
     return transformer
+
+
+def timestamped_name(base: str) -> str:
+    """BASE-YYYY-MM-DD-HH-MM-SS-mmm within SageMaker's 63 characters, as the SDKs name jobs."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(now)) + f"-{int(now * 1000) % 1000:03d}"
+    return f"{base[: 63 - len(stamp) - 1]}-{stamp}"
+
+
+def transform_request(
+    model_name: str,
+    input_uri: str,
+    output_uri: str,
+    instance_type: str,
+    instance_count: int = 1,
+    content_type: str = "image/jpeg",
+    max_payload_mb: int = 6,
+    max_concurrent: int | None = None,
+    tags=None,
+    ami_version: str | None = None,
+    job_name: str | None = None,
+) -> dict:
+    """CreateTransformJob on AWS: what transform() asks of the SDK, plus the GPU host
+    image (TransformAmiVersion), which neither SDK's Transformer can set."""
+    resources = {"InstanceCount": instance_count, "InstanceType": instance_type}
+    ami = transform_ami(instance_type, ami_version)
+    if ami:
+        resources["TransformAmiVersion"] = ami
+    request = {
+        "TransformJobName": job_name or timestamped_name(model_name),
+        "ModelName": model_name,
+        "BatchStrategy": "SingleRecord",
+        "MaxPayloadInMB": max_payload_mb,
+        "TransformInput": {
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
+            "ContentType": content_type,
+            "SplitType": "None",
+        },
+        "TransformOutput": {"S3OutputPath": output_uri, "Accept": "application/json", "AssembleWith": "Line"},
+        "TransformResources": resources,
+    }
+    if max_concurrent:
+        request["MaxConcurrentTransforms"] = max_concurrent
+    if tags:
+        request["Tags"] = tags
+    return request
+
+
+def start_transform_job(sagemaker_client, request: dict, wait: bool = True) -> str:
+    sagemaker_client.create_transform_job(**request)
+    name = request["TransformJobName"]
+    if wait:
+        sagemaker_client.get_waiter("transform_job_completed_or_stopped").wait(
+            TransformJobName=name, WaiterConfig={"Delay": 30, "MaxAttempts": 2 * 24 * 120}
+        )
+        job = sagemaker_client.describe_transform_job(TransformJobName=name)
+        if job["TransformJobStatus"] != "Completed":
+            raise RuntimeError(f"transform job {name} {job['TransformJobStatus']}: {job.get('FailureReason', 'no reason given')}")
+    return name

@@ -1,38 +1,34 @@
-"""SageMaker sessions for AWS and for the SDK's local mode, and the repository
-imports (train.reporting, train.config) the tools share with the trainer."""
+"""SageMaker sessions for AWS and for the SDK's local mode, and the trainer's
+torch-free schema (container, train.config, train.reporting) the tools share."""
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
-from pathlib import Path
+from dataclasses import dataclass
 
 # The SDK reads this nested dict as if it came from ~/.sagemaker/config.yaml.
 TELEMETRY_OPT_OUT = {
     "SchemaVersion": "1.0",
     "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
 }
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def repo_module(name: str):
-    """Import a module of the trainer (train.reporting, train.config) without torch.
-
-    Works from a checkout whether or not the main package is installed: the tools
-    must use the trainer's own metric regexes and hyperparameter names, never copies.
-    """
+def trainer_schema():
+    """The trainer's torch-free pieces the tools share (never copies of them): the
+    `container` contract and `train.config` / `train.reporting`, from the image's own
+    package installed on the host (`pip install -e .` in a checkout)."""
     try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name not in (name, name.split(".")[0]) or not (REPO_ROOT / "train").is_dir():
-            raise
-        sys.path.insert(0, str(REPO_ROOT))
-        return importlib.import_module(name)
+        import container
+        from train import config, reporting
+    except ImportError as err:
+        raise ImportError(
+            f"{err}: the host tools use the trainer's config schema; install it from the repository root with `pip install -e .`"
+        ) from None
+    return container, config, reporting
 
 
 def metric_definitions() -> list[dict[str, str]]:
-    return [dict(d) for d in repo_module("train.reporting").METRIC_DEFINITIONS]
+    return [dict(d) for d in trainer_schema()[2].METRIC_DEFINITIONS]
 
 
 def prepare_local_environment(environ=None) -> None:
@@ -43,6 +39,22 @@ def prepare_local_environment(environ=None) -> None:
     if not (environ.get("AWS_ACCESS_KEY_ID") or environ.get("AWS_PROFILE")):
         environ.setdefault("AWS_ACCESS_KEY_ID", "local-mode")
         environ.setdefault("AWS_SECRET_ACCESS_KEY", "local-mode")
+
+
+@dataclass(frozen=True)
+class ClientSession:
+    """What the boto3-only commands (process, register, cleanup) take from a session;
+    an SDK 2 sagemaker.Session has the same two attributes."""
+
+    boto_session: object
+    sagemaker_client: object
+
+
+def make_client_session(region: str | None = None, boto_session=None) -> ClientSession:
+    import boto3
+
+    boto_session = boto_session or boto3.Session(region_name=region)
+    return ClientSession(boto_session, boto_session.client("sagemaker"))
 
 
 def make_session(local: bool = False, region: str | None = None, serving_port: int | None = None, boto_session=None):
@@ -65,7 +77,3 @@ def make_session(local: bool = False, region: str | None = None, serving_port: i
         return session
     boto_session = boto_session or boto3.Session(region_name=region)
     return sagemaker.Session(boto_session=boto_session, sagemaker_config=TELEMETRY_OPT_OUT)
-
-
-def local_instance_type(gpu: bool = False) -> str:
-    return "local_gpu" if gpu else "local"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from smvision_aws.sessions import metric_definitions, repo_module
+from smvision_aws.sessions import metric_definitions, trainer_schema
 
 
 class UsageError(ValueError):
@@ -43,8 +43,7 @@ def parse_channels(items: list[str] | None, local: bool) -> dict[str, str]:
 
 def validate_hyperparameters(hyperparameters: dict[str, str]) -> None:
     """Fail with the trainer's own message (unknown name, bad value, valid names)."""
-    config = repo_module("train.config")
-    container = repo_module("container")
+    container, config, _ = trainer_schema()
     try:
         config.resolve_config(dict(hyperparameters), [])
     except container.ConfigError as err:
@@ -53,8 +52,7 @@ def validate_hyperparameters(hyperparameters: dict[str, str]) -> None:
 
 def trainer_field(name: str) -> str:
     """The trainer's field behind a hyperparameter name or alias ('learning_rate' -> 'lr')."""
-    action = repo_module("train.config").get_args_parser()._option_string_actions.get("--" + name)
-    return action.dest if action is not None else name
+    return trainer_schema()[1].field_name(name) or name
 
 
 def parse_tags(items: list[str] | None) -> list[dict[str, str]]:
@@ -77,8 +75,6 @@ class TrainSpec:
     tags: list[dict[str, str]] = field(default_factory=list)
     base_job_name: str = "smvision"
     volume_size_gb: int = 30
-    environment: dict[str, str] = field(default_factory=dict)
-    keep_alive_s: int | None = None
     debugger_hook: bool = False
 
     def check(self, local: bool) -> None:
@@ -116,7 +112,6 @@ def estimator_kwargs(spec: TrainSpec, session, local: bool) -> dict:
         base_job_name=spec.base_job_name,
         sagemaker_session=session,
         max_run=spec.max_run_s,
-        environment=dict(spec.environment) or None,
         # The built-in trainer uses neither: no debughookconfig.json in the job, no
         # profiler rule jobs billed next to it. Script-mode smdebug users pass
         # --debugger-hook to get SageMaker's hook config back.
@@ -129,8 +124,6 @@ def estimator_kwargs(spec: TrainSpec, session, local: bool) -> dict:
         kwargs["volume_size"] = spec.volume_size_gb
         if spec.tags:
             kwargs["tags"] = spec.tags
-        if spec.keep_alive_s:
-            kwargs["keep_alive_period_in_seconds"] = spec.keep_alive_s
     if spec.spot:
         kwargs.update(use_spot_instances=True, max_wait=spec.max_wait_s)
     if spec.checkpoint_s3_uri:

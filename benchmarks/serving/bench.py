@@ -101,6 +101,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="also run our server as stack ours-NAME with this environment, e.g. fp32:SM_VISION_PRECISION=fp32 (repeatable)",
     )
+    parser.add_argument(
+        "--cpu-shares", type=int, default=None, help="docker CPU shares for every server (raise it on a host shared with other containers)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: resnet18, c=16, photos, 6 s, 2 rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
     return parser
@@ -231,7 +234,7 @@ def is_ours(stack: str) -> bool:
     return stack == "ours" or stack.startswith("ours-")
 
 
-def start_server(client, image: str, stack: str, model_root: Path, env: dict, bodies: list[bytes]) -> Server:
+def start_server(client, image: str, stack: str, model_root: Path, env: dict, bodies: list[bytes], cpu_shares: int | None) -> Server:
     command = ["serve"] if is_ours(stack) else [stack.removesuffix("-shipped")]
     t0 = time.monotonic()
     container = client.containers.run(
@@ -242,6 +245,7 @@ def start_server(client, image: str, stack: str, model_root: Path, env: dict, bo
         environment=env,
         volumes={str(model_root): {"bind": "/opt/ml", "mode": "ro"}},
         ports={"8080/tcp": ("127.0.0.1", None)},
+        cpu_shares=cpu_shares,
     )
     ports = None
     while not ports:
@@ -429,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                     for stack in stacks:
                         image, root = (args.image, ours_root) if is_ours(stack) else (anchors, user_root)
                         env = stack_env(stack, ours_env, variants)
-                        servers.append(start_server(client, image, stack, root, env, bodies["photos"]))
+                        servers.append(start_server(client, image, stack, root, env, bodies["photos"], args.cpu_shares))
                         print(f"  {stack}: first prediction after {servers[-1].cold_start_first_prediction_s:.1f} s", flush=True)
                     run_loads(servers, bodies, args)
                 finally:

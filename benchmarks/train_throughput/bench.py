@@ -3,12 +3,14 @@ Pillow decoding, measured side by side in one run (runs inside the image).
 
     python bench.py [--arch resnet18] [--batch-size 32] [--image-size 112] [--steps 12] [--rounds 3]
 
-Both training loops see the same model, batch, synthetic data and device; rounds
-alternate (bare, trainer, bare, trainer, ...) so drift hits both, and each side's
-median is compared. Goal: trainer / bare >= 0.95.
+Every training loop sees the same model, batch, synthetic data and device; rounds
+alternate (bare, trainer fp32, trainer bf16, bare, ...) so drift hits all alike, and
+medians are compared. Goals: trainer / bare >= 0.95; the bf16 / fp32 ratio decides
+whether amp=auto should pick bf16 on CPUs (only at >= 1.3x, with equal accuracy).
 """
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -22,9 +24,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from train import data, presets
 from train.config import TrainConfig
 from train.distributed import DistInfo
-from train.loop import StopRequest, amp_dtype, make_optimizer, make_scheduler, train_one_epoch
+from train.loop import StopRequest, TrainState, amp_dtype, make_optimizer, make_scheduler, train_one_epoch
 from train.models import build_model
 from train.synthetic import SHAPE_CLASSES, make_image
+from train.tracking import Tracker
 
 
 def bare_epoch(model, loader, optimizer, criterion, device):
@@ -44,36 +47,59 @@ def bare_epoch(model, loader, optimizer, criterion, device):
 
 
 def trainer_epoch(model, loader, optimizer, criterion, config, info):
-    scheduler = make_scheduler(config, optimizer, len(loader))
-    dtype = amp_dtype(config, info.device)
-    scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
+    """One epoch through the trainer's own train_one_epoch, in config.amp's precision."""
+    autocast_dtype = amp_dtype(config, info.device)
+    state = TrainState(
+        config=config,
+        info=info,
+        stop=StopRequest(),
+        model=model,
+        model_without_ddp=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        scheduler=make_scheduler(config, optimizer, len(loader)),
+        scaler=torch.amp.GradScaler(info.device.type, enabled=autocast_dtype == torch.float16),
+        autocast_dtype=autocast_dtype,
+        classes=[str(i) for i in range(10)],
+        checkpoint_dir=Path(tempfile.mkdtemp()),
+        train_images=len(loader.dataset),
+        tracker=Tracker([]),
+    )
     start = time.perf_counter()
-    train_one_epoch(model, criterion, optimizer, scheduler, scaler, loader, config, info, 0, 0, StopRequest(), dtype, lambda step: None)
+    train_one_epoch(state, loader, 0)
     if info.device.type == "cuda":
         torch.cuda.synchronize()
     return len(loader.dataset) / (time.perf_counter() - start)
 
 
 def bench_training(args, device):
+    """Bare loop vs the trainer (fp32), and the trainer in fp32 vs bf16 autocast,
+    interleaved in rounds on the same model size, batch and data."""
     torch.manual_seed(0)
     n = args.batch_size * args.steps
     dataset = TensorDataset(torch.randn(n, 3, args.image_size, args.image_size), torch.randint(0, 10, (n,)))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=0)
-    config = TrainConfig(arch=args.arch, batch_size=args.batch_size, epochs=1, amp="off", log_interval=10_000)
+    fp32 = TrainConfig(arch=args.arch, batch_size=args.batch_size, epochs=1, amp="off", log_interval=10_000)
+    bf16 = dataclasses.replace(fp32, amp="bf16", channels_last=True)
     info = DistInfo(0, 0, 1, device, "bench")
     criterion = nn.CrossEntropyLoss()
-    bare_model = build_model(args.arch, 10).to(device)
-    trainer_model = build_model(args.arch, 10).to(device)
-    trainer_model.load_state_dict(bare_model.state_dict())
-    bare_opt = make_optimizer(config, bare_model)
-    trainer_opt = make_optimizer(config, trainer_model)
-    bare_epoch(bare_model, loader, bare_opt, criterion, device)  # warm-up both
-    trainer_epoch(trainer_model, loader, trainer_opt, criterion, config, info)
-    bare, trainer = [], []
+    models = {name: build_model(args.arch, 10).to(device) for name in ("bare", "fp32", "bf16")}
+    for model in models.values():
+        model.load_state_dict(models["bare"].state_dict())
+    optimizers = {name: make_optimizer(fp32, model) for name, model in models.items()}
+
+    def run(name):
+        if name == "bare":
+            return bare_epoch(models[name], loader, optimizers[name], criterion, device)
+        return trainer_epoch(models[name], loader, optimizers[name], criterion, fp32 if name == "fp32" else bf16, info)
+
+    for name in models:  # warm-up
+        run(name)
+    rates = {name: [] for name in models}
     for _ in range(args.rounds):
-        bare.append(bare_epoch(bare_model, loader, bare_opt, criterion, device))
-        trainer.append(trainer_epoch(trainer_model, loader, trainer_opt, criterion, config, info))
-    return statistics.median(bare), statistics.median(trainer)
+        for name in models:
+            rates[name].append(run(name))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def bench_pipeline(args):
@@ -120,9 +146,14 @@ def main():
     print(
         f"device={device} arch={args.arch} batch={args.batch_size} image={args.image_size} torch={torch.__version__} threads={torch.get_num_threads()}"
     )
-    bare, trainer = bench_training(args, device)
+    rates = bench_training(args, device)
+    bare, trainer, bf16 = rates["bare"], rates["fp32"], rates["bf16"]
     print(
         f"training   bare loop {bare:8.1f} img/s | trainer {trainer:8.1f} img/s | ratio trainer/bare = {trainer / bare:.3f} (goal >= 0.95)"
+    )
+    print(
+        f"precision  trainer fp32 {trainer:8.1f} img/s | trainer bf16 autocast + channels-last {bf16:8.1f} img/s | "
+        f"ratio bf16/fp32 = {bf16 / trainer:.3f} (amp=auto picks bf16 on CPUs only at >= 1.3)"
     )
     plain, ours = bench_pipeline(args)
     print(

@@ -85,3 +85,11 @@ def sm_session(boto_session):
     return sagemaker.Session(
         boto_session=boto_session, sagemaker_client=sm, sagemaker_runtime_client=runtime, sagemaker_config=TELEMETRY_OPT_OUT
     )
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    """The SDK's endpoint waiter polls with time.sleep; stubbed answers need no waiting."""
+    import sagemaker.session
+
+    monkeypatch.setattr(sagemaker.session.time, "sleep", lambda seconds: None)

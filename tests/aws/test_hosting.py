@@ -17,14 +17,7 @@ MODEL_DATA = "s3://smv-bucket/shapes/models/smv-1/output/model.tar.gz"
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
 
-@pytest.fixture
-def no_sleep(monkeypatch):
-    import sagemaker.session
-
-    monkeypatch.setattr(sagemaker.session.time, "sleep", lambda seconds: None)
-
-
-def stub_create(stub, endpoint, variant, model_env=None, tags=None, container_extra=None):
+def stub_create(stub, endpoint, variant, model_env=None, tags=None, container_extra=None, config_extra=None):
     container = {"Image": IMAGE, "Environment": model_env or {}, "ModelDataUrl": MODEL_DATA}
     container.update(container_extra or {})
     stub.add_response(
@@ -35,7 +28,7 @@ def stub_create(stub, endpoint, variant, model_env=None, tags=None, container_ex
     stub.add_response(
         "create_endpoint_config",
         {"EndpointConfigArn": f"{ARN}:endpoint-config/{endpoint}"},
-        {"EndpointConfigName": endpoint, "ProductionVariants": [variant], **({"Tags": tags} if tags else {})},
+        {"EndpointConfigName": endpoint, "ProductionVariants": [variant], **({"Tags": tags} if tags else {}), **(config_extra or {})},
     )
     stub.add_response(
         "create_endpoint",

@@ -10,7 +10,9 @@ checked is the behaviour the issue asks for, not accuracy:
   a stop message, and the restarted container resumes and finishes; SIGTERM on one
   host of two stops every rank at the same step;
 - a truncated newest checkpoint is skipped with a warning;
-- a dead or frozen peer fails the job within a bound, with a failure file naming it.
+- a dead or frozen peer fails the job within a bound, with a failure file naming it;
+- torchrun as the outer launcher starts the trainer once per process; a worker killed
+  once with max_restarts=1 restarts from the last checkpoint and finishes.
 """
 
 from __future__ import annotations
@@ -257,7 +259,9 @@ def test_sigterm_mid_run_checkpoints_and_restart_matches_uninterrupted_run(image
 
 def test_sigterm_through_the_launcher_stops_both_processes(image, containers, tmp_path, small_shapes):
     # 96 images, 2 ranks, batch 4: 12 steps per epoch per rank; stopped in epoch 2 of 2.
-    hyperparameters = dict(BASE_HYPERPARAMETERS, epochs="2", nproc="2", batch_size="4")
+    # One DataLoader worker per rank: the launcher signals each worker's process group,
+    # and the loader processes must outlive the signal until the checkpoint is saved.
+    hyperparameters = dict(BASE_HYPERPARAMETERS, epochs="2", nproc="2", batch_size="4", num_workers="1")
     root = sagemaker_root(tmp_path, small_shapes, hyperparameters)
     container = start_train(containers, image, root)
     elapsed, logs = stop_mid_epoch(container, root)
@@ -328,3 +332,54 @@ def test_dead_or_hung_peer_fails_the_job_within_the_timeout(image, containers, t
     failure = (leader_root / "output/failure").read_text()
     assert re.search(r"rank \d+ on host algo-1", failure), failure
     assert not (leader_root / "model/model.pt").exists()
+
+
+def test_torchrun_starts_the_trainer_once_with_world_size_2(image, containers, tmp_path, small_shapes):
+    # An outer launcher (here torchrun itself, as SDK 3's Torchrun driver or a
+    # PyTorchJob pod runs it) makes each process one worker: train must not launch more.
+    root = sagemaker_root(tmp_path, small_shapes, dict(BASE_HYPERPARAMETERS, epochs="1", checkpoint_every_steps="0"))
+    command = ["torchrun", "--nproc_per_node=2", "-m", "train.cli", "--device", "cpu"]
+    container = containers.run(image, command, volumes=mount(root))
+    code, logs = wait_exit(container, timeout=300)
+    assert code == 0, logs
+    assert "joined the job: world size 2, rank 0" in logs, logs
+    assert "launched" not in logs, logs  # our own launcher never ran inside torchrun's workers
+    report = read_metrics(root)
+    assert [row["epoch"] for row in report["epochs"]] == [1]
+    assert sum(row["support"] for row in report["final"]["per_class"].values()) == 33  # both shards
+    assert checkpoints(root) == [(1, 0)]
+    assert sorted(p.name for p in (root / "model").iterdir()) == ["model.pt", "model_spec.json"]
+
+
+FIND_WORKER = "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null | grep -qx LOCAL_RANK={rank} && echo ${{p#/proc/}}; done"
+
+
+def test_a_worker_killed_once_restarts_with_max_restarts_and_finishes(image, containers, tmp_path, small_shapes):
+    # 96 images, 2 ranks, batch 4: 12 steps per epoch, 3 epochs; a checkpoint every 4 steps.
+    hyperparameters = dict(BASE_HYPERPARAMETERS, epochs="3", nproc="2", batch_size="4", max_restarts="1")
+    root = sagemaker_root(tmp_path, small_shapes, hyperparameters)
+    container = start_train(containers, image, root)
+    wait_for_log(container, r"epoch=2 step=6/")
+    found = container.exec_run(["sh", "-c", FIND_WORKER.format(rank=1)]).output.decode().split()
+    assert len(found) == 1, found
+    container.exec_run(["kill", "-9", found[0]])  # a transient fault: no goodbye from rank 1
+    code, logs = wait_exit(container, timeout=300)
+    assert code == 0, logs
+    # The first attempt wrote no checkpoint before epoch 2: a resume means a restart.
+    assert re.search(r"resumed at epoch [23] step \d+ from /opt/ml/checkpoints/checkpoint-e000[12]-s\d{8}\.pt", logs), logs
+    assert [row["epoch"] for row in read_metrics(root)["epochs"]] == [1, 2, 3]
+    assert not (root / "output/failure").exists(), (root / "output/failure").read_text()
+    assert sorted(p.name for p in (root / "model").iterdir()) == ["model.pt", "model_spec.json"]
+
+
+def test_a_failed_worker_without_restarts_names_itself_in_the_failure_file(image, containers, tmp_path, small_shapes):
+    hyperparameters = dict(BASE_HYPERPARAMETERS, epochs="2", nproc="2", batch_size="4")
+    root = sagemaker_root(tmp_path, small_shapes, hyperparameters)
+    container = start_train(containers, image, root)
+    wait_for_log(container, r"epoch=1 step=3/")
+    found = container.exec_run(["sh", "-c", FIND_WORKER.format(rank=1)]).output.decode().split()
+    container.exec_run(["kill", "-9", found[0]])
+    code, logs = wait_exit(container, timeout=180)
+    assert code == 137, logs  # the root cause's code: killed by SIGKILL
+    failure = (root / "output/failure").read_text()
+    assert failure.startswith("rank 1 on host ") and "exit code 137: Signal 9 (SIGKILL)" in failure, failure

@@ -1,0 +1,334 @@
+"""process (a Processing job running a command of the image), register (model package
+from a training job with metrics.json as model metrics, approval) and
+deploy --model-package: the requests sent, asserted with Stubber."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import tarfile
+
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import ANY, Stubber
+from smvision_aws import cli
+
+from tests.aws.conftest import IMAGE, ROLE
+from tests.aws.test_hosting import ARN
+
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+PACKAGE = f"{ARN}:model-package/shapes/3"
+MODEL_DATA = "s3://smv-bucket/shapes/models/smv-1/output/model.tar.gz"
+
+
+def test_process_runs_prepare_bins_with_the_processing_contract(sm_session):
+    args = cli.get_args_parser().parse_args(
+        ["process", "--image", IMAGE, "--role", ROLE, "--job-name", "prep-1", "--no-wait", "--tag", "project=bins"]
+        + ["--input", "bins=s3://smv-bucket/bins/raw/", "--output", "data=s3://smv-bucket/bins/data/", "--instance-type", "ml.c5.2xlarge"]
+        + ["--", "train", "prepare-bins", "--images", "/opt/ml/processing/input/bins/images"]
+        + ["--metadata", "/opt/ml/processing/input/bins/metadata", "--out", "/opt/ml/processing/output/data"]
+    )
+    with Stubber(sm_session.sagemaker_client) as sm:
+        sm.add_response(
+            "create_processing_job",
+            {"ProcessingJobArn": f"{ARN}:processing-job/prep-1"},
+            {
+                "ProcessingJobName": "prep-1",
+                "RoleArn": ROLE,
+                "AppSpecification": {
+                    "ImageUri": IMAGE,
+                    "ContainerArguments": ["train", "prepare-bins", "--images", "/opt/ml/processing/input/bins/images"]
+                    + ["--metadata", "/opt/ml/processing/input/bins/metadata", "--out", "/opt/ml/processing/output/data"],
+                },
+                "ProcessingResources": {"ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.c5.2xlarge", "VolumeSizeInGB": 30}},
+                "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
+                "ProcessingInputs": [
+                    {
+                        "InputName": "bins",
+                        "S3Input": {
+                            "S3Uri": "s3://smv-bucket/bins/raw/",
+                            "LocalPath": "/opt/ml/processing/input/bins",
+                            "S3DataType": "S3Prefix",
+                            "S3InputMode": "File",
+                            "S3DataDistributionType": "FullyReplicated",
+                        },
+                    }
+                ],
+                "ProcessingOutputConfig": {
+                    "Outputs": [
+                        {
+                            "OutputName": "data",
+                            "S3Output": {
+                                "S3Uri": "s3://smv-bucket/bins/data/",
+                                "LocalPath": "/opt/ml/processing/output/data",
+                                "S3UploadMode": "EndOfJob",
+                            },
+                        }
+                    ]
+                },
+                "Tags": [{"Key": "project", "Value": "bins"}],
+            },
+        )
+        result = cli.cmd_process(args, session=sm_session)
+        sm.assert_no_pending_responses()
+    assert result == {"processing_job": "prep-1", "status": "InProgress"}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "give the command"),
+        (["--input", "bins=file:///tmp/x", "--", "train"], "s3://"),
+        (["--input", "../x=s3://b/x", "--", "train"], "folder names"),
+    ],
+)
+def test_process_usage_errors(sm_session, extra, message):
+    args = cli.get_args_parser().parse_args(["process", "--image", IMAGE, "--role", ROLE, *extra])
+    with Stubber(sm_session.sagemaker_client), pytest.raises(cli.UsageError, match=message):
+        cli.cmd_process(args, session=sm_session)
+
+
+METRICS = {
+    "objective": "val_macro_f1",
+    "best_epoch": 2,
+    "epochs": [{"epoch": 1, "val_macro_f1": 0.5}, {"epoch": 2, "val_macro_f1": 0.875}, {"epoch": 3, "val_macro_f1": 0.8}],
+    "final": {"split": "test", "macro_f1": 0.86},
+}
+
+
+def output_archive() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in (("metrics.json", json.dumps(METRICS).encode()), ("confusion_matrix.png", b"png")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def completed_job():
+    return {
+        "TrainingJobName": "smv-1",
+        "TrainingJobArn": f"{ARN}:training-job/smv-1",
+        "TrainingJobStatus": "Completed",
+        "SecondaryStatus": "Completed",
+        "CreationTime": NOW,
+        "AlgorithmSpecification": {"TrainingImage": IMAGE, "TrainingInputMode": "File"},
+        "OutputDataConfig": {"S3OutputPath": "s3://smv-bucket/shapes/models/"},
+        "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
+        "ModelArtifacts": {"S3ModelArtifacts": MODEL_DATA},
+    }
+
+
+def test_register_creates_a_pending_package_with_metrics(sm_session, boto_session):
+    s3 = boto_session.client("s3")
+    archive = output_archive()
+    args = cli.get_args_parser().parse_args(["register", "--training-job", "smv-1", "--model-package-group", "shapes"])
+    with Stubber(sm_session.sagemaker_client) as sm, Stubber(s3) as s3_stub:
+        sm.add_response("describe_training_job", completed_job(), {"TrainingJobName": "smv-1"})
+        s3_stub.add_response(
+            "get_object",
+            {"Body": StreamingBody(io.BytesIO(archive), len(archive))},
+            {"Bucket": "smv-bucket", "Key": "shapes/models/smv-1/output/output.tar.gz"},
+        )
+        s3_stub.add_response(
+            "put_object",
+            {},
+            {
+                "Bucket": "smv-bucket",
+                "Key": "shapes/models/smv-1/output/metrics.json",
+                "Body": json.dumps(METRICS).encode(),
+                "ContentType": "application/json",
+            },
+        )
+        sm.add_client_error(
+            "describe_model_package_group",
+            "ValidationException",
+            "ModelPackageGroup shapes does not exist.",
+            expected_params={"ModelPackageGroupName": "shapes"},
+        )
+        sm.add_response(
+            "create_model_package_group",
+            {"ModelPackageGroupArn": f"{ARN}:model-package-group/shapes"},
+            {"ModelPackageGroupName": "shapes", "ModelPackageGroupDescription": ANY},
+        )
+        sm.add_response(
+            "create_model_package",
+            {"ModelPackageArn": PACKAGE},
+            {
+                "ModelPackageGroupName": "shapes",
+                "ModelPackageDescription": "trained by smv-1",
+                "ModelApprovalStatus": "PendingManualApproval",
+                "InferenceSpecification": {
+                    "Containers": [{"Image": IMAGE, "ModelDataUrl": MODEL_DATA}],
+                    "SupportedContentTypes": ["image/jpeg", "image/png", "application/json", "application/x-image"],
+                    "SupportedResponseMIMETypes": ["application/json"],
+                    "SupportedRealtimeInferenceInstanceTypes": ["ml.m5.xlarge", "ml.g4dn.xlarge"],
+                    "SupportedTransformInstanceTypes": ["ml.m5.xlarge", "ml.g4dn.xlarge"],
+                },
+                "ModelMetrics": {
+                    "ModelQuality": {
+                        "Statistics": {
+                            "ContentType": "application/json",
+                            "S3Uri": "s3://smv-bucket/shapes/models/smv-1/output/metrics.json",
+                        }
+                    }
+                },
+                "CustomerMetadataProperties": {"training_job": "smv-1", "val_macro_f1": "0.875000"},
+            },
+        )
+        result = cli.cmd_register(args, session=sm_session, s3_client=s3)
+        sm.assert_no_pending_responses()
+        s3_stub.assert_no_pending_responses()
+    assert result["model_package"] == PACKAGE and result["approval_status"] == "PendingManualApproval"
+    assert result["val_macro_f1"] == 0.875  # the best epoch's, not the last one's
+
+
+def test_register_into_an_existing_group_approved_with_other_instance_types(sm_session, boto_session):
+    s3 = boto_session.client("s3")
+    archive = output_archive()
+    args = cli.get_args_parser().parse_args(
+        ["register", "--training-job", "smv-1", "--model-package-group", "shapes", "--approval-status", "Approved"]
+        + ["--inference-instance-type", "ml.g5.xlarge", "--transform-instance-type", "ml.c5.xlarge"]
+    )
+    with Stubber(sm_session.sagemaker_client) as sm, Stubber(s3) as s3_stub:
+        sm.add_response("describe_training_job", completed_job(), {"TrainingJobName": "smv-1"})
+        s3_stub.add_response("get_object", {"Body": StreamingBody(io.BytesIO(archive), len(archive))}, {"Bucket": "smv-bucket", "Key": ANY})
+        s3_stub.add_response("put_object", {}, {"Bucket": "smv-bucket", "Key": ANY, "Body": ANY, "ContentType": "application/json"})
+        sm.add_response(
+            "describe_model_package_group",
+            {
+                "ModelPackageGroupName": "shapes",
+                "ModelPackageGroupArn": f"{ARN}:model-package-group/shapes",
+                "CreationTime": NOW,
+                "CreatedBy": {},
+                "ModelPackageGroupStatus": "Completed",
+            },
+            {"ModelPackageGroupName": "shapes"},
+        )
+        sm.add_response(
+            "create_model_package",
+            {"ModelPackageArn": PACKAGE},
+            {
+                "ModelPackageGroupName": "shapes",
+                "ModelPackageDescription": "trained by smv-1",
+                "ModelApprovalStatus": "Approved",
+                "InferenceSpecification": {
+                    "Containers": [{"Image": IMAGE, "ModelDataUrl": MODEL_DATA}],
+                    "SupportedContentTypes": ANY,
+                    "SupportedResponseMIMETypes": ["application/json"],
+                    "SupportedRealtimeInferenceInstanceTypes": ["ml.g5.xlarge"],
+                    "SupportedTransformInstanceTypes": ["ml.c5.xlarge"],
+                },
+                "ModelMetrics": ANY,
+                "CustomerMetadataProperties": ANY,
+            },
+        )
+        result = cli.cmd_register(args, session=sm_session, s3_client=s3)
+        sm.assert_no_pending_responses()  # no create_model_package_group: the group exists
+    assert result["approval_status"] == "Approved"
+
+
+def test_changing_the_approval_status(sm_session):
+    args = cli.get_args_parser().parse_args(
+        ["register", "--model-package", PACKAGE, "--approval-status", "Approved", "--approval-description", "F1 0.875 on the bins test set"]
+    )
+    with Stubber(sm_session.sagemaker_client) as sm:
+        sm.add_response(
+            "update_model_package",
+            {"ModelPackageArn": PACKAGE},
+            {"ModelPackageArn": PACKAGE, "ModelApprovalStatus": "Approved", "ApprovalDescription": "F1 0.875 on the bins test set"},
+        )
+        assert cli.cmd_register(args, session=sm_session) == {"model_package": PACKAGE, "approval_status": "Approved"}
+        sm.assert_no_pending_responses()
+
+
+def test_unfinished_training_job_is_not_registered(sm_session, boto_session):
+    job = {**completed_job(), "TrainingJobStatus": "InProgress"}
+    args = cli.get_args_parser().parse_args(["register", "--training-job", "smv-1", "--model-package-group", "shapes"])
+    with Stubber(sm_session.sagemaker_client) as sm:
+        sm.add_response("describe_training_job", job, {"TrainingJobName": "smv-1"})
+        with pytest.raises(cli.UsageError, match="InProgress"):
+            cli.cmd_register(args, session=sm_session, s3_client=boto_session.client("s3"))
+
+
+def described_package(status):
+    return {
+        "ModelPackageName": "shapes",
+        "ModelPackageArn": PACKAGE,
+        "ModelPackageGroupName": "shapes",
+        "ModelPackageVersion": 3,
+        "CreationTime": NOW,
+        "ModelPackageStatus": "Completed",
+        "ModelPackageStatusDetails": {"ValidationStatuses": [], "ImageScanStatuses": []},
+        "ModelApprovalStatus": status,
+        "InferenceSpecification": {
+            "Containers": [{"Image": IMAGE, "ModelDataUrl": MODEL_DATA}],
+            "SupportedContentTypes": [],
+            "SupportedResponseMIMETypes": [],
+        },
+    }
+
+
+def test_deploy_refuses_a_package_that_is_not_approved(sm_session):
+    args = cli.get_args_parser().parse_args(
+        ["deploy", "--role", ROLE, "--model-package", PACKAGE, "--endpoint-name", "shapes-prod", "--no-wait"]
+    )
+    with Stubber(sm_session.sagemaker_client) as sm:
+        sm.add_response("describe_model_package", described_package("PendingManualApproval"), {"ModelPackageName": PACKAGE})
+        with pytest.raises(cli.UsageError, match="PendingManualApproval"):
+            cli.cmd_deploy(args, session=sm_session)
+        sm.assert_no_pending_responses()  # and nothing else: the SDK would have approved it by itself
+
+
+def test_deploy_an_approved_package_on_gpu(sm_session):
+    args = cli.get_args_parser().parse_args(
+        [
+            "deploy",
+            "--role",
+            ROLE,
+            "--model-package",
+            PACKAGE,
+            "--endpoint-name",
+            "shapes-prod",
+            "--instance-type",
+            "ml.g5.xlarge",
+            "--no-wait",
+        ]
+    )
+    with Stubber(sm_session.sagemaker_client) as sm:
+        for _ in range(3):  # ours (the approval gate), then the SDK's two (versioned ARN status, marketplace check)
+            sm.add_response("describe_model_package", described_package("Approved"), {"ModelPackageName": PACKAGE})
+        # the model's container is the package itself, not an image + model data
+        sm.add_response(
+            "create_model",
+            {"ModelArn": f"{ARN}:model/shapes-prod"},
+            {"ModelName": "shapes-prod", "ExecutionRoleArn": ROLE, "Containers": [{"ModelPackageName": PACKAGE}]},
+        )
+        sm.add_response(
+            "create_endpoint_config",
+            {"EndpointConfigArn": f"{ARN}:endpoint-config/shapes-prod"},
+            {
+                "EndpointConfigName": "shapes-prod",
+                "ProductionVariants": [
+                    {
+                        "VariantName": "AllTraffic",
+                        "ModelName": "shapes-prod",
+                        "InitialVariantWeight": 1,
+                        "InitialInstanceCount": 1,
+                        "InstanceType": "ml.g5.xlarge",
+                        "InferenceAmiVersion": "al2-ami-sagemaker-inference-gpu-3-1",
+                    }
+                ],
+            },
+        )
+        sm.add_response(
+            "create_endpoint",
+            {"EndpointArn": f"{ARN}:endpoint/shapes-prod"},
+            {"EndpointName": "shapes-prod", "EndpointConfigName": "shapes-prod", "Tags": []},
+        )
+        result = cli.cmd_deploy(args, session=sm_session)
+        sm.assert_no_pending_responses()
+    assert result["model_data"] == PACKAGE

@@ -1,0 +1,55 @@
+"""The trainer's entry point end to end on the CPU, in this process: tiny generated
+data, one epoch, then a second run that resumes from the first one's checkpoint.
+
+No docker needed: a newcomer can run (or debug) exactly this with
+`python -m pytest tests/unit/test_trainer_smoke.py` wherever torch is installed; the
+unit-test image runs it like the other unit tests.
+"""
+
+import json
+import logging
+import signal
+
+import pytest
+
+from train import cli, synthetic
+
+FLAGS = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--log-interval", "1"]
+
+
+@pytest.fixture
+def opt_ml(tmp_path, monkeypatch):
+    """A fake /opt/ml holding a `training` channel, and a process that looks like a
+    plain `docker run IMAGE train` (no launcher variables)."""
+    root = tmp_path / "opt_ml"
+    synthetic.make_shapes(root / "input/data/training", {"train": 8, "valid": 3}, size=32, seed=0)
+    monkeypatch.setenv("SM_VISION_OPT_ML", str(root))
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_ERROR_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield root
+    for signum, handler in handlers.items():  # the trainer installs its stop handlers
+        signal.signal(signum, handler)
+    logging.basicConfig(force=True)
+
+
+def test_train_runs_one_epoch_then_resumes_from_its_checkpoint(opt_ml):
+    assert cli.main([*FLAGS, "--epochs", "1"]) == 0
+    assert sorted(p.name for p in (opt_ml / "model").iterdir()) == ["model.pt", "model_spec.json"]
+    first = json.loads((opt_ml / "output/data/metrics.json").read_text())
+    assert [row["epoch"] for row in first["epochs"]] == [1]
+    assert first["data"]["train_images"] == 24 and first["final"]["split"] == "valid"
+    assert [p.name for p in (opt_ml / "checkpoints").iterdir()] == ["checkpoint-e0001-s00000000.pt"]
+    assert not (opt_ml / "output/failure").exists()
+
+    # Two epochs in all: the second run loads the first one's checkpoint (plain data,
+    # weights_only=True) and trains only epoch 2; epoch 1's row comes from the checkpoint.
+    assert cli.main([*FLAGS, "--epochs", "2"]) == 0
+    second = json.loads((opt_ml / "output/data/metrics.json").read_text())
+    assert [row["epoch"] for row in second["epochs"]] == [1, 2]
+    assert second["epochs"][0] == first["epochs"][0]
+
+
+def test_a_bad_flag_fails_naming_it(opt_ml):
+    assert cli.main([*FLAGS, "--epochs", "0"]) == 2
+    assert "epochs=0" in (opt_ml / "output/failure").read_text()
