@@ -12,7 +12,6 @@ from container.contract import (
     ConfigError,
     ResourceConfig,
     SageMakerPaths,
-    ServingEnv,
     cpu_count,
     hyperparameters_to_argv,
     read_hyperparameters,
@@ -23,6 +22,7 @@ from container.contract import (
     write_failure,
 )
 from container.parse import parse_bool, parse_float, parse_int
+from container.serving import ServeConfig
 
 __all__ = [
     "EXIT_CONFIG",
@@ -31,7 +31,10 @@ __all__ = [
     "Channel",
     "ResourceConfig",
     "SageMakerPaths",
-    "ServingEnv",
+    "ServeConfig",
+    "parse_bool",
+    "parse_float",
+    "parse_int",
     "cpu_count",
     "hyperparameters_to_argv",
     "read_hyperparameters",

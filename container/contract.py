@@ -12,10 +12,10 @@ import json
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from container.parse import ConfigError, env_bool, env_int
+from container.parse import ConfigError
 
 # One variable moves the whole tree, so tests and local runs can use a temp dir.
 ROOT_ENV_VAR = "SM_VISION_OPT_ML"
@@ -269,41 +269,3 @@ def cpu_count() -> int:
     if quota not in ("max", "-1"):
         count = min(count, max(1, int(int(quota) / int(period))))
     return count
-
-
-@dataclass(frozen=True)
-class ServingEnv:
-    """What SageMaker hosting tells a serving container through its environment."""
-
-    port: int = 8080
-    multi_model: bool = False
-    batch: bool = False
-    workers: int | None = None  # SAGEMAKER_MODEL_SERVER_WORKERS; None: choose from CPUs
-    timeout_s: int = 60  # SAGEMAKER_MODEL_SERVER_TIMEOUT
-    program: str | None = None  # SAGEMAKER_PROGRAM: the user's inference module
-    max_payload_mb: int = 6
-    max_concurrent_transforms: int | None = None
-    batch_strategy: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServingEnv:
-        environ = os.environ if environ is None else environ
-        port = env_int(environ, "SAGEMAKER_BIND_TO_PORT", 8080)
-        assert port is not None
-        if not 0 < port < 65536:
-            raise ConfigError(f"SAGEMAKER_BIND_TO_PORT={port}: not a TCP port")
-        workers = env_int(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", None)
-        if workers is not None and workers < 1:
-            raise ConfigError(f"SAGEMAKER_MODEL_SERVER_WORKERS={workers}: must be >= 1")
-        return cls(
-            port=port,
-            multi_model=env_bool(environ, "SAGEMAKER_MULTI_MODEL"),
-            batch=env_bool(environ, "SAGEMAKER_BATCH"),
-            workers=workers,
-            timeout_s=env_int(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60) or 60,
-            program=environ.get("SAGEMAKER_PROGRAM") or None,
-            max_payload_mb=env_int(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6) or 6,
-            max_concurrent_transforms=env_int(environ, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", None),
-            batch_strategy=environ.get("SAGEMAKER_BATCH_STRATEGY") or None,
-        )

@@ -46,8 +46,23 @@ def hyperparameters_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def serving_settings_table() -> str:
+    from container.serving import ServeConfig
+
+    rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
+    for field in dataclasses.fields(ServeConfig):
+        meta = field.metadata
+        flag = f"`{meta['flag']}`" if meta["flag"] else ""
+        meaning = meta["help"]
+        if meta["choices"]:
+            meaning += ": " + " \\| ".join(meta["choices"])
+        rows.append(f"| `{meta['env']}` | {flag} | {_code(field.default)} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "hyperparameters": hyperparameters_table,
+    "serving-settings": serving_settings_table,
 }
 
 

@@ -1,13 +1,18 @@
 """The serving stack: `serve` runs an ASGI server (default) or AWS's MMS stack.
 
-cli.py       `serve` entry point: settings from flags and the SageMaker environment
-app.py       the Starlette app factory: routes, status mapping, thread pools, access log, MME API
-model.py     loading /opt/ml/model (dir or model.tar.gz) into a Classifier
-codec.py     request bodies -> input tensors, predictions -> JSON
-fetch.py     guarded fetching of {"url": ...} inputs (no private addresses)
-hooks.py     the user's inference.py (model_fn/input_fn/predict_fn/output_fn/transform_fn)
-runner.py    dynamic micro-batching of concurrent requests (GPU default)
-mms.py       the opt-in multi-model-server backend (same model, same hooks)
-metrics.py   Prometheus metrics for GET /metrics (per request, per stage, read from the model host)
+cli.py         `serve` entry point: container.ServeConfig resolved into hosting.Settings
+app.py         create_app: hosting + routes + middleware (+ /metrics)
+hosting.py     the model(s) of an endpoint: SingleModel and MultiModel, one interface
+routes.py      SageMaker's HTTP routes, the MME API, the one error mapping
+middleware.py  the middleware list (request ids, access log, request metrics); add new ones there
 access_log.py  the outermost middleware: request ids, the access log, the request metrics
+metrics.py     Prometheus metrics for GET /metrics (per request, per stage, read from the model host)
+handler.py     decode -> predict -> encode: the user's hooks or our defaults
+hooks.py       finding and importing the user's inference.py; hook calling rules
+model.py       loading /opt/ml/model (dir or model.tar.gz): our Classifier or TorchScript
+codec.py       image requests -> input tensors, probabilities -> our JSON answer
+payloads.py    tensor requests and answers (JSON, CSV, NPY, NPZ, JSON Lines), as AWS's toolkit
+fetch.py       guarded fetching of {"url": ...} inputs (no private addresses)
+runner.py      dynamic micro-batching of concurrent requests (GPU default)
+mms.py         the opt-in multi-model-server backend (same Handler)
 """

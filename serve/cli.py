@@ -1,78 +1,44 @@
 """`serve`: run the model in /opt/ml/model behind SageMaker's HTTP contract.
 
     serve                      the default ASGI server (starlette + uvicorn)
-    serve --backend mms        multi-model-server + sagemaker-inference, as AWS's images
+    serve --backend mms        multi-model-server, as AWS's images, with the same handlers
 
-Settings come from SageMaker's environment (container.ServingEnv) and our own
-SM_VISION_* variables; flags override both. See `serve --help`.
+Every setting is a field of container.ServeConfig: an environment variable (SageMaker's
+SAGEMAKER_* or our SM_VISION_*), some also a flag here, which wins. See docs/serving.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
-from container import ConfigError, SageMakerPaths, ServingEnv
+from container import ConfigError, SageMakerPaths, ServeConfig, cpu_count
 
 log = logging.getLogger("serve")
 
-BACKENDS = ("asgi", "mms")
+WORKER_CLAIMS = "worker-claims"  # under the scratch dir: which worker index each process took
+SCRATCH = Path("/tmp/sm-vision-models")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=BACKENDS, default=None, help="asgi (default) or mms; env SM_VISION_SERVE_BACKEND")
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=None, help="default SAGEMAKER_BIND_TO_PORT or 8080")
-    parser.add_argument("--model-dir", type=Path, default=None, help="default /opt/ml/model (root moved by SM_VISION_OPT_ML)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="concurrent forward passes; default SAGEMAKER_MODEL_SERVER_WORKERS or min(CPUs, 4) (1 on GPU)",
-    )
-    parser.add_argument(
-        "--top-k", type=int, default=None, help="classes in top_k; default SM_VISION_TOP_K or 5 (per request: ?top_k= or X-Top-K)"
-    )
-    parser.add_argument(
-        "--batching", choices=["auto", "on", "off"], default=None, help="dynamic micro-batching; auto = on for GPU; env SM_VISION_BATCHING"
-    )
-    parser.add_argument("--max-batch-size", type=int, default=None, help="micro-batch rows; env SM_VISION_MAX_BATCH_SIZE, default 16")
-    parser.add_argument(
-        "--max-batch-delay-ms", type=float, default=None, help="wait for a batch to fill; env SM_VISION_MAX_BATCH_DELAY_MS, default 5"
-    )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    for spec in dataclasses.fields(ServeConfig):
+        meta = spec.metadata
+        if meta["flag"]:
+            default = "none" if spec.default is None else spec.default
+            parser.add_argument(
+                meta["flag"],
+                dest=spec.name,
+                default=None,
+                choices=meta["choices"],
+                help=f"{meta['help']}; env {meta['env']}, default {default}",
+            )
     return parser
-
-
-def _env_number(name: str, default, kind=int):
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: expected a number") from None
-
-
-def cpu_count() -> int:
-    """CPUs this container may use: affinity, capped by a cgroup (v2 or v1) quota."""
-    count = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-    except (OSError, ValueError):
-        try:
-            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
-            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return count
-    if quota not in ("max", "-1"):
-        count = min(count, max(1, int(int(quota) / int(period))))
-    return count
 
 
 def memory_budget_bytes() -> int:
@@ -90,132 +56,174 @@ def memory_budget_bytes() -> int:
     return int(total * 0.7)
 
 
-def default_top_k() -> int:
-    return _env_number("SM_VISION_TOP_K", 5)
-
-
-def decode_limits(env: ServingEnv):
-    """What a request may ask of the decoder (pixels, aspect ratio, batch items, URL
-    fetches): the same for the default server and the MMS backend. Strictly parsed:
-    SM_VISION_URL_FETCH=flase fails instead of leaving URL fetching on."""
-    from container.parse import env_bool, env_float, env_int
+def decode_limits(config: ServeConfig):
+    """What a request may ask of the decoder (pixels, batch items, URL fetches): the
+    same for the default server and the MMS backend."""
     from serve.codec import DecodeLimits
     from serve.fetch import FetchPolicy
 
     fetch = FetchPolicy(
-        max_bytes=env.max_payload_mb * 1024 * 1024,
-        timeout_s=env_float(os.environ, "SM_VISION_URL_TIMEOUT_S", 5.0, minimum=0.1),
-        allow=FetchPolicy.parse_allow(os.environ.get("SM_VISION_URL_ALLOW")),
-        enabled=env_bool(os.environ, "SM_VISION_URL_FETCH", True),
+        max_bytes=config.max_payload_bytes,
+        timeout_s=config.url_timeout_s,
+        allow=FetchPolicy.parse_allow(config.url_allow),
+        enabled=config.url_fetch,
     )
     return DecodeLimits(
-        max_pixels=env_int(os.environ, "SM_VISION_MAX_IMAGE_PIXELS", 40_000_000, minimum=1),
-        max_batch=env_int(os.environ, "SM_VISION_MAX_BATCH_ITEMS", 64, minimum=1),
-        fetch=fetch,
-        max_aspect_ratio=env_float(os.environ, "SM_VISION_MAX_ASPECT_RATIO", 20.0, minimum=1.0),
+        max_pixels=config.max_image_pixels, max_batch=config.max_batch_items, fetch=fetch, max_aspect_ratio=config.max_aspect_ratio
     )
 
 
-def access_log_format() -> str:
-    from serve.access_log import LOG_FORMATS
+def code_dirs(config: ServeConfig, paths: SageMakerPaths) -> tuple[Path, ...]:
+    """Where the SDK may have put the user's code besides model/code: a file:// submit
+    directory (SDK local mode mounts it at /opt/ml/code; the variable keeps the host path)."""
+    submit = config.submit_directory or ""
+    if not submit.startswith("file://"):
+        return ()  # s3://.../sourcedir.tar.gz: the SDK repacked it into model/code
+    return tuple(dict.fromkeys(p for p in (Path(submit[len("file://") :]), paths.root / "code") if p.is_dir()))
 
-    value = os.environ.get("SM_VISION_ACCESS_LOG", "").strip().lower() or "log"
-    if value not in LOG_FORMATS:
-        raise ConfigError(f"SM_VISION_ACCESS_LOG={value!r}: choose one of {', '.join(LOG_FORMATS)}")
-    return value
 
-
-def build_settings(args, env: ServingEnv, paths: SageMakerPaths):
+def build_settings(config: ServeConfig, paths: SageMakerPaths, processes: int = 1, worker_index: int = 0):
     import torch
 
-    from container.parse import env_bool, env_int
-    from serve.app import Settings
     from serve.archive import ExtractLimits
+    from serve.hosting import Settings
     from train.devices import select_device
 
-    device = select_device(args.device)
-    cpus = cpu_count()
+    device = select_device(config.device)
+    gpu = None
+    if device.type == "cuda" and processes > 1 and torch.cuda.device_count() > 1:
+        gpu = worker_index % torch.cuda.device_count()  # one GPU per worker, round robin
+        device = torch.device("cuda", gpu)
+    cpus = max(1, cpu_count() // processes)
     # CPU: one forward per core up to 4 (batch-1 forwards scale better across requests
     # than across intra-op threads; measured 2x req/s on 2 cores), the cores split between them.
-    workers = args.workers or env.workers or (1 if device.type == "cuda" else max(1, min(4, cpus)))
-    batching = args.batching or os.environ.get("SM_VISION_BATCHING", "auto")
-    if batching not in ("auto", "on", "off"):
-        raise ConfigError(f"SM_VISION_BATCHING={batching!r}: expected auto, on or off")
+    # A worker process runs one request at a time, as MMS's workers do.
+    workers = 1 if processes > 1 else config.workers or (1 if device.type == "cuda" else max(1, min(4, cpus)))
+    mme_mb = config.mme_memory_mb or memory_budget_bytes() >> 20
     settings = Settings(
-        model_dir=args.model_dir or paths.model_dir,
+        model_dir=Path(config.model_dir) if config.model_dir else paths.model_dir,
+        scratch=SCRATCH,
         device=device,
+        precision=config.precision,
         workers=workers,
         decode_threads=max(2, cpus),
-        timeout_s=env.timeout_s,
-        max_payload_bytes=env.max_payload_mb * 1024 * 1024,
-        top_k=args.top_k or default_top_k(),
-        limits=decode_limits(env),
-        batching=batching == "on" or (batching == "auto" and device.type == "cuda"),
-        max_batch_size=args.max_batch_size or _env_number("SM_VISION_MAX_BATCH_SIZE", 16),
-        max_delay_ms=args.max_batch_delay_ms
-        if args.max_batch_delay_ms is not None
-        else _env_number("SM_VISION_MAX_BATCH_DELAY_MS", 5.0, float),
-        program=env.program,
-        multi_model=env.multi_model,
-        batch_mode=env.batch,
-        max_concurrent_transforms=env.max_concurrent_transforms,
-        batch_strategy=env.batch_strategy,
-        mme_budget_bytes=_env_number("SM_VISION_MME_MEMORY_MB", memory_budget_bytes() >> 20) * 1024 * 1024,
-        max_pending=env_int(os.environ, "SM_VISION_MAX_PENDING", 64, minimum=1),
-        extract_limits=ExtractLimits(max_bytes=env_int(os.environ, "SM_VISION_MAX_MODEL_EXTRACT_MB", 20 * 1024, minimum=1) << 20),
-        precision=os.environ.get("SM_VISION_PRECISION", "auto"),
-        metrics=env_bool(os.environ, "SM_VISION_METRICS", True),
-        access_log=access_log_format(),
+        timeout_s=config.timeout_s,
+        max_payload_bytes=config.max_payload_bytes,
+        top_k=config.top_k,
+        limits=decode_limits(config),
+        batching=config.batching == "on" or (config.batching == "auto" and device.type == "cuda"),
+        max_batch_size=config.max_batch_size,
+        max_delay_ms=config.max_batch_delay_ms,
+        program=config.program,
+        code_dirs=code_dirs(config, paths),
+        multi_model=config.multi_model,
+        batch_mode=config.batch,
+        max_concurrent_transforms=config.max_concurrent_transforms,
+        batch_strategy=config.batch_strategy,
+        mme_budget_bytes=mme_mb * 1024 * 1024,
+        gpu_id=gpu,
+        metrics=config.metrics,
+        access_log=config.access_log,
+        max_pending=config.max_pending,
+        extract_limits=ExtractLimits(max_bytes=config.max_model_extract_mb << 20),
     )
-    if settings.top_k < 1 or settings.workers < 1 or settings.max_batch_size < 1:
-        raise ConfigError("top_k, workers and max batch size must be >= 1")
     if device.type == "cpu":
         # Each concurrent forward gets its share of the cores, so they do not oversubscribe.
         torch.set_num_threads(max(1, cpus // workers))
     return settings
 
 
+def worker_processes(config: ServeConfig, settings) -> int:
+    """SAGEMAKER_MODEL_SERVER_WORKERS=N gives a user's model N independent processes
+    (model_fn once in each, as AWS's model server does). Our own classifier without a
+    script, and a multi-model endpoint, run N inference threads in one process instead."""
+    from serve.hooks import find_script
+    from serve.model import SPEC_FILE
+
+    if not config.workers or config.workers < 2 or config.multi_model:
+        return 1
+    users = find_script(settings.model_dir, settings.program, settings.code_dirs) is not None
+    return config.workers if users or not (settings.model_dir / SPEC_FILE).exists() else 1
+
+
+def worker_app():
+    """The app of one worker process (uvicorn's factory): the parent exported the
+    resolved ServeConfig into the environment."""
+    config = ServeConfig.from_env()
+    configure_logging(config)
+    processes = config.workers or 1
+    claims = SCRATCH / WORKER_CLAIMS
+    index = next(i for i in range(10_000) if _claim(claims / str(i)))
+    from serve.app import create_app
+
+    settings = build_settings(config, SageMakerPaths.from_env(), processes, index)
+    log.info("worker %d of %d (pid %d, device %s)", index, processes, os.getpid(), settings.device)
+    return create_app(settings)
+
+
+def _claim(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def configure_logging(config: ServeConfig) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    overrides = {name: value for name, value in vars(args).items() if value is not None}
     try:
-        env = ServingEnv.from_env()
+        config = ServeConfig.from_env(os.environ, overrides)
+        configure_logging(config)
         paths = SageMakerPaths.from_env()
-        backend = args.backend or os.environ.get("SM_VISION_SERVE_BACKEND") or "asgi"
-        if backend not in BACKENDS:
-            raise ConfigError(f"SM_VISION_SERVE_BACKEND={backend!r}: choose one of {', '.join(BACKENDS)}")
-        if backend == "mms":
+        if config.backend == "mms":
             from serve import mms
 
-            cpus = cpu_count()
-            workers = args.workers or env.workers
-            mms.start(paths.root, workers, max(1, cpus // (workers or cpus)))
+            mms.start(config, paths, cpu_count())
             return
-        settings = build_settings(args, env, paths)
+        settings = build_settings(config, paths)
+        processes = worker_processes(config, settings)
     except ConfigError as err:
+        logging.basicConfig()
         log.error("%s", err)
         sys.exit(2)
 
     import uvicorn
 
-    from container.parse import env_float
-    from serve.app import create_app
     from serve.connections import with_header_timeout
 
-    port = args.port or env.port
-    log.info("sagemaker-vision serve: http://%s:%d (model %s)", args.host, port, settings.model_dir)
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=port,
-        log_level=args.log_level,
-        access_log=False,  # serve.access writes one structured line per request
-        timeout_graceful_shutdown=settings.timeout_s,
-        timeout_keep_alive=75,  # above SageMaker's 60 s idle timeout, so it closes first
+    log.info("sagemaker-vision serve: http://%s:%d (model %s)", config.host, config.port, settings.model_dir)
+    options = {
+        "host": config.host,
+        "port": config.port,
+        "log_level": config.log_level,
+        "access_log": False,  # serve.access writes one structured line per request
+        "timeout_graceful_shutdown": settings.timeout_s,
+        "timeout_keep_alive": 75,  # above SageMaker's 60 s idle timeout, so it closes first
         # A connection that has not sent a request's headers in time is closed (uvicorn has no such timeout).
-        http=with_header_timeout(env_float(os.environ, "SM_VISION_HEADER_TIMEOUT_S", 15.0, minimum=0.1)),
-        log_config=None,
-    )
+        "http": with_header_timeout(config.header_timeout_s),
+        "log_config": None,
+    }
+    if processes == 1:
+        from serve.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+        return
+    from serve.model import prepare_model_dir
+
+    # Extract model.tar.gz once, here, so the workers do not race on the scratch dir.
+    model_dir = prepare_model_dir(settings.model_dir, SCRATCH / "model", settings.extract_limits)
+    shutil.rmtree(SCRATCH / WORKER_CLAIMS, ignore_errors=True)
+    (SCRATCH / WORKER_CLAIMS).mkdir(parents=True)
+    os.environ.update(dataclasses.replace(config, model_dir=str(model_dir)).to_env())
+    log.info("starting %d worker processes (SAGEMAKER_MODEL_SERVER_WORKERS)", processes)
+    uvicorn.run("serve.cli:worker_app", factory=True, workers=processes, **options)
 
 
 if __name__ == "__main__":

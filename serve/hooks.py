@@ -12,40 +12,45 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import logging
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-import torch
-
 from container import ConfigError
-from serve import codec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROGRAM = "inference.py"
 HOOKS = ("model_fn", "input_fn", "predict_fn", "output_fn", "transform_fn", "model_warmup_fn")
-UTF8_TYPES = {"application/json", "text/csv", "application/jsonlines", "text/plain"}
+UTF8_TYPES = {"application/json", "text/csv", "application/jsonlines", "text/plain"}  # bodies the hooks get as str
 
 
-def find_script(model_dir: Path, program: str | None) -> Path | None:
-    code = model_dir / "code"
-    names = [program, DEFAULT_PROGRAM] if program else [DEFAULT_PROGRAM]
+def find_script(model_dir: Path, program: str | None, code_dirs: tuple[Path, ...] = ()) -> Path | None:
+    """The user's script: SAGEMAKER_PROGRAM (else inference.py) in model/code, then in
+    the SDK's submit directory. SAGEMAKER_PROGRAM may be a path on the machine that ran
+    the SDK (SDK 2.x local mode passes the entry point as given, e.g. /home/me/code/
+    inference.py, after repacking the file into model/code): only its name counts."""
+    dirs = (model_dir / "code", *code_dirs)
+    names = []
+    if program:
+        name = PurePath(program).name
+        names.append(name if name.endswith(".py") else f"{name}.py")
+    names.append(DEFAULT_PROGRAM)
     for name in names:
-        path = code / name if name.endswith(".py") else code / f"{name}.py"
-        if path.is_file():
-            return path
-    if program and code.is_dir():
-        log.warning("SAGEMAKER_PROGRAM=%s not found in %s and no %s either; using the defaults", program, code, DEFAULT_PROGRAM)
+        for folder in dirs:
+            if (folder / name).is_file():
+                return folder / name
+        if program and name != DEFAULT_PROGRAM and Path(program).is_absolute() and Path(program).is_file():
+            return Path(program)
+    if program:
+        searched = ", ".join(str(folder) for folder in dirs)
+        log.warning("SAGEMAKER_PROGRAM=%s not found in %s and no %s either; using the defaults", program, searched, DEFAULT_PROGRAM)
     return None
 
 
@@ -106,6 +111,18 @@ def call(func: Callable, *args, context: Context | None = None):
     raise TypeError(f"{func.__name__} takes {count} arguments; expected {len(args)} (or {len(args) + 1} with context)")
 
 
+# Positional arguments of each hook without the optional trailing `context`.
+ARITY = {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2, "transform_fn": 4, "model_warmup_fn": 2}
+
+
+def takes_context(name: str, func: Callable) -> bool:
+    """Whether the hook takes `context` last (AWS's rule: one more parameter), checked at load."""
+    count = len(inspect.signature(func).parameters)
+    if count not in (ARITY[name], ARITY[name] + 1):
+        raise ConfigError(f"{name} takes {count} arguments; expected {ARITY[name]} (or {ARITY[name] + 1} with context)")
+    return count == ARITY[name] + 1
+
+
 @dataclass
 class UserHooks:
     script: Path
@@ -120,78 +137,6 @@ class UserHooks:
             raise ConfigError(f"{script}: transform_fn cannot be combined with input_fn/predict_fn/output_fn")
         log.info("user script %s overrides %s", script, ", ".join(sorted(functions)) or "nothing")
         return cls(script, functions)
-
-
-def predict(data, model):
-    """Default predict_fn: probabilities for our Classifier, model(data) (AWS's default) otherwise."""
-    if hasattr(model, "probabilities"):
-        return model.probabilities(data)
-    with torch.inference_mode():
-        device = next(model.parameters()).device if hasattr(model, "parameters") else None
-        return model(data.to(device) if device is not None and isinstance(data, torch.Tensor) else data)
-
-
-def to_json(prediction: Any) -> bytes:
-    """AWS's default output_fn: tensors/arrays as nested lists."""
-    if isinstance(prediction, torch.Tensor):
-        prediction = prediction.detach().cpu().numpy()
-    if isinstance(prediction, np.ndarray):
-        prediction = prediction.tolist()
-    return json.dumps(prediction).encode()
-
-
-class HookPipeline:
-    """transform_fn, or input_fn -> predict_fn -> output_fn, each the user's or ours.
-
-    Our defaults: input_fn decodes every codec type into a preprocessed batch;
-    predict_fn returns softmax probabilities for our Classifier (model(x) for the
-    user's own model); output_fn answers our JSON for our Classifier's output and
-    nested lists otherwise (what AWS's default does)."""
-
-    def __init__(
-        self, hooks: UserHooks, model: Any, preprocess: Callable, classes: tuple[str, ...] | None, limits: codec.DecodeLimits, top_k: int
-    ):
-        self.hooks = hooks.functions
-        self.model = model
-        self.preprocess = preprocess
-        self.classes = classes
-        self.limits = limits
-        self.top_k = top_k
-        self._local = threading.local()  # whether this thread's request was a list
-
-    def default_input_fn(self, body, content_type):
-        data = body.encode() if isinstance(body, str) else body
-        decoded = codec.decode(data, content_type, self.preprocess, self.limits)
-        self._local.batch = decoded.batch
-        return decoded.inputs
-
-    def default_predict_fn(self, data, model):
-        return predict(data, model)
-
-    def default_output_fn(self, prediction, accept):
-        codec.check_accept(accept)
-        if self.classes and isinstance(prediction, torch.Tensor) and prediction.ndim == 2 and prediction.shape[1] == len(self.classes):
-            batch = getattr(self._local, "batch", False) or prediction.shape[0] > 1  # a user input_fn may batch too
-            return codec.encode(prediction, self.classes, self.top_k, codec.Decoded(prediction, batch)), codec.JSON
-        return to_json(prediction), codec.JSON
-
-    def __call__(self, body: bytes, content_type: str | None, accept: str | None, context: Context) -> tuple[bytes, str]:
-        ctype = codec.media_type(content_type)
-        accept = accept if accept and accept.strip() not in ("", "*/*") else codec.JSON
-        payload = body.decode("utf-8", errors="replace") if ctype in UTF8_TYPES else body
-        self._local.batch = False
-        if "transform_fn" in self.hooks:
-            result = call(self.hooks["transform_fn"], self.model, payload, content_type, accept, context=context)
-        else:
-            data = call(self.hooks.get("input_fn", self.default_input_fn), payload, content_type, context=context)
-            prediction = call(self.hooks.get("predict_fn", self.default_predict_fn), data, self.model, context=context)
-            result = call(self.hooks.get("output_fn", self.default_output_fn), prediction, accept, context=context)
-        body_out, out_type = result if isinstance(result, tuple) else (result, accept)
-        if isinstance(body_out, str):
-            body_out = body_out.encode()
-        elif not isinstance(body_out, (bytes, bytearray)):
-            body_out = to_json(body_out)
-        return bytes(body_out), out_type or codec.JSON
 
 
 def safe_module_name(model_name: str) -> str:

@@ -140,3 +140,26 @@ def load_classifier(model_dir: Path, device: torch.device, precision_name: str =
     spec = ModelSpec.load(model_dir)
     chosen = precision.choose(precision_name, device)
     return Classifier(load_module(spec, model_dir / spec.weights_file, device), spec, device, chosen)
+
+
+def load_torchscript(model_dir: Path, device: torch.device):
+    """AWS's default model_fn: model.pt, else the only .pt/.pth file, as TorchScript."""
+    path = model_dir / "model.pt"
+    if not path.is_file():
+        found = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.suffix in (".pt", ".pth")) if model_dir.is_dir() else []
+        if len(found) != 1:
+            raise ConfigError(
+                f"{model_dir} has no {SPEC_FILE} (a model trained by this image) and no model_fn in code/inference.py, so the "
+                f"default model_fn loads TorchScript: exactly one .pt or .pth file is required, found {found}"
+            )
+        path = model_dir / found[0]
+    if not _is_torchscript(path):
+        raise ConfigError(f"{path.name} is not TorchScript: save with torch.jit.save or provide model_fn in code/inference.py")
+    return torch.jit.load(str(path), map_location=device).eval()
+
+
+def load_default_model(model_dir: Path, device: torch.device, precision_name: str = "auto"):
+    """The model when the user's script has no model_fn: ours, else TorchScript."""
+    if (model_dir / SPEC_FILE).exists():
+        return load_classifier(model_dir, device, precision_name)
+    return load_torchscript(model_dir, device)

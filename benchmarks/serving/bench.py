@@ -104,6 +104,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cpu-shares", type=int, default=None, help="docker CPU shares for every server (raise it on a host shared with other containers)"
     )
+    parser.add_argument("--soak", action="store_true", help="then a soak of our server alone (RSS growth; not for CI)")
+    parser.add_argument("--soak-seconds", type=float, default=300)
+    parser.add_argument("--soak-concurrency", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="smoke run: resnet18, c=16, photos, 6 s, 2 rounds")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serving.json"))
     return parser
@@ -338,6 +341,24 @@ def run_loads(servers: list[Server], bodies: dict[str, list[bytes]], args) -> No
                     server.peak_rss_mb = max(server.peak_rss_mb, rss.peak / 2**20)
 
 
+def soak(server: Server, bodies: list[bytes], args) -> dict:
+    """Our server alone under steady load: does its memory grow?"""
+    with RssSampler(server.container, period=5) as rss:
+        latencies, errors, elapsed = load_loop(server.url, bodies, args.soak_concurrency, args.soak_seconds)
+    head = statistics.mean(rss.samples[: max(1, len(rss.samples) // 10)])
+    tail = statistics.mean(rss.samples[-max(1, len(rss.samples) // 10) :])
+    return {
+        "seconds": args.soak_seconds,
+        "concurrency": args.soak_concurrency,
+        "rps": len(latencies) / elapsed,
+        "p99_ms": percentile(latencies, 99) * 1000 if latencies else float("nan"),
+        "errors": errors,
+        "rss_start_mb": head / 2**20,
+        "rss_end_mb": tail / 2**20,
+        "rss_growth_pct": (tail - head) / head * 100,
+    }
+
+
 def summarise(server: Server, arch: str, bare_ms: float, precision: str) -> dict:
     loads = {}
     for (concurrency, body_set), slot in server.loads.items():
@@ -429,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                 bare_ms, precision = bare_forward(client, args.image, ours_root, threads, ours_env)
                 print(f"{arch}: bare forward (1 x 3 x 224 x 224, {threads} thread(s), {precision}) {bare_ms:.1f} ms", flush=True)
                 servers: list[Server] = []
+                soaked = None
                 try:
                     for stack in stacks:
                         image, root = (args.image, ours_root) if is_ours(stack) else (anchors, user_root)
@@ -436,10 +458,23 @@ def main(argv: list[str] | None = None) -> int:
                         servers.append(start_server(client, image, stack, root, env, bodies["photos"], args.cpu_shares))
                         print(f"  {stack}: first prediction after {servers[-1].cold_start_first_prediction_s:.1f} s", flush=True)
                     run_loads(servers, bodies, args)
+                    if args.soak:
+                        for server in servers[1:]:  # the soak runs alone
+                            server.container.remove(force=True)
+                        soaked = soak(servers[0], bodies["photos"], args)
+                        print(
+                            f"  soak: {soaked['seconds']:.0f} s at concurrency {soaked['concurrency']}: {soaked['rps']:.1f} req/s, "
+                            f"{soaked['errors']} errors, RSS {soaked['rss_start_mb']:.0f} -> {soaked['rss_end_mb']:.0f} MB "
+                            f"({soaked['rss_growth_pct']:+.1f}%, goal < 10%)",
+                            flush=True,
+                        )
                 finally:
                     for server in servers:
-                        server.container.remove(force=True)
+                        with contextlib.suppress(docker.errors.NotFound):
+                            server.container.remove(force=True)
                 results += [summarise(server, arch, bare_ms, precision) for server in servers]
+                if args.soak:
+                    results[-len(servers)]["soak"] = soaked
     finally:
         for container in client.containers.list(all=True, filters={"label": LABEL}):
             container.remove(force=True)

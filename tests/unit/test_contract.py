@@ -3,7 +3,7 @@ import pytest
 from container import (
     ConfigError,
     SageMakerPaths,
-    ServingEnv,
+    ServeConfig,
     hyperparameters_to_argv,
     read_hyperparameters,
     read_input_data_config,
@@ -82,8 +82,8 @@ def test_failure_file_is_written_and_truncated(sm_paths):
 
 
 def test_serving_env_defaults_and_overrides():
-    assert ServingEnv.from_env({}).port == 8080
-    env = ServingEnv.from_env(
+    assert ServeConfig.from_env({}).port == 8080
+    env = ServeConfig.from_env(
         {
             "SAGEMAKER_BIND_TO_PORT": "9000",
             "SAGEMAKER_MULTI_MODEL": "TRUE",
@@ -105,4 +105,4 @@ def test_serving_env_defaults_and_overrides():
 )
 def test_serving_env_errors_name_the_variable(environ, field):
     with pytest.raises(ConfigError, match=field):
-        ServingEnv.from_env(environ)
+        ServeConfig.from_env(environ)

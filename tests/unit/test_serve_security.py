@@ -19,7 +19,7 @@ import time
 import pytest
 import torch
 
-from container import ConfigError, ServingEnv
+from container import ConfigError, ServeConfig
 from serve import archive, codec, errors
 from serve.app import Settings, create_app
 from serve.cli import decode_limits
@@ -119,7 +119,7 @@ def test_ping_is_unhealthy_when_the_batcher_is_gone(model_dir, tmp_path):  # noq
 
     async def body():
         assert await wait_ready(app) == 200
-        app.app.state.models.model.batcher.close()  # however it stopped
+        app.state.models.model.batcher.close()  # however it stopped
         status, out = await request(app, "GET", "/ping")
         assert status == 500 and json.loads(out)["status"] == "unhealthy"
 
@@ -486,10 +486,10 @@ def test_mme_refuses_a_path_as_model_name(model_dir, tmp_path):  # noqa: F811
 def test_security_settings_are_parsed_strictly(monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=variable):
-        decode_limits(ServingEnv())
+        decode_limits(ServeConfig.from_env())
 
 
 @pytest.mark.parametrize("value, enabled", [("false", False), ("0", False), ("off", False), ("True", True), ("", True)])
 def test_url_fetch_switch(monkeypatch, value, enabled):
     monkeypatch.setenv("SM_VISION_URL_FETCH", value)
-    assert decode_limits(ServingEnv()).fetch.enabled is enabled
+    assert decode_limits(ServeConfig.from_env()).fetch.enabled is enabled

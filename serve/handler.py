@@ -1,0 +1,184 @@
+"""One interface for every model we serve: decode -> predict -> encode.
+
+A Handler holds the loaded model and, for each step, the user's hook from
+inference.py or our default. The defaults follow AWS's PyTorch inference toolkit for a
+model that is not ours, and our image codec and top-k answer for our classifier:
+
+    model_fn     the user's; else our classifier (model_spec.json); else TorchScript
+    input_fn     images (any model: our preprocessing) and, for a model that is not
+                 ours, JSON / CSV / NPY / NPZ tensors (serve.payloads), on its device
+    predict_fn   softmax probabilities (ours), model(x) under inference_mode (others)
+    output_fn    our JSON answer (ours), else by Accept: JSON, CSV, NPY or JSON Lines
+    transform_fn replaces the three above when the script defines it
+
+The server and the MMS backend both call decode, predict and encode, so they behave
+the same. Each step may run on a different thread: per-request state travels in Call.
+A request is route -> HostedModel.invoke -> Handler.decode / predict / encode -> the
+user's hook or model(x): the steps call hooks directly, with no dispatch in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from serve import codec, payloads
+from serve.errors import NotAcceptable
+from serve.hooks import UTF8_TYPES, Context, UserHooks, call, takes_context
+from serve.model import Classifier, load_default_model, module_nbytes
+from train.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+
+
+def default_preprocess() -> Callable:
+    """ImageNet-style preprocessing for image payloads sent to a model that is not ours."""
+    return eval_transform(224, None, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@dataclass
+class Call:
+    """One request as it moves through the steps."""
+
+    content_type: str | None
+    accept: str | None
+    context: Context
+    top_k: int | None = None
+    out_type: str = codec.JSON  # what the default output_fn will write
+    batch: bool = False  # the client sent a list: answer with a list (our classifier)
+    lines: bool = False  # JSON Lines in, JSON Lines out (our classifier)
+
+
+@dataclass
+class Handler:
+    model: Any
+    hooks: dict[str, Callable] = field(default_factory=dict)
+    limits: codec.DecodeLimits = codec.DecodeLimits()
+    top_k: int = 5
+    device: torch.device = torch.device("cpu")
+
+    def __post_init__(self):
+        # Decided once here, so a request calls each hook directly (no dispatch frame).
+        self.context_hooks = frozenset(name for name, func in self.hooks.items() if takes_context(name, func))
+
+    @classmethod
+    def load(
+        cls, model_dir: Path, hooks: UserHooks | None, context: Context, device: torch.device, precision: str = "auto", **options
+    ) -> Handler:
+        """model_fn (the user's or the default), then the model's warm-up."""
+        functions = hooks.functions if hooks else {}
+        if "model_fn" in functions:
+            model = call(functions["model_fn"], str(model_dir), context=context)
+        else:
+            model = load_default_model(model_dir, device, precision)
+        handler = cls(model, functions, device=device, **options)
+        if isinstance(model, Classifier):
+            model.warm_up()
+        if "model_warmup_fn" in functions:
+            call(functions["model_warmup_fn"], str(model_dir), model, context=context)
+        return handler
+
+    @property
+    def classifier(self) -> Classifier | None:
+        return self.model if isinstance(self.model, Classifier) else None
+
+    @property
+    def preprocess(self) -> Callable:
+        if self.classifier is not None:
+            return self.classifier.preprocess
+        if not hasattr(self, "_imagenet"):
+            self._imagenet = default_preprocess()
+        return self._imagenet
+
+    @property
+    def plain(self) -> bool:
+        """Our classifier with no user hook at all: the micro-batcher may run it."""
+        return self.classifier is not None and not self.hooks
+
+    def nbytes(self) -> int:
+        return self.classifier.nbytes() if self.classifier is not None else module_nbytes(self.model)
+
+    def _context(self, name: str, request: Call) -> tuple:
+        return (request.context,) if name in self.context_hooks else ()
+
+    # --- the three steps ---------------------------------------------------------
+
+    def decode(self, body: bytes, request: Call):
+        if "output_fn" not in self.hooks and "transform_fn" not in self.hooks:
+            # Refuse an Accept we cannot produce before any work is done.
+            request.out_type = codec.check_accept(request.accept) if self.classifier is not None else payloads.negotiate(request.accept)
+        if not self.hooks.keys() & {"input_fn", "transform_fn"}:
+            return self.default_input_fn(body, request)
+        # As AWS's toolkit: the hooks get a str for the UTF-8 types, bytes otherwise.
+        payload = body.decode("utf-8", errors="replace") if codec.media_type(request.content_type) in UTF8_TYPES else body
+        if "transform_fn" in self.hooks:
+            return payload
+        return self.hooks["input_fn"](payload, request.content_type, *self._context("input_fn", request))
+
+    def predict(self, data, request: Call):
+        if "transform_fn" in self.hooks:
+            args = (self.model, data, request.content_type, hook_accept(request.accept))
+            return self.hooks["transform_fn"](*args, *self._context("transform_fn", request))
+        if "predict_fn" in self.hooks:
+            return self.hooks["predict_fn"](data, self.model, *self._context("predict_fn", request))
+        if self.classifier is not None:
+            return self.classifier.probabilities(data)
+        with torch.inference_mode():  # AWS's default predict_fn: model(data), no autograd
+            return self.model(data)
+
+    def encode(self, prediction, request: Call) -> tuple[bytes, str]:
+        if "transform_fn" in self.hooks:
+            return self._normalise(prediction, request)
+        if "output_fn" in self.hooks:
+            result = self.hooks["output_fn"](prediction, hook_accept(request.accept), *self._context("output_fn", request))
+            return self._normalise(result, request)
+        return self.default_output_fn(prediction, request)
+
+    # --- our defaults ------------------------------------------------------------
+
+    def default_input_fn(self, body: bytes, request: Call):
+        ctype = codec.media_type(request.content_type)
+        if self.classifier is None and ctype in payloads.DECODES and not _image_json(body, ctype):
+            return payloads.decode(body, ctype).to(self.device)
+        decoded = codec.decode(body, request.content_type, self.preprocess, self.limits)
+        request.batch, request.lines = decoded.batch, decoded.lines
+        return decoded.inputs if self.classifier is not None else decoded.inputs.to(self.device)
+
+    def default_output_fn(self, prediction, request: Call) -> tuple[bytes, str]:
+        classes = self.classifier.classes if self.classifier is not None else None
+        if classes and isinstance(prediction, torch.Tensor) and prediction.ndim == 2 and prediction.shape[1] == len(classes):
+            codec.check_accept(request.accept)
+            batch = request.batch or prediction.shape[0] > 1  # a user input_fn may batch too
+            k = min(request.top_k or self.top_k, len(classes))
+            decoded = codec.Decoded(prediction, batch, request.lines)
+            return codec.encode(prediction, classes, k, decoded), "application/jsonlines" if request.lines else codec.JSON
+        out_type = payloads.negotiate(request.accept)
+        return payloads.encode(prediction, out_type), out_type
+
+    def _normalise(self, result, request: Call) -> tuple[bytes, str]:
+        """A hook's answer: body or (body, content_type); str, bytes, or data for JSON."""
+        body, out_type = result if isinstance(result, tuple) else (result, None)
+        out_type = out_type or hook_accept(request.accept)
+        if isinstance(body, str):
+            body = body.encode()
+        elif not isinstance(body, (bytes, bytearray)):
+            try:
+                kind = payloads.negotiate(out_type)
+            except NotAcceptable:
+                kind = codec.JSON
+            body, out_type = payloads.encode(body, kind), kind
+        return bytes(body), out_type
+
+
+def hook_accept(accept: str | None) -> str:
+    """The Accept a user hook sees: missing or */* is application/json (AWS's default)."""
+    return accept if accept and accept.strip() not in ("", "*/*") else codec.JSON
+
+
+def _image_json(body: bytes, ctype: str) -> bool:
+    """A JSON body that is an image request ({"url": ...}, base64) rather than numbers."""
+    if ctype != payloads.JSON:
+        return False
+    return payloads.numeric_array(payloads.parse_json(body)) is None
