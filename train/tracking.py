@@ -153,7 +153,7 @@ class MlflowSink:
             return
         try:
             getattr(self.client, method)(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - a tracking server's failure of any kind must not fail training
             self._give_up(err)
 
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
@@ -213,7 +213,7 @@ class TensorBoardSink:
             for key, value in values.items():
                 self.writer.add_scalar(tags.get(key, key), value, global_step=step)
             self.writer.flush()
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - a full disk or lost mount must not fail training
             log.warning("TensorBoard: writing to %s failed (%s); no more event files for this job", self.directory, err)
             self.writer = None
 

@@ -91,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
     routes: dict = {}
     seen_hosts: list = []
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.seen_hosts.append(self.headers.get("Host"))
         route = self.routes.get(self.path)
         if route is None:

@@ -40,7 +40,7 @@ def docker_client():
     try:
         client = docker.from_env(timeout=600)
         client.ping()
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:  # noqa: BLE001 - any failure to reach the daemon means the same
         pytest.fail(f"docker is not reachable ({err}); container tests need a running dockerd", pytrace=False)
     yield client
     # Belt and braces: anything a crashed test left behind carries our label.

@@ -13,20 +13,16 @@ from __future__ import annotations
 import json
 import math
 import socket
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from smvision_aws import cli, local_mode
+from smvision_aws.sessions import make_session
+from smvision_aws.training import TrainSpec, build_estimator
 
-from tests.container.conftest import REPO, png_bytes
+from tests.container.conftest import png_bytes
 from train import synthetic
-
-sys.path.insert(0, str(REPO / "aws"))
-
-from smvision_aws import cli, local_mode  # noqa: E402
-from smvision_aws.sessions import make_session  # noqa: E402
-from smvision_aws.training import TrainSpec, build_estimator  # noqa: E402
 
 pytestmark = pytest.mark.container
 NETWORK = "sagemaker-local"

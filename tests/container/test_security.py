@@ -57,7 +57,7 @@ def start_helper(container):
 
 
 @pytest.fixture(scope="module")
-def server(image, docker_client, model_store, tmp_path_factory):  # noqa: F811
+def server(image, docker_client, model_store, tmp_path_factory):
     """The default server with the loopback helper (allow-listed) and a public-looking
     name for the helper's own address trick."""
     handle = Containers(docker_client)
@@ -320,7 +320,7 @@ def frames(count: int) -> bytes:
     return npy(np.random.default_rng(0).integers(0, 255, (count, 64, 64, 3), dtype=np.uint8))
 
 
-def test_batcher_survives_timeouts(containers, image, model_store, tmp_path):  # noqa: F811
+def test_batcher_survives_timeouts(containers, image, model_store, tmp_path):
     """Concurrent big requests time out (1 s) while their joint forward runs: the old
     batcher died on the first cancelled future and every later request was a 504."""
     root = model_root(tmp_path, model_store, "r50")
@@ -341,7 +341,7 @@ def test_batcher_survives_timeouts(containers, image, model_store, tmp_path):  #
     assert requests.get(base + "/ping", timeout=5).status_code == 200
 
 
-def test_back_pressure_and_batch_transform_records(containers, image, model_store, tmp_path):  # noqa: F811
+def test_back_pressure_and_batch_transform_records(containers, image, model_store, tmp_path):
     root = model_root(tmp_path, model_store, "r50")
     env = {"SM_VISION_MAX_PENDING": "2", "SAGEMAKER_MODEL_SERVER_WORKERS": "1", "SAGEMAKER_BATCH": "true"}
     container, base = start_server(containers, image, root, env=env)
@@ -367,7 +367,7 @@ def test_back_pressure_and_batch_transform_records(containers, image, model_stor
 # --- 7, 16: multi-model names and archives ------------------------------------------------
 
 
-def test_mme_names_and_archive_extraction(containers, image, model_store, tmp_path):  # noqa: F811
+def test_mme_names_and_archive_extraction(containers, image, model_store, tmp_path):
     root = tmp_path / "opt_ml"
     model = root / "models" / "m" / "model"
     model.mkdir(parents=True)

@@ -35,7 +35,7 @@ class Site:
         site = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 site.hits.append(self.path)
                 route = site.routes.get(self.path, site.routes.get("*"))
                 if route is None:

@@ -114,7 +114,7 @@ def test_batcher_queue_is_bounded():
         runner.close()
 
 
-def test_ping_is_unhealthy_when_the_batcher_is_gone(model_dir, tmp_path):  # noqa: F811
+def test_ping_is_unhealthy_when_the_batcher_is_gone(model_dir, tmp_path):
     app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", batching=True, limits=LIMITS))
 
     async def body():
@@ -126,7 +126,7 @@ def test_ping_is_unhealthy_when_the_batcher_is_gone(model_dir, tmp_path):  # noq
     asyncio.run(with_lifespan(app, body))
 
 
-def test_batching_endpoint_recovers_after_a_timeout(model_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_batching_endpoint_recovers_after_a_timeout(model_dir, tmp_path, monkeypatch):
     real = Classifier.probabilities
     slow = {"on": True}
 
@@ -164,7 +164,7 @@ def test_admission_bounds_requests_in_progress():
         assert admission.active == 1
 
 
-def test_overload_is_503_with_retry_after(model_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_overload_is_503_with_retry_after(model_dir, tmp_path, monkeypatch):
     real = Classifier.probabilities
     monkeypatch.setattr(Classifier, "probabilities", lambda self, batch: (time.sleep(0.3), real(self, batch))[1])
     app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", max_pending=2, limits=LIMITS))
@@ -178,7 +178,7 @@ def test_overload_is_503_with_retry_after(model_dir, tmp_path, monkeypatch):  # 
     assert statuses.count(200) >= 2 and statuses.count(503) >= 1 and set(statuses) <= {200, 503}
 
 
-def test_retry_after_header_is_sent(model_dir, tmp_path):  # noqa: F811
+def test_retry_after_header_is_sent(model_dir, tmp_path):
     app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", max_pending=1, limits=LIMITS))
     sent = []
 
@@ -252,7 +252,7 @@ def test_until_done_or_gone_cancels_work_when_the_client_leaves():
     assert cancelled == [True]
 
 
-def test_work_queued_for_a_departed_client_is_skipped(model_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_work_queued_for_a_departed_client_is_skipped(model_dir, tmp_path, monkeypatch):
     real = Classifier.probabilities
     forwards = []
 
@@ -309,7 +309,7 @@ def test_work_queued_for_a_departed_client_is_skipped(model_dir, tmp_path, monke
 # --- batch transform: what /execution-parameters advertises is accepted -----------------
 
 
-def test_batch_transform_accepts_many_small_records(model_dir, tmp_path):  # noqa: F811
+def test_batch_transform_accepts_many_small_records(model_dir, tmp_path):
     import base64
 
     limits = codec.DecodeLimits(max_batch=4)
@@ -330,7 +330,7 @@ def test_batch_transform_accepts_many_small_records(model_dir, tmp_path):  # noq
     asyncio.run(with_lifespan(app, body))
 
 
-def test_real_time_endpoint_keeps_its_item_cap(model_dir, tmp_path):  # noqa: F811
+def test_real_time_endpoint_keeps_its_item_cap(model_dir, tmp_path):
     app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", limits=codec.DecodeLimits(max_batch=4)))
 
     async def body():
@@ -445,7 +445,7 @@ def test_invalid_model_names(name):
         archive.check_model_name(name)
 
 
-def test_mme_refuses_a_path_as_model_name(model_dir, tmp_path):  # noqa: F811
+def test_mme_refuses_a_path_as_model_name(model_dir, tmp_path):
     store = tmp_path / "store" / "m"
     store.mkdir(parents=True)
     with tarfile.open(store / "model.tar.gz", "w:gz") as tar:
