@@ -17,9 +17,7 @@ fi
 image="${1:-sagemaker-vision:latest}"
 shift || true
 base="${BASE_IMAGE:-local/debian:bookworm}"
-# Debian's docker client has BuildKit built in; a newer client on PATH may lack buildx.
-docker_bin="${DOCKER:-$( [ -x /usr/bin/docker ] && echo /usr/bin/docker || command -v docker || true)}"
-[ -n "$docker_bin" ] || { echo "error: docker is not installed" >&2; exit 1; }
+. docker/docker-bin.sh
 
 if [ "$base" = "local/debian:bookworm" ]; then
   DOCKER="$docker_bin" BASE_IMAGE="$base" docker/make_base.sh

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export IMAGE="${IMAGE:-sagemaker-vision:latest}"
-docker_bin="$( [ -x /usr/bin/docker ] && echo /usr/bin/docker || echo docker)"
+. docker/docker-bin.sh
 
 local_test/bootstrap_host.sh
 docker/build.sh "$IMAGE"

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 IMAGE="${IMAGE:-sagemaker-vision:latest}"
-docker_bin="$( [ -x /usr/bin/docker ] && echo /usr/bin/docker || echo docker)"
+. ../docker/docker-bin.sh
 rm -rf test_dir/input/data/training
 mkdir -p test_dir/input/data
 "$docker_bin" run --rm -v "$PWD/test_dir:/opt/ml" "$IMAGE" \

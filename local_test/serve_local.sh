@@ -12,7 +12,7 @@ fi
 cd "$(dirname "$0")"
 IMAGE="${IMAGE:-sagemaker-vision:latest}"
 PORT="${PORT:-8080}"
-docker_bin="$( [ -x /usr/bin/docker ] && echo /usr/bin/docker || echo docker)"
+. ../docker/docker-bin.sh
 if [ ! -e test_dir/model/model_spec.json ] && [ ! -e test_dir/model/model.tar.gz ] && [ "${SAGEMAKER_MULTI_MODEL:-}" != "true" ]; then
   echo "no model in local_test/test_dir/model: run local_test/train_local.sh first" >&2
   exit 1

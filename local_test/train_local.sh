@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 IMAGE="${IMAGE:-sagemaker-vision:latest}"
-docker_bin="$( [ -x /usr/bin/docker ] && echo /usr/bin/docker || echo docker)"
+. ../docker/docker-bin.sh
 if [ ! -d test_dir/input/data/training ]; then
   echo "no data in local_test/test_dir/input/data/training: run local_test/make_data.sh first" >&2
   exit 1

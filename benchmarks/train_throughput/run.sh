@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 IMAGE="${IMAGE:-sagemaker-vision:latest}"
-docker_bin="$( [ -x /usr/bin/docker ] && echo /usr/bin/docker || echo docker)"
+. docker/docker-bin.sh
 gpus=()
 if [ -e /dev/nvidiactl ]; then gpus=(--gpus all); fi
 "$docker_bin" run --rm "${gpus[@]}" -v "$PWD/benchmarks:/bench:ro" -e PYTHONPATH=/bench "$IMAGE" \
