@@ -153,7 +153,6 @@ class Channel:
     name: str
     path: Path
     content_type: str | None = None
-    input_mode: str = "File"
 
 
 def read_input_data_config(paths: SageMakerPaths) -> dict[str, Channel]:
@@ -168,7 +167,6 @@ def read_input_data_config(paths: SageMakerPaths) -> dict[str, Channel]:
                 name=name,
                 path=paths.channel_dir(name),
                 content_type=(spec or {}).get("ContentType"),
-                input_mode=(spec or {}).get("TrainingInputMode", "File"),
             )
             for name, spec in raw.items()
         }
