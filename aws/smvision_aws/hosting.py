@@ -221,10 +221,7 @@ def policy_name(endpoint_name: str, variant: str = DEFAULT_VARIANT) -> str:
     return f"{endpoint_name}-{variant}-invocations"
 
 
-def register_autoscaling(autoscaling_client, endpoint_name: str, spec: AutoscalingSpec, variant: str = DEFAULT_VARIANT) -> str:
-    """Register the variant and attach target tracking; returns the policy ARN."""
-    spec.check()
-    rid = resource_id(endpoint_name, variant)
+def register_scalable_target(autoscaling_client, rid: str, spec: AutoscalingSpec) -> None:
     autoscaling_client.register_scalable_target(
         ServiceNamespace="sagemaker",
         ResourceId=rid,
@@ -232,6 +229,13 @@ def register_autoscaling(autoscaling_client, endpoint_name: str, spec: Autoscali
         MinCapacity=spec.min_capacity,
         MaxCapacity=spec.max_capacity,
     )
+
+
+def register_autoscaling(autoscaling_client, endpoint_name: str, spec: AutoscalingSpec, variant: str = DEFAULT_VARIANT) -> str:
+    """Register the variant and attach target tracking; returns the policy ARN."""
+    spec.check()
+    rid = resource_id(endpoint_name, variant)
+    register_scalable_target(autoscaling_client, rid, spec)
     response = autoscaling_client.put_scaling_policy(
         PolicyName=policy_name(endpoint_name, variant),
         ServiceNamespace="sagemaker",
@@ -267,13 +271,7 @@ def register_backlog_autoscaling(
     if target_backlog <= 0:
         raise UsageError("--target-backlog must be > 0")
     rid = resource_id(endpoint_name, variant)
-    autoscaling_client.register_scalable_target(
-        ServiceNamespace="sagemaker",
-        ResourceId=rid,
-        ScalableDimension=SCALABLE_DIMENSION,
-        MinCapacity=spec.min_capacity,
-        MaxCapacity=spec.max_capacity,
-    )
+    register_scalable_target(autoscaling_client, rid, spec)
     dimensions = [{"Name": "EndpointName", "Value": endpoint_name}]
     tracking = autoscaling_client.put_scaling_policy(
         PolicyName=f"{endpoint_name}-{variant}-backlog",
