@@ -121,6 +121,7 @@ def build_settings(config: ServeConfig, paths: SageMakerPaths, processes: int = 
         max_concurrent_transforms=config.max_concurrent_transforms,
         batch_strategy=config.batch_strategy,
         mme_budget_bytes=mme_mb * 1024 * 1024,
+        models_root=paths.root / "models",
         gpu_id=gpu,
         metrics=config.metrics,
         access_log=config.access_log,

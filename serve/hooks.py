@@ -70,10 +70,34 @@ def install_requirements(code_dir: Path) -> None:
         raise ConfigError(f"pip install -r {requirements} failed: " + " | ".join(tail))
 
 
+# The code/ directories of the scripts loaded so far in this process (multi-model
+# endpoints load one per model).
+_user_code_dirs: set[Path] = set()
+
+
+def _inside(module: ModuleType, directories: set[Path]) -> bool:
+    file = getattr(module, "__file__", None)
+    return bool(file) and any(Path(file).resolve().is_relative_to(d) for d in directories)
+
+
 def load_script(path: Path, module_name: str) -> ModuleType:
-    code_dir = str(path.parent)
-    if code_dir not in sys.path:
-        sys.path.insert(0, code_dir)  # helper modules beside inference.py import as usual
+    """Import the user's script with its own code/ first on sys.path, so helper modules
+    beside it import as usual. Each model's helpers come from its own code/: modules an
+    earlier model imported from its code/ are dropped from sys.modules (that model keeps
+    the module objects it already holds) and its directory leaves sys.path, so model B's
+    `import helper` never runs model A's helper.py."""
+    code_dir = path.parent.resolve()
+    others = _user_code_dirs - {code_dir}
+    for name, module in list(sys.modules.items()):
+        if _inside(module, others):
+            del sys.modules[name]
+    for other in others:
+        while str(other) in sys.path:
+            sys.path.remove(str(other))
+    _user_code_dirs.add(code_dir)
+    if str(code_dir) not in sys.path:
+        sys.path.insert(0, str(code_dir))
+    importlib.invalidate_caches()  # a code/ extracted after the finders listed their directories
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module

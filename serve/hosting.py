@@ -61,6 +61,7 @@ class Settings:
     max_concurrent_transforms: int | None = None
     batch_strategy: str | None = None
     mme_budget_bytes: int = 4 * 1024**3
+    models_root: Path = Path("/opt/ml/models")  # where a multi-model endpoint's urls must point
     gpu_id: int | None = None  # this worker's GPU (context.system_properties["gpu_id"])
     metrics: bool = True  # GET /metrics (SM_VISION_METRICS)
     access_log: str = "log"  # log, json or off (SM_VISION_ACCESS_LOG)
@@ -261,27 +262,33 @@ class MultiModel:
         except ValueError as err:
             raise BadInput(str(err)) from None
         path = Path(url)
+        root = self.settings.models_root
         async with self.lock:
             if name in self.models:
                 raise Conflict(f"model {name!r} is already loaded")
-            if not path.is_dir():
+            # SageMaker puts a multi-model endpoint's models under /opt/ml/models; a url
+            # elsewhere would let a client load any directory of the container.
+            if not path.is_absolute() or ".." in path.parts or not path.is_relative_to(root):
+                raise BadInput(f"model url {url!r} must be a directory under {root}")
+            if not await run_in_threadpool(path.is_dir):
                 raise NotFound(f"model url {url!r} is not a directory in the container")
-            need = dir_bytes(path)
+            need = await run_in_threadpool(dir_bytes, path)  # off the event loop: /ping stays prompt
             budget = self.settings.mme_budget_bytes
             if need > budget:
                 raise InsufficientMemory(
                     f"model {name!r} needs ~{need >> 20} MiB; the budget is {budget >> 20} MiB (SM_VISION_MME_MEMORY_MB)"
                 )
-            while self.models and self.used() + need > budget:
-                evicted, model = self.models.popitem(last=False)
-                model.close()
-                self.evictions += 1
-                log.info("unloaded least recently used model %s to fit %s", evicted, name)
-            gc.collect()
             try:
                 model = await run_in_threadpool(HostedModel, name, path, url, self.settings, self.pools)
             except ConfigError as err:
                 raise BadInput(f"cannot load model {name!r}: {err}") from None
+            # Only a model that loaded makes room: a failed load unloads nothing.
+            while self.models and self.used() + model.nbytes > budget:
+                evicted, old = self.models.popitem(last=False)
+                old.close()
+                self.evictions += 1
+                log.info("unloaded least recently used model %s to fit %s", evicted, name)
+            gc.collect()
             self.models[name] = model
             log.info("loaded model %s from %s (~%d MiB)", name, url, model.nbytes >> 20)
 

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
 import threading
@@ -132,11 +133,11 @@ def test_batching_endpoint_recovers_after_a_timeout(model_dir, tmp_path, monkeyp
 
     def probabilities(self, batch):
         if slow["on"]:
-            time.sleep(1.0)
+            time.sleep(2.5)
         return real(self, batch)
 
     monkeypatch.setattr(Classifier, "probabilities", probabilities)
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", batching=True, timeout_s=0.3, limits=LIMITS))
+    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", batching=True, timeout_s=1.0, limits=LIMITS))
 
     async def body():
         slow["on"] = False
@@ -144,7 +145,7 @@ def test_batching_endpoint_recovers_after_a_timeout(model_dir, tmp_path, monkeyp
         slow["on"] = True
         status, _ = await request(app, "POST", "/invocations", png(), [("content-type", "image/png")])
         assert status == 504
-        await asyncio.sleep(1.2)  # the timed-out batch finishes
+        await asyncio.sleep(2.7)  # the timed-out batch finishes
         slow["on"] = False
         status, out = await request(app, "POST", "/invocations", png(), [("content-type", "image/png")])
         assert status == 200, out
@@ -452,7 +453,7 @@ def test_mme_refuses_a_path_as_model_name(model_dir, tmp_path):
         for path in model_dir.iterdir():
             tar.add(path, arcname=path.name)
     scratch = tmp_path / "deep" / "scratch"
-    app = create_app(Settings(model_dir=tmp_path, scratch=scratch, multi_model=True, limits=LIMITS))
+    app = create_app(Settings(model_dir=tmp_path, scratch=scratch, multi_model=True, limits=LIMITS, models_root=tmp_path / "store"))
 
     async def body():
         for name in ("../../escaped", "/tmp/abs", "a/b"):
@@ -493,3 +494,68 @@ def test_security_settings_are_parsed_strictly(monkeypatch, variable, value):
 def test_url_fetch_switch(monkeypatch, value, enabled):
     monkeypatch.setenv("SM_VISION_URL_FETCH", value)
     assert decode_limits(ServeConfig.from_env()).fetch.enabled is enabled
+
+
+# --- multi-model loading: urls, failed loads, each model's own helpers --------------------
+
+
+def mme_app(tmp_path, model_dir, budget_bytes):
+    store = tmp_path / "models"
+    for name in ("a", "b"):
+        shutil.copytree(model_dir, store / name)
+    (store / "broken").mkdir(parents=True)
+    (store / "broken" / "model_spec.json").write_text("{not json")
+    settings = Settings(
+        model_dir=tmp_path, scratch=tmp_path / "s", multi_model=True, limits=LIMITS, models_root=store, mme_budget_bytes=budget_bytes
+    )
+    return create_app(settings), store
+
+
+async def load(app, name, url):
+    payload = json.dumps({"model_name": name, "url": str(url)}).encode()
+    return await request(app, "POST", "/models", payload, [("content-type", "application/json")])
+
+
+def test_mme_url_must_be_under_the_models_root(model_dir, tmp_path):
+    app, store = mme_app(tmp_path, model_dir, 4 << 30)
+
+    async def body():
+        for url in (model_dir, "/etc", store / ".." / "models" / "a", "relative/a"):
+            status, out = await load(app, "x", url)
+            assert status == 400 and "must be a directory under" in json.loads(out)["error"], (url, out)
+        assert (await load(app, "a", store / "a"))[0] == 200
+
+    asyncio.run(with_lifespan(app, body))
+
+
+def test_mme_failed_load_unloads_nothing(model_dir, tmp_path):
+    size = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+    app, store = mme_app(tmp_path, model_dir, int(size * 1.5))  # room for one model only
+
+    async def body():
+        assert (await load(app, "a", store / "a"))[0] == 200
+        status, _ = await load(app, "broken", store / "broken")
+        assert status == 400
+        status, out = await request(app, "GET", "/models")
+        assert [m["modelName"] for m in json.loads(out)["models"]] == ["a"]  # still loaded
+        assert (await load(app, "b", store / "b"))[0] == 200  # a successful load evicts a
+        status, out = await request(app, "GET", "/models")
+        assert [m["modelName"] for m in json.loads(out)["models"]] == ["b"]
+
+    asyncio.run(with_lifespan(app, body))
+
+
+def test_each_model_imports_its_own_helper_module(tmp_path):
+    from serve.hooks import UserHooks, safe_module_name
+
+    scripts = {}
+    for name in ("first", "second"):
+        code = tmp_path / name / "code"
+        code.mkdir(parents=True)
+        (code / "helper.py").write_text(f"OWNER = {name!r}\n")
+        (code / "inference.py").write_text("import helper\n\ndef model_fn(model_dir):\n    return helper.OWNER\n")
+        scripts[name] = code / "inference.py"
+    first = UserHooks.load(scripts["first"], safe_module_name("first"))
+    second = UserHooks.load(scripts["second"], safe_module_name("second"))
+    assert second.functions["model_fn"]("") == "second"  # not the first model's cached helper
+    assert first.functions["model_fn"]("") == "first"
