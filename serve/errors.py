@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
+# An absolute path's directories (not a URL's: those follow ':' or '/').
+_DIRECTORIES = re.compile(r"(?<![\w:/.])(?:/[^\s/'\"]+)+/(?=[^\s/'\"])")
+
+
+def redact_paths(message: str) -> str:
+    """A message fit for a response body: absolute paths shortened to their file name
+    (/opt/ml/model/model.pt -> model.pt). The full text goes to the log only."""
+    return _DIRECTORIES.sub("", message)
+
 
 class ServeError(Exception):
     """A problem with the request (or the endpoint's state) the client can act on."""

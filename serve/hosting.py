@@ -25,7 +25,7 @@ from container import ConfigError
 from serve import archive, codec
 from serve import metrics as server_metrics
 from serve.archive import ExtractLimits
-from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady
+from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, redact_paths
 from serve.handler import Call, Handler
 from serve.hooks import Context, UserHooks, find_script, safe_module_name
 from serve.model import prepare_model_dir
@@ -216,11 +216,11 @@ class SingleModel:
             return 500, {"status": "unhealthy", "error": "the micro-batcher has stopped"}
         if self.state == "loading":
             return 503, {"status": "loading"}
-        return 500, {"status": "failed", "error": self.reason}
+        return 500, {"status": "failed", "error": redact_paths(self.reason)}
 
     def get(self, name: str | None = None) -> HostedModel:
         if self.model is None:
-            raise NotReady("model is still loading" if self.state == "loading" else f"model failed to load: {self.reason}")
+            raise NotReady("model is still loading" if self.state == "loading" else f"model failed to load: {redact_paths(self.reason)}")
         return self.model
 
     def loaded(self) -> list[HostedModel]:
@@ -281,7 +281,8 @@ class MultiModel:
             try:
                 model = await run_in_threadpool(HostedModel, name, path, url, self.settings, self.pools)
             except ConfigError as err:
-                raise BadInput(f"cannot load model {name!r}: {err}") from None
+                log.error("loading model %s from %s failed: %s", name, url, err)
+                raise BadInput(f"cannot load model {name!r}: {redact_paths(str(err))}") from None
             # Only a model that loaded makes room: a failed load unloads nothing.
             while self.models and self.used() + model.nbytes > budget:
                 evicted, old = self.models.popitem(last=False)

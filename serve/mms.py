@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from container import SageMakerPaths, ServeConfig
-from serve.errors import ServeError
+from serve.errors import ServeError, redact_paths
 
 log = logging.getLogger("serve.mms")
 
@@ -82,7 +82,7 @@ def handle(data, context):
         log.exception("unhandled error in the model's handler")
         context.set_response_status(500, "internal error")
         context.set_response_content_type(0, "application/json")
-        return [json.dumps({"error": f"internal error: {type(err).__name__}: {err}"})]
+        return [json.dumps({"error": f"internal error: {type(err).__name__}: {redact_paths(str(err))}"})]
     context.set_response_content_type(0, out_type)
     return [out]
 

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from serve import metrics as server_metrics
-from serve.errors import BadInput, NotFound, PayloadTooLarge, ServeError
+from serve.errors import BadInput, NotFound, PayloadTooLarge, ServeError, redact_paths
 from serve.handler import Call
 from serve.hosting import TARGET_MODEL_HEADER, MultiModel, Settings, SingleModel
 from serve.runner import Admission, ClientGone, until_done_or_gone
@@ -139,8 +139,9 @@ def mapped_errors(handler):
         except ServeError as err:
             return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
         except Exception as err:  # noqa: BLE001 - e.g. a user hook's bug
+            # The traceback goes to the log; the body says what failed, without paths.
             log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return error(500, f"internal error: {type(err).__name__}: {err}")
+            return error(500, f"internal error: {type(err).__name__}: {redact_paths(str(err))}")
 
     return wrapped
 

@@ -559,3 +559,52 @@ def test_each_model_imports_its_own_helper_module(tmp_path):
     second = UserHooks.load(scripts["second"], safe_module_name("second"))
     assert second.functions["model_fn"]("") == "second"  # not the first model's cached helper
     assert first.functions["model_fn"]("") == "first"
+
+
+# --- response bodies name no container paths (item 13) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("/opt/ml/model/model.pt is missing", "model.pt is missing"),
+        ("cannot extract /tmp/sm-vision-models/a/model.tar.gz: bad header", "cannot extract model.tar.gz: bad header"),
+        ("cannot load '/opt/ml/model/x.pth' into resnet18", "cannot load 'x.pth' into resnet18"),
+        ("fetch http://example.com/a/b.png failed", "fetch http://example.com/a/b.png failed"),
+        ("code/inference.py has no model_fn", "code/inference.py has no model_fn"),
+    ],
+)
+def test_redact_paths(message, expected):
+    assert errors.redact_paths(message) == expected
+
+
+def test_load_failure_body_names_the_file_not_its_path(model_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "model.pt").unlink()
+    app = create_app(Settings(model_dir=broken, scratch=tmp_path / "s", limits=LIMITS))
+
+    async def body():
+        assert await wait_ready(app) == 500
+        for method, path in (("GET", "/ping"), ("POST", "/invocations")):
+            status, out = await request(app, method, path, png(), [("content-type", "image/png")])
+            assert status in (500, 503) and "model.pt" in json.loads(out)["error"], out
+            assert str(tmp_path) not in out.decode(), out
+
+    asyncio.run(with_lifespan(app, body))
+
+
+def test_a_hook_error_body_names_no_path(model_dir, tmp_path):
+    code = model_dir / "code"
+    code.mkdir(exist_ok=True)
+    (code / "inference.py").write_text(
+        "def input_fn(body, content_type):\n    raise OSError('cannot read /opt/ml/model/code/labels.txt')\n"
+    )
+    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", limits=LIMITS))
+
+    async def body():
+        assert await wait_ready(app) == 200
+        status, out = await request(app, "POST", "/invocations", png(), [("content-type", "image/png")])
+        assert status == 500 and json.loads(out) == {"error": "internal error: OSError: cannot read labels.txt"}
+
+    asyncio.run(with_lifespan(app, body))
