@@ -38,7 +38,8 @@ def test_rendered_documents_are_least_privilege():
 
 def test_lambda_role_invokes_only_the_named_endpoint_and_reads_only_its_prefix():
     lam = statements(iam.render(NAMES)["lambda-role-policy.json"])
-    assert lam["InvokeOnlyTheNamedEndpoint"]["Action"] == "sagemaker:InvokeEndpoint"
+    # real-time and (ASYNC_INFERENCE=true) async invocations of that one endpoint
+    assert lam["InvokeOnlyTheNamedEndpoint"]["Action"] == ["sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"]
     # Endpoint ARNs are lower case whatever the name's case.
     assert lam["InvokeOnlyTheNamedEndpoint"]["Resource"] == "arn:aws:sagemaker:eu-west-1:123456789012:endpoint/shapes-prod"
     assert lam["ReadOnlyTheNamedPrefix"] == {
@@ -48,7 +49,14 @@ def test_lambda_role_invokes_only_the_named_endpoint_and_reads_only_its_prefix()
         "Resource": "arn:aws:s3:::smv-bucket/shapes/inference/*",
     }
     actions = {a for s in lam.values() for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
-    assert actions == {"sagemaker:InvokeEndpoint", "s3:GetObject", "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"}
+    assert actions == {
+        "sagemaker:InvokeEndpoint",
+        "sagemaker:InvokeEndpointAsync",
+        "s3:GetObject",
+        "logs:CreateLogGroup",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+    }
 
 
 @pytest.mark.parametrize("role", ["training-role-policy.json", "hosting-role-policy.json"])
