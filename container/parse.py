@@ -25,7 +25,7 @@ def parse_bool(text: str, name: str = "value") -> bool:
         return True
     if lowered in FALSE_WORDS:
         return False
-    raise ConfigError(f"{name}={text!r}: expected true or false (also 1/0, yes/no, on/off)")
+    raise ConfigError(f"{name}={text!r}: expected true/false (also 1/0, yes/no, y/n, on/off)")
 
 
 def _check_range(name: str, value, minimum, maximum):

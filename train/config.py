@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Union, get_args, get_origin, get_type_hints
 
 from container import ConfigError, hyperparameters_to_argv
+from container import parse_bool as strict_bool
 
 
 def _opt(default, help: str, choices=None, aliases=()):
@@ -93,17 +94,14 @@ class TrainConfig:
 # so such jobs run; DDP is used whenever there is more than one process anyway.
 IGNORED_HYPERPARAMETERS = ("sagemaker_distributed_dataparallel_enabled", "sagemaker_torch_distributed_enabled")
 
-_TRUE = {"true", "1", "yes", "y", "on"}
-_FALSE = {"false", "0", "no", "n", "off"}
-
 
 def parse_bool(text: str) -> bool:
-    lowered = str(text).strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected one of true/false/1/0/yes/no, got {text!r}")
+    """argparse type for boolean flags: the project's one strict parser, its message kept
+    (a tuner's "False" is false; "perhaps" fails naming the flag)."""
+    try:
+        return strict_bool(text, "value")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _positive(name, value, zero_ok=False):
