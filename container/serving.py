@@ -94,6 +94,11 @@ class ServeConfig:
     url_timeout_s: float = _setting(
         "SM_VISION_URL_TIMEOUT_S", 5.0, "wall-clock deadline of one URL fetch in seconds (connect, redirects, body)", minimum=0.1
     )
+    jpeg_draft: bool = _setting(
+        "SM_VISION_JPEG_DRAFT",
+        False,
+        "decode JPEGs at the smallest DCT scale that keeps twice the model's resize size (faster on large photos; pixels differ slightly)",
+    )
     max_aspect_ratio: float = _setting(
         "SM_VISION_MAX_ASPECT_RATIO", 20.0, "long side / short side of an image; bounds what the short-side resize allocates", minimum=1.0
     )

@@ -69,7 +69,11 @@ def decode_limits(config: ServeConfig):
         enabled=config.url_fetch,
     )
     return DecodeLimits(
-        max_pixels=config.max_image_pixels, max_batch=config.max_batch_items, fetch=fetch, max_aspect_ratio=config.max_aspect_ratio
+        max_pixels=config.max_image_pixels,
+        max_batch=config.max_batch_items,
+        fetch=fetch,
+        max_aspect_ratio=config.max_aspect_ratio,
+        jpeg_draft=config.jpeg_draft,
     )
 
 

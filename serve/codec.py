@@ -38,10 +38,12 @@ class DecodeLimits:
     max_batch: int = 64
     fetch: FetchPolicy = FetchPolicy()
     max_aspect_ratio: float = 20.0  # long side / short side: bounds what the short-side resize allocates
+    jpeg_draft: bool = False  # SM_VISION_JPEG_DRAFT: decode large JPEGs at a reduced DCT scale
+    draft_min_side: int = 512  # with jpeg_draft: the smallest side decoded (twice the model's resize)
 
     @property
     def image(self) -> images.ImageLimits:
-        return images.ImageLimits(self.max_pixels, self.max_aspect_ratio)
+        return images.ImageLimits(self.max_pixels, self.max_aspect_ratio, self.draft_min_side if self.jpeg_draft else 0)
 
 
 @dataclass

@@ -19,6 +19,7 @@ user's hook or model(x): the steps call hooks directly, with no dispatch in betw
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,8 @@ class Handler:
             model = load_default_model(model_dir, device, precision)
         handler = cls(model, functions, device=device, **options)
         if isinstance(model, Classifier):
+            # Draft decoding keeps at least twice what this model's resize needs.
+            handler.limits = dataclasses.replace(handler.limits, draft_min_side=2 * model.spec.resize_size)
             model.warm_up()
         if "model_warmup_fn" in functions:
             call(functions["model_warmup_fn"], str(model_dir), model, context=context)

@@ -145,7 +145,7 @@ class HostedModel:
         """Batch transform: a request holds as many records as MaxPayloadInMB lets in
         (what /execution-parameters advertises); they are decoded and run max_batch at a
         time, so memory stays bounded."""
-        metrics, started, limits = self.pools.metrics, time.perf_counter(), self.settings.limits
+        metrics, started, limits = self.pools.metrics, time.perf_counter(), self.handler.limits
         request.out_type = codec.check_accept(request.accept)
         parsed = await self.pools.decode(codec.parse, body, request.content_type, limits, False)
         decode_s, forward_s, chunks = time.perf_counter() - started, 0.0, []

@@ -26,6 +26,9 @@ from PIL import Image, ImageOps
 class ImageLimits:
     max_pixels: int = 40_000_000  # width * height; a 10k x 10k image is refused before decoding
     max_aspect_ratio: float = 20.0  # long side / short side
+    # JPEG only: decode at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at
+    # least this many pixels (0: full size). Serving sets twice the model's resize size.
+    draft_min_side: int = 0
 
 
 class ImageRejected(ValueError):
@@ -109,6 +112,8 @@ def load_rgb(source, limits: ImageLimits) -> Image.Image:
     with image:
         width, height = image.size
         check_geometry(width, height, limits)
+        if limits.draft_min_side and image.format == "JPEG":
+            image.draft("RGB", (limits.draft_min_side, limits.draft_min_side))
         try:
             image.load()
         except MemoryError:
