@@ -156,6 +156,9 @@ def worker_app():
     resolved ServeConfig into the environment."""
     config = ServeConfig.from_env()
     configure_logging(config)
+    from serve.connections import with_header_timeout
+
+    with_header_timeout(config.header_timeout_s)  # this process's connections (the class came by reference)
     processes = config.workers or 1
     claims = SCRATCH / WORKER_CLAIMS
     index = next(i for i in range(10_000) if _claim(claims / str(i)))

@@ -56,4 +56,10 @@ class HeaderTimeoutProtocol(H11Protocol):
 
 
 def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
-    return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout_s": seconds})
+    """The protocol class for uvicorn's `http` option, with this process's deadline.
+
+    The class itself (not a subclass made here) is what uvicorn gets, so it pickles by
+    reference to worker processes (SAGEMAKER_MODEL_SERVER_WORKERS); each worker sets its
+    deadline again from the config it reads back (serve.cli.worker_app)."""
+    HeaderTimeoutProtocol.header_timeout_s = seconds
+    return HeaderTimeoutProtocol
