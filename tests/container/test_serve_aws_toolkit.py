@@ -186,12 +186,21 @@ def local_session(monkeypatch, docker_client, image):
         }
 
     before = set(ours())
+    had_network = bool(docker_client.networks.list(names=[LOCAL_NETWORK]))
     session = LocalSession(boto_session=boto3.Session(region_name="us-east-1"), sagemaker_config=TELEMETRY_OPT_OUT)
     session.config = {"local": {"local_code": True, "serving_port": free_port()}}
     session.started_containers = lambda: [c for name, c in ours().items() if name not in before]
     yield session
     for container in session.started_containers():
         container.remove(force=True)
+    if not had_network:  # the SDK's compose creates it; leave one that was there before
+        for network in docker_client.networks.list(names=[LOCAL_NETWORK]):
+            network.reload()
+            if not network.containers:
+                network.remove()
+
+
+LOCAL_NETWORK = "sagemaker-local"
 
 
 class Deployed:
