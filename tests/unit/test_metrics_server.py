@@ -17,35 +17,7 @@ from serve.access_log import RequestLog
 from serve.app import Settings, create_app
 from serve.metrics import NoMetrics, ServerMetrics, route_label
 from tests.unit.test_serve import LIMITS, model_dir, png, wait_ready, with_lifespan  # noqa: F401 (model_dir is a fixture)
-
-
-async def call(app, method, path, body=b"", headers=()):
-    """(status, headers, body) of one request."""
-    sent = []
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive():
-        if messages:
-            return messages.pop(0)
-        await asyncio.Event().wait()  # a connected client: as uvicorn, no disconnect until it leaves
-
-    async def send(message):
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
-        "scheme": "http",
-        "server": ("t", 80),
-        "http_version": "1.1",
-    }
-    await app(scope, receive, send)
-    start = sent[0]
-    return start["status"], dict((k.decode(), v.decode()) for k, v in start["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+from tests.unit.test_serve import asgi_call as call
 
 
 def samples(text: str) -> dict[tuple, float]:

@@ -211,7 +211,8 @@ def test_prepare_model_dir_extracts_and_refuses_traversal(tmp_path):
 # --- the app, driven in-process through ASGI -------------------------------------
 
 
-async def request(app, method, path, body=b"", headers=()):
+async def asgi_call(app, method, path, body=b"", headers=()):
+    """(status, response headers, body) of one request, driven in-process through ASGI."""
     sent = []
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -236,8 +237,15 @@ async def request(app, method, path, body=b"", headers=()):
         "http_version": "1.1",
     }
     await app(scope, receive, send)
-    status = sent[0]["status"]
-    return status, b"".join(m.get("body", b"") for m in sent[1:])
+    start = sent[0]
+    response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], response_headers, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def request(app, method, path, body=b"", headers=()):
+    """(status, body) of one request."""
+    status, _, out = await asgi_call(app, method, path, body, headers)
+    return status, out
 
 
 async def with_lifespan(app, body):
