@@ -1,16 +1,27 @@
 """Delete an endpoint and what it was made of, by name or by tag; safe to repeat.
 
-Order: autoscaling registration, then models, endpoint and endpoint config. The
-endpoint config is described first, because it is the only record of which models the
-endpoint served. Deleting a model under a live endpoint is allowed on AWS and is the
-order SDK local mode requires. Anything already gone is reported and skipped.
+Order: autoscaling registration (its scaling policies go with it), the scale-from-zero
+alarm of an async endpoint, then models, endpoint and endpoint config. The endpoint
+config is described first, because it is the only record of which models the endpoint
+served. Deleting a model under a live endpoint is allowed on AWS. Anything already
+gone is reported and skipped.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from botocore.exceptions import ClientError
 
-from smvision_aws.hosting import SCALABLE_DIMENSION, resource_id
+from smvision_aws.hosting import SCALABLE_DIMENSION, backlog_alarm_name, resource_id
+
+
+@dataclass(frozen=True)
+class CleanupClients:
+    sagemaker: object
+    autoscaling: object
+    cloudwatch: object
+
 
 _MISSING_MESSAGES = ("could not find", "does not exist", "not found")
 
@@ -34,8 +45,21 @@ def _attempt(report: list, kind: str, name: str, call, **params) -> None:
         report.append((kind, name, "already gone"))
 
 
-def cleanup_endpoint(sagemaker_client, autoscaling_client, endpoint_name: str, delete_models: bool = True) -> list[tuple[str, str, str]]:
+def delete_backlog_alarm(report: list, cloudwatch_client, endpoint_name: str) -> None:
+    """The HasBacklogWithoutCapacity alarm `deploy --async --autoscale --min-capacity 0`
+    creates. DeleteAlarms skips names that do not exist without saying so, so
+    DescribeAlarms tells whether there is one. It is looked for on every endpoint, since
+    the endpoint config that says "async" may be gone already."""
+    name = backlog_alarm_name(endpoint_name)
+    if not cloudwatch_client.describe_alarms(AlarmNames=[name]).get("MetricAlarms"):
+        report.append(("alarm", name, "already gone"))
+        return
+    _attempt(report, "alarm", name, cloudwatch_client.delete_alarms, AlarmNames=[name])
+
+
+def cleanup_endpoint(clients: CleanupClients, endpoint_name: str, delete_models: bool = True) -> list[tuple[str, str, str]]:
     """Returns (kind, name, 'deleted' | 'already gone') for everything touched."""
+    sagemaker_client = clients.sagemaker
     report: list[tuple[str, str, str]] = []
     config_name = None
     variants: list[str] = []
@@ -59,17 +83,17 @@ def cleanup_endpoint(sagemaker_client, autoscaling_client, endpoint_name: str, d
         if not is_missing(err):
             raise
 
-    if autoscaling_client is not None:
-        for variant in variants:
-            _attempt(
-                report,
-                "scalable-target",
-                resource_id(endpoint_name, variant),
-                autoscaling_client.deregister_scalable_target,
-                ServiceNamespace="sagemaker",
-                ResourceId=resource_id(endpoint_name, variant),
-                ScalableDimension=SCALABLE_DIMENSION,
-            )
+    for variant in variants:
+        _attempt(
+            report,
+            "scalable-target",
+            resource_id(endpoint_name, variant),
+            clients.autoscaling.deregister_scalable_target,
+            ServiceNamespace="sagemaker",
+            ResourceId=resource_id(endpoint_name, variant),
+            ScalableDimension=SCALABLE_DIMENSION,
+        )
+    delete_backlog_alarm(report, clients.cloudwatch, endpoint_name)
     if delete_models:
         for model in dict.fromkeys(models):
             _attempt(report, "model", model, sagemaker_client.delete_model, ModelName=model)
@@ -98,16 +122,17 @@ def names_by_tag(tagging_client, key: str, value: str | None) -> dict[str, list[
             return found
 
 
-def cleanup_by_tag(sagemaker_client, autoscaling_client, tagging_client, key: str, value: str | None):
+def cleanup_by_tag(clients: CleanupClients, tagging_client, key: str, value: str | None):
     """Endpoints first (with their configs and models), then tagged leftovers.
 
     ARNs carry names in lower case while the APIs want them as created; SageMaker
     treats names case-insensitively, so the lower-case names work.
     """
+    sagemaker_client = clients.sagemaker
     found = names_by_tag(tagging_client, key, value)
     report = []
     for endpoint in found["endpoint"]:
-        report += cleanup_endpoint(sagemaker_client, autoscaling_client, endpoint)
+        report += cleanup_endpoint(clients, endpoint)
     done = {(kind, name.lower()) for kind, name, _ in report}
     for name in found["endpoint-config"]:
         if ("endpoint-config", name.lower()) not in done:

@@ -1,6 +1,8 @@
 """smvision-aws: the seed workflow as commands (train, tune, deploy, transform, process,
-register, pipeline, cleanup, lambda-package, iam-policies). `--local` runs train/tune/deploy/transform through the
-SageMaker SDK's local mode (docker on this machine, file:// data) before paying for AWS.
+register, pipeline, cleanup, lambda-package, iam-policies), on SageMaker Python SDK 3
+(ModelTrainer, its tuner and workflow package) and boto3. `--local` runs
+train/tune/deploy/transform on this machine's docker (file:// data) before paying for
+AWS: training through SDK 3's local container mode, hosting as SageMaker runs it.
 
     python aws train --image IMAGE --role ROLE --channel training=s3://b/p/ --hp epochs=10 ...
     python aws train --local --image sagemaker-vision:latest --channel training=file://$PWD/data ...
@@ -12,6 +14,8 @@ notebooks and shell scripts can read the result; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -19,19 +23,19 @@ import signal
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from smvision_aws import cleanup as cleanup_mod
-from smvision_aws import hosting, iam, lambda_package, local_mode, local_sdk3, processing, registry, tuning
-from smvision_aws.sessions import make_client_session, metric_definitions
-from smvision_aws.sessions import make_session as _sdk2_session
+from smvision_aws import hosting, iam, lambda_package, local_hosting, local_mode, local_training, processing, registry, tuning
+from smvision_aws.sessions import ClientSession, make_client_session
 from smvision_aws.training import (
     TrainSpec,
     UsageError,
-    build_estimator,
-    fit,
+    build_trainer,
     parse_channels,
     parse_pairs,
     parse_tags,
+    start_training_job,
     trainer_field,
     validate_hyperparameters,
 )
@@ -43,7 +47,7 @@ LOCAL_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode never ass
 def _common(parser: argparse.ArgumentParser, local: bool = True) -> None:
     parser.add_argument("--region", help="AWS region (default: from the AWS config/environment)")
     if local:
-        parser.add_argument("--local", action="store_true", help="run through SageMaker SDK local mode on this machine's docker")
+        parser.add_argument("--local", action="store_true", help="run on this machine's docker with file:// data instead of AWS")
 
 
 def _image_role(parser: argparse.ArgumentParser) -> None:
@@ -275,15 +279,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --- commands ------------------------------------------------------------------------
 
 
-def make_session(local: bool = False, region: str | None = None, serving_port: int | None = None):
-    """An SDK 2.x Session/LocalSession for train, tune, deploy and transform."""
-    if local_sdk3.sdk_major() >= 3:
-        raise UsageError(
-            "train, tune, deploy and transform on AWS (and deploy/transform --local) drive SDK 2.x's Estimator and Model: "
-            "install them with pip install -e 'aws/[sdk2]', or use SDK 3's ModelTrainer directly (docs/aws.md); "
-            "train --local, tune --local, process, register and pipeline work with SDK 3"
-        )
-    return _sdk2_session(local, region, serving_port=serving_port)
+def _session(args, session: ClientSession | None) -> ClientSession:
+    """The boto3 session of an AWS command (tests pass one whose clients are stubbed)."""
+    return session or make_client_session(args.region)
 
 
 def _image(args) -> str:
@@ -334,33 +332,16 @@ def cmd_train(args, session=None) -> dict:
     spec = _train_spec(args)
     if not args.no_validate_hyperparameters:
         validate_hyperparameters(spec.hyperparameters)
-    if args.local and session is None and local_sdk3.sdk_major() >= 3:
-        return local_sdk3.train(spec, args.gpu, args.job_name)
-    session = session or make_session(args.local, args.region)
-    estimator = build_estimator(spec, session, args.local)
     if args.local:
-        job_name, model_data, hosts = local_fit(estimator, spec.channels, session, spec.image_uri, args.job_name)
-        return {"training_job": job_name, "model_data": model_data, "instance_count": spec.instance_count, "hosts": hosts}
-    job_name, model_data = fit(estimator, spec.channels, wait=not args.no_wait, job_name=args.job_name)
-    return {"training_job": job_name, "model_data": model_data, "instance_count": spec.instance_count, "spot": spec.spot}
-
-
-def local_fit(estimator, channels, session, image: str, job_name: str | None = None):
-    """fit in local mode, then every host's own exit code (the SDK reports only the
-    first to exit), and removal of the stopped containers local mode leaves behind,
-    also when the job failed."""
-    with local_mode.removing_new_containers(image):
-        job_name, model_data = fit(estimator, channels, wait=True, job_name=job_name)
-        results = local_mode.host_exit_codes(local_mode.job_hosts(session, job_name))
-    local_mode.check_hosts(results)
-    return job_name, model_data, {host: code for host, (_, code) in results.items()}
+        return local_training.train(spec, args.gpu, args.job_name)
+    session = _session(args, session)
+    name, model_data = start_training_job(build_trainer(spec, session), spec, session, job_name=args.job_name, wait=not args.no_wait)
+    return {"training_job": name, "model_data": model_data, "instance_count": spec.instance_count, "spot": spec.spot}
 
 
 def cmd_tune(args, session=None) -> dict:
-    if args.best or not (args.local and local_sdk3.sdk_major() >= 3):
-        session = session or make_session(args.local, args.region)
     if args.best:
-        return tuning.best_job_summary(session.sagemaker_client, args.best)
+        return tuning.best_job_summary(_session(args, session).sagemaker_client, args.best)
     spec = _train_spec(args)
     tuned = {trainer_field(name) for name in tuning.SEARCH_SPACE}
     clash = sorted(name for name in spec.hyperparameters if trainer_field(name) in tuned)
@@ -370,40 +351,27 @@ def cmd_tune(args, session=None) -> dict:
         # The static values together with a point of the space must pass the trainer's parser.
         validate_hyperparameters({**spec.hyperparameters, **tuning.sample(seed=args.seed)})
     if args.local:
-        # SageMaker local mode has no tuning jobs: run one trial of the same space through
-        # the same Estimator, which proves the names, ranges and metric lines work.
+        # Local mode has no tuning service: run one trial of the same space through the
+        # same trainer, which proves the names, ranges and metric lines work.
         point = tuning.sample(seed=args.seed)
         log.warning("local mode has no tuning service; running one trial with %s", point)
-        spec.hyperparameters = {**spec.hyperparameters, **point}
-        if local_sdk3.sdk_major() >= 3:
-            trial = local_sdk3.train(spec, args.gpu)
-            return {
-                "local_trial": trial["training_job"],
-                "hyperparameters": point,
-                "model_data": trial["model_data"],
-                "hosts": trial["hosts"],
-            }
-        estimator = build_estimator(spec, session, local=True)
-        job_name, model_data, hosts = local_fit(estimator, spec.channels, session, spec.image_uri)
-        return {"local_trial": job_name, "hyperparameters": point, "model_data": model_data, "hosts": hosts}
-    estimator = build_estimator(spec, session, local=False)
+        trial = local_training.train(dataclasses.replace(spec, hyperparameters={**spec.hyperparameters, **point}), args.gpu)
+        return {"local_trial": trial["training_job"], "hyperparameters": point, "model_data": trial["model_data"], "hosts": trial["hosts"]}
+    session = _session(args, session)
     tuner = tuning.build_tuner(
-        estimator,
-        args.max_jobs,
-        args.max_parallel_jobs,
-        early_stopping=not args.no_early_stopping,
-        metric_definitions=metric_definitions(),
-        tags=spec.tags,
+        build_trainer(spec, session), args.max_jobs, args.max_parallel_jobs, early_stopping=not args.no_early_stopping
     )
-    tuner.fit(inputs=dict(spec.channels), wait=False)
-    name = tuner.latest_tuning_job.name
+    tuner.tune(inputs=dict(spec.channels), wait=False)
+    name = tuner.latest_tuning_job.hyper_parameter_tuning_job_name
     if args.no_wait:
         return {"tuning_job": name, "status": "InProgress"}
-    tuner.wait()
+    # The SDK draws its progress panel on stdout, which carries this tool's JSON answer.
+    with contextlib.redirect_stdout(sys.stderr):
+        tuner.wait()
     return tuning.best_job_summary(session.sagemaker_client, name)
 
 
-def _model_data(args, session) -> str:
+def _model_data(args, session: ClientSession | None) -> str:
     if args.training_job:
         if args.local:
             raise UsageError(
@@ -415,17 +383,6 @@ def _model_data(args, session) -> str:
     if args.local and not args.model_data.startswith("file://"):
         raise UsageError("with --local, --model-data must be file:///.../model.tar.gz")
     return args.model_data
-
-
-def _autoscaling_client(session):
-    return session.boto_session.client("application-autoscaling")
-
-
-def cmd_deploy(args, session=None, autoscaling_client=None, cloudwatch_client=None) -> dict:
-    if args.local:
-        with local_mode.removing_new_containers(_image(args)):
-            return _deploy(args, session, autoscaling_client, cloudwatch_client)
-    return _deploy(args, session, autoscaling_client, cloudwatch_client)
 
 
 def _async_spec(args) -> hosting.AsyncSpec | None:
@@ -440,15 +397,18 @@ def _async_spec(args) -> hosting.AsyncSpec | None:
         raise UsageError("--async needs an instance endpoint on AWS (not --local, --serverless or --multi-model)")
     if not args.output:
         raise UsageError("--async needs --output s3://bucket/prefix/ for the answers")
-    # Without a failure path the SDK would pick its default bucket (an STS call and a
-    # bucket the execution role may not write): errors go next to the answers instead.
+    # Errors go next to the answers unless told otherwise (SDK 2 picked its default bucket).
     failure_output = args.failure_output or args.output.rstrip("/") + "/failures/"
     spec = hosting.AsyncSpec(args.output, failure_output, args.success_topic, args.error_topic, args.max_concurrent_invocations)
     spec.check()
     return spec
 
 
-def _deploy(args, session=None, autoscaling_client=None, cloudwatch_client=None) -> dict:
+def _content_type(path: Path) -> str:
+    return "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+
+
+def cmd_deploy(args, session=None) -> dict:
     if args.local and (args.serverless or args.multi_model or args.autoscale or args.model_package):
         raise UsageError("--serverless, --multi-model, --model-package and --autoscale need AWS; local mode hosts one container")
     if args.serverless and args.autoscale:
@@ -463,40 +423,47 @@ def _deploy(args, session=None, autoscaling_client=None, cloudwatch_client=None)
     )
     if args.autoscale:
         autoscale.check(lowest=0 if async_spec else 1)
-    instance_type = None if args.serverless else ("local" if args.local else args.instance_type)
-    ami_version = hosting.inference_ami(instance_type, args.ami_version)
-    session = session or make_session(args.local, args.region, serving_port=args.serving_port)
-    role = _role(args)
-    name = args.model_name or args.endpoint_name
-    tags = parse_tags(args.tag)
+        if args.no_wait:
+            raise UsageError("--autoscale needs the endpoint InService; drop --no-wait")
+    if args.smoke_image and async_spec:
+        raise UsageError("--smoke-image sends a real-time request; an --async endpoint takes S3 inputs (see the Lambda bridge)")
+    serverless = hosting.ServerlessSpec(args.serverless_memory, args.serverless_max_concurrency) if args.serverless else None
+    if serverless:
+        serverless.check()
     env = parse_pairs(args.env, "env")
     if async_spec:
         env.setdefault(hosting.PAYLOAD_ENV, str(hosting.ASYNC_MAX_PAYLOAD_MB))
+    if args.local:
+        return _deploy_local(args, env)
+    instance_type = None if serverless else args.instance_type
+    ami_version = hosting.inference_ami(instance_type, args.ami_version)
+    session = _session(args, session)
+    role = _role(args)
+    name = args.model_name or args.endpoint_name
+    tags = parse_tags(args.tag)
     if args.multi_model:
-        model = hosting.build_multi_model(name, args.model_data_prefix, _image(args), role, session)
+        container = hosting.multi_model_container(_image(args), args.model_data_prefix, env)
         model_data = args.model_data_prefix
     elif args.model_package:
-        model = registry.build_package_model(session.sagemaker_client, args.model_package, role, session, name=name, env=env)
+        registry.approved_package(session.sagemaker_client, args.model_package)
+        container = hosting.package_container(args.model_package, env)
         model_data = args.model_package
     else:
         model_data = _model_data(args, session)
-        model = hosting.build_model(_image(args), model_data, role, session, name=name, env=env)
+        container = hosting.image_container(_image(args), model_data, env)
     # Async endpoints may start at zero instances only through autoscaling; they are created with one.
     count = max(args.instance_count, args.min_capacity, 1) if args.autoscale else args.instance_count
-    serverless = hosting.serverless_config(args.serverless_memory, args.serverless_max_concurrency) if args.serverless else None
-    predictor = hosting.deploy(
-        model,
-        args.endpoint_name,
-        instance_type,
-        count,
-        serverless,
-        tags,
-        wait=not args.no_wait or args.local,
+    endpoint = hosting.EndpointSpec(
+        name=args.endpoint_name,
+        model_name=name,
+        instance_type=instance_type,
+        instance_count=count,
+        serverless=serverless,
         ami_version=ami_version,
-        async_config=async_spec.to_sdk() if async_spec else None,
+        async_spec=async_spec,
+        tags=tags,
     )
-    if predictor is None:  # only when a Model class without predictor_cls sneaks in
-        raise RuntimeError("Model.deploy returned no predictor")
+    hosting.create_endpoint(session.sagemaker_client, hosting.model_request(name, role, container, tags), endpoint, wait=not args.no_wait)
     result = {
         "endpoint": args.endpoint_name,
         "model": name,
@@ -508,41 +475,45 @@ def _deploy(args, session=None, autoscaling_client=None, cloudwatch_client=None)
         result["inference_ami_version"] = ami_version
     if async_spec:
         result["async_output"] = async_spec.output_path
-    try:
-        if args.autoscale:
-            if args.no_wait:
-                raise UsageError("--autoscale needs the endpoint InService; drop --no-wait")
-            autoscaling_client = autoscaling_client or _autoscaling_client(session)
-            if async_spec:
-                cloudwatch_client = cloudwatch_client or session.boto_session.client("cloudwatch")
-                result.update(
-                    hosting.register_backlog_autoscaling(
-                        autoscaling_client, cloudwatch_client, args.endpoint_name, autoscale, args.target_backlog
-                    )
+    if args.autoscale:
+        autoscaling = session.client("application-autoscaling")
+        if async_spec:
+            result.update(
+                hosting.register_backlog_autoscaling(
+                    autoscaling, session.client("cloudwatch"), args.endpoint_name, autoscale, args.target_backlog
                 )
-            else:
-                result["autoscaling_policy"] = hosting.register_autoscaling(autoscaling_client, args.endpoint_name, autoscale)
-        if args.smoke_image and async_spec:
-            raise UsageError("--smoke-image sends a real-time request; an --async endpoint takes S3 inputs (see the Lambda bridge)")
-        if args.smoke_image:
-            result["smoke_prediction"] = predictor.predict(
-                args.smoke_image.read_bytes(), initial_args={"ContentType": _content_type(args.smoke_image), "Accept": "application/json"}
             )
-        if args.local and args.hold:
+        else:
+            result["autoscaling_policy"] = hosting.register_autoscaling(autoscaling, args.endpoint_name, autoscale)
+    if args.smoke_image:
+        result["smoke_prediction"] = hosting.predict(
+            session.client("sagemaker-runtime"), args.endpoint_name, args.smoke_image.read_bytes(), _content_type(args.smoke_image)
+        )
+    return result
+
+
+def _deploy_local(args, env: dict[str, str]) -> dict:
+    """One serving container as SageMaker hosting runs it; it lives as long as this
+    command (--hold: until Ctrl-C or SIGTERM), then it is removed."""
+    if args.ami_version:
+        raise UsageError("--ami-version picks an AWS host image; drop it with --local")
+    model_data = _model_data(args, None)
+    port = args.serving_port or 8080
+    result = {"endpoint": args.endpoint_name, "model_data": model_data, "instance_type": "local", "instance_count": 1}
+    with local_hosting.serving(_image(args), Path(urlparse(model_data).path), env, port=port) as endpoint:
+        result["url"] = endpoint.url
+        if args.smoke_image:
+            result["smoke_prediction"] = endpoint.predict(args.smoke_image.read_bytes(), _content_type(args.smoke_image))
+        if args.hold:
             print(json.dumps(result), flush=True)
-            log.warning("serving on the local endpoint; Ctrl-C to delete it")
-            signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`/kill: delete the endpoint too
+            log.warning("serving on %s/invocations; Ctrl-C to remove it", endpoint.url)
+            signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`/kill: remove the container too
             try:
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-    finally:
-        if args.local:
-            # A local endpoint lives in this process: delete it (model first: the other order raises ValidationException).
-            predictor.delete_model()
-            predictor.delete_endpoint()
-            result["deleted"] = True
+    result["deleted"] = True
     return result
 
 
@@ -550,71 +521,72 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _content_type(path: Path) -> str:
-    return "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
-
-
 def cmd_transform(args, session=None) -> dict:
     if args.local:
-        with local_mode.removing_new_containers(_image(args)):
-            return _transform(args, session)
-    return _transform(args, session)
-
-
-def _transform(args, session=None) -> dict:
-    if args.local and not (args.input.startswith("file://") and args.output.startswith("file://")):
-        raise UsageError("with --local, --input and --output must be file:/// URIs")
-    if args.local and args.ami_version:
-        raise UsageError("--ami-version picks an AWS host image; drop it with --local")
-    ami_version = None if args.local else hosting.transform_ami(args.instance_type, args.ami_version)
-    session = session or make_session(args.local, args.region)
+        return _transform_local(args)
+    ami_version = hosting.transform_ami(args.instance_type, args.ami_version)
+    session = _session(args, session)
+    tags = parse_tags(args.tag)
     model_data = _model_data(args, session)
-    model = hosting.build_model(_image(args), model_data, _role(args), session)
-    if not args.local:
-        # Our own CreateTransformJob request: the SDK's Transformer cannot set the GPU host image.
-        model.create(instance_type=args.instance_type)
-        request = hosting.transform_request(
-            model.name,
-            args.input,
-            args.output,
-            args.instance_type,
-            args.instance_count,
-            args.content_type,
-            max_concurrent=args.max_concurrent,
-            tags=parse_tags(args.tag),
-            ami_version=args.ami_version,
-        )
-        name = hosting.start_transform_job(session.sagemaker_client, request, wait=not args.no_wait)
-        result = {"transform_job": name, "output": args.output}
-        if ami_version:
-            result["transform_ami_version"] = ami_version
-        return result
-    transformer = hosting.transform(
-        model, args.input, args.output, "local", args.instance_count, args.content_type, max_concurrent=args.max_concurrent, logs=False
+    name = hosting.timestamped_name("smvision-transform")
+    container = hosting.image_container(_image(args), model_data, {})
+    session.sagemaker_client.create_model(**hosting.model_request(name, _role(args), container, tags))
+    request = hosting.transform_request(
+        name,
+        args.input,
+        args.output,
+        args.instance_type,
+        args.instance_count,
+        args.content_type,
+        max_concurrent=args.max_concurrent,
+        tags=tags,
+        ami_version=args.ami_version,
+        job_name=name,
     )
-    result = {"transform_job": transformer.latest_transform_job.name, "output": args.output}
-    model.delete_model()
+    job = hosting.start_transform_job(session.sagemaker_client, request, wait=not args.no_wait)
+    result = {"transform_job": job, "model": name, "output": args.output}
+    if ami_version:
+        result["transform_ami_version"] = ami_version
     return result
 
 
-def cmd_cleanup(args, session=None, autoscaling_client=None, tagging_client=None) -> dict:
+def _transform_local(args) -> dict:
+    if not (args.input.startswith("file://") and args.output.startswith("file://")):
+        raise UsageError("with --local, --input and --output must be file:/// URIs")
+    if args.ami_version:
+        raise UsageError("--ami-version picks an AWS host image; drop it with --local")
+    if args.instance_count != 1:
+        raise UsageError("--local runs one serving container; drop --instance-count")
+    model_data = _model_data(args, None)
+    output_dir = Path(urlparse(args.output).path)
+    outputs = local_hosting.batch_transform(
+        _image(args),
+        Path(urlparse(model_data).path),
+        Path(urlparse(args.input).path),
+        output_dir,
+        args.content_type,
+        max_concurrent=args.max_concurrent,
+    )
+    return {"transform_job": "local", "output": args.output, "files": [str(path.relative_to(output_dir)) for path in outputs]}
+
+
+def cmd_cleanup(args, session=None) -> dict:
     if args.local:
         if not args.image:
-            raise UsageError("cleanup --local needs --image: only that image's local-mode containers are removed")
+            raise UsageError("cleanup --local needs --image: only that image's local containers are removed")
         leftovers = local_mode.leftover_containers(args.image)
         local_mode.remove_containers([name for _, name in leftovers])
         return {"removed_containers": [name for _, name in leftovers]}
     if not args.endpoint_name and not args.by_tag:
         raise UsageError("give --endpoint-name NAME (repeatable) or --by-tag KEY[=VALUE]")
-    session = session or make_client_session(args.region)
-    autoscaling_client = autoscaling_client or _autoscaling_client(session)
+    session = _session(args, session)
+    clients = cleanup_mod.CleanupClients(session.sagemaker_client, session.client("application-autoscaling"), session.client("cloudwatch"))
     report = []
     for endpoint in args.endpoint_name:
-        report += cleanup_mod.cleanup_endpoint(session.sagemaker_client, autoscaling_client, endpoint, delete_models=not args.keep_models)
+        report += cleanup_mod.cleanup_endpoint(clients, endpoint, delete_models=not args.keep_models)
     if args.by_tag:
         key, sep, value = args.by_tag.partition("=")
-        tagging_client = tagging_client or session.boto_session.client("resourcegroupstaggingapi")
-        report += cleanup_mod.cleanup_by_tag(session.sagemaker_client, autoscaling_client, tagging_client, key, value if sep else None)
+        report += cleanup_mod.cleanup_by_tag(clients, session.client("resourcegroupstaggingapi"), key, value if sep else None)
     return {"cleanup": [{"kind": k, "name": n, "result": r} for k, n, r in report]}
 
 
@@ -636,12 +608,11 @@ def cmd_process(args, session=None) -> dict:
         tags=parse_tags(args.tag),
     )
     request = processing.processing_request(spec, args.job_name or hosting.timestamped_name("smvision-process"))
-    session = session or make_client_session(args.region)
-    return processing.start(session.sagemaker_client, request, wait=not args.no_wait)
+    return processing.start(_session(args, session).sagemaker_client, request, wait=not args.no_wait)
 
 
-def cmd_register(args, session=None, s3_client=None) -> dict:
-    session = session or make_client_session(args.region)
+def cmd_register(args, session=None) -> dict:
+    session = _session(args, session)
     if args.model_package:
         if not args.approval_status:
             raise UsageError("--model-package ARN needs --approval-status Approved|Rejected|PendingManualApproval")
@@ -657,15 +628,10 @@ def cmd_register(args, session=None, s3_client=None) -> dict:
         **({"inference_instance_types": args.inference_instance_type} if args.inference_instance_type else {}),
         **({"transform_instance_types": args.transform_instance_type} if args.transform_instance_type else {}),
     )
-    s3_client = s3_client or session.boto_session.client("s3")
-    return registry.register(session.sagemaker_client, s3_client, args.training_job, spec)
+    return registry.register(session.sagemaker_client, session.client("s3"), args.training_job, spec)
 
 
 def cmd_pipeline(args, sagemaker_client=None) -> dict:
-    try:
-        import sagemaker.mlops.workflow  # noqa: F401 - SDK 3's workflow package
-    except ImportError:
-        raise UsageError("pipeline needs SageMaker Python SDK 3 (pip install 'sagemaker>=3'; see requirements-sdk3.txt)") from None
     from smvision_aws import pipeline
 
     if args.action == "start":
@@ -735,8 +701,6 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    # SDK 2.x is pinned on purpose (see the README); its deprecation banner is noise here.
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -751,8 +715,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:
         if not getattr(args, "local", False):
             raise
-        # Local mode's failures (a host exited non-zero) come as RuntimeError after
-        # the containers' logs; the logs above say why.
+        # SDK 3's local mode fails with RuntimeError after the containers' logs; the logs above say why.
         print(f"error: local mode: {err}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2, default=str))

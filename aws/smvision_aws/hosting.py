@@ -1,4 +1,12 @@
-"""Endpoints (real-time, serverless, multi-model), autoscaling and batch transform.
+"""Endpoints (real-time, serverless, multi-model, async), autoscaling and batch
+transform, as plain SageMaker requests: CreateModel, CreateEndpointConfig,
+CreateEndpoint, CreateTransformJob.
+
+These are boto3 calls of our own rather than SDK 3's ModelBuilder: ModelBuilder is
+built around detecting a framework and packaging a model object or a model server
+(TorchServe, DJL, TGI, ...), while here the image is the server and the model is a
+model.tar.gz or a registry package; and neither SDK exposes every field these
+commands set (InferenceAmiVersion on the variant, TransformAmiVersion on the job).
 
 Real-time autoscaling goes through Application Auto Scaling: the variant's
 DesiredInstanceCount is registered as a scalable target and a target-tracking policy
@@ -8,8 +16,11 @@ adds or removes instances.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from botocore.exceptions import WaiterError
 
 from smvision_aws.training import UsageError
 
@@ -93,62 +104,50 @@ def model_data_from_training_job(sagemaker_client, job_name: str) -> str:
     return job["ModelArtifacts"]["S3ModelArtifacts"]
 
 
-def build_model(image_uri: str, model_data: str, role: str, session, name: str | None = None, env: dict | None = None):
-    from sagemaker.model import Model
-    from sagemaker.predictor import Predictor
-
-    # Without predictor_cls, Model.deploy returns None instead of a Predictor.
-    return Model(
-        image_uri=image_uri,
-        model_data=model_data,
-        role=role,
-        sagemaker_session=session,
-        name=name,
-        env=env or None,
-        predictor_cls=Predictor,
-    )
+def image_container(image_uri: str, model_data: str, env: dict[str, str]) -> dict:
+    """The serving container SageMaker starts with `serve`, model.tar.gz extracted to /opt/ml/model."""
+    return {"Image": image_uri, "ModelDataUrl": model_data, "Environment": dict(env)}
 
 
-def serverless_config(memory_mb: int, max_concurrency: int):
-    from sagemaker.serverless import ServerlessInferenceConfig
+def multi_model_container(image_uri: str, model_data_prefix: str, env: dict[str, str]) -> dict:
+    """A multi-model endpoint: every *.tar.gz under the prefix is loaded on demand (the
+    image serves them with SAGEMAKER_MULTI_MODEL=true, which SageMaker sets for
+    Mode=MultiModel)."""
+    if not model_data_prefix.startswith("s3://") or not model_data_prefix.endswith("/"):
+        raise UsageError("--model-data-prefix must be an s3://bucket/prefix/ ending in '/'")
+    return {"Image": image_uri, "Mode": "MultiModel", "ModelDataUrl": model_data_prefix, "Environment": dict(env)}
 
-    if memory_mb not in (1024, 2048, 3072, 4096, 5120, 6144):
-        raise UsageError(f"--serverless-memory {memory_mb}: choose 1024, 2048, 3072, 4096, 5120 or 6144")
-    return ServerlessInferenceConfig(memory_size_in_mb=memory_mb, max_concurrency=max_concurrency)
+
+def package_container(package_arn: str, env: dict[str, str]) -> dict:
+    """A registry package version: SageMaker takes its image and model data."""
+    return {"ModelPackageName": package_arn, **({"Environment": dict(env)} if env else {})}
 
 
-def deploy(
-    model,
-    endpoint_name: str,
-    instance_type: str | None,
-    instance_count: int = 1,
-    serverless=None,
-    tags=None,
-    wait: bool = True,
-    ami_version: str | None = None,
-    async_config=None,
-):
-    """Create endpoint config + endpoint; returns a Predictor speaking JSON back
-    (an AsyncPredictor for an async endpoint)."""
-    from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.serializers import IdentitySerializer
-
-    kwargs = dict(
-        endpoint_name=endpoint_name,
-        wait=wait,
-        tags=tags or None,
-        serializer=IdentitySerializer("image/jpeg"),
-        deserializer=JSONDeserializer(),
-    )
-    if serverless is not None:
-        kwargs["serverless_inference_config"] = serverless
+def model_request(name: str, role: str, container: dict, tags=None) -> dict:
+    """CreateModel. A package goes in Containers (as SDK 2 sent it), others as the primary container."""
+    request = {"ModelName": name, "ExecutionRoleArn": role}
+    if "ModelPackageName" in container:
+        request["Containers"] = [container]
     else:
-        kwargs.update(initial_instance_count=instance_count, instance_type=instance_type)
-    if ami_version:
-        kwargs["inference_ami_version"] = ami_version
-    if async_config is not None:
-        kwargs["async_inference_config"] = async_config
-    return model.deploy(**kwargs)
+        request["PrimaryContainer"] = container
+    if tags:
+        request["Tags"] = tags
+    return request
+
+
+@dataclass(frozen=True)
+class ServerlessSpec:
+    memory_mb: int = 4096
+    max_concurrency: int = 5
+
+    def check(self) -> None:
+        if self.memory_mb not in (1024, 2048, 3072, 4096, 5120, 6144):
+            raise UsageError(f"--serverless-memory {self.memory_mb}: choose 1024, 2048, 3072, 4096, 5120 or 6144")
+        if self.max_concurrency < 1:
+            raise UsageError("--serverless-max-concurrency must be >= 1")
+
+    def to_request(self) -> dict:
+        return {"MemorySizeInMB": self.memory_mb, "MaxConcurrency": self.max_concurrency}
 
 
 # Async endpoints take request bodies up to 1 GB from S3 (real-time: 6 MB); the server
@@ -175,21 +174,86 @@ class AsyncSpec:
         if self.max_concurrent_invocations is not None and not 1 <= self.max_concurrent_invocations <= 1000:
             raise UsageError("--max-concurrent-invocations must be 1..1000")
 
-    def to_sdk(self):
-        from sagemaker.async_inference import AsyncInferenceConfig
-
+    def to_request(self) -> dict:
+        """The endpoint config's AsyncInferenceConfig."""
         self.check()
+        output = {"S3OutputPath": self.output_path}
+        if self.failure_path:
+            output["S3FailurePath"] = self.failure_path
         notification = {}
         if self.success_topic:
             notification["SuccessTopic"] = self.success_topic
         if self.error_topic:
             notification["ErrorTopic"] = self.error_topic
-        return AsyncInferenceConfig(
-            output_path=self.output_path,
-            max_concurrent_invocations_per_instance=self.max_concurrent_invocations,
-            notification_config=notification or None,
-            failure_path=self.failure_path,
-        )
+        if notification:
+            output["NotificationConfig"] = notification
+        config = {"OutputConfig": output}
+        if self.max_concurrent_invocations is not None:
+            config["ClientConfig"] = {"MaxConcurrentInvocationsPerInstance": self.max_concurrent_invocations}
+        return config
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """One endpoint of one variant: instances (instance_type, count, GPU host image,
+    maybe async) or serverless. Model, endpoint config and endpoint share the name
+    unless model_name says otherwise, as the SDKs name them."""
+
+    name: str
+    model_name: str
+    instance_type: str | None = "ml.m5.xlarge"
+    instance_count: int = 1
+    serverless: ServerlessSpec | None = None
+    ami_version: str | None = None
+    async_spec: AsyncSpec | None = None
+    tags: list[dict[str, str]] = field(default_factory=list)
+
+    def config_request(self) -> dict:
+        """CreateEndpointConfig."""
+        variant = {"VariantName": DEFAULT_VARIANT, "ModelName": self.model_name, "InitialVariantWeight": 1}
+        if self.serverless is not None:
+            self.serverless.check()
+            variant["ServerlessConfig"] = self.serverless.to_request()
+        else:
+            variant.update(InitialInstanceCount=self.instance_count, InstanceType=self.instance_type)
+        if self.ami_version:
+            variant["InferenceAmiVersion"] = self.ami_version
+        request = {"EndpointConfigName": self.name, "ProductionVariants": [variant]}
+        if self.async_spec is not None:
+            request["AsyncInferenceConfig"] = self.async_spec.to_request()
+        if self.tags:
+            request["Tags"] = self.tags
+        return request
+
+    def endpoint_request(self) -> dict:
+        """CreateEndpoint."""
+        return {"EndpointName": self.name, "EndpointConfigName": self.name, **({"Tags": self.tags} if self.tags else {})}
+
+
+def create_endpoint(sagemaker_client, model: dict, endpoint: EndpointSpec, wait: bool = True) -> None:
+    """Model, endpoint config, endpoint; with wait, until InService."""
+    sagemaker_client.create_model(**model)
+    sagemaker_client.create_endpoint_config(**endpoint.config_request())
+    sagemaker_client.create_endpoint(**endpoint.endpoint_request())
+    if wait:
+        wait_in_service(sagemaker_client, endpoint.name)
+
+
+def wait_in_service(sagemaker_client, endpoint_name: str) -> None:
+    try:
+        # Endpoints take minutes; an hour covers large GPU images.
+        sagemaker_client.get_waiter("endpoint_in_service").wait(EndpointName=endpoint_name, WaiterConfig={"Delay": 30, "MaxAttempts": 120})
+    except WaiterError:
+        endpoint = sagemaker_client.describe_endpoint(EndpointName=endpoint_name)
+        raise RuntimeError(
+            f"endpoint {endpoint_name} is {endpoint['EndpointStatus']}: {endpoint.get('FailureReason', 'no reason given')}"
+        ) from None
+
+
+def predict(runtime_client, endpoint_name: str, body: bytes, content_type: str) -> dict:
+    """One real-time request, JSON back (what the image answers)."""
+    response = runtime_client.invoke_endpoint(EndpointName=endpoint_name, Body=body, ContentType=content_type, Accept="application/json")
+    return json.loads(response["Body"].read())
 
 
 @dataclass(frozen=True)
@@ -326,51 +390,6 @@ def register_backlog_autoscaling(
     return policies
 
 
-def build_multi_model(name: str, model_data_prefix: str, image_uri: str, role: str, session):
-    """A multi-model endpoint: every model.tar.gz under the prefix is loaded on demand
-    (the image serves them with SAGEMAKER_MULTI_MODEL=true, which SageMaker sets for
-    Mode=MultiModel)."""
-    from sagemaker.multidatamodel import MultiDataModel
-
-    if not model_data_prefix.startswith("s3://") or not model_data_prefix.endswith("/"):
-        raise UsageError("--model-data-prefix must be an s3://bucket/prefix/ ending in '/'")
-    from sagemaker.predictor import Predictor
-
-    return MultiDataModel(
-        name=name, model_data_prefix=model_data_prefix, image_uri=image_uri, role=role, sagemaker_session=session, predictor_cls=Predictor
-    )
-
-
-def transform(
-    model,
-    input_uri: str,
-    output_uri: str,
-    instance_type: str,
-    instance_count: int = 1,
-    content_type: str = "image/jpeg",
-    max_payload_mb: int = 6,
-    max_concurrent: int | None = None,
-    wait: bool = True,
-    tags=None,
-    logs: bool | None = None,
-):
-    """Batch transform: one request per file (SplitType None), JSON lines out."""
-    transformer = model.transformer(
-        instance_count=instance_count,
-        instance_type=instance_type,
-        output_path=output_uri,
-        accept="application/json",
-        strategy="SingleRecord",
-        assemble_with="Line",
-        max_payload=max_payload_mb,
-        max_concurrent_transforms=max_concurrent,
-        tags=tags or None,
-    )
-    # Local mode has no CloudWatch: its container logs go to stdout, so logs=False there.
-    transformer.transform(input_uri, content_type=content_type, split_type="None", wait=wait, logs=wait if logs is None else logs)
-    return transformer
-
-
 def timestamped_name(base: str) -> str:
     """BASE-YYYY-MM-DD-HH-MM-SS-mmm within SageMaker's 63 characters, as the SDKs name jobs."""
     now = time.time()
@@ -391,8 +410,9 @@ def transform_request(
     ami_version: str | None = None,
     job_name: str | None = None,
 ) -> dict:
-    """CreateTransformJob on AWS: what transform() asks of the SDK, plus the GPU host
-    image (TransformAmiVersion), which neither SDK's Transformer can set."""
+    """CreateTransformJob: one request per file (SplitType None, SingleRecord), one JSON
+    answer per line, and the GPU host image (TransformAmiVersion), which neither
+    SDK's Transformer can set."""
     resources = {"InstanceCount": instance_count, "InstanceType": instance_type}
     ami = transform_ami(instance_type, ami_version)
     if ami:

@@ -1,54 +1,33 @@
-"""What SDK local mode does not check or clean up by itself.
+"""What `--local` leaves on this machine's docker, and the per-host check of local training.
 
-Local mode runs each host as a compose service in a container named
-`<10 random chars>-algo-N-<5 chars>` and reports only the exit code of the first
-container to exit (compose --abort-on-container-exit), so a job can "succeed" while
-another host was killed or failed: `host_exit_codes` reads every host's own result.
-The stopped containers stay behind; `remove_containers` deletes them. Local-mode
-endpoints live in the deploying process; a killed process can leave a serving
-container running, which `cleanup --local --image IMAGE` removes.
+`train --local` / `tune --local` run SDK 3's local container mode (local_training.py):
+one compose service per host in a project named `smvtrain<hex>`. `deploy --local` and
+`transform --local` run one serving container labelled `smvision-aws.local`
+(local_hosting.py). Each command removes its containers when it ends, also when it
+fails; a killed process can leave them behind, and `cleanup --local --image IMAGE`
+removes those (only ones created from that image).
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
 
-_NAME = re.compile(r"^[a-z0-9]{10}-algo-\d+-[a-z0-9]{5}$")
+LOCAL_LABEL = "smvision-aws.local"
+TRAINING_PROJECT_PREFIX = "smvtrain"
+_COMPOSE_PROJECT = "com.docker.compose.project"
 
 
 class LocalJobError(RuntimeError):
-    """A local-mode host failed although the SDK reported success."""
+    """A local run failed (a host exited non-zero, a server never answered /ping, ...)."""
 
 
-def _docker(args: list[str], docker: str = "docker") -> str:
-    return subprocess.run([docker, *args], check=True, capture_output=True, text=True).stdout
+def docker(args: list[str], docker_cli: str = "docker") -> str:
+    return subprocess.run([docker_cli, *args], check=True, capture_output=True, text=True).stdout
 
 
-def job_hosts(session, job_name: str) -> list[str]:
-    """The algo-N-xxxxx host names of a local training job run in this process."""
-    jobs = getattr(type(session.sagemaker_client), "_training_jobs", {})
-    job = jobs.get(job_name)
-    if job is None or job.container is None:
-        raise LookupError(f"local training job {job_name} is not known to this process")
-    return list(job.container.hosts)
-
-
-def host_exit_codes(hosts: list[str], docker: str = "docker") -> dict[str, tuple[str, int | None]]:
-    """{host: (container name, exit code)}; (None, None) when no container is left."""
-    results: dict[str, tuple[str, int | None]] = {}
-    for host in hosts:
-        rows = _docker(["ps", "-a", "--filter", f"name={host}", "--format", "{{.Names}}"], docker).split()
-        names = [n for n in rows if n.endswith("-" + host) and _NAME.match(n)]
-        if not names:
-            results[host] = (None, None)
-            continue
-        code = _docker(["inspect", "-f", "{{.State.ExitCode}}", names[0]], docker).strip()
-        results[host] = (names[0], int(code))
-    return results
-
-
-def check_hosts(results: dict[str, tuple[str, int | None]]) -> None:
+def check_hosts(results: dict[str, tuple[str | None, int | None]]) -> None:
+    """{host: (container, exit code)}: fail naming every host that did not exit 0 (local
+    mode reports only the first container to exit)."""
     failed = {h: code for h, (_, code) in results.items() if code != 0}
     if failed:
         raise LocalJobError(
@@ -58,41 +37,25 @@ def check_hosts(results: dict[str, tuple[str, int | None]]) -> None:
         )
 
 
-def leftover_containers(image: str, docker: str = "docker") -> list[tuple[str, str]]:
-    """(id, name) of local-mode containers created from `image`, by the image name they
-    were created with (a rebuild that moves the tag does not hide them)."""
-    out = _docker(["ps", "-a", "--filter", "name=-algo-", "--format", "{{.ID}} {{.Names}}"], docker)
-    rows = [line.split(" ", 1) for line in out.splitlines() if line.strip()]
-    rows = [(cid, name) for cid, name in rows if _NAME.match(name)]
-    if not rows:
+def leftover_containers(image: str, docker_cli: str = "docker") -> list[tuple[str, str]]:
+    """(id, name) of the containers `--local` runs created from `image`, matched by the
+    image name they were created with (a rebuild that moves the tag does not hide them)."""
+    row_format = "\t".join(["{{.ID}}", "{{.Names}}", f'{{{{.Label "{LOCAL_LABEL}"}}}}', f'{{{{.Label "{_COMPOSE_PROJECT}"}}}}'])
+    ours = []
+    for row in docker(["ps", "-a", "--no-trunc", "--format", row_format], docker_cli).splitlines():
+        cid, name, local, project = (row.split("\t") + ["", "", "", ""])[:4]
+        if local or project.startswith(TRAINING_PROJECT_PREFIX):
+            ours.append((cid, name))
+    if not ours:
         return []
     created_from = dict(
         line.split(" ", 1)
-        for line in _docker(["inspect", "-f", "{{.Name}} {{.Config.Image}}", *[cid for cid, _ in rows]], docker).splitlines()
+        for line in docker(["inspect", "-f", "{{.Id}} {{.Config.Image}}", *[cid for cid, _ in ours]], docker_cli).splitlines()
         if line.strip()
     )
-    return [(cid, name) for cid, name in rows if created_from.get("/" + name) == image]
+    return [(cid, name) for cid, name in ours if created_from.get(cid) == image]
 
 
-def remove_containers(names: list[str], docker: str = "docker") -> None:
+def remove_containers(names: list[str], docker_cli: str = "docker") -> None:
     if names:
-        subprocess.run([docker, "rm", "-f", *names], check=True, capture_output=True)
-
-
-class removing_new_containers:  # noqa: N801 - used as a context manager
-    """Remove the local-mode containers of `image` that appear inside the block (local
-    mode leaves stopped training, serving and transform containers behind), also when
-    the block fails. Containers that existed before are never touched."""
-
-    def __init__(self, image: str, docker: str = "docker"):
-        self.image = image
-        self.docker = docker
-
-    def __enter__(self):
-        self.before = {name for _, name in leftover_containers(self.image, self.docker)}
-        return self
-
-    def __exit__(self, *exc):
-        new = {name for _, name in leftover_containers(self.image, self.docker)} - self.before
-        remove_containers(sorted(new), self.docker)
-        return False
+        subprocess.run([docker_cli, "rm", "-f", *names], check=True, capture_output=True)

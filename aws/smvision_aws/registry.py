@@ -150,6 +150,8 @@ def set_approval(sagemaker_client, package_arn: str, status: str, description: s
 
 
 def approved_package(sagemaker_client, package_arn: str) -> dict:
+    """The package version, if Approved: `deploy --model-package` serves nothing else
+    (SDK 2's ModelPackage would approve a pending version by itself)."""
     package = sagemaker_client.describe_model_package(ModelPackageName=package_arn)
     status = package.get("ModelApprovalStatus")
     if status != "Approved":
@@ -157,15 +159,3 @@ def approved_package(sagemaker_client, package_arn: str) -> dict:
             f"model package {package_arn} is {status}: approve it first (register --model-package ARN --approval-status Approved)"
         )
     return package
-
-
-def build_package_model(sagemaker_client, package_arn: str, role: str, session, name: str | None = None, env: dict | None = None):
-    """An SDK Model over an Approved package version. The check comes first: the SDK
-    would otherwise approve a pending version by itself when deploying it."""
-    from sagemaker.model import ModelPackage
-    from sagemaker.predictor import Predictor
-
-    approved_package(sagemaker_client, package_arn)
-    return ModelPackage(
-        role=role, model_package_arn=package_arn, sagemaker_session=session, name=name, env=env or None, predictor_cls=Predictor
-    )

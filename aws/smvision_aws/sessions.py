@@ -1,8 +1,9 @@
-"""SageMaker sessions for AWS and for the SDK's local mode, and the trainer's
-torch-free schema (container, train.config, train.reporting) the tools share."""
+"""AWS sessions for the commands, and the trainer's torch-free schema (container,
+train.config, train.reporting) the tools share."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -43,11 +44,15 @@ def prepare_local_environment(environ=None) -> None:
 
 @dataclass(frozen=True)
 class ClientSession:
-    """What the boto3-only commands (process, register, cleanup) take from a session;
-    an SDK 2 sagemaker.Session has the same two attributes."""
+    """The boto3 session every AWS command draws its clients from (sagemaker,
+    sagemaker-runtime, application-autoscaling, cloudwatch, s3, tagging) and the
+    SageMaker client most of them use."""
 
     boto_session: object
     sagemaker_client: object
+
+    def client(self, service: str):
+        return self.boto_session.client(service)
 
 
 def make_client_session(region: str | None = None, boto_session=None) -> ClientSession:
@@ -57,23 +62,29 @@ def make_client_session(region: str | None = None, boto_session=None) -> ClientS
     return ClientSession(boto_session, boto_session.client("sagemaker"))
 
 
-def make_session(local: bool = False, region: str | None = None, serving_port: int | None = None, boto_session=None):
-    """A sagemaker Session (AWS) or LocalSession (docker on this machine).
+def sdk_session(session: ClientSession):
+    """SDK 3's Session over the same boto3 session (ModelTrainer and the tuner take
+    one), with telemetry off; imported here so commands without the SDK start fast."""
+    from sagemaker.core.helper.session_helper import Session
 
-    Imported lazily so `lambda-package` and `iam-policies` work without the SDK.
-    """
-    import boto3
-    import sagemaker
-    from sagemaker.local import LocalSession
+    return Session(boto_session=session.boto_session, sagemaker_client=session.sagemaker_client, sagemaker_config=TELEMETRY_OPT_OUT)
 
-    if local:
-        prepare_local_environment()
-        boto_session = boto_session or boto3.Session(region_name=region or os.environ["AWS_DEFAULT_REGION"])
-        session = LocalSession(boto_session=boto_session, sagemaker_config=TELEMETRY_OPT_OUT)
-        local_config = {"local_code": True}
-        if serving_port:
-            local_config["serving_port"] = serving_port
-        session.config = {**(session.config or {}), "local": local_config}
-        return session
-    boto_session = boto_session or boto3.Session(region_name=region)
-    return sagemaker.Session(boto_session=boto_session, sagemaker_config=TELEMETRY_OPT_OUT)
+
+@contextlib.contextmanager
+def without_sdk_role_check():
+    """SDK 3 checks an execution role on this machine before a training job starts:
+    it simulates ec2:*NetworkInterface* (VPC jobs) and unconditioned
+    cloudwatch:PutMetricData and refuses the role when the simulator denies them. The
+    least-privilege training role of `iam-policies` grants neither on purpose, so the
+    check would refuse exactly the role this project recommends (whenever the caller
+    may call iam:SimulatePrincipalPolicy). SageMaker checks the role itself when the
+    job starts. A SAGEMAKER_VALIDATE_ROLE the user set is left as it is."""
+    key = "SAGEMAKER_VALIDATE_ROLE"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)

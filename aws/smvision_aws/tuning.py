@@ -1,5 +1,6 @@
 """Hyperparameter tuning: the ranges users tune on these tasks, Bayesian search on
-val_macro_f1 (maximised), with SageMaker's automatic early stopping of weak trials.
+val_macro_f1 (maximised), with SageMaker's automatic early stopping of weak trials,
+through SDK 3's HyperparameterTuner over the same ModelTrainer `train` builds.
 
 The trainer logs `val_macro_f1=...` every epoch (train.reporting) and SageMaker takes a
 trial's objective from the metric it parses; with early-stopping-patience in the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 
+from smvision_aws.sessions import metric_definitions
 from smvision_aws.training import UsageError
 
 OBJECTIVE = "val_macro_f1"
@@ -26,7 +28,7 @@ SEARCH_SPACE = {
 
 
 def hyperparameter_ranges(space: dict | None = None) -> dict:
-    from sagemaker.tuner import CategoricalParameter, ContinuousParameter, IntegerParameter
+    from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
 
     ranges = {}
     for name, (kind, low, high, scaling) in (space or SEARCH_SPACE).items():
@@ -54,30 +56,30 @@ def sample(space: dict | None = None, seed: int = 0) -> dict[str, str]:
 
 
 def build_tuner(
-    estimator,
+    trainer,
     max_jobs: int = 20,
     max_parallel_jobs: int = 2,
     early_stopping: bool = True,
-    metric_definitions=None,
-    tags=None,
     base_tuning_job_name: str = "smvision-hpo",
 ):
-    from sagemaker.tuner import HyperparameterTuner
+    """The tuner over a ModelTrainer; the trainer's tags go to the tuning job too, its
+    hyperparameters minus the tuned ones become the static ones."""
+    from sagemaker.train.tuner import HyperparameterTuner
 
     if max_parallel_jobs > max_jobs:
         raise UsageError(f"--max-parallel-jobs ({max_parallel_jobs}) must not exceed --max-jobs ({max_jobs})")
     return HyperparameterTuner(
-        estimator,
+        trainer,
         objective_metric_name=OBJECTIVE,
         hyperparameter_ranges=hyperparameter_ranges(),
-        metric_definitions=metric_definitions,
+        # The tuner reads its own metric definitions, not the trainer's.
+        metric_definitions=metric_definitions(),
         strategy="Bayesian",
         objective_type="Maximize",
         max_jobs=max_jobs,
         max_parallel_jobs=max_parallel_jobs,
         early_stopping_type="Auto" if early_stopping else "Off",
         base_tuning_job_name=base_tuning_job_name,
-        tags=tags or None,
     )
 
 

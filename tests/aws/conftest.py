@@ -26,6 +26,21 @@ ROLE = f"arn:aws:iam::{ACCOUNT}:role/smvision-execution"
 IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/sagemaker-vision:abc1234"
 
 
+class Matching:
+    """An expected request value that equals any string matching the regex (generated names)."""
+
+    def __init__(self, pattern: str):
+        import re
+
+        self.regex = re.compile(pattern)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, str) and self.regex.fullmatch(other) is not None
+
+    def __repr__(self) -> str:
+        return f"Matching({self.regex.pattern!r})"
+
+
 def _is_loopback(host) -> bool:
     try:
         return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
@@ -42,7 +57,6 @@ def offline(monkeypatch):
         "AWS_SESSION_TOKEN": "testing",
         "AWS_CONFIG_FILE": "/nonexistent",
         "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        "SAGEMAKER_SUPPRESS_V2_WARNING": "1",
         "AWS_EC2_METADATA_DISABLED": "true",
     }.items():
         monkeypatch.setenv(name, value)
@@ -69,27 +83,36 @@ def offline(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
+# SDK 3 asks for the runtime client under its old name.
+_SERVICE_ALIASES = {"runtime.sagemaker": "sagemaker-runtime"}
+
+
 @pytest.fixture
 def boto_session():
-    return boto3.Session(region_name=REGION)
+    """A boto3 Session that hands out one client per service, whoever asks (our code,
+    SDK 3's Session, ModelTrainer, the tuner, sagemaker.core resources), so a test's
+    Stubber on `boto_session.client(NAME)` sees every call made to that service."""
+    session = boto3.Session(region_name=REGION)
+    clients = {}
+    make_client = session.client
+
+    def client(service_name, *args, **kwargs):
+        name = _SERVICE_ALIASES.get(service_name, service_name)
+        if name not in clients:
+            clients[name] = make_client(name, region_name=REGION)
+        return clients[name]
+
+    session.client = client
+    yield session
+    # SDK 3 caches clients per boto3 session; let this one go with its stubbed clients.
+    from sagemaker.core.utils.utils import SageMakerClient
+
+    SageMakerClient.reset()
 
 
 @pytest.fixture
-def sm_session(boto_session):
-    """A real sagemaker.Session whose clients are stubbed by the test."""
-    import sagemaker
-    from smvision_aws.sessions import TELEMETRY_OPT_OUT
+def session(boto_session):
+    """What the commands take as `session=`: the stub-backed boto3 session."""
+    from smvision_aws.sessions import make_client_session
 
-    sm = boto_session.client("sagemaker")
-    runtime = boto_session.client("sagemaker-runtime")
-    return sagemaker.Session(
-        boto_session=boto_session, sagemaker_client=sm, sagemaker_runtime_client=runtime, sagemaker_config=TELEMETRY_OPT_OUT
-    )
-
-
-@pytest.fixture
-def no_sleep(monkeypatch):
-    """The SDK's endpoint waiter polls with time.sleep; stubbed answers need no waiting."""
-    import sagemaker.session
-
-    monkeypatch.setattr(sagemaker.session.time, "sleep", lambda seconds: None)
+    return make_client_session(boto_session=boto_session)

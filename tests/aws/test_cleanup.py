@@ -1,4 +1,5 @@
-"""cleanup: by name and by tag, tolerant of resources that are already gone."""
+"""cleanup: by name and by tag (scaling targets, the async scale-from-zero alarm,
+models, endpoints, endpoint configs), tolerant of resources that are already gone."""
 
 from __future__ import annotations
 
@@ -20,16 +21,23 @@ TARGET = {
 }
 
 
+ALARM = "shapes-prod-backlog-without-capacity"
+
+
 @pytest.fixture
-def clients(sm_session, boto_session):
-    sm = sm_session.sagemaker_client
-    aas = boto_session.client("application-autoscaling")
-    tagging = boto_session.client("resourcegroupstaggingapi")
-    with Stubber(sm) as sm_stub, Stubber(aas) as aas_stub, Stubber(tagging) as tag_stub:
-        yield sm, aas, tagging, sm_stub, aas_stub, tag_stub
-        sm_stub.assert_no_pending_responses()
-        aas_stub.assert_no_pending_responses()
-        tag_stub.assert_no_pending_responses()
+def clients(session):
+    sm = session.sagemaker_client
+    aas = session.client("application-autoscaling")
+    tagging = session.client("resourcegroupstaggingapi")
+    cloudwatch = session.client("cloudwatch")
+    with Stubber(sm) as sm_stub, Stubber(aas) as aas_stub, Stubber(tagging) as tag_stub, Stubber(cloudwatch) as cw_stub:
+        yield cleanup.CleanupClients(sm, aas, cloudwatch), tagging, sm_stub, aas_stub, tag_stub, cw_stub
+        for stub in (sm_stub, aas_stub, tag_stub, cw_stub):
+            stub.assert_no_pending_responses()
+
+
+def no_alarm(cw_stub, endpoint="shapes-prod"):
+    cw_stub.add_response("describe_alarms", {"MetricAlarms": []}, {"AlarmNames": [f"{endpoint}-backlog-without-capacity"]})
 
 
 def endpoint_description(name="shapes-prod", config="shapes-prod-config"):
@@ -65,24 +73,27 @@ def missing(stub, operation, params, code="ValidationException", message=None):
     )
 
 
-def expect_full_teardown(sm_stub, aas_stub):
+def expect_full_teardown(sm_stub, aas_stub, cw_stub):
     """The calls that delete shapes-prod completely, in order: describe, deregister
-    autoscaling, then model, endpoint and endpoint config."""
+    autoscaling, look for the backlog alarm (none: a real-time endpoint), then model,
+    endpoint and endpoint config."""
     sm_stub.add_response("describe_endpoint", endpoint_description(), {"EndpointName": "shapes-prod"})
     sm_stub.add_response("describe_endpoint_config", config_description(), {"EndpointConfigName": "shapes-prod-config"})
     aas_stub.add_response("deregister_scalable_target", {}, TARGET)
+    no_alarm(cw_stub)
     sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
     sm_stub.add_response("delete_endpoint", {}, {"EndpointName": "shapes-prod"})
     sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "shapes-prod-config"})
 
 
-def test_full_cleanup_by_name(clients, sm_session):
-    sm, aas, tagging, sm_stub, aas_stub, _ = clients
-    expect_full_teardown(sm_stub, aas_stub)
+def test_full_cleanup_by_name(clients, session):
+    _, _, sm_stub, aas_stub, _, cw_stub = clients
+    expect_full_teardown(sm_stub, aas_stub, cw_stub)
     args = cli.get_args_parser().parse_args(["cleanup", "--endpoint-name", "shapes-prod"])
-    result = cli.cmd_cleanup(args, session=sm_session, autoscaling_client=aas)
+    result = cli.cmd_cleanup(args, session=session)
     assert result["cleanup"] == [
         {"kind": "scalable-target", "name": "endpoint/shapes-prod/variant/AllTraffic", "result": "deleted"},
+        {"kind": "alarm", "name": ALARM, "result": "already gone"},
         {"kind": "model", "name": "shapes-prod-model", "result": "deleted"},
         {"kind": "endpoint", "name": "shapes-prod", "result": "deleted"},
         {"kind": "endpoint-config", "name": "shapes-prod-config", "result": "deleted"},
@@ -92,16 +103,18 @@ def test_full_cleanup_by_name(clients, sm_session):
 def test_half_deleted_endpoint(clients):
     """The endpoint is gone, its config (named like it, the SDK default) and model are not,
     and the scalable target was deregistered already."""
-    sm, aas, _, sm_stub, aas_stub, _ = clients
+    handles, _, sm_stub, aas_stub, _, cw_stub = clients
     missing(sm_stub, "describe_endpoint", {"EndpointName": "shapes-prod"}, message='Could not find endpoint "shapes-prod".')
     sm_stub.add_response("describe_endpoint_config", config_description("shapes-prod"), {"EndpointConfigName": "shapes-prod"})
     missing(aas_stub, "deregister_scalable_target", TARGET, code="ObjectNotFoundException", message="No scalable target")
+    no_alarm(cw_stub)
     sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
     missing(sm_stub, "delete_endpoint", {"EndpointName": "shapes-prod"}, message='Could not find endpoint "shapes-prod".')
     sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "shapes-prod"})
-    report = cleanup.cleanup_endpoint(sm, aas, "shapes-prod")
+    report = cleanup.cleanup_endpoint(handles, "shapes-prod")
     assert [(kind, result) for kind, _, result in report] == [
         ("scalable-target", "already gone"),
+        ("alarm", "already gone"),
         ("model", "deleted"),
         ("endpoint", "already gone"),
         ("endpoint-config", "deleted"),
@@ -109,25 +122,28 @@ def test_half_deleted_endpoint(clients):
 
 
 def test_everything_already_gone_is_not_an_error(clients):
-    sm, aas, _, sm_stub, _, _ = clients
+    handles, _, sm_stub, _, _, cw_stub = clients
     for _ in range(2):  # and running it again changes nothing
         missing(sm_stub, "describe_endpoint", {"EndpointName": "gone"}, message='Could not find endpoint "gone".')
         missing(
             sm_stub, "describe_endpoint_config", {"EndpointConfigName": "gone"}, message='Could not find endpoint configuration "gone".'
         )
+        no_alarm(cw_stub, "gone")
         missing(sm_stub, "delete_endpoint", {"EndpointName": "gone"}, message='Could not find endpoint "gone".')
         missing(sm_stub, "delete_endpoint_config", {"EndpointConfigName": "gone"}, message='Could not find endpoint configuration "gone".')
-        assert cleanup.cleanup_endpoint(sm, aas, "gone") == [
+        assert cleanup.cleanup_endpoint(handles, "gone") == [
+            ("alarm", "gone-backlog-without-capacity", "already gone"),
             ("endpoint", "gone", "already gone"),
             ("endpoint-config", "gone", "already gone"),
         ]
 
 
 def test_real_errors_are_not_swallowed(clients):
-    sm, aas, _, sm_stub, aas_stub, _ = clients
+    handles, _, sm_stub, aas_stub, _, cw_stub = clients
     sm_stub.add_response("describe_endpoint", endpoint_description(), {"EndpointName": "shapes-prod"})
     sm_stub.add_response("describe_endpoint_config", config_description(), {"EndpointConfigName": "shapes-prod-config"})
     aas_stub.add_response("deregister_scalable_target", {}, TARGET)
+    no_alarm(cw_stub)
     sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
     sm_stub.add_client_error(
         "delete_endpoint",
@@ -137,11 +153,11 @@ def test_real_errors_are_not_swallowed(clients):
         expected_params={"EndpointName": "shapes-prod"},
     )
     with pytest.raises(ClientError, match="AccessDenied"):
-        cleanup.cleanup_endpoint(sm, aas, "shapes-prod")
+        cleanup.cleanup_endpoint(handles, "shapes-prod")
 
 
 def test_a_validation_error_that_is_not_about_absence_is_raised(clients):
-    sm, aas, _, sm_stub, _, _ = clients
+    handles, _, sm_stub, _, _, _ = clients
     sm_stub.add_client_error(
         "describe_endpoint",
         service_error_code="ValidationException",
@@ -150,11 +166,11 @@ def test_a_validation_error_that_is_not_about_absence_is_raised(clients):
         expected_params={"EndpointName": "Bad_Name"},
     )
     with pytest.raises(ClientError):
-        cleanup.cleanup_endpoint(sm, aas, "Bad_Name")
+        cleanup.cleanup_endpoint(handles, "Bad_Name")
 
 
-def test_cleanup_by_tag_follows_pages_and_removes_tagged_leftovers(clients, sm_session):
-    sm, aas, tagging, sm_stub, aas_stub, tag_stub = clients
+def test_cleanup_by_tag_follows_pages_and_removes_tagged_leftovers(clients, session):
+    _, _, sm_stub, aas_stub, tag_stub, cw_stub = clients
     request = {
         "TagFilters": [{"Key": "project", "Values": ["shapes"]}],
         "ResourceTypeFilters": ["sagemaker:endpoint", "sagemaker:endpoint-config", "sagemaker:model"],
@@ -182,18 +198,34 @@ def test_cleanup_by_tag_follows_pages_and_removes_tagged_leftovers(clients, sm_s
         },
         {**request, "PaginationToken": "page2"},
     )
-    expect_full_teardown(sm_stub, aas_stub)
+    expect_full_teardown(sm_stub, aas_stub, cw_stub)
     sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "orphan-config"})
     sm_stub.add_response("delete_model", {}, {"ModelName": "orphan-model"})
     args = cli.get_args_parser().parse_args(["cleanup", "--by-tag", "project=shapes"])
-    result = cli.cmd_cleanup(args, session=sm_session, autoscaling_client=aas, tagging_client=tagging)
+    result = cli.cmd_cleanup(args, session=session)
     names = [(item["kind"], item["name"]) for item in result["cleanup"]]
     assert names[-2:] == [("endpoint-config", "orphan-config"), ("model", "orphan-model")]
-    assert len(names) == 6
+    assert len(names) == 7
 
 
-def test_cleanup_needs_a_target(sm_session):
+def test_the_async_scale_from_zero_alarm_is_deleted(clients, session):
+    """deploy --async --autoscale --min-capacity 0 made a CloudWatch alarm; deregistering
+    the scalable target removes the scaling policies, not the alarm."""
+    _, _, sm_stub, aas_stub, _, cw_stub = clients
+    sm_stub.add_response("describe_endpoint", endpoint_description(), {"EndpointName": "shapes-prod"})
+    sm_stub.add_response("describe_endpoint_config", config_description(), {"EndpointConfigName": "shapes-prod-config"})
+    aas_stub.add_response("deregister_scalable_target", {}, TARGET)
+    cw_stub.add_response("describe_alarms", {"MetricAlarms": [{"AlarmName": ALARM}]}, {"AlarmNames": [ALARM]})
+    cw_stub.add_response("delete_alarms", {}, {"AlarmNames": [ALARM]})
+    sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
+    sm_stub.add_response("delete_endpoint", {}, {"EndpointName": "shapes-prod"})
+    sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "shapes-prod-config"})
+    result = cli.cmd_cleanup(cli.get_args_parser().parse_args(["cleanup", "--endpoint-name", "shapes-prod"]), session=session)
+    assert {"kind": "alarm", "name": ALARM, "result": "deleted"} in result["cleanup"]
+
+
+def test_cleanup_needs_a_target(session):
     from smvision_aws.training import UsageError
 
     with pytest.raises(UsageError, match="--endpoint-name"):
-        cli.cmd_cleanup(cli.get_args_parser().parse_args(["cleanup"]), session=sm_session)
+        cli.cmd_cleanup(cli.get_args_parser().parse_args(["cleanup"]), session=session)

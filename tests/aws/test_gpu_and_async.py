@@ -8,7 +8,7 @@ from botocore.stub import ANY, Stubber
 from smvision_aws import cli, hosting
 from smvision_aws.training import UsageError
 
-from tests.aws.conftest import IMAGE, ROLE
+from tests.aws.conftest import IMAGE, ROLE, Matching
 from tests.aws.test_hosting import ARN, MODEL_DATA, in_service, stub_create
 
 SNS = "arn:aws:sns:us-east-1:123456789012:smv"
@@ -42,20 +42,20 @@ def variant(instance_type, count=1, **extra):
         ("ml.g6.xlarge", ["--ami-version", "al2023-ami-sagemaker-inference-gpu-4-1"], "al2023-ami-sagemaker-inference-gpu-4-1"),
     ],
 )
-def test_gpu_endpoint_gets_an_inference_ami(sm_session, instance_type, flag, ami):
+def test_gpu_endpoint_gets_an_inference_ami(session, instance_type, flag, ami):
     args = deploy_args("--instance-type", instance_type, "--no-wait", *flag)
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
         stub_create(sm, "e", variant(instance_type, InferenceAmiVersion=ami))
-        result = cli.cmd_deploy(args, session=sm_session)
+        result = cli.cmd_deploy(args, session=session)
         sm.assert_no_pending_responses()
     assert result["inference_ami_version"] == ami
 
 
-def test_cpu_endpoint_has_no_ami(sm_session):
+def test_cpu_endpoint_has_no_ami(session):
     args = deploy_args("--instance-type", "ml.c5.xlarge", "--no-wait")
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
         stub_create(sm, "e", variant("ml.c5.xlarge"))  # exact request: no InferenceAmiVersion key
-        result = cli.cmd_deploy(args, session=sm_session)
+        result = cli.cmd_deploy(args, session=session)
         sm.assert_no_pending_responses()
     assert "inference_ami_version" not in result
 
@@ -70,9 +70,9 @@ def test_cpu_endpoint_has_no_ami(sm_session):
         (["--serverless", "--ami-version", "al2-ami-sagemaker-inference-gpu-3-1"], "not serverless"),
     ],
 )
-def test_impossible_instance_and_ami_pairs_are_refused_before_any_call(sm_session, extra, message):
-    with Stubber(sm_session.sagemaker_client), pytest.raises(UsageError, match=message):  # no response stubbed: no call allowed
-        cli.cmd_deploy(deploy_args(*extra), session=sm_session)
+def test_impossible_instance_and_ami_pairs_are_refused_before_any_call(session, extra, message):
+    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match=message):  # no response stubbed: no call allowed
+        cli.cmd_deploy(deploy_args(*extra), session=session)
 
 
 def transform_args(*extra):
@@ -96,17 +96,18 @@ def transform_args(*extra):
 
 
 def stub_transform(sm, resources):
+    name = Matching(r"smvision-transform-[-0-9]+")
     sm.add_response(
         "create_model",
         {"ModelArn": f"{ARN}:model/m"},
-        {"ModelName": ANY, "ExecutionRoleArn": ROLE, "PrimaryContainer": {"Image": IMAGE, "Environment": {}, "ModelDataUrl": MODEL_DATA}},
+        {"ModelName": name, "ExecutionRoleArn": ROLE, "PrimaryContainer": {"Image": IMAGE, "Environment": {}, "ModelDataUrl": MODEL_DATA}},
     )
     sm.add_response(
         "create_transform_job",
         {"TransformJobArn": f"{ARN}:transform-job/t"},
         {
-            "TransformJobName": ANY,
-            "ModelName": ANY,
+            "TransformJobName": name,
+            "ModelName": name,
             "BatchStrategy": "SingleRecord",
             "MaxPayloadInMB": 6,
             "TransformInput": {
@@ -124,10 +125,10 @@ def stub_transform(sm, resources):
     "flag, ami",
     [([], "al2-ami-sagemaker-batch-gpu-535"), (["--ami-version", "al2-ami-sagemaker-batch-gpu-535"], "al2-ami-sagemaker-batch-gpu-535")],
 )
-def test_gpu_transform_gets_a_batch_ami(sm_session, flag, ami):
-    with Stubber(sm_session.sagemaker_client) as sm:
+def test_gpu_transform_gets_a_batch_ami(session, flag, ami):
+    with Stubber(session.sagemaker_client) as sm:
         stub_transform(sm, {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "TransformAmiVersion": ami})
-        result = cli.cmd_transform(transform_args("--instance-type", "ml.g4dn.xlarge", *flag), session=sm_session)
+        result = cli.cmd_transform(transform_args("--instance-type", "ml.g4dn.xlarge", *flag), session=session)
         sm.assert_no_pending_responses()
     assert result["transform_ami_version"] == ami
 
@@ -139,9 +140,9 @@ def test_gpu_transform_gets_a_batch_ami(sm_session, flag, ami):
         (["--instance-type", "ml.m5.xlarge", "--ami-version", "al2-ami-sagemaker-batch-gpu-535"], "has no NVIDIA GPU"),
     ],
 )
-def test_transform_refuses_impossible_amis(sm_session, extra, message):
-    with Stubber(sm_session.sagemaker_client), pytest.raises(UsageError, match=message):
-        cli.cmd_transform(transform_args(*extra), session=sm_session)
+def test_transform_refuses_impossible_amis(session, extra, message):
+    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match=message):
+        cli.cmd_transform(transform_args(*extra), session=session)
 
 
 def test_ami_choice_is_absent_on_cpu_and_local_hosts():
@@ -156,9 +157,9 @@ ASYNC = ["--async", "--output", "s3://b/async-out/", "--failure-output", "s3://b
 ASYNC += ["--success-topic", SNS + "-ok", "--error-topic", SNS + "-err", "--max-concurrent-invocations", "4"]
 
 
-def test_async_endpoint_config_and_raised_payload_cap(sm_session):
+def test_async_endpoint_config_and_raised_payload_cap(session):
     args = deploy_args("--instance-type", "ml.g5.xlarge", "--no-wait", *ASYNC)
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
         sm.add_response(
             "create_model",
             {"ModelArn": f"{ARN}:model/e"},
@@ -184,31 +185,29 @@ def test_async_endpoint_config_and_raised_payload_cap(sm_session):
                 },
             },
         )
-        sm.add_response(
-            "create_endpoint", {"EndpointArn": f"{ARN}:endpoint/e"}, {"EndpointName": "e", "EndpointConfigName": "e", "Tags": []}
-        )
-        result = cli.cmd_deploy(args, session=sm_session)
+        sm.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/e"}, {"EndpointName": "e", "EndpointConfigName": "e"})
+        result = cli.cmd_deploy(args, session=session)
         sm.assert_no_pending_responses()
     assert result["async_output"] == "s3://b/async-out/"
 
 
-def test_users_payload_cap_wins_on_async(sm_session):
+def test_users_payload_cap_wins_on_async(session):
     args = deploy_args("--no-wait", "--async", "--output", "s3://b/o/", "--env", "SAGEMAKER_MAX_PAYLOAD_IN_MB=200")
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
         stub_create(sm, "e", variant("ml.m5.xlarge"), model_env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "200"}, config_extra=MINIMAL_ASYNC)
-        cli.cmd_deploy(args, session=sm_session)
+        cli.cmd_deploy(args, session=session)
         sm.assert_no_pending_responses()
 
 
-def test_async_autoscaling_to_zero_on_the_backlog(sm_session, boto_session, no_sleep):
-    autoscaling = boto_session.client("application-autoscaling")
-    cloudwatch = boto_session.client("cloudwatch")
+def test_async_autoscaling_to_zero_on_the_backlog(session):
+    autoscaling = session.client("application-autoscaling")
+    cloudwatch = session.client("cloudwatch")
     args = deploy_args(
         "--async", "--output", "s3://b/o/", "--autoscale", "--min-capacity", "0", "--max-capacity", "3", "--target-backlog", "8"
     )
     rid = "endpoint/e/variant/AllTraffic"
     dimension = "sagemaker:variant:DesiredInstanceCount"
-    with Stubber(sm_session.sagemaker_client) as sm, Stubber(autoscaling) as aas, Stubber(cloudwatch) as cw:
+    with Stubber(session.sagemaker_client) as sm, Stubber(autoscaling) as aas, Stubber(cloudwatch) as cw:
         stub_create(sm, "e", variant("ml.m5.xlarge"), model_env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"}, config_extra=MINIMAL_ASYNC)
         sm.add_response("describe_endpoint", in_service("e"), {"EndpointName": "e"})
         aas.add_response(
@@ -274,7 +273,7 @@ def test_async_autoscaling_to_zero_on_the_backlog(sm_session, boto_session, no_s
                 "AlarmActions": ["arn:policy/from-zero"],
             },
         )
-        result = cli.cmd_deploy(args, session=sm_session, autoscaling_client=autoscaling, cloudwatch_client=cloudwatch)
+        result = cli.cmd_deploy(args, session=session)
         for stub in (sm, aas, cw):
             stub.assert_no_pending_responses()
     assert result["instance_count"] == 1  # created with one instance, then free to scale to zero
@@ -293,8 +292,7 @@ def test_async_autoscaling_to_zero_on_the_backlog(sm_session, boto_session, no_s
         (["--async", "--output", "s3://b/o/", "--smoke-image", "x.jpg", "--no-wait"], "S3 inputs"),
     ],
 )
-def test_async_usage_errors(sm_session, extra, message):
-    with Stubber(sm_session.sagemaker_client) as sm, pytest.raises(UsageError, match=message):
-        if "--smoke-image" in extra:
-            stub_create(sm, "e", variant("ml.m5.xlarge"), model_env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"}, config_extra=MINIMAL_ASYNC)
-        cli.cmd_deploy(deploy_args(*extra), session=sm_session)
+def test_async_usage_errors(session, extra, message):
+    # no response stubbed: every one is refused before any AWS call
+    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match=message):
+        cli.cmd_deploy(deploy_args(*extra), session=session)

@@ -1,16 +1,17 @@
-"""deploy / transform: SDK requests for the model, endpoint config and endpoint, and the
-Application Auto Scaling registration with the seed values."""
+"""deploy / transform: the CreateModel, CreateEndpointConfig, CreateEndpoint and
+CreateTransformJob requests, the wait for InService, the Application Auto Scaling
+registration with the seed values and the smoke prediction."""
 
 from __future__ import annotations
 
 import datetime
 
 import pytest
-from botocore.stub import ANY, Stubber
+from botocore.stub import Stubber
 from smvision_aws import cli, hosting
 from smvision_aws.training import UsageError
 
-from tests.aws.conftest import ACCOUNT, IMAGE, REGION, ROLE
+from tests.aws.conftest import ACCOUNT, IMAGE, REGION, ROLE, Matching
 
 ARN = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}"
 MODEL_DATA = "s3://smv-bucket/shapes/models/smv-1/output/model.tar.gz"
@@ -33,7 +34,7 @@ def stub_create(stub, endpoint, variant, model_env=None, tags=None, container_ex
     stub.add_response(
         "create_endpoint",
         {"EndpointArn": f"{ARN}:endpoint/{endpoint}"},
-        {"EndpointName": endpoint, "EndpointConfigName": endpoint, "Tags": tags or []},
+        {"EndpointName": endpoint, "EndpointConfigName": endpoint, **({"Tags": tags} if tags else {})},
     )
 
 
@@ -48,8 +49,8 @@ def in_service(endpoint):
     }
 
 
-def test_deploy_from_training_job_with_autoscaling(sm_session, boto_session, no_sleep):
-    autoscaling = boto_session.client("application-autoscaling")
+def test_deploy_from_training_job_with_autoscaling(session):
+    autoscaling = session.client("application-autoscaling")
     args = cli.get_args_parser().parse_args(
         [
             "deploy",
@@ -76,7 +77,7 @@ def test_deploy_from_training_job_with_autoscaling(sm_session, boto_session, no_
         "InitialInstanceCount": 2,
         "InstanceType": "ml.m5.xlarge",
     }
-    with Stubber(sm_session.sagemaker_client) as sm, Stubber(autoscaling) as aas:
+    with Stubber(session.sagemaker_client) as sm, Stubber(autoscaling) as aas:
         sm.add_response(
             "describe_training_job",
             {
@@ -122,14 +123,14 @@ def test_deploy_from_training_job_with_autoscaling(sm_session, boto_session, no_
                 },
             },
         )
-        result = cli.cmd_deploy(args, session=sm_session, autoscaling_client=autoscaling)
+        result = cli.cmd_deploy(args, session=session)
         sm.assert_no_pending_responses()
         aas.assert_no_pending_responses()
     assert result["instance_count"] == 2 and result["autoscaling_policy"] == "arn:aws:autoscaling:policy/1"
 
 
-def test_training_job_that_did_not_complete_is_refused(sm_session):
-    with Stubber(sm_session.sagemaker_client) as sm:
+def test_training_job_that_did_not_complete_is_refused(session):
+    with Stubber(session.sagemaker_client) as sm:
         sm.add_response(
             "describe_training_job",
             {
@@ -146,10 +147,10 @@ def test_training_job_that_did_not_complete_is_refused(sm_session):
             {"TrainingJobName": "smv-2"},
         )
         with pytest.raises(UsageError, match="Failed"):
-            hosting.model_data_from_training_job(sm_session.sagemaker_client, "smv-2")
+            hosting.model_data_from_training_job(session.sagemaker_client, "smv-2")
 
 
-def test_serverless_endpoint(sm_session):
+def test_serverless_endpoint(session):
     args = cli.get_args_parser().parse_args(
         [
             "deploy",
@@ -175,14 +176,14 @@ def test_serverless_endpoint(sm_session):
         "InitialVariantWeight": 1,
         "ServerlessConfig": {"MemorySizeInMB": 3072, "MaxConcurrency": 4},
     }
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
         stub_create(sm, "shapes-sls", variant)
-        result = cli.cmd_deploy(args, session=sm_session)
+        result = cli.cmd_deploy(args, session=session)
         sm.assert_no_pending_responses()
     assert result["instance_type"] is None
 
 
-def test_multi_model_endpoint(sm_session):
+def test_multi_model_endpoint(session):
     prefix = "s3://smv-bucket/shapes/mme/"
     args = cli.get_args_parser().parse_args(
         [
@@ -201,14 +202,14 @@ def test_multi_model_endpoint(sm_session):
             "--no-wait",
         ]
     )
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
         sm.add_response(
             "create_model",
             {"ModelArn": f"{ARN}:model/shapes-mme"},
             {
                 "ModelName": "shapes-mme",
                 "ExecutionRoleArn": ROLE,
-                "PrimaryContainer": {"Image": IMAGE, "Mode": "MultiModel", "ModelDataUrl": prefix, "Environment": ANY},
+                "PrimaryContainer": {"Image": IMAGE, "Mode": "MultiModel", "ModelDataUrl": prefix, "Environment": {}},
             },
         )
         sm.add_response(
@@ -230,13 +231,13 @@ def test_multi_model_endpoint(sm_session):
         sm.add_response(
             "create_endpoint",
             {"EndpointArn": f"{ARN}:endpoint/shapes-mme"},
-            {"EndpointName": "shapes-mme", "EndpointConfigName": "shapes-mme", "Tags": []},
+            {"EndpointName": "shapes-mme", "EndpointConfigName": "shapes-mme"},
         )
-        cli.cmd_deploy(args, session=sm_session)
+        cli.cmd_deploy(args, session=session)
         sm.assert_no_pending_responses()
 
 
-def test_batch_transform_job(sm_session):
+def test_batch_transform_job(session):
     args = cli.get_args_parser().parse_args(
         [
             "transform",
@@ -253,24 +254,28 @@ def test_batch_transform_job(sm_session):
             "--instance-type",
             "ml.m5.xlarge",
             "--no-wait",
+            "--tag",
+            "project=shapes",
         ]
     )
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
+        name = Matching(r"smvision-transform-\d{4}(-\d\d){5}-\d{3}")
         sm.add_response(
             "create_model",
             {"ModelArn": f"{ARN}:model/m"},
             {
-                "ModelName": ANY,
+                "ModelName": name,
                 "ExecutionRoleArn": ROLE,
                 "PrimaryContainer": {"Image": IMAGE, "Environment": {}, "ModelDataUrl": MODEL_DATA},
+                "Tags": [{"Key": "project", "Value": "shapes"}],  # so cleanup --by-tag finds it
             },
         )
         sm.add_response(
             "create_transform_job",
             {"TransformJobArn": f"{ARN}:transform-job/t"},
             {
-                "TransformJobName": ANY,
-                "ModelName": ANY,
+                "TransformJobName": name,
+                "ModelName": name,
                 "BatchStrategy": "SingleRecord",
                 "MaxPayloadInMB": 6,
                 "TransformInput": {
@@ -284,11 +289,12 @@ def test_batch_transform_job(sm_session):
                     "AssembleWith": "Line",
                 },
                 "TransformResources": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge"},
+                "Tags": [{"Key": "project", "Value": "shapes"}],
             },
         )
-        result = cli.cmd_transform(args, session=sm_session)
+        result = cli.cmd_transform(args, session=session)
         sm.assert_no_pending_responses()
-    assert result["output"] == "s3://smv-bucket/shapes/batch-out/"
+    assert result["output"] == "s3://smv-bucket/shapes/batch-out/" and result["transform_job"] == result["model"] == name
 
 
 @pytest.mark.parametrize(
@@ -299,30 +305,20 @@ def test_batch_transform_job(sm_session):
         (["--serverless", "--serverless-memory", "1500"], "1024"),
         (["--local", "--autoscale"], "need AWS"),
         (["--autoscale", "--no-wait"], "InService"),
+        (["--multi-model"], "--model-data-prefix"),
+        (["--local", "--model-data", "s3://b/m.tar.gz"], "file:///"),
     ],
 )
-def test_deploy_usage_errors(sm_session, extra, message):
+def test_deploy_usage_errors(session, extra, message):
     args = cli.get_args_parser().parse_args(
         ["deploy", "--image", IMAGE, "--role", ROLE, "--model-data", MODEL_DATA, "--endpoint-name", "e", *extra]
     )
-    with Stubber(sm_session.sagemaker_client) as sm:
-        if "--no-wait" in extra:  # the endpoint is created, then autoscaling is refused
-            stub_create(
-                sm,
-                "e",
-                {
-                    "VariantName": "AllTraffic",
-                    "ModelName": "e",
-                    "InitialVariantWeight": 1,
-                    "InitialInstanceCount": 2,
-                    "InstanceType": "ml.m5.xlarge",
-                },
-            )
-        with pytest.raises(UsageError, match=message):
-            cli.cmd_deploy(args, session=sm_session)
+    # no response stubbed: refused before any AWS call
+    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match=message):
+        cli.cmd_deploy(args, session=session)
 
 
-def test_smoke_prediction_after_deploy(sm_session, no_sleep, tmp_path):
+def test_smoke_prediction_after_deploy(session, tmp_path):
     import io
     import json
 
@@ -347,7 +343,7 @@ def test_smoke_prediction_after_deploy(sm_session, no_sleep, tmp_path):
     )
     answer = {"predicted_label": "red_circle", "confidence": 0.9}
     payload = json.dumps(answer).encode()
-    with Stubber(sm_session.sagemaker_client) as sm, Stubber(sm_session.sagemaker_runtime_client) as runtime:
+    with Stubber(session.sagemaker_client) as sm, Stubber(session.client("sagemaker-runtime")) as runtime:
         stub_create(
             sm,
             "shapes-dev",
@@ -365,7 +361,7 @@ def test_smoke_prediction_after_deploy(sm_session, no_sleep, tmp_path):
             {"Body": StreamingBody(io.BytesIO(payload), len(payload)), "ContentType": "application/json"},
             {"EndpointName": "shapes-dev", "Body": image.read_bytes(), "ContentType": "image/png", "Accept": "application/json"},
         )
-        result = cli.cmd_deploy(args, session=sm_session)
+        result = cli.cmd_deploy(args, session=session)
         sm.assert_no_pending_responses()
         runtime.assert_no_pending_responses()
     assert result["smoke_prediction"] == answer

@@ -1,57 +1,86 @@
-"""Per-host results of SDK local mode, read through a fake `docker` executable."""
+"""What `--local` leaves on docker and the per-host check of local training, through a
+fake `docker` executable; and the model extraction local hosting does."""
 
 from __future__ import annotations
 
+import io
 import stat
+import tarfile
 
 import pytest
-from smvision_aws import local_mode
+from smvision_aws import cli, local_hosting, local_mode
 
 
 @pytest.fixture
-def fake_docker(tmp_path):
-    """docker ps/inspect/rm answered from a table; every call is logged."""
+def fake_docker(tmp_path, monkeypatch):
+    """docker ps/inspect/rm answered from a table; every call is logged. Containers:
+    c1 a local serving container, c2 a host of a local training project, c3 somebody
+    else's compose project, c4 a local container of another image, c5 unlabelled."""
     log = tmp_path / "calls.log"
     script = tmp_path / "docker"
     script.write_text(f"""#!/bin/sh
 echo "$@" >> {log}
 case "$1" in
-  ps)
-    case "$*" in
-      *name=-algo-*) printf 'c1 abcdefghij-algo-1-xyz12\\nc2 klmnopqrst-algo-2-xyz12\\nc3 my-own-container\\nc4 uvwxyzabcd-algo-1-other\\nc5 zzzzzzzzzz-algo-1-abcde\\n' ;;
-      *name=algo-1-xyz12*) echo abcdefghij-algo-1-xyz12 ;;
-      *name=algo-2-xyz12*) echo klmnopqrst-algo-2-xyz12 ;;
-    esac ;;
-  inspect)
-    case "$*" in
-      *Config.Image*) printf '/abcdefghij-algo-1-xyz12 img\\n/klmnopqrst-algo-2-xyz12 img\\n/zzzzzzzzzz-algo-1-abcde someone-elses:tag\\n' ;;
-      *algo-1*) echo 0 ;;
-      *algo-2*) echo 137 ;;
-    esac ;;
+  ps) printf 'c1\\tsmvision-local-abc\\tserve\\t\\nc2\\tsmvtrain0123456789-algo-1-1\\t\\tsmvtrain0123456789\\nc3\\tshop-db-1\\t\\tshop\\nc4\\tsmvision-local-def\\tserve\\t\\nc5\\tmy-own\\t\\t\\n' ;;
+  inspect) printf 'c1 img\\nc2 img\\nc4 someone-elses:tag\\n' ;;
 esac
 """)
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return str(script), log
 
 
-def test_every_host_is_checked_not_only_the_first(fake_docker):
-    docker, _ = fake_docker
-    results = local_mode.host_exit_codes(["algo-1-xyz12", "algo-2-xyz12", "algo-3-xyz12"], docker=docker)
-    assert results == {
-        "algo-1-xyz12": ("abcdefghij-algo-1-xyz12", 0),
-        "algo-2-xyz12": ("klmnopqrst-algo-2-xyz12", 137),
-        "algo-3-xyz12": (None, None),
-    }
-    with pytest.raises(local_mode.LocalJobError, match="algo-2-xyz12 exited with 137.*algo-3-xyz12 exited with no container"):
-        local_mode.check_hosts(results)
-    local_mode.check_hosts({"algo-1-xyz12": ("a", 0), "algo-2-xyz12": ("b", 0)})
-
-
-def test_only_new_local_mode_containers_are_removed(fake_docker):
+def test_only_this_images_local_containers_are_found(fake_docker):
     docker, log = fake_docker
-    assert local_mode.leftover_containers("img", docker=docker) == [("c1", "abcdefghij-algo-1-xyz12"), ("c2", "klmnopqrst-algo-2-xyz12")]
-    with local_mode.removing_new_containers("img", docker=docker):
-        pass  # nothing new appeared: nothing may be removed
-    assert not any(line.startswith("rm") for line in log.read_text().splitlines())
-    local_mode.remove_containers(["abcdefghij-algo-1-xyz12"], docker=docker)
-    assert log.read_text().splitlines()[-1] == "rm -f abcdefghij-algo-1-xyz12"
+    assert local_mode.leftover_containers("img", docker_cli=docker) == [("c1", "smvision-local-abc"), ("c2", "smvtrain0123456789-algo-1-1")]
+    # only the labelled/project containers were inspected, never c3 or c5
+    inspect = next(line for line in log.read_text().splitlines() if line.startswith("inspect"))
+    assert inspect.split()[-3:] == ["c1", "c2", "c4"]
+    local_mode.remove_containers(["smvision-local-abc"], docker_cli=docker)
+    assert log.read_text().splitlines()[-1] == "rm -f smvision-local-abc"
+
+
+def test_cleanup_local_needs_the_image():
+    with pytest.raises(cli.UsageError, match="--image"):
+        cli.cmd_cleanup(cli.get_args_parser().parse_args(["cleanup", "--local"]))
+
+
+def test_every_host_is_checked_not_only_the_first():
+    results = {"algo-1": ("a", 0), "algo-2": ("b", 137), "algo-3": (None, None)}
+    with pytest.raises(local_mode.LocalJobError, match="algo-2 exited with 137.*algo-3 exited with no container"):
+        local_mode.check_hosts(results)
+    local_mode.check_hosts({"algo-1": ("a", 0), "algo-2": ("b", 0)})
+
+
+def _archive(tmp_path, members: dict[str, bytes]):
+    path = tmp_path / "model.tar.gz"
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_model_tar_is_extracted_like_sagemaker_and_escapes_are_refused(tmp_path):
+    good = _archive(tmp_path, {"model.pt": b"w", "code/inference.py": b"x"})
+    out = tmp_path / "model"
+    out.mkdir()
+    local_hosting.extract_model(good, out)
+    assert (out / "model.pt").read_bytes() == b"w" and (out / "code" / "inference.py").is_file()
+    evil = _archive(tmp_path, {"../outside.txt": b"x"})
+    with pytest.raises(tarfile.OutsideDestinationError):
+        local_hosting.extract_model(evil, tmp_path / "model")
+    assert not (tmp_path / "outside.txt").exists()
+
+
+def test_local_transform_and_deploy_refuse_aws_only_flags(tmp_path):
+    parser = cli.get_args_parser()
+    base = ["transform", "--local", "--image", "img", "--model-data", "file:///m.tar.gz"]
+    with pytest.raises(cli.UsageError, match="file:///"):
+        cli.cmd_transform(parser.parse_args([*base, "--input", "s3://b/in/", "--output", "file:///o"]))
+    with pytest.raises(cli.UsageError, match="--ami-version"):
+        cli.cmd_transform(
+            parser.parse_args([*base, "--input", "file:///i", "--output", "file:///o", "--ami-version", "al2-ami-sagemaker-batch-gpu-535"])
+        )
+    with pytest.raises(cli.UsageError, match="need AWS"):
+        cli.cmd_deploy(parser.parse_args(["deploy", "--local", "--image", "img", "--endpoint-name", "e", "--serverless"]))

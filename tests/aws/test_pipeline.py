@@ -2,7 +2,7 @@
 3's workflow package (steps, their data dependencies, the val_macro_f1 gate, the
 parameters) and the CreatePipeline / UpdatePipeline / StartPipelineExecution requests.
 
-Runs in the SDK 3 venv (requirements-sdk3.txt), like tests/container/test_sagemaker_local_sdk3.py.
+SDK 3 is the tools' SDK, so this runs in the main test venv (requirements-test.txt).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """process (a Processing job running a command of the image), register (model package
 from a training job with metrics.json as model metrics, approval) and
-deploy --model-package: the requests sent, asserted with Stubber."""
+deploy --model-package (the approval gate, then a model whose container is the
+package): the requests sent, asserted with Stubber."""
 
 from __future__ import annotations
 
@@ -22,14 +23,14 @@ PACKAGE = f"{ARN}:model-package/shapes/3"
 MODEL_DATA = "s3://smv-bucket/shapes/models/smv-1/output/model.tar.gz"
 
 
-def test_process_runs_prepare_bins_with_the_processing_contract(sm_session):
+def test_process_runs_prepare_bins_with_the_processing_contract(session):
     args = cli.get_args_parser().parse_args(
         ["process", "--image", IMAGE, "--role", ROLE, "--job-name", "prep-1", "--no-wait", "--tag", "project=bins"]
         + ["--input", "bins=s3://smv-bucket/bins/raw/", "--output", "data=s3://smv-bucket/bins/data/", "--instance-type", "ml.c5.2xlarge"]
         + ["--", "train", "prepare-bins", "--images", "/opt/ml/processing/input/bins/images"]
         + ["--metadata", "/opt/ml/processing/input/bins/metadata", "--out", "/opt/ml/processing/output/data"]
     )
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
         sm.add_response(
             "create_processing_job",
             {"ProcessingJobArn": f"{ARN}:processing-job/prep-1"},
@@ -70,7 +71,7 @@ def test_process_runs_prepare_bins_with_the_processing_contract(sm_session):
                 "Tags": [{"Key": "project", "Value": "bins"}],
             },
         )
-        result = cli.cmd_process(args, session=sm_session)
+        result = cli.cmd_process(args, session=session)
         sm.assert_no_pending_responses()
     assert result == {"processing_job": "prep-1", "status": "InProgress"}
 
@@ -83,10 +84,10 @@ def test_process_runs_prepare_bins_with_the_processing_contract(sm_session):
         (["--input", "../x=s3://b/x", "--", "train"], "folder names"),
     ],
 )
-def test_process_usage_errors(sm_session, extra, message):
+def test_process_usage_errors(session, extra, message):
     args = cli.get_args_parser().parse_args(["process", "--image", IMAGE, "--role", ROLE, *extra])
-    with Stubber(sm_session.sagemaker_client), pytest.raises(cli.UsageError, match=message):
-        cli.cmd_process(args, session=sm_session)
+    with Stubber(session.sagemaker_client), pytest.raises(cli.UsageError, match=message):
+        cli.cmd_process(args, session=session)
 
 
 METRICS = {
@@ -122,11 +123,11 @@ def completed_job():
     }
 
 
-def test_register_creates_a_pending_package_with_metrics(sm_session, boto_session):
-    s3 = boto_session.client("s3")
+def test_register_creates_a_pending_package_with_metrics(session):
+    s3 = session.client("s3")
     archive = output_archive()
     args = cli.get_args_parser().parse_args(["register", "--training-job", "smv-1", "--model-package-group", "shapes"])
-    with Stubber(sm_session.sagemaker_client) as sm, Stubber(s3) as s3_stub:
+    with Stubber(session.sagemaker_client) as sm, Stubber(s3) as s3_stub:
         sm.add_response("describe_training_job", completed_job(), {"TrainingJobName": "smv-1"})
         s3_stub.add_response(
             "get_object",
@@ -179,21 +180,21 @@ def test_register_creates_a_pending_package_with_metrics(sm_session, boto_sessio
                 "CustomerMetadataProperties": {"training_job": "smv-1", "val_macro_f1": "0.875000"},
             },
         )
-        result = cli.cmd_register(args, session=sm_session, s3_client=s3)
+        result = cli.cmd_register(args, session=session)
         sm.assert_no_pending_responses()
         s3_stub.assert_no_pending_responses()
     assert result["model_package"] == PACKAGE and result["approval_status"] == "PendingManualApproval"
     assert result["val_macro_f1"] == 0.875  # the best epoch's, not the last one's
 
 
-def test_register_into_an_existing_group_approved_with_other_instance_types(sm_session, boto_session):
-    s3 = boto_session.client("s3")
+def test_register_into_an_existing_group_approved_with_other_instance_types(session):
+    s3 = session.client("s3")
     archive = output_archive()
     args = cli.get_args_parser().parse_args(
         ["register", "--training-job", "smv-1", "--model-package-group", "shapes", "--approval-status", "Approved"]
         + ["--inference-instance-type", "ml.g5.xlarge", "--transform-instance-type", "ml.c5.xlarge"]
     )
-    with Stubber(sm_session.sagemaker_client) as sm, Stubber(s3) as s3_stub:
+    with Stubber(session.sagemaker_client) as sm, Stubber(s3) as s3_stub:
         sm.add_response("describe_training_job", completed_job(), {"TrainingJobName": "smv-1"})
         s3_stub.add_response("get_object", {"Body": StreamingBody(io.BytesIO(archive), len(archive))}, {"Bucket": "smv-bucket", "Key": ANY})
         s3_stub.add_response("put_object", {}, {"Bucket": "smv-bucket", "Key": ANY, "Body": ANY, "ContentType": "application/json"})
@@ -226,32 +227,32 @@ def test_register_into_an_existing_group_approved_with_other_instance_types(sm_s
                 "CustomerMetadataProperties": ANY,
             },
         )
-        result = cli.cmd_register(args, session=sm_session, s3_client=s3)
+        result = cli.cmd_register(args, session=session)
         sm.assert_no_pending_responses()  # no create_model_package_group: the group exists
     assert result["approval_status"] == "Approved"
 
 
-def test_changing_the_approval_status(sm_session):
+def test_changing_the_approval_status(session):
     args = cli.get_args_parser().parse_args(
         ["register", "--model-package", PACKAGE, "--approval-status", "Approved", "--approval-description", "F1 0.875 on the bins test set"]
     )
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
         sm.add_response(
             "update_model_package",
             {"ModelPackageArn": PACKAGE},
             {"ModelPackageArn": PACKAGE, "ModelApprovalStatus": "Approved", "ApprovalDescription": "F1 0.875 on the bins test set"},
         )
-        assert cli.cmd_register(args, session=sm_session) == {"model_package": PACKAGE, "approval_status": "Approved"}
+        assert cli.cmd_register(args, session=session) == {"model_package": PACKAGE, "approval_status": "Approved"}
         sm.assert_no_pending_responses()
 
 
-def test_unfinished_training_job_is_not_registered(sm_session, boto_session):
+def test_unfinished_training_job_is_not_registered(session):
     job = {**completed_job(), "TrainingJobStatus": "InProgress"}
     args = cli.get_args_parser().parse_args(["register", "--training-job", "smv-1", "--model-package-group", "shapes"])
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
         sm.add_response("describe_training_job", job, {"TrainingJobName": "smv-1"})
         with pytest.raises(cli.UsageError, match="InProgress"):
-            cli.cmd_register(args, session=sm_session, s3_client=boto_session.client("s3"))
+            cli.cmd_register(args, session=session)
 
 
 def described_package(status):
@@ -272,18 +273,18 @@ def described_package(status):
     }
 
 
-def test_deploy_refuses_a_package_that_is_not_approved(sm_session):
+def test_deploy_refuses_a_package_that_is_not_approved(session):
     args = cli.get_args_parser().parse_args(
         ["deploy", "--role", ROLE, "--model-package", PACKAGE, "--endpoint-name", "shapes-prod", "--no-wait"]
     )
-    with Stubber(sm_session.sagemaker_client) as sm:
+    with Stubber(session.sagemaker_client) as sm:
         sm.add_response("describe_model_package", described_package("PendingManualApproval"), {"ModelPackageName": PACKAGE})
         with pytest.raises(cli.UsageError, match="PendingManualApproval"):
-            cli.cmd_deploy(args, session=sm_session)
-        sm.assert_no_pending_responses()  # and nothing else: the SDK would have approved it by itself
+            cli.cmd_deploy(args, session=session)
+        sm.assert_no_pending_responses()  # and nothing else is created
 
 
-def test_deploy_an_approved_package_on_gpu(sm_session):
+def test_deploy_an_approved_package_on_gpu(session):
     args = cli.get_args_parser().parse_args(
         [
             "deploy",
@@ -298,9 +299,8 @@ def test_deploy_an_approved_package_on_gpu(sm_session):
             "--no-wait",
         ]
     )
-    with Stubber(sm_session.sagemaker_client) as sm:
-        for _ in range(3):  # ours (the approval gate), then the SDK's two (versioned ARN status, marketplace check)
-            sm.add_response("describe_model_package", described_package("Approved"), {"ModelPackageName": PACKAGE})
+    with Stubber(session.sagemaker_client) as sm:
+        sm.add_response("describe_model_package", described_package("Approved"), {"ModelPackageName": PACKAGE})  # the approval gate
         # the model's container is the package itself, not an image + model data
         sm.add_response(
             "create_model",
@@ -327,8 +327,58 @@ def test_deploy_an_approved_package_on_gpu(sm_session):
         sm.add_response(
             "create_endpoint",
             {"EndpointArn": f"{ARN}:endpoint/shapes-prod"},
-            {"EndpointName": "shapes-prod", "EndpointConfigName": "shapes-prod", "Tags": []},
+            {"EndpointName": "shapes-prod", "EndpointConfigName": "shapes-prod"},
         )
-        result = cli.cmd_deploy(args, session=sm_session)
+        result = cli.cmd_deploy(args, session=session)
         sm.assert_no_pending_responses()
     assert result["model_data"] == PACKAGE
+
+
+def test_an_async_package_endpoint_gets_the_raised_payload_cap(session):
+    args = cli.get_args_parser().parse_args(
+        ["deploy", "--role", ROLE, "--model-package", PACKAGE, "--endpoint-name", "shapes-async", "--no-wait"]
+        + ["--async", "--output", "s3://smv-bucket/shapes/async/", "--tag", "project=shapes"]
+    )
+    tags = [{"Key": "project", "Value": "shapes"}]
+    with Stubber(session.sagemaker_client) as sm:
+        sm.add_response("describe_model_package", described_package("Approved"), {"ModelPackageName": PACKAGE})
+        sm.add_response(
+            "create_model",
+            {"ModelArn": f"{ARN}:model/shapes-async"},
+            {
+                "ModelName": "shapes-async",
+                "ExecutionRoleArn": ROLE,
+                "Containers": [{"ModelPackageName": PACKAGE, "Environment": {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"}}],
+                "Tags": tags,
+            },
+        )
+        sm.add_response(
+            "create_endpoint_config",
+            {"EndpointConfigArn": f"{ARN}:endpoint-config/shapes-async"},
+            {
+                "EndpointConfigName": "shapes-async",
+                "ProductionVariants": [
+                    {
+                        "VariantName": "AllTraffic",
+                        "ModelName": "shapes-async",
+                        "InitialVariantWeight": 1,
+                        "InitialInstanceCount": 1,
+                        "InstanceType": "ml.m5.xlarge",
+                    }
+                ],
+                "AsyncInferenceConfig": {
+                    "OutputConfig": {
+                        "S3OutputPath": "s3://smv-bucket/shapes/async/",
+                        "S3FailurePath": "s3://smv-bucket/shapes/async/failures/",
+                    }
+                },
+                "Tags": tags,
+            },
+        )
+        sm.add_response(
+            "create_endpoint",
+            {"EndpointArn": f"{ARN}:endpoint/shapes-async"},
+            {"EndpointName": "shapes-async", "EndpointConfigName": "shapes-async", "Tags": tags},
+        )
+        cli.cmd_deploy(args, session=session)
+        sm.assert_no_pending_responses()

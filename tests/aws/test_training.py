@@ -1,24 +1,52 @@
-"""train: the CreateTrainingJob request the SDK sends for our CLI flags."""
+"""train: the CreateTrainingJob request SDK 3's ModelTrainer builds for our CLI flags,
+sent through sagemaker.core's TrainingJob.create, and the wait for the job."""
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
-from botocore.stub import Stubber
+from botocore.stub import ANY, Stubber
 from smvision_aws import cli
 from smvision_aws.training import UsageError, validate_hyperparameters
 
-from tests.aws.conftest import IMAGE, ROLE
+from tests.aws.conftest import ACCOUNT, IMAGE, REGION, ROLE, Matching
 from train.reporting import METRIC_DEFINITIONS
 
-JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:training-job/smv-1"
+NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+MODEL_DATA = "s3://smv-bucket/shapes/models/smv-1/output/model.tar.gz"
 
 
-def run_train(sm_session, argv, expected):
+def described_job(name="smv-1", status="InProgress", **extra):
+    return {
+        "TrainingJobName": name,
+        "TrainingJobArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:training-job/{name}",
+        "TrainingJobStatus": status,
+        "SecondaryStatus": "Starting" if status == "InProgress" else status,
+        "CreationTime": NOW,
+        "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": IMAGE},
+        "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
+        "ModelArtifacts": {"S3ModelArtifacts": MODEL_DATA},
+        **extra,
+    }
+
+
+def stub_create(stub, expected, name="smv-1"):
+    """CreateTrainingJob, then the DescribeTrainingJob TrainingJob.create reads back."""
+    stub.add_response("create_training_job", {"TrainingJobArn": described_job(name)["TrainingJobArn"]}, expected)
+    stub.add_response("describe_training_job", described_job(name), {"TrainingJobName": name})
+
+
+def run_train(session, argv, expected):
     args = cli.get_args_parser().parse_args(["train", *argv])
-    with Stubber(sm_session.sagemaker_client) as stub:
-        stub.add_response("create_training_job", {"TrainingJobArn": JOB_ARN}, expected)
-        result = cli.cmd_train(args, session=sm_session)
+    # No IAM response is stubbed: SDK 3's client-side role check (iam:SimulatePrincipalPolicy)
+    # must not run, or it would refuse the least-privilege training role.
+    with Stubber(session.sagemaker_client) as stub, Stubber(session.client("iam")) as iam:
+        stub_create(stub, expected)
+        result = cli.cmd_train(args, session=session)
         stub.assert_no_pending_responses()
+        iam.assert_no_pending_responses()
     return result
 
 
@@ -52,6 +80,7 @@ def expected_request(**overrides):
                         "S3DataDistributionType": "FullyReplicated",
                     }
                 },
+                "InputMode": "File",
             }
         ],
         "OutputDataConfig": {"S3OutputPath": "s3://smv-bucket/shapes/models/"},
@@ -68,12 +97,12 @@ def expected_request(**overrides):
 HPS = ["--hp", "epochs=12", "--hp", "batch-size=32", "--hp", "lr=0.0003", "--hp", "freeze-backbone=true"]
 
 
-def test_single_instance_job_uses_image_metrics_and_channels(sm_session):
-    result = run_train(sm_session, BASE + HPS + ["--job-name", "smv-1"], expected_request())
+def test_single_instance_job_uses_image_metrics_and_channels(session):
+    result = run_train(session, BASE + HPS + ["--job-name", "smv-1"], expected_request())
     assert result == {"training_job": "smv-1", "model_data": None, "instance_count": 1, "spot": False}
 
 
-def test_multi_instance_spot_job_with_checkpoints(sm_session):
+def test_multi_instance_spot_job_with_checkpoints(session):
     argv = (
         BASE
         + HPS
@@ -99,10 +128,10 @@ def test_multi_instance_spot_job_with_checkpoints(sm_session):
         EnableManagedSpotTraining=True,
         CheckpointConfig={"S3Uri": "s3://smv-bucket/shapes/checkpoints/smv-1/"},
     )
-    assert run_train(sm_session, argv, expected)["spot"] is True
+    assert run_train(session, argv, expected)["spot"] is True
 
 
-def test_split_channels_are_passed_by_name(sm_session):
+def test_split_channels_are_passed_by_name(session):
     argv = [
         "--image",
         IMAGE,
@@ -128,12 +157,13 @@ def test_split_channels_are_passed_by_name(sm_session):
                     "S3DataDistributionType": "FullyReplicated",
                 }
             },
+            "InputMode": "File",
         }
         for name in ("train", "validation", "test")
     ]
     expected = expected_request(InputDataConfig=channels, HyperParameters={"epochs": "2"})
     del expected["Tags"]
-    run_train(sm_session, argv, expected)
+    run_train(session, argv, expected)
 
 
 def test_metric_regexes_match_the_trainers_log_line():
@@ -160,52 +190,60 @@ def test_metric_regexes_match_the_trainers_log_line():
         (["--checkpoint-s3-uri", "/tmp/ckpt"], "must be an s3:// URI"),
     ],
 )
-def test_bad_input_fails_before_any_aws_call(sm_session, argv, message):
+def test_bad_input_fails_before_any_aws_call(session, argv, message):
     args = cli.get_args_parser().parse_args(["train", *BASE, *argv])
     # no responses queued in the Stubber: any AWS call would fail
-    with Stubber(sm_session.sagemaker_client), pytest.raises(UsageError, match=message):
-        cli.cmd_train(args, session=sm_session)
+    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match=message):
+        cli.cmd_train(args, session=session)
 
 
-def test_role_and_output_path_are_required_on_aws(sm_session, monkeypatch):
+def test_role_and_output_path_are_required_on_aws(session, monkeypatch):
     monkeypatch.delenv("SAGEMAKER_ROLE_ARN", raising=False)
     args = cli.get_args_parser().parse_args(
         ["train", "--image", IMAGE, "--channel", "training=s3://b/p/", "--output-path", "s3://b/p/models/"]
     )
     with pytest.raises(UsageError, match="--role"):
-        cli.cmd_train(args, session=sm_session)
+        cli.cmd_train(args, session=session)
     args = cli.get_args_parser().parse_args(["train", "--image", IMAGE, "--role", ROLE, "--channel", "training=s3://b/p/"])
     with pytest.raises(UsageError, match="--output-path"):
-        cli.cmd_train(args, session=sm_session)
+        cli.cmd_train(args, session=session)
 
 
 def test_trainer_aliases_are_accepted_host_side():
     validate_hyperparameters({"learning_rate": "0.001", "batch_size": "16", "patience": "3", "freeze_backbone": "False"})
 
 
-def test_local_mode_estimator_gets_local_instance_and_file_output(tmp_path, monkeypatch):
-    from smvision_aws.sessions import make_session
-    from smvision_aws.training import estimator_kwargs
-
-    monkeypatch.chdir(tmp_path)
-    args = cli.get_args_parser().parse_args(
-        [
-            "train",
-            "--local",
-            "--image",
-            "sagemaker-vision:aws",
-            "--instance-count",
-            "2",
-            "--channel",
-            f"training={tmp_path.as_uri()}",
-            "--hp",
-            "epochs=1",
-        ]
+def test_default_job_name_waiting_for_completion_and_debugger_hook(session):
+    """Without --job-name ModelTrainer names the job BASE-timestamp; without --no-wait the
+    command waits for Completed and answers the model artifact; --debugger-hook puts a
+    hook config with the output path back."""
+    argv = [arg for arg in BASE if arg != "--no-wait"] + ["--hp", "epochs=2", "--base-job-name", "shapes", "--debugger-hook"]
+    expected = expected_request(
+        TrainingJobName=Matching(r"shapes-\d{14}"),
+        HyperParameters={"epochs": "2"},
+        DebugHookConfig={"S3OutputPath": "s3://smv-bucket/shapes/models/"},
     )
-    spec = cli._train_spec(args)
-    session = make_session(local=True)
-    kwargs = estimator_kwargs(spec, session, local=True)
-    assert kwargs["instance_type"] == "local" and kwargs["instance_count"] == 2
-    assert kwargs["output_path"] == (tmp_path / "sm-local-output").as_uri()
-    assert session.config["local"]["local_code"] is True
-    assert type(session).__name__ == "LocalSession"
+    args = cli.get_args_parser().parse_args(["train", *argv])
+    with Stubber(session.sagemaker_client) as stub:
+        stub.add_response("create_training_job", {"TrainingJobArn": described_job()["TrainingJobArn"]}, expected)
+        stub.add_response("describe_training_job", described_job("shapes-20260101000000"), {"TrainingJobName": ANY})
+        # the waiter's poll, then the description the result is read from
+        for _ in range(2):
+            stub.add_response(
+                "describe_training_job", described_job("shapes-20260101000000", "Completed"), {"TrainingJobName": "shapes-20260101000000"}
+            )
+        result = cli.cmd_train(args, session=session)
+        stub.assert_no_pending_responses()
+    assert result["training_job"] == "shapes-20260101000000" and result["model_data"] == MODEL_DATA
+
+
+def test_a_failed_job_fails_the_command_with_its_reason(session):
+    args = cli.get_args_parser().parse_args(["train", *[a for a in BASE if a != "--no-wait"], "--job-name", "smv-1"])
+    failed = described_job(status="Failed", FailureReason="AlgorithmError: CUDA out of memory")
+    with Stubber(session.sagemaker_client) as stub:
+        stub_create(stub, None)
+        stub.add_response("describe_training_job", failed, {"TrainingJobName": "smv-1"})  # the waiter stops on Failed
+        stub.add_response("describe_training_job", failed, {"TrainingJobName": "smv-1"})
+        with pytest.raises(RuntimeError, match="smv-1 Failed: AlgorithmError: CUDA out of memory"):
+            cli.cmd_train(args, session=session)
+        stub.assert_no_pending_responses()

@@ -1,4 +1,5 @@
-"""tune: the CreateHyperParameterTuningJob request and the best-trial summary."""
+"""tune: the CreateHyperParameterTuningJob request SDK 3's tuner builds over our
+ModelTrainer, and the best-trial summary."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from botocore.stub import ANY, Stubber
 from smvision_aws import cli, tuning
 from smvision_aws.training import validate_hyperparameters
 
-from tests.aws.conftest import IMAGE, ROLE
+from tests.aws.conftest import IMAGE, ROLE, Matching
 from train.reporting import METRIC_DEFINITIONS
 
 ARGV = [
@@ -30,18 +31,27 @@ ARGV = [
     "--no-wait",
     "--instance-type",
     "ml.g4dn.xlarge",
+    "--tag",
+    "project=shapes",
 ]
 
+TUNING_ARN = "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/t"
 
-def test_tuning_job_request(sm_session):
+
+def test_tuning_job_request(session):
     expected = {
-        "HyperParameterTuningJobName": ANY,
+        # the tuner's short name: base, yymmdd-hhmm, within the 32 characters allowed
+        "HyperParameterTuningJobName": Matching(r"smvision-hpo-\d{6}-\d{4}"),
+        "Tags": [{"Key": "project", "Value": "shapes"}],
         "HyperParameterTuningJobConfig": {
             "Strategy": "Bayesian",
             "HyperParameterTuningJobObjective": {"Type": "Maximize", "MetricName": "val_macro_f1"},
             "ResourceLimits": {"MaxNumberOfTrainingJobs": 12, "MaxParallelTrainingJobs": 3},
             "TrainingJobEarlyStoppingType": "Auto",
             "ParameterRanges": {
+                "IntegerParameterRanges": [
+                    {"Name": "early-stopping-patience", "MinValue": "2", "MaxValue": "5", "ScalingType": "Linear"},
+                ],
                 "ContinuousParameterRanges": [
                     {"Name": "lr", "MinValue": "1e-05", "MaxValue": "0.003", "ScalingType": "Logarithmic"},
                     {"Name": "weight-decay", "MinValue": "1e-07", "MaxValue": "0.01", "ScalingType": "Logarithmic"},
@@ -49,9 +59,6 @@ def test_tuning_job_request(sm_session):
                 "CategoricalParameterRanges": [
                     {"Name": "batch-size", "Values": ["16", "32", "64"]},
                     {"Name": "freeze-backbone", "Values": ["true", "false"]},
-                ],
-                "IntegerParameterRanges": [
-                    {"Name": "early-stopping-patience", "MinValue": "2", "MaxValue": "5", "ScalingType": "Linear"},
                 ],
             },
         },
@@ -72,30 +79,62 @@ def test_tuning_job_request(sm_session):
                 }
             ],
             "OutputDataConfig": {"S3OutputPath": "s3://smv-bucket/shapes/models/"},
-            "HyperParameterTuningResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "VolumeSizeInGB": 30},
+            "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "VolumeSizeInGB": 30},
             "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
         },
     }
     args = cli.get_args_parser().parse_args(ARGV)
-    with Stubber(sm_session.sagemaker_client) as stub:
+    with Stubber(session.sagemaker_client) as stub, Stubber(session.client("iam")) as iam:  # no IAM call: see test_training
+        stub.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": TUNING_ARN}, expected)
         stub.add_response(
-            "create_hyper_parameter_tuning_job",
-            {"HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/t"},
-            expected,
+            "describe_hyper_parameter_tuning_job", described_tuning_job("smvision-hpo-260101-0000"), {"HyperParameterTuningJobName": ANY}
         )
-        result = cli.cmd_tune(args, session=sm_session)
+        result = cli.cmd_tune(args, session=session)
         stub.assert_no_pending_responses()
+        iam.assert_no_pending_responses()
     assert result["status"] == "InProgress" and result["tuning_job"].startswith("smvision-hpo-")
 
 
-def test_tuned_names_may_not_be_fixed(sm_session):
+def described_tuning_job(name, status="InProgress", **extra):
+    return {
+        "HyperParameterTuningJobName": name,
+        "HyperParameterTuningJobArn": TUNING_ARN,
+        "HyperParameterTuningJobConfig": {"Strategy": "Bayesian", "ResourceLimits": {"MaxParallelTrainingJobs": 3}},
+        "HyperParameterTuningJobStatus": status,
+        "CreationTime": "2026-01-01T00:00:00Z",
+        "TrainingJobStatusCounters": {},
+        "ObjectiveStatusCounters": {},
+        **extra,
+    }
+
+
+def test_no_early_stopping_and_too_many_parallel_jobs(session):
+    import pytest
+    from smvision_aws.training import UsageError
+
+    args = cli.get_args_parser().parse_args([*ARGV, "--no-early-stopping"])
+    with Stubber(session.sagemaker_client) as stub:
+        stub.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": TUNING_ARN}, None)
+        stub.add_response("describe_hyper_parameter_tuning_job", described_tuning_job("t"), None)
+        captured = {}
+        session.sagemaker_client.meta.events.register(
+            "provide-client-params.sagemaker.CreateHyperParameterTuningJob", lambda params, **_: captured.update(params)
+        )
+        cli.cmd_tune(args, session=session)
+    assert captured["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] == "Off"
+    args = cli.get_args_parser().parse_args([*ARGV, "--max-jobs", "2", "--max-parallel-jobs", "3"])
+    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match="must not exceed"):
+        cli.cmd_tune(args, session=session)
+
+
+def test_tuned_names_may_not_be_fixed(session):
     import pytest
     from smvision_aws.training import UsageError
 
     for fixed in ("lr=0.1", "learning_rate=0.1", "batch_size=8", "patience=3", "freeze_backbone=true"):
         args = cli.get_args_parser().parse_args(ARGV + ["--hp", fixed])
         with pytest.raises(UsageError, match="tuned"):
-            cli.cmd_tune(args, session=sm_session)
+            cli.cmd_tune(args, session=session)
 
 
 def test_every_point_of_the_space_is_accepted_by_the_trainer():
@@ -106,8 +145,8 @@ def test_every_point_of_the_space_is_accepted_by_the_trainer():
         validate_hyperparameters(point)
 
 
-def test_best_job_summary(sm_session):
-    client = sm_session.sagemaker_client
+def test_best_job_summary(session):
+    client = session.sagemaker_client
     with Stubber(client) as stub:
         stub.add_response(
             "describe_hyper_parameter_tuning_job",
@@ -147,7 +186,7 @@ def test_best_job_summary(sm_session):
             {"TrainingJobName": "hpo-1-007-abc"},
         )
         args = cli.get_args_parser().parse_args(["tune", "--best", "hpo-1"])
-        summary = cli.cmd_tune(args, session=sm_session)
+        summary = cli.cmd_tune(args, session=session)
     assert summary["best_training_job"] == "hpo-1-007-abc"
     assert summary["objective"] == {"val_macro_f1": 0.93}
     assert summary["tuned_hyperparameters"] == {"lr": "0.0004", "batch-size": "32"}

@@ -1,11 +1,11 @@
 """`train --local` / `tune --local` through SDK 3's local container mode (ModelTrainer
-with Mode.LOCAL_CONTAINER), used when the installed SDK is 3.x.
+with Mode.LOCAL_CONTAINER).
 
 SDK 3 runs each host as a compose service (`algo-N`) of a project named after the local
 root folder, starts the image with no command (the image then runs `train`), mounts one
-shared /opt/ml/model, and packs <root>/compressed_artifacts/model.tar.gz. Like 2.x it
-reports only the first container to exit, so every host's own exit code is read from
-the containers of that compose project, which are removed afterwards.
+shared /opt/ml/model, and packs <root>/compressed_artifacts/model.tar.gz. It reports
+only the first container to exit, so every host's own exit code is read from the
+containers of that compose project, which are removed afterwards.
 """
 
 from __future__ import annotations
@@ -17,17 +17,9 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
-from smvision_aws.local_mode import LocalJobError, check_hosts
+from smvision_aws.local_mode import TRAINING_PROJECT_PREFIX, LocalJobError, check_hosts
+from smvision_aws.sessions import prepare_local_environment
 from smvision_aws.training import TrainSpec, UsageError
-
-
-def sdk_major() -> int:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return int(version("sagemaker").split(".")[0])
-    except PackageNotFoundError:
-        return 0
 
 
 def _project_containers(project: str, docker: str = "docker") -> dict[str, tuple[str, int]]:
@@ -59,10 +51,11 @@ def train(spec: TrainSpec, gpu: bool, job_name: str | None = None, docker: str =
         if parsed.scheme != "file":
             raise UsageError(f"channel {name}={uri!r}: SDK 3 local container mode reads file:///dir channels")
         inputs.append(InputData(channel_name=name, data_source=parsed.path))
+    prepare_local_environment()
     base = spec.base_job_name
     # The folder name becomes the compose project: unique, so only this job's containers are read and removed.
     scratch = Path(tempfile.mkdtemp(prefix="smvision-local-"))
-    project = f"smv3{uuid.uuid4().hex[:10]}"
+    project = f"{TRAINING_PROJECT_PREFIX}{uuid.uuid4().hex[:10]}"
     root = scratch / project
     root.mkdir()
     trainer = ModelTrainer(
@@ -81,7 +74,7 @@ def train(spec: TrainSpec, gpu: bool, job_name: str | None = None, docker: str =
         except RuntimeError as err:  # compose exited non-zero: the host results below say which
             failure = err
         hosts = _project_containers(project, docker)
-        check_hosts({host: (cid, code) for host, (cid, code) in hosts.items()} or {"algo-1": (None, None)})
+        check_hosts(hosts or {"algo-1": (None, None)})
         if failure is not None:
             raise LocalJobError(f"local training failed: {failure}")
         destination = Path(output.path) / (job_name or base)
