@@ -52,6 +52,7 @@ class Settings:
     top_k: int = 5
     limits: codec.DecodeLimits = codec.DecodeLimits()
     batching: bool = False  # dynamic micro-batching (default on for GPU)
+    batch_threads: int | None = None  # CPU: intra-op threads of each micro-batch forward (None: the process's)
     max_batch_size: int = 16
     max_delay_ms: float = 5
     program: str | None = None  # SAGEMAKER_PROGRAM
@@ -120,7 +121,7 @@ class HostedModel:
         self.batcher = None
         if self.handler.plain and settings.batching:
             forward = pools.metrics.counting_batches(name, self.handler.classifier.probabilities)  # metrics: batch sizes
-            self.batcher = BatchRunner(forward, settings.max_batch_size, settings.max_delay_ms)
+            self.batcher = BatchRunner(forward, settings.max_batch_size, settings.max_delay_ms, threads=settings.batch_threads)
         self.nbytes = self.handler.nbytes()
         self.load_seconds = time.perf_counter() - started  # read by serve.metrics.HostCollector
 

@@ -81,8 +81,16 @@ async def until_done_or_gone(work: Awaitable, receive: Callable[[], Awaitable[di
 
 
 class BatchRunner:
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], max_batch_size: int, max_delay_ms: float, max_queued: int = 256):
+    def __init__(
+        self,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        max_batch_size: int,
+        max_delay_ms: float,
+        max_queued: int = 256,
+        threads: int | None = None,
+    ):
         self.forward = forward
+        self.threads = threads
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000
         self.queue: queue.Queue = queue.Queue(maxsize=max_queued)
@@ -139,6 +147,8 @@ class BatchRunner:
             start += inputs.shape[0]
 
     def _loop(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)  # before this thread's first forward fixes its pool
         while not self.stopping and (items := self._collect()) is not None:
             groups: dict[tuple, list] = {}
             for item in items:  # only same-shaped inputs can be stacked

@@ -8,7 +8,9 @@ seen in training), then runs the held-out images through the served classifier
 (serve.model.load_classifier: our decode, preprocessing, BatchNorm folding and
 channels-last) once in fp32 and once in the precision `auto` picks on this CPU, with
 the accuracy guard. Prints test accuracy of each, top-1 agreement (goal >= 99.5%) and
-the largest probability difference. Needs docker, Pillow and scikit-learn on the host.
+the largest probability difference. Then the same test images as 1600x1600 JPEGs,
+decoded in full and in JPEG draft mode (SM_VISION_JPEG_DRAFT): accuracy of both and
+their top-1 agreement. Needs docker, Pillow and scikit-learn on the host.
 """
 
 from __future__ import annotations
@@ -39,6 +41,24 @@ for name in ("fp32", "auto"):
     results[name] = {"precision": clf.precision.name, "probs": probs,
                      "guard": None if guard is None else [guard.max_probability_diff, guard.top1_disagreements, guard.bound]}
 labels = torch.tensor([clf.classes.index(f.parent.name) for f in files])
+# JPEG draft decoding (SM_VISION_JPEG_DRAFT) only acts on large JPEGs: each test image
+# as a 1600x1600 JPEG, decoded in full and in draft mode down to twice the resize size.
+import dataclasses, io
+from train.images import ImageLimits, load_rgb
+full_limits = ImageLimits()
+draft_limits = dataclasses.replace(full_limits, draft_min_side=2 * clf.spec.resize_size)
+clf32 = load_classifier(root / "model", torch.device("cpu"), "fp32")
+decoded = {"full": [], "draft": []}
+draft_sizes = set()
+for f in files:
+    buffer = io.BytesIO()
+    Image.open(f).convert("RGB").resize((1600, 1600), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+    body = buffer.getvalue()
+    decoded["full"].append(clf32.preprocess(load_rgb(body, full_limits)))
+    small = load_rgb(body, draft_limits)
+    draft_sizes.add(small.size)
+    decoded["draft"].append(clf32.preprocess(small))
+draft_top1 = {k: torch.cat([clf32.probabilities(c) for c in torch.stack(v).split(64)]).argmax(1) for k, v in decoded.items()}
 ref, red = results["fp32"]["probs"], results["auto"]["probs"]
 print("RESULT " + json.dumps({
     "images": len(files),
@@ -48,6 +68,12 @@ print("RESULT " + json.dumps({
     "top1_agreement": float((ref.argmax(1) == red.argmax(1)).float().mean()),
     "max_probability_diff": float((ref - red).abs().max()),
     "guard_on_warm_up_inputs": results["auto"]["guard"],
+    "jpeg_draft": {
+        "decoded_size": sorted(draft_sizes),
+        "full_decode_accuracy": float((draft_top1["full"] == labels).float().mean()),
+        "draft_accuracy": float((draft_top1["draft"] == labels).float().mean()),
+        "top1_agreement": float((draft_top1["full"] == draft_top1["draft"]).float().mean()),
+    },
 }))
 """
 
@@ -111,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{result['auto_precision']} accuracy {result['auto_accuracy']:.4f}; top-1 agreement {result['top1_agreement']:.4f} "
         f"(goal >= 0.995), largest probability difference {result['max_probability_diff']:.4f}; "
         f"guard at warm-up (max diff, top-1 flips, bound): {result['guard_on_warm_up_inputs']}"
+    )
+    draft = result["jpeg_draft"]
+    print(
+        f"JPEG draft decoding, the same images as 1600x1600 JPEGs (decoded at {draft['decoded_size']}): full-decode accuracy "
+        f"{draft['full_decode_accuracy']:.4f}, draft accuracy {draft['draft_accuracy']:.4f}, top-1 agreement {draft['top1_agreement']:.4f}"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
