@@ -10,10 +10,9 @@ with Mode.LOCAL_CONTAINER), the way a current notebook drives it:
 - SDK 3 tuning's path: no source_code, the image's own `train` runs the script named
   by sagemaker_program / sagemaker_submit_directory.
 
-Runs in the SDK 3 venv (requirements-sdk3.txt; tests/run_all.sh makes it), since SDK
-3 and the 2.x pin of requirements-test.txt cannot share one. Each test checks every
-host's own exit code (compose stops at the first exit) and the model.tar.gz the SDK
-packs. Containers are found by their compose project (the local root's folder name)
+Runs in the main test venv (requirements-test.txt: SDK 3, the tools' SDK). Each test
+checks every host's own exit code (compose stops at the first exit) and the
+model.tar.gz the SDK packs. Containers are found by their compose project (the local root's folder name)
 and removed afterwards, also on failure.
 """
 
@@ -221,5 +220,24 @@ def test_cli_train_local_runs_sdk3_local_container_mode(image, docker_client, lo
     assert result["model_data"] == (out / "smv-cli-sdk3" / "model.tar.gz").as_uri()
     with tarfile.open(out / "smv-cli-sdk3" / "model.tar.gz") as archive:
         assert {"model.pt", "model_spec.json"} <= {Path(n).name for n in archive.getnames()}
+    left = [c.name for c in docker_client.containers.list(all=True) if c.id not in before and c.attrs["Config"]["Image"] == image]
+    assert left == [], f"local containers left behind: {left}"
+
+
+def test_cli_tune_local_runs_one_trial_of_the_search_space(image, docker_client, local_root, shapes, tmp_path):
+    """`smvision-aws tune --local`: one sampled point of the tuning space (local mode has
+    no tuning service) trained through the same local container mode, containers removed."""
+    from smvision_aws import cli, tuning
+
+    args = cli.get_args_parser().parse_args(
+        ["tune", "--local", "--image", image, "--channel", f"training={shapes.as_uri()}", "--output-path", (tmp_path / "out").as_uri()]
+        + ["--hp", "epochs=1", "--hp", "image-size=64", "--hp", "num-workers=0", "--seed", "3"]
+    )
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    result = cli.cmd_tune(args)
+
+    assert result["hyperparameters"] == tuning.sample(seed=3) and result["hosts"] == {"algo-1": 0}, result
+    with tarfile.open(Path(result["model_data"].removeprefix("file://"))) as archive:
+        assert "model_spec.json" in {Path(n).name for n in archive.getnames()}
     left = [c.name for c in docker_client.containers.list(all=True) if c.id not in before and c.attrs["Config"]["Image"] == image]
     assert left == [], f"local containers left behind: {left}"

@@ -8,6 +8,9 @@ of a plain `docker run`. The models are made inside the image (random weights): 
 MNIST-shaped CNN and a 784-input MLP saved as state dicts, whose inference.py defines
 only model_fn, and a TorchScript ResNet-18 `model.pt` with only a transform_fn, fed a
 real photo (the JPEG matplotlib ships as sample data).
+
+Runs in the SDK 2.x venv (requirements-sdk2.txt; tests/run_all.sh makes it): SDK 2.x
+cannot share a venv with the SDK 3 the host tools use.
 """
 
 from __future__ import annotations
