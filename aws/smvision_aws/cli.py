@@ -423,8 +423,8 @@ def cmd_deploy(args, session=None) -> dict:
     )
     if args.autoscale:
         autoscale.check(lowest=0 if async_spec else 1)
-        if args.no_wait:
-            raise UsageError("--autoscale needs the endpoint InService; drop --no-wait")
+    if args.no_wait and (args.autoscale or args.smoke_image) and not args.local:
+        raise UsageError("--autoscale and --smoke-image need the endpoint InService; drop --no-wait")
     if args.smoke_image and async_spec:
         raise UsageError("--smoke-image sends a real-time request; an --async endpoint takes S3 inputs (see the Lambda bridge)")
     serverless = hosting.ServerlessSpec(args.serverless_memory, args.serverless_max_concurrency) if args.serverless else None

@@ -22,7 +22,11 @@ class LocalJobError(RuntimeError):
 
 
 def docker(args: list[str], docker_cli: str = "docker") -> str:
-    return subprocess.run([docker_cli, *args], check=True, capture_output=True, text=True).stdout
+    """stdout of a docker CLI call; a failure says what docker said."""
+    result = subprocess.run([docker_cli, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LocalJobError(f"docker {args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
 
 
 def check_hosts(results: dict[str, tuple[str | None, int | None]]) -> None:

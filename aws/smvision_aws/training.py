@@ -9,7 +9,8 @@ stopping condition, checkpoints, output, channels, tags, metric definitions) and
 job is created through the same `sagemaker.core` TrainingJob.create its train()
 calls, with two fields ModelTrainer has no setting for: the exact job name
 (`--job-name`; ModelTrainer always appends a timestamp) and Debugger's ProfilerConfig
-(off, so no profiler rule jobs are billed next to the job) / DebugHookConfig.
+(off, so no profiler rule jobs are billed next to the job) / DebugHookConfig. The wait
+for the job is a boto3 waiter, like process and transform.
 """
 
 from __future__ import annotations

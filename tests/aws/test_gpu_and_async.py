@@ -289,7 +289,7 @@ def test_async_autoscaling_to_zero_on_the_backlog(session):
         (["--async", "--output", "s3://b/o/", "--success-topic", "topic"], "SNS topic ARN"),
         (["--async", "--output", "s3://b/o/", "--serverless"], "instance endpoint"),
         (["--autoscale", "--min-capacity", "0"], "only --async endpoints scale to zero"),
-        (["--async", "--output", "s3://b/o/", "--smoke-image", "x.jpg", "--no-wait"], "S3 inputs"),
+        (["--async", "--output", "s3://b/o/", "--smoke-image", "x.jpg"], "S3 inputs"),
     ],
 )
 def test_async_usage_errors(session, extra, message):

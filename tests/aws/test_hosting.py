@@ -305,6 +305,7 @@ def test_batch_transform_job(session):
         (["--serverless", "--serverless-memory", "1500"], "1024"),
         (["--local", "--autoscale"], "need AWS"),
         (["--autoscale", "--no-wait"], "InService"),
+        (["--smoke-image", "x.png", "--no-wait"], "InService"),
         (["--multi-model"], "--model-data-prefix"),
         (["--local", "--model-data", "s3://b/m.tar.gz"], "file:///"),
     ],
