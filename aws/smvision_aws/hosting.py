@@ -3,10 +3,9 @@ transform, as plain SageMaker requests: CreateModel, CreateEndpointConfig,
 CreateEndpoint, CreateTransformJob.
 
 These are boto3 calls of our own rather than SDK 3's ModelBuilder: ModelBuilder is
-built around detecting a framework and packaging a model object or a model server
-(TorchServe, DJL, TGI, ...), while here the image is the server and the model is a
-model.tar.gz or a registry package; and neither SDK exposes every field these
-commands set (InferenceAmiVersion on the variant, TransformAmiVersion on the job).
+built around detecting a framework and packaging a model object for a model server it
+knows (TorchServe, DJL, TGI, ...), while here the image is the server and the model is
+a model.tar.gz or a registry package, so each request is a few plain fields.
 
 Real-time autoscaling goes through Application Auto Scaling: the variant's
 DesiredInstanceCount is registered as a scalable target and a target-tracking policy
@@ -411,8 +410,7 @@ def transform_request(
     job_name: str | None = None,
 ) -> dict:
     """CreateTransformJob: one request per file (SplitType None, SingleRecord), one JSON
-    answer per line, and the GPU host image (TransformAmiVersion), which neither
-    SDK's Transformer can set."""
+    answer per line, and the GPU host image (TransformAmiVersion) on GPU instances."""
     resources = {"InstanceCount": instance_count, "InstanceType": instance_type}
     ami = transform_ami(instance_type, ami_version)
     if ami:
