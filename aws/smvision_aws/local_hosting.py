@@ -17,7 +17,6 @@ import contextlib
 import json
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 import urllib.error
@@ -27,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from container import ConfigError
+from serve.archive import extract_model_archive
 from smvision_aws.local_mode import LOCAL_LABEL, LocalJobError, docker
 
 MB = 1024 * 1024
@@ -59,11 +60,14 @@ class LocalEndpoint:
             return {}
 
 
-def extract_model(model_tar: Path, model_dir: Path) -> None:
-    """As SageMaker unpacks model.tar.gz into /opt/ml/model; members that would land
-    outside the folder (absolute paths, '..', links out) are refused."""
-    with tarfile.open(model_tar) as archive:
-        archive.extractall(model_dir, filter="data")
+def extract_model(model_tar: Path, model_dir: Path) -> Path:
+    """As SageMaker unpacks model.tar.gz into /opt/ml/model, through the image's own
+    checked extraction (serve.archive): absolute paths, '..', links, special files and
+    archive bombs are refused, and the files come out world-readable."""
+    try:
+        return extract_model_archive(model_tar, model_dir)
+    except ConfigError as err:
+        raise LocalJobError(f"model archive {model_tar}: {err}") from None
 
 
 def _running(container: str, docker_cli: str) -> bool:
@@ -96,9 +100,7 @@ def serving(image: str, model_tar: Path, env: dict[str, str], port: int | None =
     scratch = Path(tempfile.mkdtemp(prefix="smvision-model-"))
     container = f"smvision-local-{uuid.uuid4().hex[:10]}"
     try:
-        model_dir = scratch / "model"
-        model_dir.mkdir()
-        extract_model(model_tar, model_dir)
+        model_dir = extract_model(model_tar, scratch / "model")
         scratch.chmod(0o755)  # readable by the container's user whatever user namespace docker maps it to
         environment = [arg for name, value in env.items() for arg in ("-e", f"{name}={value}")]
         publish = f"127.0.0.1:{port}:8080" if port else "127.0.0.1::8080"

@@ -31,9 +31,9 @@ from serve.model import load_classifier
 torch.set_num_threads(1)
 root = Path(sys.argv[1])
 files = sorted((root / "test").glob("*/*.png"))
-results = {}
+results, classifiers = {}, {}
 for name in ("fp32", "auto"):
-    clf = load_classifier(root / "model", torch.device("cpu"), name)
+    clf = classifiers[name] = load_classifier(root / "model", torch.device("cpu"), name)
     clf.warm_up()
     batch = torch.stack([clf.preprocess(Image.open(f).convert("RGB")) for f in files])
     probs = torch.cat([clf.probabilities(chunk) for chunk in batch.split(64)])
@@ -47,7 +47,7 @@ import dataclasses, io
 from train.images import ImageLimits, load_rgb
 full_limits = ImageLimits()
 draft_limits = dataclasses.replace(full_limits, draft_min_side=2 * clf.spec.resize_size)
-clf32 = load_classifier(root / "model", torch.device("cpu"), "fp32")
+clf32 = classifiers["fp32"]
 decoded = {"full": [], "draft": []}
 draft_sizes = set()
 for f in files:

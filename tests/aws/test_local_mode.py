@@ -63,12 +63,10 @@ def _archive(tmp_path, members: dict[str, bytes]):
 
 def test_model_tar_is_extracted_like_sagemaker_and_escapes_are_refused(tmp_path):
     good = _archive(tmp_path, {"model.pt": b"w", "code/inference.py": b"x"})
-    out = tmp_path / "model"
-    out.mkdir()
-    local_hosting.extract_model(good, out)
+    out = local_hosting.extract_model(good, tmp_path / "model")
     assert (out / "model.pt").read_bytes() == b"w" and (out / "code" / "inference.py").is_file()
     evil = _archive(tmp_path, {"../outside.txt": b"x"})
-    with pytest.raises(tarfile.OutsideDestinationError):
+    with pytest.raises(local_mode.LocalJobError, match=r"refusing member '\.\./outside\.txt'"):
         local_hosting.extract_model(evil, tmp_path / "model")
     assert not (tmp_path / "outside.txt").exists()
 
