@@ -79,10 +79,22 @@ class ServeConfig:
     batch_strategy: str | None = _setting("SAGEMAKER_BATCH_STRATEGY", None, "batch transform: MULTI_RECORD (default) or SINGLE_RECORD")
     # --- our classifier ---
     top_k: int = _setting("SM_VISION_TOP_K", 5, "classes in top_k (per request: ?top_k= or X-Top-K)", "--top-k", minimum=1)
-    batching: str = _setting("SM_VISION_BATCHING", "auto", "dynamic micro-batching; auto = on for GPU", "--batching", BATCHING)
-    max_batch_size: int = _setting("SM_VISION_MAX_BATCH_SIZE", 16, "micro-batch rows", "--max-batch-size", minimum=1)
-    max_batch_delay_ms: float = _setting(
-        "SM_VISION_MAX_BATCH_DELAY_MS", 5.0, "how long a micro-batch waits to fill", "--max-batch-delay-ms", minimum=0
+    batching: str = _setting(
+        "SM_VISION_BATCHING",
+        "auto",
+        "dynamic micro-batching of concurrent requests into one forward; auto = on (CPU and GPU), off = one request per forward",
+        "--batching",
+        BATCHING,
+    )
+    max_batch_size: int | None = _setting(
+        "SM_VISION_MAX_BATCH_SIZE", None, "micro-batch rows (default 4 on CPU, 16 on GPU)", "--max-batch-size", minimum=1
+    )
+    max_batch_delay_ms: float | None = _setting(
+        "SM_VISION_MAX_BATCH_DELAY_MS",
+        None,
+        "how long a micro-batch waits to fill while a forward slot is free (default 0 on CPU, 5 on GPU)",
+        "--max-batch-delay-ms",
+        minimum=0,
     )
     # --- request limits ---
     max_image_pixels: int = _setting("SM_VISION_MAX_IMAGE_PIXELS", 40_000_000, "largest image (width x height) decoded", minimum=1)

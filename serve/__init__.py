@@ -13,6 +13,6 @@ model.py       loading /opt/ml/model (dir or model.tar.gz): our Classifier or To
 codec.py       image requests -> input tensors, probabilities -> our JSON answer
 payloads.py    tensor requests and answers (JSON, CSV, NPY, NPZ, JSON Lines), as AWS's toolkit
 fetch.py       guarded fetching of {"url": ...} inputs (no private addresses)
-runner.py      dynamic micro-batching of concurrent requests (GPU default)
+runner.py      admission, and dynamic micro-batching of concurrent requests
 mms.py         the opt-in multi-model-server backend (same Handler)
 """

@@ -38,7 +38,7 @@ def create_app(settings: Settings) -> Starlette:
             "serving on device %s with %d inference workers%s%s%s",
             settings.device,
             settings.workers,
-            ", micro-batching" if settings.batching else "",
+            f", micro-batching (up to {settings.max_batch_size} rows, {settings.max_delay_ms:g} ms)" if settings.batching else "",
             ", multi-model" if settings.multi_model else "",
             ", batch transform (see /execution-parameters)" if settings.batch_mode else "",
         )

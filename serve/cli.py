@@ -99,8 +99,9 @@ def build_settings(config: ServeConfig, paths: SageMakerPaths, processes: int = 
         gpu = worker_index % torch.cuda.device_count()  # one GPU per worker, round robin
         device = torch.device("cuda", gpu)
     cpus = max(1, cpu_count() // processes)
-    # CPU: one forward per core up to 4 (batch-1 forwards scale better across requests
-    # than across intra-op threads; measured 2x req/s on 2 cores), the cores split between them.
+    # CPU: one forward per core up to 4, each on its share of the cores (forwards scale
+    # better across requests than across intra-op threads, which stall whenever decoding
+    # takes a core from one of them); with micro-batching each forward takes a batch.
     # A worker process runs one request at a time, as MMS's workers do.
     workers = 1 if processes > 1 else config.workers or (1 if device.type == "cuda" else max(1, min(4, cpus)))
     mme_mb = config.mme_memory_mb or memory_budget_bytes() >> 20
@@ -115,13 +116,8 @@ def build_settings(config: ServeConfig, paths: SageMakerPaths, processes: int = 
         max_payload_bytes=config.max_payload_bytes,
         top_k=config.top_k,
         limits=decode_limits(config),
-        batching=config.batching == "on" or (config.batching == "auto" and device.type == "cuda"),
-        max_batch_size=config.max_batch_size,
-        max_delay_ms=config.max_batch_delay_ms,
-        # One micro-batch runs at a time, so on CPU it takes every core (ResNet-50 bf16 on 2
-        # cores: batch 8 on 2 threads 13 ms/image; two batch-1 forwards on 1 thread each 37 ms).
-        # A multi-model endpoint runs one batcher per model at once: they share the cores.
-        batch_threads=cpus if device.type == "cpu" and not config.multi_model else None,
+        batching=config.batching != "off",
+        **batch_shape(config, device),
         program=config.program,
         code_dirs=code_dirs(config, paths),
         multi_model=config.multi_model,
@@ -140,6 +136,18 @@ def build_settings(config: ServeConfig, paths: SageMakerPaths, processes: int = 
         # Each concurrent forward gets its share of the cores, so they do not oversubscribe.
         torch.set_num_threads(max(1, cpus // workers))
     return settings
+
+
+def batch_shape(config: ServeConfig, device) -> dict:
+    """Micro-batch size and fill delay: the user's, else what wins on the device.
+    CPU (measured, docs/benchmarks.md): one single-threaded forward per worker, at most 4
+    rows and no waiting. Batches form from the requests queued while every forward is
+    busy; a 4-row ResNet-50 forward costs about 0.6x per image of a 1-row one, and longer
+    batches only lengthen the tail. GPU: 16 rows, 5 ms, to fill the device."""
+    gpu = device.type == "cuda"
+    size = config.max_batch_size or (16 if gpu else 4)
+    delay = config.max_batch_delay_ms if config.max_batch_delay_ms is not None else (5.0 if gpu else 0.0)
+    return {"max_batch_size": size, "max_delay_ms": delay}
 
 
 def worker_processes(config: ServeConfig, settings) -> int:

@@ -3,7 +3,7 @@ plain endpoint and the named models of a multi-model endpoint.
 
 A HostedModel is one model directory made ready: model.tar.gz extracted, the user's
 script found and imported, model_fn called once, warmed up. It runs requests as
-decode (decode pool) -> predict (inference pool, or the micro-batcher) -> encode.
+decode (decode pool) -> predict (inference pool, directly or through the micro-batcher) -> encode.
 """
 
 from __future__ import annotations
@@ -51,9 +51,8 @@ class Settings:
     max_payload_bytes: int = 6 * 1024 * 1024
     top_k: int = 5
     limits: codec.DecodeLimits = codec.DecodeLimits()
-    batching: bool = False  # dynamic micro-batching (default on for GPU)
-    batch_threads: int | None = None  # CPU: intra-op threads of each micro-batch forward (None: the process's)
-    max_batch_size: int = 16
+    batching: bool = False  # dynamic micro-batching of our classifier (serve.cli turns it on by default)
+    max_batch_size: int = 16  # serve.cli.batch_shape picks these by device
     max_delay_ms: float = 5
     program: str | None = None  # SAGEMAKER_PROGRAM
     code_dirs: tuple[Path, ...] = ()  # where else the user's script may be (SDK submit directory)
@@ -121,7 +120,9 @@ class HostedModel:
         self.batcher = None
         if self.handler.plain and settings.batching:
             forward = pools.metrics.counting_batches(name, self.handler.classifier.probabilities)  # metrics: batch sizes
-            self.batcher = BatchRunner(forward, settings.max_batch_size, settings.max_delay_ms, threads=settings.batch_threads)
+            self.batcher = BatchRunner(
+                forward, settings.max_batch_size, settings.max_delay_ms, executor=pools.inference, concurrency=settings.workers
+            )
         self.nbytes = self.handler.nbytes()
         self.load_seconds = time.perf_counter() - started  # read by serve.metrics.HostCollector
 
@@ -202,11 +203,14 @@ class SingleModel:
             self.reason = f"{type(err).__name__}: {err}"
             log.exception("MODEL LOAD FAILED: %s", self.reason)
         else:
+            classifier = self.model.handler.classifier
             log.info(
-                "model ready in %.1f s (%s, device %s)",
+                "model ready in %.1f s (%s, device %s%s%s)",
                 time.monotonic() - self.started,
                 "user hooks: " + ", ".join(sorted(self.model.handler.hooks)) if self.model.handler.hooks else "default handlers",
                 self.settings.device,
+                f", precision {classifier.precision.name}" if classifier is not None else "",
+                ", micro-batched" if self.model.batcher is not None else "",
             )
         self.state = "ready" if self.model is not None else "failed"
 

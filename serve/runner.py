@@ -7,11 +7,10 @@ body is read, instead of waiting in an unbounded queue with its body in memory.
 the client hangs up; either way the work's futures are cancelled, so stages not yet
 started (a queued decode, a queued forward, a batcher slot) are skipped.
 
-The micro-batcher (GPU by default) joins concurrent requests into one forward of up to
-max_batch_size rows, waiting at most max_delay_ms for the batch to fill. Cancelled
-work is dropped before the forward; no exception ends its thread, and `alive` lets
-/ping report the endpoint unhealthy should it ever stop. (On CPU forwards run in
-serve.app.Pools' bounded inference pool instead.)
+The micro-batcher joins concurrent requests into forwards of up to max_batch_size
+rows, waiting at most max_delay_ms for a batch to fill. Cancelled work is dropped
+before the forward; no exception ends its thread, and `alive` lets /ping report the
+endpoint unhealthy should it ever stop.
 """
 
 from __future__ import annotations
@@ -81,19 +80,35 @@ async def until_done_or_gone(work: Awaitable, receive: Callable[[], Awaitable[di
 
 
 class BatchRunner:
+    """Joins queued requests into batches and runs up to `concurrency` batch forwards at
+    once on `executor` (the endpoint's inference pool, so a multi-model endpoint's
+    batchers share its bound; their own pool when None).
+
+    A batch is collected only when a forward slot is free: while every slot is busy,
+    requests wait in the queue, so the next batch takes all of them (up to
+    max_batch_size) instead of each slot running a batch of one. On CPU that is where
+    batching pays: a batch-8 forward of ResNet-50 costs about 0.6x per image what a
+    batch-1 forward does on the same single thread (weights stay in cache), and one
+    thread per forward avoids the straggler stalls intra-op threads suffer when decoding
+    shares the cores."""
+
     def __init__(
         self,
         forward: Callable[[torch.Tensor], torch.Tensor],
         max_batch_size: int,
         max_delay_ms: float,
         max_queued: int = 256,
-        threads: int | None = None,
+        executor: concurrent.futures.Executor | None = None,
+        concurrency: int = 1,
     ):
         self.forward = forward
-        self.threads = threads
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000
         self.queue: queue.Queue = queue.Queue(maxsize=max_queued)
+        self.concurrency = concurrency
+        self.slots = threading.Semaphore(concurrency)
+        self.own_executor = executor is None
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="batch")
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
         self.thread.start()
@@ -119,11 +134,9 @@ class BatchRunner:
         items, rows = [first], first[0].shape[0]
         deadline = time.monotonic() + self.max_delay_s
         while rows < self.max_batch_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
             try:
-                item = self.queue.get(timeout=remaining)
+                # What is already queued joins even after the deadline (timeout 0 takes it).
+                item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             if item is None:
@@ -146,23 +159,40 @@ class BatchRunner:
             future.set_result(outputs[start : start + inputs.shape[0]])
             start += inputs.shape[0]
 
+    def _run_batch(self, items: list) -> None:
+        groups: dict[tuple, list] = {}
+        for item in items:  # only same-shaped inputs can be stacked
+            groups.setdefault(tuple(item[0].shape[1:]), []).append(item)
+        for group in groups.values():
+            try:
+                self._run_group(group)
+            except Exception:  # noqa: BLE001 - one bad batch must not end the batcher
+                log.exception("micro-batcher: a batch failed")
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(RuntimeError("the micro-batch failed"))
+
     def _loop(self) -> None:
-        if self.threads:
-            torch.set_num_threads(self.threads)  # before this thread's first forward fixes its pool
-        while not self.stopping and (items := self._collect()) is not None:
-            groups: dict[tuple, list] = {}
-            for item in items:  # only same-shaped inputs can be stacked
-                groups.setdefault(tuple(item[0].shape[1:]), []).append(item)
-            for group in groups.values():
-                try:
-                    self._run_group(group)
-                except Exception:  # noqa: BLE001 - one bad batch must not end the thread
-                    log.exception("micro-batcher: a batch failed")
-                    for _, future in group:
-                        if not future.done():
-                            future.set_exception(RuntimeError("the micro-batch failed"))
+        while not self.stopping:
+            self.slots.acquire()
+            items = self._collect()
+            if items is None:
+                self.slots.release()
+                return
+            try:
+                done = self.executor.submit(self._run_batch, items)
+            except RuntimeError:  # the pool has shut down: the server is stopping
+                for _, future in items:
+                    future.set_exception(RuntimeError("the server is shutting down"))
+                self.slots.release()
+                return
+            done.add_done_callback(lambda _: self.slots.release())
 
     def close(self) -> None:
         with contextlib.suppress(queue.Full):
             self.queue.put(None, timeout=30)
         self.thread.join(timeout=30)
+        for _ in range(self.concurrency):  # forwards still running finish first
+            self.slots.acquire(timeout=30)
+        if self.own_executor:
+            self.executor.shutdown(wait=True)

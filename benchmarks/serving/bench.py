@@ -21,7 +21,7 @@ clients at each --concurrency, interleaved across stacks in --rounds slices so d
 a shared machine hits every stack alike: req/s, p50/p99, errors, peak RSS. Clients post
 real photos (scikit-learn's china.jpg and flower.jpg) and, in a second body set, a
 12-megapixel photo made by upscaling china.jpg. Everything talks to 127.0.0.1 only and
-every loop is bounded in time. --agreement adds the accuracy check (agreement.py).
+every loop is bounded in time. Accuracy in reduced precision is agreement.py's job.
 Needs the docker SDK, requests, Pillow and scikit-learn on the host.
 """
 

@@ -187,16 +187,34 @@ def npy(array) -> bytes:
 IMG = Image.new("RGB", (80, 60), (200, 30, 30))
 
 
-@pytest.fixture(scope="module")
-def server(image, docker_client, model_store, tmp_path_factory):
+def cpu_runs_bf16() -> bool:
+    """What `auto` should pick on this machine's CPU (the containers share its /proc/cpuinfo)."""
+    flags = Path("/proc/cpuinfo").read_text().split()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def served_precision(container) -> str:
+    """The precision the ready line says the classifier serves in."""
+    line = next(line for line in container.logs().decode().splitlines() if "model ready in" in line)
+    return line.split("precision ")[1].split(",")[0].rstrip(")")
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@pytest.fixture(scope="module", params=PRECISIONS)
+def server(request, image, docker_client, model_store, tmp_path_factory):
     """One default server for the read-only tests, with a loopback helper on :9000
-    (allow-listed) inside its own container."""
+    (allow-listed) inside its own container; the module runs once per precision mode."""
     handle = Containers(docker_client)
     try:
         root = model_root(tmp_path_factory.mktemp("server"), model_store)
-        container, base = start_server(handle, image, root, env={"SM_VISION_URL_ALLOW": "127.0.0.1:9000"})
+        env = {"SM_VISION_URL_ALLOW": "127.0.0.1:9000", "SM_VISION_PRECISION": request.param}
+        container, base = start_server(handle, image, root, env=env)
         container.exec_run(["python", "-c", LOOPBACK_HELPER], detach=True)
         wait_ping(base, container)
+        expected = {"auto": "bf16" if cpu_runs_bf16() else "fp32"}.get(request.param, request.param)
+        assert served_precision(container) == expected, container.logs().decode()[-2000:]
         probe = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/img.png', timeout=1)"
         for _ in range(50):
             if container.exec_run(["python", "-c", probe]).exit_code == 0:
@@ -529,13 +547,18 @@ def test_sigterm_drains_in_flight(containers, image, model_store, tmp_path):
     assert "Waiting for background tasks" in logs or "Shutting down" in logs
 
 
-def test_trained_model_predicts_shapes(containers, image, trained_model, tmp_path):
-    """The artifact `train` wrote, served unchanged, predicts unseen images correctly."""
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("batching", ["on", "off"])
+def test_trained_model_predicts_shapes(containers, image, trained_model, tmp_path, precision, batching):
+    """The artifact `train` wrote, served unchanged, predicts unseen images correctly in
+    every precision mode, micro-batched or not."""
     root = opt_ml(tmp_path)
     shutil.rmtree(root / "model")
     shutil.copytree(trained_model, root / "model")
-    container, base = start_server(containers, image, root)
+    env = {"SM_VISION_PRECISION": precision, "SM_VISION_BATCHING": batching}
+    container, base = start_server(containers, image, root, env=env)
     wait_ping(base, container)
+    assert ("micro-batched" in container.logs().decode()) == (batching == "on")
     correct = 0
     names = list(synthetic.SHAPE_CLASSES)
     for seed in range(10):

@@ -61,3 +61,46 @@ def test_every_field_documents_its_variable():
     names = [field.metadata["env"] for field in dataclasses.fields(ServeConfig)]
     assert len(names) == len(set(names))
     assert all(field.metadata["help"] for field in dataclasses.fields(ServeConfig))
+
+
+# --- resolved against the machine (serve.cli.build_settings) ----------------------------
+
+
+@pytest.fixture
+def resolve(monkeypatch, tmp_path):
+    """build_settings on a machine with `cpus` cores and the given device, keeping this
+    process's torch thread count as it was."""
+    import torch
+
+    from container import SageMakerPaths
+    from serve import cli
+
+    threads = torch.get_num_threads()
+
+    def settings(environ: dict, cpus: int = 8, device: str = "cpu"):
+        monkeypatch.setattr(cli, "cpu_count", lambda: cpus)
+        monkeypatch.setattr("train.devices.select_device", lambda requested: torch.device(device))
+        return cli.build_settings(ServeConfig.from_env(environ), SageMakerPaths(tmp_path))
+
+    yield settings
+    torch.set_num_threads(threads)
+
+
+def test_cpu_defaults_to_micro_batches_of_four_on_single_threaded_forwards(resolve):
+    import torch
+
+    settings = resolve({}, cpus=8)
+    assert (settings.batching, settings.max_batch_size, settings.max_delay_ms, settings.workers) == (True, 4, 0.0, 4)
+    assert torch.get_num_threads() == 2  # 8 cores shared by 4 concurrent forwards
+    assert resolve({}, cpus=2).workers == 2
+
+
+def test_gpu_defaults_to_larger_batches_that_wait_to_fill(resolve):
+    settings = resolve({}, device="cuda")
+    assert (settings.batching, settings.max_batch_size, settings.max_delay_ms, settings.workers) == (True, 16, 5.0, 1)
+
+
+def test_batching_settings_are_the_users_when_given(resolve):
+    settings = resolve({"SM_VISION_MAX_BATCH_SIZE": "8", "SM_VISION_MAX_BATCH_DELAY_MS": "0"}, device="cuda")
+    assert (settings.max_batch_size, settings.max_delay_ms) == (8, 0.0)
+    assert not resolve({"SM_VISION_BATCHING": "off"}).batching

@@ -37,6 +37,32 @@ def _submit(runner: BatchRunner, rows: int = 1) -> concurrent.futures.Future:
     return future
 
 
+def test_batcher_collects_what_queues_while_every_forward_is_busy():
+    started, release = threading.Semaphore(0), threading.Event()
+    sizes = []
+
+    def forward(batch):
+        sizes.append(batch.shape[0])
+        started.release()
+        release.wait(5)
+        return batch
+
+    runner = BatchRunner(forward, max_batch_size=4, max_delay_ms=0, concurrency=2)
+    try:
+        first = []
+        for _ in range(2):  # no delay and a free slot: each runs alone at once
+            first.append(_submit(runner))
+            assert started.acquire(timeout=5)
+        queued = [_submit(runner) for _ in range(5)]  # both forwards busy: these wait together
+        release.set()
+        for future in first + queued:
+            assert future.result(timeout=5).shape == (1, 2)
+    finally:
+        release.set()
+        runner.close()
+    assert sizes[:2] == [1, 1] and sorted(sizes[2:]) == [1, 4]
+
+
 def test_batcher_skips_cancelled_work_and_keeps_running():
     calls = []
 
