@@ -281,16 +281,25 @@ def stack_env(stack: str, ours_env: dict, variants: dict[str, dict]) -> dict:
     return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def build_anchors(image: str) -> str:
-    tag = image.split(":")[0] + ":bench-anchors"
-    docker_bin = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker")
-    command = [docker_bin, "build", "-q", "-t", tag, "--build-arg", f"BASE_IMAGE={image}", "-f", str(HERE / "anchors" / "Dockerfile")]
+def docker_bin() -> str:
+    return "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker")
+
+
+def build_on(image: str, folder: str, what: str) -> str:
+    """Build HERE/folder/Dockerfile on top of `image` as IMAGE-NAME:bench-FOLDER, lending
+    the host's CA to pip as a BuildKit secret (never stored in the image)."""
+    tag = image.split(":")[0] + ":bench-" + folder
+    command = [docker_bin(), "build", "-q", "-t", tag, "--build-arg", f"BASE_IMAGE={image}", "-f", str(HERE / folder / "Dockerfile")]
     ca = os.environ.get("PIP_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
     if ca and Path(ca).is_file():
         command += ["--secret", f"id=pipca,src={ca}"]
-    print(f"building {tag} on {image} (TorchServe + sagemaker-pytorch-inference from PyPI)", flush=True)
-    subprocess.run([*command, str(HERE / "anchors")], check=True, env={**os.environ, "DOCKER_BUILDKIT": "1"}, stdout=subprocess.DEVNULL)
+    print(f"building {tag} on {image} ({what})", flush=True)
+    subprocess.run([*command, str(HERE / folder)], check=True, env={**os.environ, "DOCKER_BUILDKIT": "1"}, stdout=subprocess.DEVNULL)
     return tag
+
+
+def build_anchors(image: str) -> str:
+    return build_on(image, "anchors", "TorchServe + sagemaker-pytorch-inference from PyPI")
 
 
 def make_models(client, image: str, arch: str, root: Path) -> tuple[Path, Path]:

@@ -14,13 +14,11 @@ Needs docker on the host.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from bench import build_on, docker_bin  # this folder's, on sys.path when run as a script
 
 MEASURE = r"""
 import statistics, sys, time, torch
@@ -63,14 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", default="sagemaker-vision:test")
     parser.add_argument("--arch", default="resnet50")
     args = parser.parse_args(argv)
-    docker = "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker")
-    tag = args.image.split(":")[0] + ":bench-compile"
-    build = [docker, "build", "-q", "-t", tag, "--build-arg", f"BASE_IMAGE={args.image}", "-f", str(HERE / "compile" / "Dockerfile")]
-    ca = os.environ.get("PIP_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
-    if ca and Path(ca).is_file():
-        build += ["--secret", f"id=pipca,src={ca}"]
-    print(f"building {tag} (IMAGE + g++ and torch's headers)", flush=True)
-    subprocess.run([*build, str(HERE / "compile")], check=True, env={**os.environ, "DOCKER_BUILDKIT": "1"}, stdout=subprocess.DEVNULL)
+    tag = build_on(args.image, "compile", "g++ and torch's C++ headers")
+    docker = docker_bin()
     run = [docker, "run", "--rm", "--label", "sagemaker-vision-bench=1", tag, "python", "-c", MEASURE, args.arch]
     out = subprocess.run(run, check=True, capture_output=True, text=True)
     print(f"{args.arch}, one thread, 133 classes, on {cpu_name()}:")
