@@ -30,7 +30,7 @@ class TrainConfig:
     )
     freeze_backbone: bool = _opt(False, "train only the classifier head")
     image_size: int = _opt(224, "crop size in pixels for training and serving")
-    channels_last: bool = _opt(False, "use channels-last memory format (faster convs with AMP on GPUs)")
+    channels_last: bool = _opt(False, "use channels-last memory format (faster convs under bf16/fp16 autocast, on GPUs and CPUs)")
     # --- optimisation ---
     epochs: int = _opt(10, "number of epochs")
     batch_size: int = _opt(32, "images per step per process")
@@ -48,7 +48,11 @@ class TrainConfig:
         0, "stop after this many epochs without improvement of the objective (0: never)", aliases=("patience",)
     )
     objective: str = _opt("val_macro_f1", "metric that picks the best epoch", choices=("val_macro_f1", "val_acc", "val_loss"))
-    amp: str = _opt("auto", "mixed precision: auto = bf16 (or fp16) on GPUs, off on CPU", choices=("auto", "bf16", "fp16", "off"))
+    amp: str = _opt(
+        "auto",
+        "mixed precision: auto = bf16 (or fp16) on GPUs, bf16 on CPUs with AVX-512 BF16 or AMX, else off",
+        choices=("auto", "bf16", "fp16", "off"),
+    )
     seed: int = _opt(42, "random seed")
     # --- data ---
     num_workers: int = _opt(-1, "DataLoader workers per process (-1: from the CPU count)")

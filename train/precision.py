@@ -7,7 +7,7 @@ assumed. On CUDA, bf16 needs compute capability 8.0 (A100, A10G, L4, H100); fp16
 tensor cores exist from 7.0 (V100, T4).
 
 Serving uses `choose` + `guard` for the built-in classifier; the trainer's `amp=auto`
-asks `autocast_dtype` as well, so both sides agree on what "native" means.
+asks `cpu_has_native_bf16` on a CPU, so both sides agree on what "native" means there.
 """
 
 from __future__ import annotations

@@ -121,3 +121,24 @@ def test_served_classifier_falls_back_to_fp32_on_a_model_made_to_disagree():
     assert classifier.precision.name == "fp32"
     batch = torch.zeros(1, 3, 32, 32)
     assert torch.allclose(classifier.probabilities(batch), torch.softmax(torch.tensor([[256.0, 256.5]]), 1), atol=1e-6)
+
+
+# --- training: amp=auto on a CPU ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, amp, expected",
+    [
+        ({"avx512f", "avx512_bf16"}, "auto", torch.bfloat16),
+        ({"amx_bf16", "amx_tile"}, "auto", torch.bfloat16),
+        ({"avx512f", "avx2"}, "auto", None),  # emulated bf16 is slower than fp32
+        ({"avx512_bf16"}, "off", None),
+        ({"avx2"}, "bf16", torch.bfloat16),  # asked for: honoured
+    ],
+)
+def test_training_amp_on_cpu_follows_the_cpu_flags(monkeypatch, flags, amp, expected):
+    from train.config import TrainConfig
+    from train.loop import amp_dtype
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    assert amp_dtype(TrainConfig(amp=amp), torch.device("cpu")) is expected
