@@ -142,7 +142,7 @@ def batch_shape(config: ServeConfig, device) -> dict:
     """Micro-batch size and fill delay: the user's, else what wins on the device.
     CPU (measured, docs/benchmarks.md): one single-threaded forward per worker, at most 4
     rows and no waiting. Batches form from the requests queued while every forward is
-    busy; a 4-row ResNet-50 forward costs about 0.6x per image of a 1-row one, and longer
+    busy; a 4-row ResNet-50 forward costs about 0.7x per image of a 1-row one, and longer
     batches only lengthen the tail. GPU: 16 rows, 5 ms, to fill the device."""
     gpu = device.type == "cuda"
     size = config.max_batch_size or (16 if gpu else 4)

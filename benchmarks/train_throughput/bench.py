@@ -4,7 +4,7 @@ Pillow decoding, measured side by side in one run (runs inside the image).
     python bench.py [--arch resnet18] [--batch-size 32] [--image-size 112] [--steps 12] [--rounds 3]
 
 Every training loop sees the same model, batch, synthetic data and device; rounds
-alternate (bare, trainer fp32, trainer bf16, bare, ...) so drift hits all alike, and
+alternate (bare, trainer fp32, trainer bf16, trainer bf16 + channels-last, bare, ...) so drift hits all alike, and
 medians are compared. Goals: trainer / bare >= 0.95; the bf16 / fp32 ratio decides
 whether amp=auto should pick bf16 on CPUs (only at >= 1.3x, with equal accuracy).
 """
