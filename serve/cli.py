@@ -91,7 +91,7 @@ def build_settings(config: ServeConfig, paths: SageMakerPaths, processes: int = 
 
     from serve.archive import ExtractLimits
     from serve.hosting import Settings
-    from train.devices import select_device
+    from vision.devices import select_device
 
     device = select_device(config.device)
     gpu = None

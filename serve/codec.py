@@ -23,7 +23,7 @@ from PIL import Image
 
 from serve.errors import BadInput, NotAcceptable, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from serve.fetch import FetchPolicy, fetch_url
-from train import images
+from vision import images
 
 IMAGE_TYPES = {"application/x-image", "application/octet-stream"}
 JSON = "application/json"
@@ -73,7 +73,7 @@ def check_accept(accept: str | None) -> str:
 
 
 def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
-    """Client bytes -> upright 8-bit RGB, by the decoder training uses (train.images)."""
+    """Client bytes -> upright 8-bit RGB, by the decoder training uses (vision.images)."""
     if not data:
         raise BadInput("empty image body")
     try:

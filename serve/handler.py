@@ -31,7 +31,7 @@ from serve import codec, payloads
 from serve.errors import NotAcceptable
 from serve.hooks import UTF8_TYPES, Context, UserHooks, call, takes_context
 from serve.model import Classifier, load_default_model, module_nbytes
-from train.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from vision.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 
 def default_preprocess() -> Callable:

@@ -44,7 +44,7 @@ class Settings:
     model_dir: Path
     scratch: Path = Path("/tmp/sm-vision-models")
     device: torch.device = torch.device("cpu")
-    precision: str = "auto"  # our classifier's forward precision (train.precision)
+    precision: str = "auto"  # our classifier's forward precision (vision.precision)
     workers: int = 1  # concurrent forward passes (CPU) / user-hook calls
     decode_threads: int = 4  # concurrent decodes: a few, not one per request, so forwards keep the GIL and cores
     timeout_s: float = 60

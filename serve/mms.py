@@ -36,7 +36,7 @@ def _load(context):
     from serve.hooks import Context
     from serve.hosting import Settings, load_handler
     from serve.model import prepare_model_dir
-    from train.devices import select_device
+    from vision.devices import select_device
 
     config = ServeConfig.from_env()
     torch.set_num_threads(max(1, int(os.environ.get("SM_VISION_TORCH_THREADS", "1"))))

@@ -1,4 +1,4 @@
-"""Load what the trainer wrote (train/artifact.py) into a ready-to-run Classifier.
+"""Load what the trainer wrote (vision/artifact.py) into a ready-to-run Classifier.
 
 /opt/ml/model may hold the files directly or a model.tar.gz (local runs; SageMaker
 extracts it for us). The weights file named by the spec may be a state_dict (the
@@ -17,10 +17,10 @@ from torch.fx.experimental.optimization import fuse
 
 from container import ConfigError
 from serve.archive import ExtractLimits, extract_model_archive
-from train import precision
-from train.artifact import SPEC_FILE, ModelSpec
-from train.models import build_model
-from train.presets import eval_transform
+from vision import precision
+from vision.artifact import SPEC_FILE, ModelSpec
+from vision.models import build_model
+from vision.presets import eval_transform
 
 log = logging.getLogger(__name__)
 

@@ -89,7 +89,8 @@ def run_worker(config, paths: SageMakerPaths, environ=None) -> int:
     """One training process (the only one, or one of a DDP job)."""
     from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
-    from train import devices, distributed
+    from train import distributed
+    from vision import devices
     from train.loop import StopRequest, fit
 
     environ = os.environ if environ is None else environ

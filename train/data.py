@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from container import Channel, ConfigError, cpu_count
-from train import images
+from vision import images
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def scan_image_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
 def _readable_image(path: Path) -> bool:
     # Opening reads only the header: cheap enough for ~10k files, and it catches
     # non-images and zero-byte files. Truncated pixel data is caught at load time.
-    # Sizes the decoder would refuse (train.images) are reported here, not mid-epoch.
+    # Sizes the decoder would refuse (vision.images) are reported here, not mid-epoch.
     try:
         with Image.open(path) as image:
             images.check_geometry(*image.size, images.ImageLimits())
@@ -141,7 +141,7 @@ def holdout_split(samples, fraction: float, seed: int):
 
 
 class ImageSamples(Dataset):
-    """(path, label) pairs -> (tensor, label), decoded by train.images as serving does
+    """(path, label) pairs -> (tensor, label), decoded by vision.images as serving does
     (EXIF orientation, 16-bit and float scaling, size limits). A file that fails to
     decode (truncated pixel data) is replaced by the next readable one and logged, so
     one bad JPEG does not kill a long job; the scan already removed non-images."""

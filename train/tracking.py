@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from container import SageMakerPaths, read_tensorboard_dir, training_job_name
-from train.artifact import SPEC_FILE
+from vision.artifact import SPEC_FILE
 
 log = logging.getLogger(__name__)
 

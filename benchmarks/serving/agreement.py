@@ -44,7 +44,7 @@ labels = torch.tensor([clf.classes.index(f.parent.name) for f in files])
 # JPEG draft decoding (SM_VISION_JPEG_DRAFT) only acts on large JPEGs: each test image
 # as a 1600x1600 JPEG, decoded in full and in draft mode down to twice the resize size.
 import dataclasses, io
-from train.images import ImageLimits, load_rgb
+from vision.images import ImageLimits, load_rgb
 full_limits = ImageLimits()
 draft_limits = dataclasses.replace(full_limits, draft_min_side=2 * clf.spec.resize_size)
 clf32 = classifiers["fp32"]

@@ -54,8 +54,8 @@ GOALS = {"resnet50": 2.0, "resnet18": 1.5}  # req/s ratio at concurrency 16 agai
 MAKE_MODEL = r"""
 import os, sys, torch
 from pathlib import Path
-from train.models import build_model
-from train.artifact import ModelSpec
+from vision.models import build_model
+from vision.artifact import ModelSpec
 out, arch = Path(sys.argv[1]), sys.argv[2]
 out.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(0)

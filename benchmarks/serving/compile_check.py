@@ -23,7 +23,7 @@ from bench import build_on, docker_bin  # this folder's, on sys.path when run as
 MEASURE = r"""
 import statistics, sys, time, torch
 import torch._inductor.config as inductor
-from train.models import build_model
+from vision.models import build_model
 from serve.model import fold_for_inference
 torch.set_num_threads(1)
 inductor.freezing = True  # weights become constants: what lets inductor fold and pre-pack them

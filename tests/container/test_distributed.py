@@ -161,8 +161,9 @@ def restart_and_finish(container, root: Path) -> str:
 IN_IMAGE_EVALUATION = r"""
 import json, sys, torch
 from pathlib import Path
-from train import data, metrics, models, presets
-from train.artifact import ModelSpec
+from train import data, metrics
+from vision import models, presets
+from vision.artifact import ModelSpec
 spec = ModelSpec.load(Path("/opt/ml/model"))
 model = models.build_model(spec.arch, spec.num_classes)
 model.load_state_dict(torch.load("/opt/ml/model/model.pt", map_location="cpu", weights_only=True))

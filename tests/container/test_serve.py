@@ -26,13 +26,13 @@ from .conftest import Containers, host_port, jpeg_bytes, mount, opt_ml, png_byte
 
 CLASSES = ("class_0", "class_1", "class_2")
 
-# Writes random-init models in the artifact format (train/artifact.py) inside the image:
+# Writes random-init models in the artifact format (vision/artifact.py) inside the image:
 # argv: (out_dir, arch, num_classes)...
 MAKE_MODELS = r"""
 import os, sys, torch
 from pathlib import Path
-from train.models import build_model
-from train.artifact import ModelSpec
+from vision.models import build_model
+from vision.artifact import ModelSpec
 args = sys.argv[1:]
 for out, arch, n in zip(args[0::3], args[1::3], args[2::3]):
     out = Path(out); out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Image decoding safety (train.images, used by serve.codec and train.data alike):
+"""Image decoding safety (vision.images, used by serve.codec and train.data alike):
 size and aspect-ratio limits before allocation, 16-bit and float scaling, EXIF
 orientation; and the same pixels for training and serving."""
 
@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from serve import codec, errors
-from train import data, images
-from train.presets import eval_transform
+from train import data
+from vision import images
+from vision.presets import eval_transform
 
 PRE = eval_transform(32, 36)
 LIMITS = codec.DecodeLimits(max_pixels=40_000_000, max_batch=4)

@@ -6,7 +6,7 @@ import io
 from PIL import Image
 
 from serve import codec
-from train import images
+from vision import images
 
 
 def encoded(size, fmt):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from container import ConfigError
-from train.models import build_model, freeze_backbone, head_name
+from vision.models import build_model, freeze_backbone, head_name
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "efficientnet_b0", "squeezenet1_0", "convnext_tiny", "densenet121"])
@@ -48,7 +48,7 @@ def test_freeze_backbone_trains_only_the_head():
 
 
 def test_gpu_present_but_unusable_is_explained(monkeypatch, tmp_path):
-    from train import devices
+    from vision import devices
 
     version_file = tmp_path / "version"
     version_file.write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  470.182.03  Fri Feb 24 16:35:10 UTC 2023\n")
@@ -61,7 +61,7 @@ def test_gpu_present_but_unusable_is_explained(monkeypatch, tmp_path):
 
 
 def test_no_gpu_no_warning(monkeypatch):
-    from train import devices
+    from vision import devices
 
     monkeypatch.setattr(devices, "nvidia_devices_present", lambda: False)
     assert devices.gpu_unusable_reason() is None

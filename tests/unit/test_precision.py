@@ -5,7 +5,7 @@ import logging
 import pytest
 import torch
 
-from train import precision
+from vision import precision
 
 CPU = torch.device("cpu")
 SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
@@ -94,7 +94,7 @@ def test_fp32_needs_no_guard():
 
 def classifier_with(module, chosen):
     from serve.model import Classifier
-    from train.artifact import ModelSpec
+    from vision.artifact import ModelSpec
 
     spec = ModelSpec("resnet18", ("a", "b"), 32, 36, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     return Classifier(module.eval(), spec, CPU, chosen)

@@ -23,9 +23,9 @@ from serve.fetch import FetchPolicy, fetch_url
 from serve.hooks import Context, call, find_script
 from serve.model import prepare_model_dir
 from serve.runner import BatchRunner
-from train.artifact import ModelSpec
-from train.models import build_model
-from train.presets import eval_transform
+from vision.artifact import ModelSpec
+from vision.models import build_model
+from vision.presets import eval_transform
 
 PRE = eval_transform(32, 36)
 LIMITS = codec.DecodeLimits(max_pixels=1_000_000, max_batch=4)

@@ -79,7 +79,7 @@ def resolve(monkeypatch, tmp_path):
 
     def settings(environ: dict, cpus: int = 8, device: str = "cpu"):
         monkeypatch.setattr(cli, "cpu_count", lambda: cpus)
-        monkeypatch.setattr("train.devices.select_device", lambda requested: torch.device(device))
+        monkeypatch.setattr("vision.devices.select_device", lambda requested: torch.device(device))
         return cli.build_settings(ServeConfig.from_env(environ), SageMakerPaths(tmp_path))
 
     yield settings

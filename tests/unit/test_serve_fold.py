@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from serve.model import fold_for_inference
-from train.models import build_model
+from vision.models import build_model
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0", "mobilenet_v3_small", "densenet121"])

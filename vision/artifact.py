@@ -3,8 +3,8 @@
     model.pt         state_dict of the unwrapped model (loads with weights_only=True)
     model_spec.json  ModelSpec: architecture, class names and preprocessing
 
-Serving rebuilds the model with train.models.build_model and its transforms with
-train.presets.eval_transform from the spec alone. No torch import here, so host-side
+Serving rebuilds the model with vision.models.build_model and its transforms with
+vision.presets.eval_transform from the spec alone. No torch import here, so host-side
 code and serving tests can read specs without it.
 """
 
