@@ -90,8 +90,8 @@ def run_worker(config, paths: SageMakerPaths, environ=None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
     from train import distributed
-    from vision import devices
     from train.loop import StopRequest, fit
+    from vision import devices
 
     environ = os.environ if environ is None else environ
     rank = int(environ.get("RANK", "0"))

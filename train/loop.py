@@ -28,11 +28,11 @@ from torch.utils.data import DataLoader
 
 from container import ConfigError, SageMakerPaths, read_input_data_config
 from train import checkpoint, data, distributed, metrics, plots, tracking
-from vision import models, precision, presets
-from vision.artifact import WEIGHTS_FILE, ModelSpec
 from train.config import TrainConfig
 from train.progress import ProgressBar
 from train.reporting import format_metrics
+from vision import models, precision, presets
+from vision.artifact import WEIGHTS_FILE, ModelSpec
 
 log = logging.getLogger(__name__)
 

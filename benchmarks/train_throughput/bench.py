@@ -22,13 +22,13 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from train import data
-from vision import presets
 from train.config import TrainConfig
 from train.distributed import DistInfo
 from train.loop import StopRequest, TrainState, amp_dtype, make_optimizer, make_scheduler, train_one_epoch
-from vision.models import build_model
 from train.synthetic import SHAPE_CLASSES, make_image
 from train.tracking import Tracker
+from vision import presets
+from vision.models import build_model
 
 
 def bare_epoch(model, loader, optimizer, criterion, device):
