@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
 
-from smvision_aws.hosting import SCALABLE_DIMENSION, backlog_alarm_name, resource_id
+from smvision_aws.autoscaling import SCALABLE_DIMENSION, backlog_alarm_name, resource_id
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,11 @@
-"""Endpoints (real-time, serverless, multi-model, async), autoscaling and batch
-transform, as plain SageMaker requests: CreateModel, CreateEndpointConfig,
-CreateEndpoint, CreateTransformJob.
+"""Endpoints (real-time, serverless, multi-model, async) and batch transform, as
+plain SageMaker requests: CreateModel, CreateEndpointConfig, CreateEndpoint,
+CreateTransformJob (their autoscaling: autoscaling.py).
 
 These are boto3 calls of our own rather than SDK 3's ModelBuilder: ModelBuilder is
 built around detecting a framework and packaging a model object for a model server it
 knows (TorchServe, DJL, TGI, ...), while here the image is the server and the model is
 a model.tar.gz or a registry package, so each request is a few plain fields.
-
-Real-time autoscaling goes through Application Auto Scaling: the variant's
-DesiredInstanceCount is registered as a scalable target and a target-tracking policy
-on SageMakerVariantInvocationsPerInstance (invocations per instance per minute)
-adds or removes instances.
 """
 
 from __future__ import annotations
@@ -21,10 +16,9 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import WaiterError
 
-from smvision_aws.training import UsageError
+from smvision_aws.usage import UsageError
 
 DEFAULT_VARIANT = "AllTraffic"  # the SDK's name for a single-variant endpoint
-SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 
 # GPU hosts: SageMaker's default host image for real-time, async and batch GPU
 # instances still carries NVIDIA driver 470 (CUDA 11.4), too old for the image's CUDA
@@ -253,140 +247,6 @@ def predict(runtime_client, endpoint_name: str, body: bytes, content_type: str) 
     """One real-time request, JSON back (what the image answers)."""
     response = runtime_client.invoke_endpoint(EndpointName=endpoint_name, Body=body, ContentType=content_type, Accept="application/json")
     return json.loads(response["Body"].read())
-
-
-@dataclass(frozen=True)
-class AutoscalingSpec:
-    """The seed workflows' values: 2..4 instances, 10 invocations/instance/minute."""
-
-    min_capacity: int = 2
-    max_capacity: int = 4
-    target_invocations: float = 10.0
-    scale_in_cooldown_s: int = 30
-    scale_out_cooldown_s: int = 30
-
-    def check(self, lowest: int = 1) -> None:
-        """lowest: 1 for real-time endpoints; 0 for async ones, which can scale to zero."""
-        if not lowest <= self.min_capacity <= self.max_capacity or self.max_capacity < 1:
-            raise UsageError(
-                f"autoscaling needs {lowest} <= --min-capacity ({self.min_capacity}) <= --max-capacity ({self.max_capacity})"
-                + ("" if lowest == 0 else "; only --async endpoints scale to zero")
-            )
-        if self.target_invocations <= 0:
-            raise UsageError("--target-invocations must be > 0")
-
-
-def resource_id(endpoint_name: str, variant: str = DEFAULT_VARIANT) -> str:
-    return f"endpoint/{endpoint_name}/variant/{variant}"
-
-
-def policy_name(endpoint_name: str, variant: str = DEFAULT_VARIANT) -> str:
-    return f"{endpoint_name}-{variant}-invocations"
-
-
-def register_scalable_target(autoscaling_client, rid: str, spec: AutoscalingSpec) -> None:
-    autoscaling_client.register_scalable_target(
-        ServiceNamespace="sagemaker",
-        ResourceId=rid,
-        ScalableDimension=SCALABLE_DIMENSION,
-        MinCapacity=spec.min_capacity,
-        MaxCapacity=spec.max_capacity,
-    )
-
-
-def register_autoscaling(autoscaling_client, endpoint_name: str, spec: AutoscalingSpec, variant: str = DEFAULT_VARIANT) -> str:
-    """Register the variant and attach target tracking; returns the policy ARN."""
-    spec.check()
-    rid = resource_id(endpoint_name, variant)
-    register_scalable_target(autoscaling_client, rid, spec)
-    response = autoscaling_client.put_scaling_policy(
-        PolicyName=policy_name(endpoint_name, variant),
-        ServiceNamespace="sagemaker",
-        ResourceId=rid,
-        ScalableDimension=SCALABLE_DIMENSION,
-        PolicyType="TargetTrackingScaling",
-        TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": float(spec.target_invocations),
-            "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-            "ScaleInCooldown": spec.scale_in_cooldown_s,
-            "ScaleOutCooldown": spec.scale_out_cooldown_s,
-        },
-    )
-    return response["PolicyARN"]
-
-
-BACKLOG_METRIC = "ApproximateBacklogSizePerInstance"
-BACKLOG_WITHOUT_CAPACITY_METRIC = "HasBacklogWithoutCapacity"
-
-
-def backlog_alarm_name(endpoint_name: str) -> str:
-    return f"{endpoint_name}-backlog-without-capacity"
-
-
-def register_backlog_autoscaling(
-    autoscaling_client, cloudwatch_client, endpoint_name: str, spec: AutoscalingSpec, target_backlog: float, variant: str = DEFAULT_VARIANT
-) -> dict[str, str]:
-    """Async endpoints scale on their queue: target tracking keeps the backlog per
-    instance near target_backlog. With min capacity 0 that policy can take the last
-    instance away but never brings one back (no instance, no per-instance metric), so a
-    step policy adds one when the HasBacklogWithoutCapacity alarm fires."""
-    spec.check(lowest=0)
-    if target_backlog <= 0:
-        raise UsageError("--target-backlog must be > 0")
-    rid = resource_id(endpoint_name, variant)
-    register_scalable_target(autoscaling_client, rid, spec)
-    dimensions = [{"Name": "EndpointName", "Value": endpoint_name}]
-    tracking = autoscaling_client.put_scaling_policy(
-        PolicyName=f"{endpoint_name}-{variant}-backlog",
-        ServiceNamespace="sagemaker",
-        ResourceId=rid,
-        ScalableDimension=SCALABLE_DIMENSION,
-        PolicyType="TargetTrackingScaling",
-        TargetTrackingScalingPolicyConfiguration={
-            "TargetValue": float(target_backlog),
-            "CustomizedMetricSpecification": {
-                "MetricName": BACKLOG_METRIC,
-                "Namespace": "AWS/SageMaker",
-                "Dimensions": dimensions,
-                "Statistic": "Average",
-            },
-            "ScaleInCooldown": spec.scale_in_cooldown_s,
-            "ScaleOutCooldown": spec.scale_out_cooldown_s,
-        },
-    )
-    policies = {"backlog_policy": tracking["PolicyARN"]}
-    if spec.min_capacity == 0:
-        step = autoscaling_client.put_scaling_policy(
-            PolicyName=f"{endpoint_name}-{variant}-scale-from-zero",
-            ServiceNamespace="sagemaker",
-            ResourceId=rid,
-            ScalableDimension=SCALABLE_DIMENSION,
-            PolicyType="StepScaling",
-            StepScalingPolicyConfiguration={
-                "AdjustmentType": "ChangeInCapacity",
-                "MetricAggregationType": "Average",
-                "Cooldown": spec.scale_out_cooldown_s,
-                "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
-            },
-        )
-        cloudwatch_client.put_metric_alarm(
-            AlarmName=backlog_alarm_name(endpoint_name),
-            AlarmDescription=f"requests wait on {endpoint_name} while it has no instance: add one",
-            MetricName=BACKLOG_WITHOUT_CAPACITY_METRIC,
-            Namespace="AWS/SageMaker",
-            Dimensions=dimensions,
-            Statistic="Average",
-            Period=60,
-            EvaluationPeriods=2,
-            DatapointsToAlarm=2,
-            Threshold=1.0,
-            ComparisonOperator="GreaterThanOrEqualToThreshold",
-            TreatMissingData="missing",
-            AlarmActions=[step["PolicyARN"]],
-        )
-        policies["scale_from_zero_policy"] = step["PolicyARN"]
-        policies["alarm"] = backlog_alarm_name(endpoint_name)
-    return policies
 
 
 def timestamped_name(base: str) -> str:

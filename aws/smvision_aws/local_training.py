@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 
 from smvision_aws.local_mode import TRAINING_PROJECT_PREFIX, LocalJobError, check_hosts
 from smvision_aws.sessions import prepare_local_environment
-from smvision_aws.training import TrainSpec, UsageError
+from smvision_aws.training import TrainSpec
+from smvision_aws.usage import UsageError
 
 
 def _project_containers(project: str, docker: str = "docker") -> dict[str, tuple[str, int]]:

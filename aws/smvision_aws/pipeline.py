@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from smvision_aws import processing, registry
 from smvision_aws.sessions import metric_definitions
-from smvision_aws.training import UsageError
+from smvision_aws.usage import UsageError
 
 OBJECTIVE = registry.OBJECTIVE
 RAW_INPUT = "bins"  # /opt/ml/processing/input/bins/{images,metadata}
@@ -119,20 +119,7 @@ def build(spec: PipelineSpec):
     raw_data = ParameterString("RawData", default_value=spec.raw_data_uri)
     approval = ParameterString("ModelApprovalStatus", default_value=spec.approval_status, enum_values=list(registry.APPROVAL_STATUSES))
 
-    raw_dir = processing.input_path(RAW_INPUT)
-    prepare = processing.processing_request(
-        processing.ProcessingSpec(
-            image_uri=spec.image_uri,
-            role=spec.role,
-            command=["train", "prepare-bins", "--images", f"{raw_dir}/images", "--metadata", f"{raw_dir}/metadata"]
-            + ["--out", processing.output_path(DATA_OUTPUT)],
-            inputs={RAW_INPUT: raw_data},
-            outputs={DATA_OUTPUT: spec.data_output_uri},
-            instance_type=processing_type,
-        ),
-        job_name="unused",
-    )
-    del prepare["ProcessingJobName"]  # the pipeline names each execution's job
+    prepare = prepare_bins_request(spec, processing_type, raw_data)
     step_prepare = _RequestStep.make("PrepareBins", StepTypeEnum.PROCESSING, prepare, "DescribeProcessingJobResponse")
 
     data_uri = step_prepare.properties.ProcessingOutputConfig.Outputs[DATA_OUTPUT].S3Output.S3Uri
@@ -140,18 +127,7 @@ def build(spec: PipelineSpec):
     train = training_request(spec.image_uri, spec.role, data_uri, spec.output_path, training_type, hyperparameters)
     step_train = _RequestStep.make("Train", StepTypeEnum.TRAINING, train, "DescribeTrainingJobResponse")
 
-    package = {
-        "ModelPackageGroupName": spec.model_package_group,
-        "ModelPackageDescription": "sagemaker-vision pipeline model",
-        "ModelApprovalStatus": approval,
-        "InferenceSpecification": {
-            "Containers": [{"Image": spec.image_uri, "ModelDataUrl": step_train.properties.ModelArtifacts.S3ModelArtifacts}],
-            "SupportedContentTypes": registry.CONTENT_TYPES,
-            "SupportedResponseMIMETypes": registry.RESPONSE_TYPES,
-            "SupportedRealtimeInferenceInstanceTypes": ["ml.m5.xlarge", "ml.g4dn.xlarge"],
-            "SupportedTransformInstanceTypes": ["ml.m5.xlarge", "ml.g4dn.xlarge"],
-        },
-    }
+    package = package_request(spec, approval, step_train.properties.ModelArtifacts.S3ModelArtifacts)
     step_register = _RequestStep.make("Register", StepTypeEnum.REGISTER_MODEL, package, "DescribeModelPackageOutput")
 
     gate = ConditionStep(
@@ -165,6 +141,42 @@ def build(spec: PipelineSpec):
         parameters=[processing_type, training_type, epochs, threshold, raw_data, approval],
         steps=[step_prepare, step_train, gate],
     )
+
+
+def prepare_bins_request(spec: PipelineSpec, instance_type, raw_data) -> dict:
+    """CreateProcessingJob running `train prepare-bins` (no job name: the pipeline
+    names each execution's job)."""
+    raw_dir = processing.input_path(RAW_INPUT)
+    request = processing.processing_request(
+        processing.ProcessingSpec(
+            image_uri=spec.image_uri,
+            role=spec.role,
+            command=["train", "prepare-bins", "--images", f"{raw_dir}/images", "--metadata", f"{raw_dir}/metadata"]
+            + ["--out", processing.output_path(DATA_OUTPUT)],
+            inputs={RAW_INPUT: raw_data},
+            outputs={DATA_OUTPUT: spec.data_output_uri},
+            instance_type=instance_type,
+        ),
+        job_name="unused",
+    )
+    del request["ProcessingJobName"]
+    return request
+
+
+def package_request(spec: PipelineSpec, approval, model_data) -> dict:
+    """CreateModelPackage for the trained model, with the registry's content types."""
+    return {
+        "ModelPackageGroupName": spec.model_package_group,
+        "ModelPackageDescription": "sagemaker-vision pipeline model",
+        "ModelApprovalStatus": approval,
+        "InferenceSpecification": {
+            "Containers": [{"Image": spec.image_uri, "ModelDataUrl": model_data}],
+            "SupportedContentTypes": registry.CONTENT_TYPES,
+            "SupportedResponseMIMETypes": registry.RESPONSE_TYPES,
+            "SupportedRealtimeInferenceInstanceTypes": ["ml.m5.xlarge", "ml.g4dn.xlarge"],
+            "SupportedTransformInstanceTypes": ["ml.m5.xlarge", "ml.g4dn.xlarge"],
+        },
+    }
 
 
 def definition(spec: PipelineSpec) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-from smvision_aws.training import UsageError, parse_pairs
+from smvision_aws.usage import UsageError, parse_pairs
 
 PROCESSING_ROOT = "/opt/ml/processing"
 

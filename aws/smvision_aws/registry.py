@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from botocore.exceptions import ClientError
 
-from smvision_aws.training import UsageError
+from smvision_aws.usage import UsageError
 
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 DEFAULT_APPROVAL = "PendingManualApproval"

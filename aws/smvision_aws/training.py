@@ -22,23 +22,9 @@ from urllib.parse import urlparse
 from botocore.exceptions import WaiterError
 
 from smvision_aws.sessions import ClientSession, metric_definitions, sdk_session, trainer_schema, without_sdk_role_check
+from smvision_aws.usage import UsageError, parse_pairs
 
 log = logging.getLogger(__name__)
-
-
-class UsageError(ValueError):
-    """Bad command-line input; the message says what to change."""
-
-
-def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
-    """['a=1', 'b=x=y'] -> {'a': '1', 'b': 'x=y'}; rejects items without '='."""
-    pairs: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"{what} {item!r}: expected NAME=VALUE")
-        pairs[key.strip()] = value.strip()
-    return pairs
 
 
 def parse_channels(items: list[str] | None, local: bool) -> dict[str, str]:
@@ -66,10 +52,6 @@ def validate_hyperparameters(hyperparameters: dict[str, str]) -> None:
 def trainer_field(name: str) -> str:
     """The trainer's field behind a hyperparameter name or alias ('learning_rate' -> 'lr')."""
     return trainer_schema()[1].field_name(name) or name
-
-
-def parse_tags(items: list[str] | None) -> list[dict[str, str]]:
-    return [{"Key": k, "Value": v} for k, v in parse_pairs(items, "tag").items()]
 
 
 @dataclass(frozen=True)

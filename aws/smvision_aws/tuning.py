@@ -13,7 +13,7 @@ import math
 import random
 
 from smvision_aws.sessions import metric_definitions
-from smvision_aws.training import UsageError
+from smvision_aws.usage import UsageError
 
 OBJECTIVE = "val_macro_f1"
 

@@ -1,4 +1,5 @@
-"""Host-side tests of aws/: botocore Stubber (and moto for IAM), no torch, no AWS.
+"""Fixtures of the host-side tests of aws/: botocore Stubber (and moto for IAM), no
+torch, no AWS. Shared values and request builders: tests/support/aws.py.
 
 Every socket connection to anything but loopback fails the test, so a stub that
 stops matching can never turn into a real AWS call, and the Lambda's URL guard is
@@ -7,38 +8,21 @@ exercised without sending traffic anywhere but this machine.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import json
 import socket
 import sys
-from pathlib import Path
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.aws import LAMBDA_ENDPOINT, REGION, REPO
+
 for path in (REPO, REPO / "aws"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
-
-REGION = "us-east-1"
-ACCOUNT = "123456789012"
-ROLE = f"arn:aws:iam::{ACCOUNT}:role/smvision-execution"
-IMAGE = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/sagemaker-vision:abc1234"
-
-
-class Matching:
-    """An expected request value that equals any string matching the regex (generated names)."""
-
-    def __init__(self, pattern: str):
-        import re
-
-        self.regex = re.compile(pattern)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, str) and self.regex.fullmatch(other) is not None
-
-    def __repr__(self) -> str:
-        return f"Matching({self.regex.pattern!r})"
 
 
 def _is_loopback(host) -> bool:
@@ -116,3 +100,76 @@ def session(boto_session):
     from smvision_aws.sessions import make_client_session
 
     return make_client_session(boto_session=boto_session)
+
+
+@pytest.fixture
+def stubber(boto_session):
+    """stubber(SERVICE): an active botocore Stubber on the test's client of SERVICE (the
+    one `session` and `boto_session` hand out). A call without a queued response fails
+    the test, so a Stubber with nothing queued proves no call was made; when the test
+    ends, every queued response must have been used."""
+    stubs: dict[str, Stubber] = {}
+
+    def stub(service: str) -> Stubber:
+        if service not in stubs:
+            stubs[service] = Stubber(boto_session.client(service))
+            stubs[service].activate()
+        return stubs[service]
+
+    yield stub
+    try:
+        for each in stubs.values():
+            each.assert_no_pending_responses()
+    finally:
+        for each in stubs.values():
+            each.deactivate()
+
+
+@pytest.fixture
+def sm_stub(stubber):
+    """The Stubber of the SageMaker client (`session.sagemaker_client`)."""
+    return stubber("sagemaker")
+
+
+@pytest.fixture
+def runtime_stub(stubber):
+    return stubber("sagemaker-runtime")
+
+
+@pytest.fixture
+def s3_stub(stubber):
+    return stubber("s3")
+
+
+# --- the Lambda bridge (aws/lambda/handler.py) ---------------------------------------
+
+
+@pytest.fixture(scope="session")
+def bridge():
+    """The handler module, loaded from its file as Lambda loads it (it is no package)."""
+    spec = importlib.util.spec_from_file_location("smv_lambda_handler", REPO / "aws" / "lambda" / "handler.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def bridge_config(bridge):
+    return bridge.Config(
+        endpoint_name=LAMBDA_ENDPOINT, allowed_s3_prefix="s3://smv-bucket/shapes/inference/", max_image_bytes=200_000, fetch_timeout_s=2.0
+    )
+
+
+@pytest.fixture
+def call_bridge(bridge, runtime_stub, s3_stub):
+    """call_bridge(event, config) -> (status, body): one event through the handler, with
+    the stubbed runtime and S3 clients; the answer must be API-Gateway shaped."""
+
+    def call(event, config):
+        result = bridge.handle(event, config, runtime_stub.client, s3_stub.client)
+        assert set(result) == {"statusCode", "headers", "body", "isBase64Encoded"}
+        assert result["headers"] == {"Content-Type": "application/json"}
+        return result["statusCode"], json.loads(result["body"])
+
+    return call

@@ -3,17 +3,14 @@ models, endpoints, endpoint configs), tolerant of resources that are already gon
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
 from botocore.exceptions import ClientError
-from botocore.stub import Stubber
 from smvision_aws import cleanup, cli
+from smvision_aws.commands.endpoints import cmd_cleanup
+from smvision_aws.usage import UsageError
 
-from tests.aws.conftest import ACCOUNT, REGION
+from tests.support.aws import ARN, NOW
 
-ARN = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}"
-NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 TARGET = {
     "ServiceNamespace": "sagemaker",
     "ResourceId": "endpoint/shapes-prod/variant/AllTraffic",
@@ -25,15 +22,11 @@ ALARM = "shapes-prod-backlog-without-capacity"
 
 
 @pytest.fixture
-def clients(session):
-    sm = session.sagemaker_client
-    aas = session.client("application-autoscaling")
-    tagging = session.client("resourcegroupstaggingapi")
-    cloudwatch = session.client("cloudwatch")
-    with Stubber(sm) as sm_stub, Stubber(aas) as aas_stub, Stubber(tagging) as tag_stub, Stubber(cloudwatch) as cw_stub:
-        yield cleanup.CleanupClients(sm, aas, cloudwatch), tagging, sm_stub, aas_stub, tag_stub, cw_stub
-        for stub in (sm_stub, aas_stub, tag_stub, cw_stub):
-            stub.assert_no_pending_responses()
+def clients(session, sm_stub, stubber):
+    """The clean-up's clients, the tagging client, and the Stubbers of all four services."""
+    aas_stub, tag_stub, cw_stub = stubber("application-autoscaling"), stubber("resourcegroupstaggingapi"), stubber("cloudwatch")
+    handles = cleanup.CleanupClients(session.sagemaker_client, aas_stub.client, cw_stub.client)
+    return handles, tag_stub.client, sm_stub, aas_stub, tag_stub, cw_stub
 
 
 def no_alarm(cw_stub, endpoint="shapes-prod"):
@@ -90,7 +83,7 @@ def test_full_cleanup_by_name(clients, session):
     _, _, sm_stub, aas_stub, _, cw_stub = clients
     expect_full_teardown(sm_stub, aas_stub, cw_stub)
     args = cli.get_args_parser().parse_args(["cleanup", "--endpoint-name", "shapes-prod"])
-    result = cli.cmd_cleanup(args, session=session)
+    result = cmd_cleanup(args, session=session)
     assert result["cleanup"] == [
         {"kind": "scalable-target", "name": "endpoint/shapes-prod/variant/AllTraffic", "result": "deleted"},
         {"kind": "alarm", "name": ALARM, "result": "already gone"},
@@ -202,7 +195,7 @@ def test_cleanup_by_tag_follows_pages_and_removes_tagged_leftovers(clients, sess
     sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "orphan-config"})
     sm_stub.add_response("delete_model", {}, {"ModelName": "orphan-model"})
     args = cli.get_args_parser().parse_args(["cleanup", "--by-tag", "project=shapes"])
-    result = cli.cmd_cleanup(args, session=session)
+    result = cmd_cleanup(args, session=session)
     names = [(item["kind"], item["name"]) for item in result["cleanup"]]
     assert names[-2:] == [("endpoint-config", "orphan-config"), ("model", "orphan-model")]
     assert len(names) == 7
@@ -220,12 +213,10 @@ def test_the_async_scale_from_zero_alarm_is_deleted(clients, session):
     sm_stub.add_response("delete_model", {}, {"ModelName": "shapes-prod-model"})
     sm_stub.add_response("delete_endpoint", {}, {"EndpointName": "shapes-prod"})
     sm_stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "shapes-prod-config"})
-    result = cli.cmd_cleanup(cli.get_args_parser().parse_args(["cleanup", "--endpoint-name", "shapes-prod"]), session=session)
+    result = cmd_cleanup(cli.get_args_parser().parse_args(["cleanup", "--endpoint-name", "shapes-prod"]), session=session)
     assert {"kind": "alarm", "name": ALARM, "result": "deleted"} in result["cleanup"]
 
 
 def test_cleanup_needs_a_target(session):
-    from smvision_aws.training import UsageError
-
     with pytest.raises(UsageError, match="--endpoint-name"):
-        cli.cmd_cleanup(cli.get_args_parser().parse_args(["cleanup"]), session=session)
+        cmd_cleanup(cli.get_args_parser().parse_args(["cleanup"]), session=session)

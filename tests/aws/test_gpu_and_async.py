@@ -4,12 +4,12 @@ endpoints (AsyncInferenceConfig, the payload cap, backlog autoscaling to zero)."
 from __future__ import annotations
 
 import pytest
-from botocore.stub import ANY, Stubber
+from botocore.stub import ANY
 from smvision_aws import cli, hosting
-from smvision_aws.training import UsageError
+from smvision_aws.commands.endpoints import cmd_deploy, cmd_transform
+from smvision_aws.usage import UsageError
 
-from tests.aws.conftest import IMAGE, ROLE, Matching
-from tests.aws.test_hosting import ARN, MODEL_DATA, in_service, stub_create
+from tests.support.aws import ARN, IMAGE, MODEL_DATA, ROLE, Matching, expect_endpoint, in_service, instance_variant
 
 SNS = "arn:aws:sns:us-east-1:123456789012:smv"
 # --output alone: failures go under it (not to the SDK's default bucket)
@@ -22,17 +22,6 @@ def deploy_args(*extra):
     )
 
 
-def variant(instance_type, count=1, **extra):
-    return {
-        "VariantName": "AllTraffic",
-        "ModelName": "e",
-        "InitialVariantWeight": 1,
-        "InitialInstanceCount": count,
-        "InstanceType": instance_type,
-        **extra,
-    }
-
-
 @pytest.mark.parametrize(
     "instance_type, flag, ami",
     [
@@ -42,21 +31,17 @@ def variant(instance_type, count=1, **extra):
         ("ml.g6.xlarge", ["--ami-version", "al2023-ami-sagemaker-inference-gpu-4-1"], "al2023-ami-sagemaker-inference-gpu-4-1"),
     ],
 )
-def test_gpu_endpoint_gets_an_inference_ami(session, instance_type, flag, ami):
+def test_gpu_endpoint_gets_an_inference_ami(session, sm_stub, instance_type, flag, ami):
     args = deploy_args("--instance-type", instance_type, "--no-wait", *flag)
-    with Stubber(session.sagemaker_client) as sm:
-        stub_create(sm, "e", variant(instance_type, InferenceAmiVersion=ami))
-        result = cli.cmd_deploy(args, session=session)
-        sm.assert_no_pending_responses()
+    expect_endpoint(sm_stub, "e", instance_variant("e", instance_type, InferenceAmiVersion=ami))
+    result = cmd_deploy(args, session=session)
     assert result["inference_ami_version"] == ami
 
 
-def test_cpu_endpoint_has_no_ami(session):
+def test_cpu_endpoint_has_no_ami(session, sm_stub):
     args = deploy_args("--instance-type", "ml.c5.xlarge", "--no-wait")
-    with Stubber(session.sagemaker_client) as sm:
-        stub_create(sm, "e", variant("ml.c5.xlarge"))  # exact request: no InferenceAmiVersion key
-        result = cli.cmd_deploy(args, session=session)
-        sm.assert_no_pending_responses()
+    expect_endpoint(sm_stub, "e", instance_variant("e", "ml.c5.xlarge"))  # exact request: no InferenceAmiVersion key
+    result = cmd_deploy(args, session=session)
     assert "inference_ami_version" not in result
 
 
@@ -70,9 +55,9 @@ def test_cpu_endpoint_has_no_ami(session):
         (["--serverless", "--ami-version", "al2-ami-sagemaker-inference-gpu-3-1"], "not serverless"),
     ],
 )
-def test_impossible_instance_and_ami_pairs_are_refused_before_any_call(session, extra, message):
-    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match=message):  # no response stubbed: no call allowed
-        cli.cmd_deploy(deploy_args(*extra), session=session)
+def test_impossible_instance_and_ami_pairs_are_refused_before_any_call(session, sm_stub, extra, message):
+    with pytest.raises(UsageError, match=message):  # no response stubbed: no call allowed
+        cmd_deploy(deploy_args(*extra), session=session)
 
 
 def transform_args(*extra):
@@ -125,11 +110,9 @@ def stub_transform(sm, resources):
     "flag, ami",
     [([], "al2-ami-sagemaker-batch-gpu-535"), (["--ami-version", "al2-ami-sagemaker-batch-gpu-535"], "al2-ami-sagemaker-batch-gpu-535")],
 )
-def test_gpu_transform_gets_a_batch_ami(session, flag, ami):
-    with Stubber(session.sagemaker_client) as sm:
-        stub_transform(sm, {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "TransformAmiVersion": ami})
-        result = cli.cmd_transform(transform_args("--instance-type", "ml.g4dn.xlarge", *flag), session=session)
-        sm.assert_no_pending_responses()
+def test_gpu_transform_gets_a_batch_ami(session, sm_stub, flag, ami):
+    stub_transform(sm_stub, {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "TransformAmiVersion": ami})
+    result = cmd_transform(transform_args("--instance-type", "ml.g4dn.xlarge", *flag), session=session)
     assert result["transform_ami_version"] == ami
 
 
@@ -140,9 +123,9 @@ def test_gpu_transform_gets_a_batch_ami(session, flag, ami):
         (["--instance-type", "ml.m5.xlarge", "--ami-version", "al2-ami-sagemaker-batch-gpu-535"], "has no NVIDIA GPU"),
     ],
 )
-def test_transform_refuses_impossible_amis(session, extra, message):
-    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match=message):
-        cli.cmd_transform(transform_args(*extra), session=session)
+def test_transform_refuses_impossible_amis(session, sm_stub, extra, message):
+    with pytest.raises(UsageError, match=message):
+        cmd_transform(transform_args(*extra), session=session)
 
 
 def test_ami_choice_is_absent_on_cpu_and_local_hosts():
@@ -157,125 +140,122 @@ ASYNC = ["--async", "--output", "s3://b/async-out/", "--failure-output", "s3://b
 ASYNC += ["--success-topic", SNS + "-ok", "--error-topic", SNS + "-err", "--max-concurrent-invocations", "4"]
 
 
-def test_async_endpoint_config_and_raised_payload_cap(session):
+def test_async_endpoint_config_and_raised_payload_cap(session, sm_stub):
     args = deploy_args("--instance-type", "ml.g5.xlarge", "--no-wait", *ASYNC)
-    with Stubber(session.sagemaker_client) as sm:
-        sm.add_response(
-            "create_model",
-            {"ModelArn": f"{ARN}:model/e"},
-            {
-                "ModelName": "e",
-                "ExecutionRoleArn": ROLE,
-                "PrimaryContainer": {"Image": IMAGE, "Environment": {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"}, "ModelDataUrl": MODEL_DATA},
-            },
-        )
-        sm.add_response(
-            "create_endpoint_config",
-            {"EndpointConfigArn": f"{ARN}:endpoint-config/e"},
-            {
-                "EndpointConfigName": "e",
-                "ProductionVariants": [variant("ml.g5.xlarge", InferenceAmiVersion="al2-ami-sagemaker-inference-gpu-3-1")],
-                "AsyncInferenceConfig": {
-                    "OutputConfig": {
-                        "S3OutputPath": "s3://b/async-out/",
-                        "S3FailurePath": "s3://b/async-err/",
-                        "NotificationConfig": {"SuccessTopic": SNS + "-ok", "ErrorTopic": SNS + "-err"},
-                    },
-                    "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4},
+    sm_stub.add_response(
+        "create_model",
+        {"ModelArn": f"{ARN}:model/e"},
+        {
+            "ModelName": "e",
+            "ExecutionRoleArn": ROLE,
+            "PrimaryContainer": {"Image": IMAGE, "Environment": {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"}, "ModelDataUrl": MODEL_DATA},
+        },
+    )
+    sm_stub.add_response(
+        "create_endpoint_config",
+        {"EndpointConfigArn": f"{ARN}:endpoint-config/e"},
+        {
+            "EndpointConfigName": "e",
+            "ProductionVariants": [instance_variant("e", "ml.g5.xlarge", InferenceAmiVersion="al2-ami-sagemaker-inference-gpu-3-1")],
+            "AsyncInferenceConfig": {
+                "OutputConfig": {
+                    "S3OutputPath": "s3://b/async-out/",
+                    "S3FailurePath": "s3://b/async-err/",
+                    "NotificationConfig": {"SuccessTopic": SNS + "-ok", "ErrorTopic": SNS + "-err"},
                 },
+                "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4},
             },
-        )
-        sm.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/e"}, {"EndpointName": "e", "EndpointConfigName": "e"})
-        result = cli.cmd_deploy(args, session=session)
-        sm.assert_no_pending_responses()
+        },
+    )
+    sm_stub.add_response("create_endpoint", {"EndpointArn": f"{ARN}:endpoint/e"}, {"EndpointName": "e", "EndpointConfigName": "e"})
+    result = cmd_deploy(args, session=session)
     assert result["async_output"] == "s3://b/async-out/"
 
 
-def test_users_payload_cap_wins_on_async(session):
+def test_users_payload_cap_wins_on_async(session, sm_stub):
     args = deploy_args("--no-wait", "--async", "--output", "s3://b/o/", "--env", "SAGEMAKER_MAX_PAYLOAD_IN_MB=200")
-    with Stubber(session.sagemaker_client) as sm:
-        stub_create(sm, "e", variant("ml.m5.xlarge"), model_env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "200"}, config_extra=MINIMAL_ASYNC)
-        cli.cmd_deploy(args, session=session)
-        sm.assert_no_pending_responses()
+    expect_endpoint(
+        sm_stub, "e", instance_variant("e", "ml.m5.xlarge"), model_env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "200"}, config_extra=MINIMAL_ASYNC
+    )
+    cmd_deploy(args, session=session)
 
 
-def test_async_autoscaling_to_zero_on_the_backlog(session):
-    autoscaling = session.client("application-autoscaling")
-    cloudwatch = session.client("cloudwatch")
+def test_async_autoscaling_to_zero_on_the_backlog(session, stubber, sm_stub):
+    aas = stubber("application-autoscaling")
+    cw = stubber("cloudwatch")
     args = deploy_args(
         "--async", "--output", "s3://b/o/", "--autoscale", "--min-capacity", "0", "--max-capacity", "3", "--target-backlog", "8"
     )
     rid = "endpoint/e/variant/AllTraffic"
     dimension = "sagemaker:variant:DesiredInstanceCount"
-    with Stubber(session.sagemaker_client) as sm, Stubber(autoscaling) as aas, Stubber(cloudwatch) as cw:
-        stub_create(sm, "e", variant("ml.m5.xlarge"), model_env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"}, config_extra=MINIMAL_ASYNC)
-        sm.add_response("describe_endpoint", in_service("e"), {"EndpointName": "e"})
-        aas.add_response(
-            "register_scalable_target",
-            {},
-            {"ServiceNamespace": "sagemaker", "ResourceId": rid, "ScalableDimension": dimension, "MinCapacity": 0, "MaxCapacity": 3},
-        )
-        aas.add_response(
-            "put_scaling_policy",
-            {"PolicyARN": "arn:policy/backlog", "Alarms": []},
-            {
-                "PolicyName": "e-AllTraffic-backlog",
-                "ServiceNamespace": "sagemaker",
-                "ResourceId": rid,
-                "ScalableDimension": dimension,
-                "PolicyType": "TargetTrackingScaling",
-                "TargetTrackingScalingPolicyConfiguration": {
-                    "TargetValue": 8.0,
-                    "CustomizedMetricSpecification": {
-                        "MetricName": "ApproximateBacklogSizePerInstance",
-                        "Namespace": "AWS/SageMaker",
-                        "Dimensions": [{"Name": "EndpointName", "Value": "e"}],
-                        "Statistic": "Average",
-                    },
-                    "ScaleInCooldown": 30,
-                    "ScaleOutCooldown": 30,
+    expect_endpoint(
+        sm_stub, "e", instance_variant("e", "ml.m5.xlarge"), model_env={"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1024"}, config_extra=MINIMAL_ASYNC
+    )
+    sm_stub.add_response("describe_endpoint", in_service("e"), {"EndpointName": "e"})
+    aas.add_response(
+        "register_scalable_target",
+        {},
+        {"ServiceNamespace": "sagemaker", "ResourceId": rid, "ScalableDimension": dimension, "MinCapacity": 0, "MaxCapacity": 3},
+    )
+    aas.add_response(
+        "put_scaling_policy",
+        {"PolicyARN": "arn:policy/backlog", "Alarms": []},
+        {
+            "PolicyName": "e-AllTraffic-backlog",
+            "ServiceNamespace": "sagemaker",
+            "ResourceId": rid,
+            "ScalableDimension": dimension,
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingScalingPolicyConfiguration": {
+                "TargetValue": 8.0,
+                "CustomizedMetricSpecification": {
+                    "MetricName": "ApproximateBacklogSizePerInstance",
+                    "Namespace": "AWS/SageMaker",
+                    "Dimensions": [{"Name": "EndpointName", "Value": "e"}],
+                    "Statistic": "Average",
                 },
+                "ScaleInCooldown": 30,
+                "ScaleOutCooldown": 30,
             },
-        )
-        aas.add_response(
-            "put_scaling_policy",
-            {"PolicyARN": "arn:policy/from-zero", "Alarms": []},
-            {
-                "PolicyName": "e-AllTraffic-scale-from-zero",
-                "ServiceNamespace": "sagemaker",
-                "ResourceId": rid,
-                "ScalableDimension": dimension,
-                "PolicyType": "StepScaling",
-                "StepScalingPolicyConfiguration": {
-                    "AdjustmentType": "ChangeInCapacity",
-                    "MetricAggregationType": "Average",
-                    "Cooldown": 30,
-                    "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
-                },
+        },
+    )
+    aas.add_response(
+        "put_scaling_policy",
+        {"PolicyARN": "arn:policy/from-zero", "Alarms": []},
+        {
+            "PolicyName": "e-AllTraffic-scale-from-zero",
+            "ServiceNamespace": "sagemaker",
+            "ResourceId": rid,
+            "ScalableDimension": dimension,
+            "PolicyType": "StepScaling",
+            "StepScalingPolicyConfiguration": {
+                "AdjustmentType": "ChangeInCapacity",
+                "MetricAggregationType": "Average",
+                "Cooldown": 30,
+                "StepAdjustments": [{"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}],
             },
-        )
-        cw.add_response(
-            "put_metric_alarm",
-            {},
-            {
-                "AlarmName": "e-backlog-without-capacity",
-                "AlarmDescription": ANY,
-                "MetricName": "HasBacklogWithoutCapacity",
-                "Namespace": "AWS/SageMaker",
-                "Dimensions": [{"Name": "EndpointName", "Value": "e"}],
-                "Statistic": "Average",
-                "Period": 60,
-                "EvaluationPeriods": 2,
-                "DatapointsToAlarm": 2,
-                "Threshold": 1.0,
-                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
-                "TreatMissingData": "missing",
-                "AlarmActions": ["arn:policy/from-zero"],
-            },
-        )
-        result = cli.cmd_deploy(args, session=session)
-        for stub in (sm, aas, cw):
-            stub.assert_no_pending_responses()
+        },
+    )
+    cw.add_response(
+        "put_metric_alarm",
+        {},
+        {
+            "AlarmName": "e-backlog-without-capacity",
+            "AlarmDescription": ANY,
+            "MetricName": "HasBacklogWithoutCapacity",
+            "Namespace": "AWS/SageMaker",
+            "Dimensions": [{"Name": "EndpointName", "Value": "e"}],
+            "Statistic": "Average",
+            "Period": 60,
+            "EvaluationPeriods": 2,
+            "DatapointsToAlarm": 2,
+            "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "TreatMissingData": "missing",
+            "AlarmActions": ["arn:policy/from-zero"],
+        },
+    )
+    result = cmd_deploy(args, session=session)
     assert result["instance_count"] == 1  # created with one instance, then free to scale to zero
     assert result["scale_from_zero_policy"] == "arn:policy/from-zero"
 
@@ -292,7 +272,7 @@ def test_async_autoscaling_to_zero_on_the_backlog(session):
         (["--async", "--output", "s3://b/o/", "--smoke-image", "x.jpg"], "S3 inputs"),
     ],
 )
-def test_async_usage_errors(session, extra, message):
+def test_async_usage_errors(session, sm_stub, extra, message):
     # no response stubbed: every one is refused before any AWS call
-    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match=message):
-        cli.cmd_deploy(deploy_args(*extra), session=session)
+    with pytest.raises(UsageError, match=message):
+        cmd_deploy(deploy_args(*extra), session=session)

@@ -11,7 +11,7 @@ import zipfile
 import pytest
 from smvision_aws import cli, iam, lambda_package
 
-from tests.aws.conftest import REPO
+from tests.support.aws import REPO
 
 NAMES = iam.PolicyNames(
     account_id="123456789012",
@@ -187,24 +187,21 @@ def test_lambda_zip_is_deployable_and_reproducible(tmp_path):
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
 
 
-def test_usage_errors_exit_2(capsys):
-    code = cli.main(
-        [
-            "train",
-            "--image",
-            "img",
-            "--role",
-            "arn:aws:iam::1:role/r",
-            "--channel",
-            "training=s3://b/p/",
-            "--output-path",
-            "s3://b/p/m/",
-            "--hp",
-            "no-such-flag=1",
-        ]
-    )
-    assert code == 2
-    assert "unknown hyperparameter" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (  # training
+            ["train", "--image", "img", "--role", "arn:aws:iam::1:role/r", "--channel", "training=s3://b/p/"]
+            + ["--output-path", "s3://b/p/m/", "--hp", "no-such-flag=1"],
+            "unknown hyperparameter",
+        ),
+        (["deploy", "--local", "--image", "img", "--endpoint-name", "e", "--serverless"], "need AWS"),  # endpoints
+        (["pipeline", "definition", "--role", "arn:aws:iam::1:role/r"], "--image is required"),  # workflow
+    ],
+)
+def test_usage_errors_of_every_command_group_exit_2(capsys, argv, message):
+    assert cli.main(argv) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_every_command_has_local_where_the_sdk_has_local_mode():

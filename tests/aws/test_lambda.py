@@ -9,63 +9,24 @@ nothing else explicitly.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import ipaddress
 import json
 import socket
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from botocore.response import StreamingBody
-from botocore.stub import Stubber
 
-from tests.aws.conftest import REPO
+from tests.support.aws import LAMBDA_ENDPOINT, REPO
+from tests.support.net import Site, redirect, respond
+from tests.support.payloads import image_bytes
 from train.synthetic import make_image
 
-_spec = importlib.util.spec_from_file_location("smv_lambda_handler", REPO / "aws" / "lambda" / "handler.py")
-bridge = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = bridge  # dataclasses look their module up while the class is built
-_spec.loader.exec_module(bridge)
-
-ENDPOINT = "shapes-prod"
 PREDICTION = {"predicted_label": "red_circle", "confidence": 0.97, "probabilities": {}, "top_k": []}
-
-
-def _encoded(fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    make_image("red_circle").save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-PNG = _encoded("PNG")
-JPEG = _encoded("JPEG")
-
-
-@pytest.fixture
-def config():
-    return bridge.Config(
-        endpoint_name=ENDPOINT, allowed_s3_prefix="s3://smv-bucket/shapes/inference/", max_image_bytes=200_000, fetch_timeout_s=2.0
-    )
-
-
-@pytest.fixture
-def runtime(boto_session):
-    client = boto_session.client("sagemaker-runtime")
-    with Stubber(client) as stub:
-        yield client, stub
-        stub.assert_no_pending_responses()
-
-
-@pytest.fixture
-def s3(boto_session):
-    client = boto_session.client("s3")
-    with Stubber(client) as stub:
-        yield client, stub
-        stub.assert_no_pending_responses()
+PNG = image_bytes(make_image("red_circle"), "PNG")
+JPEG = image_bytes(make_image("red_circle"), "JPEG")
 
 
 def expect_invoke(stub, body: bytes, content_type: str, reply=None):
@@ -73,59 +34,28 @@ def expect_invoke(stub, body: bytes, content_type: str, reply=None):
     stub.add_response(
         "invoke_endpoint",
         {"Body": StreamingBody(io.BytesIO(payload), len(payload)), "ContentType": "application/json"},
-        {"EndpointName": ENDPOINT, "ContentType": content_type, "Accept": "application/json", "Body": body},
+        {"EndpointName": LAMBDA_ENDPOINT, "ContentType": content_type, "Accept": "application/json", "Body": body},
     )
-
-
-def call(event, config, runtime, s3):
-    result = bridge.handle(event, config, runtime[0], s3[0])
-    assert set(result) == {"statusCode", "headers", "body", "isBase64Encoded"}
-    assert result["headers"] == {"Content-Type": "application/json"}
-    return result["statusCode"], json.loads(result["body"])
 
 
 # --- a loopback image server -------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    routes: dict = {}
-    seen_hosts: list = []
-
-    def do_GET(self):
-        self.seen_hosts.append(self.headers.get("Host"))
-        route = self.routes.get(self.path)
-        if route is None:
-            self.send_response(404)
-            self.end_headers()
-            return
-        route(self)
-
-    def log_message(self, *args):
-        pass
+@pytest.fixture
+def site():
+    with Site() as server:
+        yield server
 
 
 @pytest.fixture
-def server():
-    _Handler.routes = {}
-    _Handler.seen_hosts = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def allow_loopback(monkeypatch):
+def allow_loopback(bridge, monkeypatch):
     """Allow exactly 127.0.0.1 in addition to what the real guard allows."""
     real = bridge.urlguard.address_is_public
     monkeypatch.setattr(bridge.urlguard, "address_is_public", lambda ip: ip == ipaddress.ip_address("127.0.0.1") or real(ip))
 
 
 @pytest.fixture
-def fake_dns(monkeypatch):
+def fake_dns(bridge, monkeypatch):
     """Names resolve from this table; IP literals (incl. odd numeric forms) numerically only."""
     table: dict[str, list[str]] = {}
 
@@ -139,24 +69,18 @@ def fake_dns(monkeypatch):
     return table
 
 
-def serve_bytes(data: bytes, content_length: bool = True):
+def png_route(data: bytes = PNG):
+    return respond(data, content_type="image/png")
+
+
+def png_without_length(data: bytes):
+    """A route streaming `data` with no Content-Length (the body's end is the connection's)."""
+
     def route(h):
         h.send_response(200)
         h.send_header("Content-Type", "image/png")
-        if content_length:
-            h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         h.wfile.write(data)
-
-    return route
-
-
-def redirect_to(location: str):
-    def route(h):
-        h.send_response(302)
-        h.send_header("Location", location)
-        h.send_header("Content-Length", "0")
-        h.end_headers()
 
     return route
 
@@ -164,44 +88,48 @@ def redirect_to(location: str):
 # --- event shapes ---------------------------------------------------------------------
 
 
-def test_direct_invoke_with_base64_image(config, runtime, s3):
-    expect_invoke(runtime[1], PNG, "image/png")
-    assert call({"image": base64.b64encode(PNG).decode()}, config, runtime, s3) == (200, PREDICTION)
+def test_direct_invoke_with_base64_image(call_bridge, runtime_stub, bridge_config):
+    expect_invoke(runtime_stub, PNG, "image/png")
+    assert call_bridge({"image": base64.b64encode(PNG).decode()}, bridge_config) == (200, PREDICTION)
 
 
-def test_direct_invoke_with_s3_uri(config, runtime, s3):
+def test_direct_invoke_with_s3_uri(call_bridge, runtime_stub, s3_stub, bridge_config):
     key = "shapes/inference/cat.jpg"
-    s3[1].add_response("head_object", {"ContentLength": len(JPEG)}, {"Bucket": "smv-bucket", "Key": key})
-    s3[1].add_response("get_object", {"Body": StreamingBody(io.BytesIO(JPEG), len(JPEG))}, {"Bucket": "smv-bucket", "Key": key})
-    expect_invoke(runtime[1], JPEG, "image/jpeg")
-    assert call({"s3_uri": f"s3://smv-bucket/{key}"}, config, runtime, s3) == (200, PREDICTION)
+    s3_stub.add_response("head_object", {"ContentLength": len(JPEG)}, {"Bucket": "smv-bucket", "Key": key})
+    s3_stub.add_response("get_object", {"Body": StreamingBody(io.BytesIO(JPEG), len(JPEG))}, {"Bucket": "smv-bucket", "Key": key})
+    expect_invoke(runtime_stub, JPEG, "image/jpeg")
+    assert call_bridge({"s3_uri": f"s3://smv-bucket/{key}"}, bridge_config) == (200, PREDICTION)
 
 
-def test_api_gateway_v1_json_url(config, runtime, s3, server, allow_loopback, fake_dns):
-    httpd, base = server
-    _Handler.routes["/img/cat.png?size=64"] = serve_bytes(PNG)
-    expect_invoke(runtime[1], PNG, "image/png")
+def test_api_gateway_v1_json_url(call_bridge, runtime_stub, bridge_config, site, allow_loopback, fake_dns):
+    base = site.url
+    site.routes["/img/cat.png?size=64"] = png_route()
+    expect_invoke(runtime_stub, PNG, "image/png")
     event = {
         "httpMethod": "POST",
         "headers": {"Content-Type": "application/json"},
         "isBase64Encoded": False,
         "body": json.dumps({"url": f"{base}/img/cat.png?size=64"}),
     }
-    assert call(event, config, runtime, s3) == (200, PREDICTION)
+    assert call_bridge(event, bridge_config) == (200, PREDICTION)
 
 
-def test_host_name_is_pinned_to_the_checked_address(config, runtime, s3, server, allow_loopback, fake_dns):
-    httpd, base = server
-    port = httpd.server_address[1]
+def test_host_name_is_pinned_to_the_checked_address(call_bridge, runtime_stub, bridge_config, site, allow_loopback, fake_dns):
+    hosts = []
+
+    def record_host(h):
+        hosts.append(h.headers.get("Host"))
+        png_route()(h)
+
     fake_dns["images.example.test"] = ["127.0.0.1"]
-    _Handler.routes["/dog.png"] = serve_bytes(PNG)
-    expect_invoke(runtime[1], PNG, "image/png")
-    status, _ = call({"url": f"http://images.example.test:{port}/dog.png"}, config, runtime, s3)
-    assert status == 200 and _Handler.seen_hosts == [f"images.example.test:{port}"]
+    site.routes["/dog.png"] = record_host
+    expect_invoke(runtime_stub, PNG, "image/png")
+    status, _ = call_bridge({"url": f"http://images.example.test:{site.port}/dog.png"}, bridge_config)
+    assert status == 200 and hosts == [f"images.example.test:{site.port}"]
 
 
-def test_api_gateway_v2_base64_image_body(config, runtime, s3):
-    expect_invoke(runtime[1], JPEG, "image/jpeg")
+def test_api_gateway_v2_base64_image_body(call_bridge, runtime_stub, bridge_config):
+    expect_invoke(runtime_stub, JPEG, "image/jpeg")
     event = {
         "version": "2.0",
         "requestContext": {"http": {"method": "POST"}},
@@ -209,25 +137,25 @@ def test_api_gateway_v2_base64_image_body(config, runtime, s3):
         "isBase64Encoded": True,
         "body": base64.b64encode(JPEG).decode(),
     }
-    assert call(event, config, runtime, s3) == (200, PREDICTION)
+    assert call_bridge(event, bridge_config) == (200, PREDICTION)
 
 
-def test_api_gateway_raw_url_with_string_url_content_type(config, runtime, s3, server, allow_loopback, fake_dns):
-    httpd, base = server
-    _Handler.routes["/a.png"] = serve_bytes(PNG)
-    expect_invoke(runtime[1], PNG, "image/png")
+def test_api_gateway_raw_url_with_string_url_content_type(call_bridge, runtime_stub, bridge_config, site, allow_loopback, fake_dns):
+    base = site.url
+    site.routes["/a.png"] = png_route()
+    expect_invoke(runtime_stub, PNG, "image/png")
     event = {"httpMethod": "POST", "headers": {"content-type": "string/url"}, "body": f"{base}/a.png\n"}
-    assert call(event, config, runtime, s3) == (200, PREDICTION)
+    assert call_bridge(event, bridge_config) == (200, PREDICTION)
 
 
-def test_api_gateway_json_with_base64_image(config, runtime, s3):
-    expect_invoke(runtime[1], PNG, "image/png")
+def test_api_gateway_json_with_base64_image(call_bridge, runtime_stub, bridge_config):
+    expect_invoke(runtime_stub, PNG, "image/png")
     event = {
         "httpMethod": "POST",
         "headers": {"Content-Type": "application/json; charset=utf-8"},
         "body": json.dumps({"image": base64.b64encode(PNG).decode()}),
     }
-    assert call(event, config, runtime, s3) == (200, PREDICTION)
+    assert call_bridge(event, bridge_config) == (200, PREDICTION)
 
 
 # --- bad requests -----------------------------------------------------------------
@@ -252,53 +180,53 @@ def test_api_gateway_json_with_base64_image(config, runtime, s3):
         (["not", "an", "object"], 400, "JSON object"),
     ],
 )
-def test_bad_requests(config, runtime, s3, event, status, message):
-    code, body = call(event, config, runtime, s3)
+def test_bad_requests(call_bridge, bridge_config, event, status, message):
+    code, body = call_bridge(event, bridge_config)
     assert code == status and message in body["error"]
 
 
-def test_s3_disabled_without_prefix(runtime, s3):
-    config = bridge.Config(endpoint_name=ENDPOINT)
-    assert call({"s3_uri": "s3://smv-bucket/shapes/inference/a.jpg"}, config, runtime, s3)[0] == 403
+def test_s3_disabled_without_prefix(bridge, call_bridge):
+    config = bridge.Config(endpoint_name=LAMBDA_ENDPOINT)
+    assert call_bridge({"s3_uri": "s3://smv-bucket/shapes/inference/a.jpg"}, config)[0] == 403
 
 
-def test_missing_s3_object_is_404(config, runtime, s3):
+def test_missing_s3_object_is_404(call_bridge, s3_stub, bridge_config):
     key = "shapes/inference/missing.jpg"
-    s3[1].add_client_error(
+    s3_stub.add_client_error(
         "head_object", service_error_code="404", http_status_code=404, expected_params={"Bucket": "smv-bucket", "Key": key}
     )
-    assert call({"s3_uri": f"s3://smv-bucket/{key}"}, config, runtime, s3)[0] == 404
+    assert call_bridge({"s3_uri": f"s3://smv-bucket/{key}"}, bridge_config)[0] == 404
 
 
-def test_large_s3_object_is_refused_before_download(config, runtime, s3):
+def test_large_s3_object_is_refused_before_download(call_bridge, s3_stub, bridge_config):
     key = "shapes/inference/huge.jpg"
-    s3[1].add_response("head_object", {"ContentLength": 10_000_000}, {"Bucket": "smv-bucket", "Key": key})
-    assert call({"s3_uri": f"s3://smv-bucket/{key}"}, config, runtime, s3)[0] == 413
+    s3_stub.add_response("head_object", {"ContentLength": 10_000_000}, {"Bucket": "smv-bucket", "Key": key})
+    assert call_bridge({"s3_uri": f"s3://smv-bucket/{key}"}, bridge_config)[0] == 413
 
 
 @pytest.mark.parametrize("code, status", [("ModelError", 502), ("ThrottlingException", 429), ("ValidationError", 502)])
-def test_endpoint_errors(config, runtime, s3, code, status):
-    runtime[1].add_client_error(
+def test_endpoint_errors(call_bridge, runtime_stub, bridge_config, code, status):
+    runtime_stub.add_client_error(
         "invoke_endpoint",
         service_error_code=code,
         service_message="boom",
         http_status_code=400,
-        expected_params={"EndpointName": ENDPOINT, "ContentType": "image/png", "Accept": "application/json", "Body": PNG},
+        expected_params={"EndpointName": LAMBDA_ENDPOINT, "ContentType": "image/png", "Accept": "application/json", "Body": PNG},
     )
-    result, body = call({"image": base64.b64encode(PNG).decode()}, config, runtime, s3)
+    result, body = call_bridge({"image": base64.b64encode(PNG).decode()}, bridge_config)
     assert result == status and "Traceback" not in body["error"]
 
 
-def test_non_json_endpoint_reply_is_502(config, runtime, s3):
-    runtime[1].add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(b"<html>"), 6)}, None)
-    assert call({"image": base64.b64encode(PNG).decode()}, config, runtime, s3)[0] == 502
+def test_non_json_endpoint_reply_is_502(call_bridge, runtime_stub, bridge_config):
+    runtime_stub.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(b"<html>"), 6)}, None)
+    assert call_bridge({"image": base64.b64encode(PNG).decode()}, bridge_config)[0] == 502
 
 
 # --- the URL guard (no connection is ever opened for these) -----------------------
 
 
 @pytest.fixture
-def no_connections(monkeypatch):
+def no_connections(bridge, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError(f"the guard let a connection through: {args}")
 
@@ -354,88 +282,88 @@ def no_connections(monkeypatch):
         ("http://[::7f00:1]/", 403),
     ],
 )
-def test_refused_urls(config, runtime, s3, fake_dns, no_connections, url, status):
+def test_refused_urls(call_bridge, bridge_config, fake_dns, no_connections, url, status):
     fake_dns["localhost"] = ["127.0.0.1", "::1"]
     fake_dns["metadata.internal.test"] = ["169.254.169.254"]
     fake_dns["rebind.example.test"] = ["93.184.216.34", "10.1.2.3"]  # one public, one private
-    code, body = call({"url": url}, config, runtime, s3)
+    code, body = call_bridge({"url": url}, bridge_config)
     assert (code, url) == (status, url), body
 
 
-def test_public_address_passes_the_guard(config, fake_dns):
+def test_public_address_passes_the_guard(bridge, bridge_config, fake_dns):
     fake_dns["images.example.test"] = ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]
-    target = bridge.urlguard.check_url("https://images.example.test/a/b.png?x=1", bridge.url_policy(config))
+    target = bridge.urlguard.check_url("https://images.example.test/a/b.png?x=1", bridge.url_policy(bridge_config))
     assert target == bridge.urlguard.Target("https", "images.example.test", 443, "93.184.216.34", "/a/b.png?x=1")
 
 
-def test_host_allow_list(fake_dns):
+def test_host_allow_list(bridge, fake_dns):
     fake_dns["cdn.example.test"] = ["93.184.216.34"]
-    config = bridge.Config(endpoint_name=ENDPOINT, allowed_url_hosts=("images.example.test",))
+    config = bridge.Config(endpoint_name=LAMBDA_ENDPOINT, allowed_url_hosts=("images.example.test",))
     with pytest.raises(bridge.urlguard.FetchError) as err:
         bridge.urlguard.check_url("https://cdn.example.test/a.png", bridge.url_policy(config))
     assert err.value.status == 403
 
 
-def test_real_resolver_refuses_localhost(config):
+def test_real_resolver_refuses_localhost(bridge, bridge_config):
     """No fake: the real resolve() (from /etc/hosts, no DNS) must refuse localhost."""
     with pytest.raises(bridge.urlguard.FetchError) as err:
-        bridge.urlguard.check_url("http://localhost:9/", bridge.url_policy(config))
+        bridge.urlguard.check_url("http://localhost:9/", bridge.url_policy(bridge_config))
     assert err.value.status == 403
 
 
 # --- fetching from the loopback server -------------------------------------------
 
 
-def test_redirect_to_metadata_is_refused(config, runtime, s3, server, allow_loopback, fake_dns):
-    httpd, base = server
-    _Handler.routes["/r"] = redirect_to("http://169.254.169.254/latest/meta-data/")
-    code, body = call({"url": f"{base}/r"}, config, runtime, s3)
+def test_redirect_to_metadata_is_refused(call_bridge, bridge_config, site, allow_loopback, fake_dns):
+    base = site.url
+    site.routes["/r"] = redirect("http://169.254.169.254/latest/meta-data/")
+    code, body = call_bridge({"url": f"{base}/r"}, bridge_config)
     assert code == 403 and "169.254.169.254" in body["error"]
 
 
-def test_relative_redirect_is_followed(config, runtime, s3, server, allow_loopback, fake_dns):
-    httpd, base = server
-    _Handler.routes["/r"] = redirect_to("/final.png")
-    _Handler.routes["/final.png"] = serve_bytes(PNG)
-    expect_invoke(runtime[1], PNG, "image/png")
-    assert call({"url": f"{base}/r"}, config, runtime, s3)[0] == 200
+def test_relative_redirect_is_followed(call_bridge, runtime_stub, bridge_config, site, allow_loopback, fake_dns):
+    base = site.url
+    site.routes["/r"] = redirect("/final.png")
+    site.routes["/final.png"] = png_route()
+    expect_invoke(runtime_stub, PNG, "image/png")
+    assert call_bridge({"url": f"{base}/r"}, bridge_config)[0] == 200
 
 
-def test_redirect_loop_is_cut(config, runtime, s3, server, allow_loopback, fake_dns):
-    httpd, base = server
-    _Handler.routes["/loop"] = redirect_to("/loop")
-    code, body = call({"url": f"{base}/loop"}, config, runtime, s3)
+def test_redirect_loop_is_cut(call_bridge, bridge_config, site, allow_loopback, fake_dns):
+    base = site.url
+    site.routes["/loop"] = redirect("/loop")
+    code, body = call_bridge({"url": f"{base}/loop"}, bridge_config)
     assert code == 502 and "redirected more than" in body["error"]
 
 
 @pytest.mark.parametrize("content_length", [True, False])
-def test_oversized_download_is_cut(config, runtime, s3, server, allow_loopback, fake_dns, content_length):
-    httpd, base = server
-    _Handler.routes["/big.png"] = serve_bytes(PNG + b"\0" * 400_000, content_length=content_length)
-    assert call({"url": f"{base}/big.png"}, config, runtime, s3)[0] == 413
+def test_oversized_download_is_cut(call_bridge, bridge_config, site, allow_loopback, fake_dns, content_length):
+    base = site.url
+    site.routes["/big.png"] = (png_route if content_length else png_without_length)(PNG + b"\0" * 400_000)
+    assert call_bridge({"url": f"{base}/big.png"}, bridge_config)[0] == 413
 
 
-def test_upstream_error_is_502(config, runtime, s3, server, allow_loopback, fake_dns):
-    httpd, base = server
-    code, body = call({"url": f"{base}/missing.png"}, config, runtime, s3)
+def test_upstream_error_is_502(call_bridge, bridge_config, site, allow_loopback, fake_dns):
+    base = site.url
+    code, body = call_bridge({"url": f"{base}/missing.png"}, bridge_config)
     assert code == 502 and "404" in body["error"]
 
 
-def test_slow_server_times_out(runtime, s3, server, allow_loopback, fake_dns):
-    httpd, base = server
+def test_slow_server_times_out(bridge, call_bridge, site, allow_loopback, fake_dns):
+    base = site.url
 
     def slow(h):
         time.sleep(1.5)
-        serve_bytes(PNG)(h)
+        png_route()(h)
 
-    _Handler.routes["/slow.png"] = slow
-    config = bridge.Config(endpoint_name=ENDPOINT, fetch_timeout_s=0.5)
+    site.routes["/slow.png"] = slow
+    config = bridge.Config(endpoint_name=LAMBDA_ENDPOINT, fetch_timeout_s=0.5)
     started = time.monotonic()
-    assert call({"url": f"{base}/slow.png"}, config, runtime, s3)[0] == 504
+    assert call_bridge({"url": f"{base}/slow.png"}, config)[0] == 504
     assert time.monotonic() - started < 1.4
 
 
-def test_config_from_env():
+def test_config_from_env(bridge):
     config = bridge.Config.from_env(
         {
             "ENDPOINT_NAME": "ep",
@@ -450,10 +378,10 @@ def test_config_from_env():
         bridge.Config.from_env({})
 
 
-def test_lambda_handler_wires_env_and_clients(monkeypatch, runtime, s3):
-    monkeypatch.setenv("ENDPOINT_NAME", ENDPOINT)
-    monkeypatch.setattr(bridge, "_clients", lambda: (runtime[0], s3[0]))
-    expect_invoke(runtime[1], PNG, "image/png")
+def test_lambda_handler_wires_env_and_clients(bridge, runtime_stub, s3_stub, monkeypatch):
+    monkeypatch.setenv("ENDPOINT_NAME", LAMBDA_ENDPOINT)
+    monkeypatch.setattr(bridge, "_clients", lambda: (runtime_stub.client, s3_stub.client))
+    expect_invoke(runtime_stub, PNG, "image/png")
     result = bridge.lambda_handler({"image": base64.b64encode(PNG).decode()}, None)
     assert result["statusCode"] == 200 and json.loads(result["body"]) == PREDICTION
 
@@ -507,51 +435,55 @@ def tls_cert(tmp_path_factory):
 
 
 @pytest.fixture
-def tls_server(server, tls_cert):
+def tls_server(site, tls_cert):
+    """The loopback site speaking TLS with the test certificate; the SNI names it was sent."""
     import ssl
 
-    httpd, _ = server
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*tls_cert)
     sni = []
     context.sni_callback = lambda sock, name, ctx: sni.append(name)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    return httpd.server_address[1], sni
+    site.httpd.socket = context.wrap_socket(site.httpd.socket, server_side=True)
+    return site.port, sni
 
 
 @pytest.fixture
-def trust_test_cert(monkeypatch, tls_cert):
+def trust_test_cert(bridge, monkeypatch, tls_cert):
     import ssl
 
     real = ssl.create_default_context
     monkeypatch.setattr(bridge.urlguard.ssl, "create_default_context", lambda *a, **k: real(cafile=str(tls_cert[0])))
 
 
-def test_https_fetch_is_pinned_with_sni_and_verified(config, runtime, s3, tls_server, allow_loopback, fake_dns, trust_test_cert):
+def test_https_fetch_is_pinned_with_sni_and_verified(
+    call_bridge, runtime_stub, site, bridge_config, tls_server, allow_loopback, fake_dns, trust_test_cert
+):
     port, sni = tls_server
     fake_dns["images.example.test"] = ["127.0.0.1"]
-    _Handler.routes["/cat.png"] = serve_bytes(PNG)
-    expect_invoke(runtime[1], PNG, "image/png")
-    status, body = call({"url": f"https://images.example.test:{port}/cat.png"}, config, runtime, s3)
+    site.routes["/cat.png"] = png_route()
+    expect_invoke(runtime_stub, PNG, "image/png")
+    status, body = call_bridge({"url": f"https://images.example.test:{port}/cat.png"}, bridge_config)
     assert status == 200, body
     assert sni == ["images.example.test"]
 
 
-def test_https_certificate_for_another_name_is_refused(config, runtime, s3, tls_server, allow_loopback, fake_dns, trust_test_cert):
+def test_https_certificate_for_another_name_is_refused(
+    call_bridge, site, bridge_config, tls_server, allow_loopback, fake_dns, trust_test_cert
+):
     port, _ = tls_server
     fake_dns["other.example.test"] = ["127.0.0.1"]
-    _Handler.routes["/cat.png"] = serve_bytes(PNG)
-    code, body = call({"url": f"https://other.example.test:{port}/cat.png"}, config, runtime, s3)
+    site.routes["/cat.png"] = png_route()
+    code, body = call_bridge({"url": f"https://other.example.test:{port}/cat.png"}, bridge_config)
     assert code == 502 and "SSL" in body["error"]
 
 
 # --- the deadline, rebinding and odd inputs (issue 12: 4, 5, 15) ------------------------
 
 
-def test_whole_fetch_has_one_deadline(config, runtime, s3, server, allow_loopback, fake_dns):
+def test_whole_fetch_has_one_deadline(call_bridge, bridge_config, site, allow_loopback, fake_dns):
     """A server dripping a byte at a time never trips a per-read timeout; the
     wall-clock deadline (FETCH_TIMEOUT_S=2) cuts it off anyway."""
-    httpd, base = server
+    base = site.url
 
     def drip(h):
         h.send_response(200)
@@ -565,57 +497,44 @@ def test_whole_fetch_has_one_deadline(config, runtime, s3, server, allow_loopbac
                 return
             time.sleep(0.1)
 
-    _Handler.routes["/drip"] = drip
+    site.routes["/drip"] = drip
     start = time.monotonic()
-    code, body = call({"url": f"{base}/drip"}, config, runtime, s3)
-    assert code == 504 and time.monotonic() - start < config.fetch_timeout_s + 1.5, body
+    code, body = call_bridge({"url": f"{base}/drip"}, bridge_config)
+    assert code == 504 and time.monotonic() - start < bridge_config.fetch_timeout_s + 1.5, body
 
 
-def test_dns_is_resolved_once_and_pinned(config, runtime, s3, monkeypatch):
+def test_dns_is_resolved_once_and_pinned(bridge, call_bridge, runtime_stub, bridge_config, monkeypatch):
     """A resolver that answers differently the second time (DNS rebinding): the
     fetch connects to the first, checked answer, whatever later lookups say."""
-    public = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    port = public.server_address[1]
-    try:
-        secret = ThreadingHTTPServer(("127.0.0.2", port), _Handler)
-    except OSError:
-        public.server_close()
-        pytest.fail("cannot bind 127.0.0.2 on the same port")
-    answers = iter([["127.0.0.1"]] + [["127.0.0.2"]] * 10)
-    real_getaddrinfo = socket.getaddrinfo
+    served = []
 
-    def rebinding(host, *args, **kwargs):
-        if host == "rebind.example.test":
-            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers)[0], port))]
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
-    monkeypatch.setattr(bridge.urlguard, "address_is_public", lambda ip: str(ip) == "127.0.0.1")
-    served = {}
-
-    def which(name):
+    def answer_as(name):
         def route(h):
-            served[name] = True
-            serve_bytes(PNG)(h)
+            served.append(name)
+            png_route()(h)
 
         return route
 
-    _Handler.routes = {"/img.png": None}
-    threads = []
-    for httpd, name in ((public, "public"), (secret, "secret")):
-        handler = type(f"H{name}", (_Handler,), {"routes": {"/img.png": which(name)}})
-        httpd.RequestHandlerClass = handler
-        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-        thread.start()
-        threads.append(httpd)
-    try:
-        expect_invoke(runtime[1], PNG, "image/png")
-        assert call({"url": f"http://rebind.example.test:{port}/img.png"}, config, runtime, s3)[0] == 200
-        assert served == {"public": True}
-    finally:
-        for httpd in threads:
-            httpd.shutdown()
-            httpd.server_close()
+    with Site("127.0.0.1", routes={"/img.png": answer_as("public")}) as public:
+        port = public.port
+        try:
+            secret = Site("127.0.0.2", port, routes={"/img.png": answer_as("secret")})
+        except OSError:
+            pytest.fail("cannot bind 127.0.0.2 on the same port")
+        with secret:
+            answers = iter([["127.0.0.1"]] + [["127.0.0.2"]] * 10)
+            real_getaddrinfo = socket.getaddrinfo
+
+            def rebinding(host, *args, **kwargs):
+                if host == "rebind.example.test":
+                    return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers)[0], port))]
+                return real_getaddrinfo(host, *args, **kwargs)
+
+            monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+            monkeypatch.setattr(bridge.urlguard, "address_is_public", lambda ip: str(ip) == "127.0.0.1")
+            expect_invoke(runtime_stub, PNG, "image/png")
+            assert call_bridge({"url": f"http://rebind.example.test:{port}/img.png"}, bridge_config)[0] == 200
+    assert served == ["public"]
 
 
 @pytest.mark.parametrize(
@@ -639,14 +558,14 @@ def test_dns_is_resolved_once_and_pinned(config, runtime, s3, monkeypatch):
         {"image": "\u00e9\u00e9\u00e9\u00e9"},
     ],
 )
-def test_odd_events_are_400(config, runtime, s3, event):
-    code, body = call(event, config, runtime, s3)
+def test_odd_events_are_400(call_bridge, bridge_config, event):
+    code, body = call_bridge(event, bridge_config)
     assert code == 400, body
     assert "Traceback" not in body["error"]
 
 
-def test_odd_redirect_location_is_not_a_500(config, runtime, s3, server, allow_loopback, fake_dns):
-    httpd, base = server
-    _Handler.routes["/r"] = redirect_to("http://[::1")
-    code, body = call({"url": f"{base}/r"}, config, runtime, s3)
+def test_odd_redirect_location_is_not_a_500(call_bridge, bridge_config, site, allow_loopback, fake_dns):
+    base = site.url
+    site.routes["/r"] = redirect("http://[::1")
+    code, body = call_bridge({"url": f"{base}/r"}, bridge_config)
     assert code in (400, 502), body

@@ -9,6 +9,8 @@ import tarfile
 
 import pytest
 from smvision_aws import cli, local_hosting, local_mode
+from smvision_aws.commands.endpoints import cmd_cleanup, cmd_deploy, cmd_transform
+from smvision_aws.usage import UsageError
 
 
 @pytest.fixture
@@ -40,8 +42,8 @@ def test_only_this_images_local_containers_are_found(fake_docker):
 
 
 def test_cleanup_local_needs_the_image():
-    with pytest.raises(cli.UsageError, match="--image"):
-        cli.cmd_cleanup(cli.get_args_parser().parse_args(["cleanup", "--local"]))
+    with pytest.raises(UsageError, match="--image"):
+        cmd_cleanup(cli.get_args_parser().parse_args(["cleanup", "--local"]))
 
 
 def test_every_host_is_checked_not_only_the_first():
@@ -74,11 +76,11 @@ def test_model_tar_is_extracted_like_sagemaker_and_escapes_are_refused(tmp_path)
 def test_local_transform_and_deploy_refuse_aws_only_flags(tmp_path):
     parser = cli.get_args_parser()
     base = ["transform", "--local", "--image", "img", "--model-data", "file:///m.tar.gz"]
-    with pytest.raises(cli.UsageError, match="file:///"):
-        cli.cmd_transform(parser.parse_args([*base, "--input", "s3://b/in/", "--output", "file:///o"]))
-    with pytest.raises(cli.UsageError, match="--ami-version"):
-        cli.cmd_transform(
+    with pytest.raises(UsageError, match="file:///"):
+        cmd_transform(parser.parse_args([*base, "--input", "s3://b/in/", "--output", "file:///o"]))
+    with pytest.raises(UsageError, match="--ami-version"):
+        cmd_transform(
             parser.parse_args([*base, "--input", "file:///i", "--output", "file:///o", "--ami-version", "al2-ami-sagemaker-batch-gpu-535"])
         )
-    with pytest.raises(cli.UsageError, match="need AWS"):
-        cli.cmd_deploy(parser.parse_args(["deploy", "--local", "--image", "img", "--endpoint-name", "e", "--serverless"]))
+    with pytest.raises(UsageError, match="need AWS"):
+        cmd_deploy(parser.parse_args(["deploy", "--local", "--image", "img", "--endpoint-name", "e", "--serverless"]))

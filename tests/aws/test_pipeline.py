@@ -10,21 +10,23 @@ from __future__ import annotations
 import json
 
 import pytest
-from botocore.stub import ANY, Stubber
+from botocore.stub import ANY
 from smvision_aws import cli
+from smvision_aws.commands.workflow import cmd_pipeline
+from smvision_aws.usage import UsageError
 
-from tests.aws.conftest import IMAGE, REGION, ROLE
+from tests.support.aws import ACCOUNT, IMAGE, REGION, ROLE
 from train.reporting import METRIC_DEFINITIONS
 
 ARGS = ["--image", IMAGE, "--role", ROLE, "--raw-data", "s3://smv-bucket/bins/raw/", "--data-output", "s3://smv-bucket/bins/data/"]
 ARGS += ["--output-path", "s3://smv-bucket/bins/models/", "--model-package-group", "bins", "--epochs", "15", "--f1-threshold", "0.8"]
 ARGS += ["--hp", "lr=0.001", "--hp", "arch=resnet50"]
-ARN = f"arn:aws:sagemaker:{REGION}:123456789012:pipeline/smvision-pipeline"
+PIPELINE_ARN = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:pipeline/smvision-pipeline"
 
 
 def definition(*extra) -> dict:
     args = cli.get_args_parser().parse_args(["pipeline", "definition", *ARGS, *extra])
-    return cli.cmd_pipeline(args)["definition"]
+    return cmd_pipeline(args)["definition"]
 
 
 def test_parameters_with_defaults_from_the_flags():
@@ -98,50 +100,45 @@ def test_condition_gates_registration_on_val_macro_f1():
     [(["--f1-threshold", "1.5"], "0..1"), (["--hp", "epochs=3"], "--epochs")],
 )
 def test_bad_pipeline_flags(extra, message):
-    with pytest.raises(cli.UsageError, match=message):
+    with pytest.raises(UsageError, match=message):
         definition(*extra)
 
 
-def test_upsert_creates_then_updates(boto_session):
-    client = boto_session.client("sagemaker")
+def test_upsert_creates_then_updates(sm_stub):
+    client = sm_stub.client
     args = cli.get_args_parser().parse_args(["pipeline", "upsert", *ARGS, "--tag", "project=bins"])
     expected = {"PipelineName": "smvision-pipeline", "PipelineDefinition": ANY, "PipelineDescription": ANY, "RoleArn": ROLE}
-    with Stubber(client) as stub:
-        stub.add_response("create_pipeline", {"PipelineArn": ARN}, {**expected, "Tags": [{"Key": "project", "Value": "bins"}]})
-        stub.add_client_error("create_pipeline", "ResourceInUse", "Pipeline smvision-pipeline already exists")
-        stub.add_response("update_pipeline", {"PipelineArn": ARN}, expected)
-        first = cli.cmd_pipeline(args, sagemaker_client=client)
-        second = cli.cmd_pipeline(args, sagemaker_client=client)
-        stub.assert_no_pending_responses()
+    sm_stub.add_response("create_pipeline", {"PipelineArn": PIPELINE_ARN}, {**expected, "Tags": [{"Key": "project", "Value": "bins"}]})
+    sm_stub.add_client_error("create_pipeline", "ResourceInUse", "Pipeline smvision-pipeline already exists")
+    sm_stub.add_response("update_pipeline", {"PipelineArn": PIPELINE_ARN}, expected)
+    first = cmd_pipeline(args, sagemaker_client=client)
+    second = cmd_pipeline(args, sagemaker_client=client)
     assert (first["action"], second["action"]) == ("created", "updated")
     assert first["steps"] == ["PrepareBins", "Train", "F1Gate"]
 
 
-def test_the_uploaded_definition_is_the_printed_one(boto_session):
-    client = boto_session.client("sagemaker")
+def test_the_uploaded_definition_is_the_printed_one(sm_stub):
+    client = sm_stub.client
     sent = {}
     client.meta.events.register("provide-client-params.sagemaker.CreatePipeline", lambda params, **_: sent.update(params))
     args = cli.get_args_parser().parse_args(["pipeline", "upsert", *ARGS])
-    with Stubber(client) as stub:
-        stub.add_response("create_pipeline", {"PipelineArn": ARN}, None)
-        cli.cmd_pipeline(args, sagemaker_client=client)
+    sm_stub.add_response("create_pipeline", {"PipelineArn": PIPELINE_ARN}, None)
+    cmd_pipeline(args, sagemaker_client=client)
     assert json.loads(sent["PipelineDefinition"]) == definition()
 
 
-def test_start_with_parameter_overrides(boto_session):
-    client = boto_session.client("sagemaker")
+def test_start_with_parameter_overrides(sm_stub):
+    client = sm_stub.client
     args = cli.get_args_parser().parse_args(
         ["pipeline", "start", "--parameter", "Epochs=30", "--parameter", "TrainingInstanceType=ml.g5.2xlarge"]
     )
-    with Stubber(client) as stub:
-        stub.add_response(
-            "start_pipeline_execution",
-            {"PipelineExecutionArn": ARN + "/execution/1"},
-            {
-                "PipelineName": "smvision-pipeline",
-                "PipelineParameters": [{"Name": "Epochs", "Value": "30"}, {"Name": "TrainingInstanceType", "Value": "ml.g5.2xlarge"}],
-            },
-        )
-        result = cli.cmd_pipeline(args, sagemaker_client=client)
-        stub.assert_no_pending_responses()
+    sm_stub.add_response(
+        "start_pipeline_execution",
+        {"PipelineExecutionArn": PIPELINE_ARN + "/execution/1"},
+        {
+            "PipelineName": "smvision-pipeline",
+            "PipelineParameters": [{"Name": "Epochs", "Value": "30"}, {"Name": "TrainingInstanceType", "Value": "ml.g5.2xlarge"}],
+        },
+    )
+    result = cmd_pipeline(args, sagemaker_client=client)
     assert result["execution"].endswith("/execution/1")

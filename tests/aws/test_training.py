@@ -3,33 +3,19 @@ sent through sagemaker.core's TrainingJob.create, and the wait for the job."""
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
-from botocore.stub import ANY, Stubber
+from botocore.stub import ANY
 from smvision_aws import cli
-from smvision_aws.training import UsageError, validate_hyperparameters
+from smvision_aws.commands.training import cmd_train
+from smvision_aws.training import validate_hyperparameters
+from smvision_aws.usage import UsageError
 
-from tests.aws.conftest import ACCOUNT, IMAGE, REGION, ROLE, Matching
+from tests.support.aws import IMAGE, MODEL_DATA, ROLE, Matching, described_training_job
 from train.reporting import METRIC_DEFINITIONS
-
-NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-MODEL_DATA = "s3://smv-bucket/shapes/models/smv-1/output/model.tar.gz"
 
 
 def described_job(name="smv-1", status="InProgress", **extra):
-    return {
-        "TrainingJobName": name,
-        "TrainingJobArn": f"arn:aws:sagemaker:{REGION}:{ACCOUNT}:training-job/{name}",
-        "TrainingJobStatus": status,
-        "SecondaryStatus": "Starting" if status == "InProgress" else status,
-        "CreationTime": NOW,
-        "AlgorithmSpecification": {"TrainingInputMode": "File", "TrainingImage": IMAGE},
-        "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "VolumeSizeInGB": 30},
-        "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
-        "ModelArtifacts": {"S3ModelArtifacts": MODEL_DATA},
-        **extra,
-    }
+    return described_training_job(name, status, **extra)
 
 
 def stub_create(stub, expected, name="smv-1"):
@@ -38,16 +24,18 @@ def stub_create(stub, expected, name="smv-1"):
     stub.add_response("describe_training_job", described_job(name), {"TrainingJobName": name})
 
 
-def run_train(session, argv, expected):
-    args = cli.get_args_parser().parse_args(["train", *argv])
+@pytest.fixture
+def run_train(session, sm_stub, stubber):
+    """run_train(argv, expected): `train ARGV` must send exactly `expected`."""
     # No IAM response is stubbed: SDK 3's client-side role check (iam:SimulatePrincipalPolicy)
     # must not run, or it would refuse the least-privilege training role.
-    with Stubber(session.sagemaker_client) as stub, Stubber(session.client("iam")) as iam:
-        stub_create(stub, expected)
-        result = cli.cmd_train(args, session=session)
-        stub.assert_no_pending_responses()
-        iam.assert_no_pending_responses()
-    return result
+    stubber("iam")
+
+    def run(argv, expected):
+        stub_create(sm_stub, expected)
+        return cmd_train(cli.get_args_parser().parse_args(["train", *argv]), session=session)
+
+    return run
 
 
 BASE = [
@@ -97,12 +85,12 @@ def expected_request(**overrides):
 HPS = ["--hp", "epochs=12", "--hp", "batch-size=32", "--hp", "lr=0.0003", "--hp", "freeze-backbone=true"]
 
 
-def test_single_instance_job_uses_image_metrics_and_channels(session):
-    result = run_train(session, BASE + HPS + ["--job-name", "smv-1"], expected_request())
+def test_single_instance_job_uses_image_metrics_and_channels(run_train):
+    result = run_train(BASE + HPS + ["--job-name", "smv-1"], expected_request())
     assert result == {"training_job": "smv-1", "model_data": None, "instance_count": 1, "spot": False}
 
 
-def test_multi_instance_spot_job_with_checkpoints(session):
+def test_multi_instance_spot_job_with_checkpoints(run_train):
     argv = (
         BASE
         + HPS
@@ -128,10 +116,10 @@ def test_multi_instance_spot_job_with_checkpoints(session):
         EnableManagedSpotTraining=True,
         CheckpointConfig={"S3Uri": "s3://smv-bucket/shapes/checkpoints/smv-1/"},
     )
-    assert run_train(session, argv, expected)["spot"] is True
+    assert run_train(argv, expected)["spot"] is True
 
 
-def test_split_channels_are_passed_by_name(session):
+def test_split_channels_are_passed_by_name(run_train):
     argv = [
         "--image",
         IMAGE,
@@ -163,7 +151,7 @@ def test_split_channels_are_passed_by_name(session):
     ]
     expected = expected_request(InputDataConfig=channels, HyperParameters={"epochs": "2"})
     del expected["Tags"]
-    run_train(session, argv, expected)
+    run_train(argv, expected)
 
 
 def test_metric_regexes_match_the_trainers_log_line():
@@ -190,11 +178,11 @@ def test_metric_regexes_match_the_trainers_log_line():
         (["--checkpoint-s3-uri", "/tmp/ckpt"], "must be an s3:// URI"),
     ],
 )
-def test_bad_input_fails_before_any_aws_call(session, argv, message):
+def test_bad_input_fails_before_any_aws_call(session, sm_stub, argv, message):
     args = cli.get_args_parser().parse_args(["train", *BASE, *argv])
     # no responses queued in the Stubber: any AWS call would fail
-    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match=message):
-        cli.cmd_train(args, session=session)
+    with pytest.raises(UsageError, match=message):
+        cmd_train(args, session=session)
 
 
 def test_role_and_output_path_are_required_on_aws(session, monkeypatch):
@@ -203,17 +191,17 @@ def test_role_and_output_path_are_required_on_aws(session, monkeypatch):
         ["train", "--image", IMAGE, "--channel", "training=s3://b/p/", "--output-path", "s3://b/p/models/"]
     )
     with pytest.raises(UsageError, match="--role"):
-        cli.cmd_train(args, session=session)
+        cmd_train(args, session=session)
     args = cli.get_args_parser().parse_args(["train", "--image", IMAGE, "--role", ROLE, "--channel", "training=s3://b/p/"])
     with pytest.raises(UsageError, match="--output-path"):
-        cli.cmd_train(args, session=session)
+        cmd_train(args, session=session)
 
 
 def test_trainer_aliases_are_accepted_host_side():
     validate_hyperparameters({"learning_rate": "0.001", "batch_size": "16", "patience": "3", "freeze_backbone": "False"})
 
 
-def test_default_job_name_waiting_for_completion_and_debugger_hook(session):
+def test_default_job_name_waiting_for_completion_and_debugger_hook(session, sm_stub):
     """Without --job-name ModelTrainer names the job BASE-timestamp; without --no-wait the
     command waits for Completed and answers the model artifact; --debugger-hook puts a
     hook config with the output path back."""
@@ -224,26 +212,22 @@ def test_default_job_name_waiting_for_completion_and_debugger_hook(session):
         DebugHookConfig={"S3OutputPath": "s3://smv-bucket/shapes/models/"},
     )
     args = cli.get_args_parser().parse_args(["train", *argv])
-    with Stubber(session.sagemaker_client) as stub:
-        stub.add_response("create_training_job", {"TrainingJobArn": described_job()["TrainingJobArn"]}, expected)
-        stub.add_response("describe_training_job", described_job("shapes-20260101000000"), {"TrainingJobName": ANY})
-        # the waiter's poll, then the description the result is read from
-        for _ in range(2):
-            stub.add_response(
-                "describe_training_job", described_job("shapes-20260101000000", "Completed"), {"TrainingJobName": "shapes-20260101000000"}
-            )
-        result = cli.cmd_train(args, session=session)
-        stub.assert_no_pending_responses()
+    sm_stub.add_response("create_training_job", {"TrainingJobArn": described_job()["TrainingJobArn"]}, expected)
+    sm_stub.add_response("describe_training_job", described_job("shapes-20260101000000"), {"TrainingJobName": ANY})
+    # the waiter's poll, then the description the result is read from
+    for _ in range(2):
+        sm_stub.add_response(
+            "describe_training_job", described_job("shapes-20260101000000", "Completed"), {"TrainingJobName": "shapes-20260101000000"}
+        )
+    result = cmd_train(args, session=session)
     assert result["training_job"] == "shapes-20260101000000" and result["model_data"] == MODEL_DATA
 
 
-def test_a_failed_job_fails_the_command_with_its_reason(session):
+def test_a_failed_job_fails_the_command_with_its_reason(session, sm_stub):
     args = cli.get_args_parser().parse_args(["train", *[a for a in BASE if a != "--no-wait"], "--job-name", "smv-1"])
     failed = described_job(status="Failed", FailureReason="AlgorithmError: CUDA out of memory")
-    with Stubber(session.sagemaker_client) as stub:
-        stub_create(stub, None)
-        stub.add_response("describe_training_job", failed, {"TrainingJobName": "smv-1"})  # the waiter stops on Failed
-        stub.add_response("describe_training_job", failed, {"TrainingJobName": "smv-1"})
-        with pytest.raises(RuntimeError, match="smv-1 Failed: AlgorithmError: CUDA out of memory"):
-            cli.cmd_train(args, session=session)
-        stub.assert_no_pending_responses()
+    stub_create(sm_stub, None)
+    sm_stub.add_response("describe_training_job", failed, {"TrainingJobName": "smv-1"})  # the waiter stops on Failed
+    sm_stub.add_response("describe_training_job", failed, {"TrainingJobName": "smv-1"})
+    with pytest.raises(RuntimeError, match="smv-1 Failed: AlgorithmError: CUDA out of memory"):
+        cmd_train(args, session=session)

@@ -3,11 +3,14 @@ ModelTrainer, and the best-trial summary."""
 
 from __future__ import annotations
 
-from botocore.stub import ANY, Stubber
+import pytest
+from botocore.stub import ANY
 from smvision_aws import cli, tuning
+from smvision_aws.commands.training import cmd_tune
 from smvision_aws.training import validate_hyperparameters
+from smvision_aws.usage import UsageError
 
-from tests.aws.conftest import IMAGE, ROLE, Matching
+from tests.support.aws import ARN, IMAGE, ROLE, Matching, described_training_job
 from train.reporting import METRIC_DEFINITIONS
 
 ARGV = [
@@ -35,10 +38,10 @@ ARGV = [
     "project=shapes",
 ]
 
-TUNING_ARN = "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/t"
+TUNING_ARN = f"{ARN}:hyper-parameter-tuning-job/t"
 
 
-def test_tuning_job_request(session):
+def test_tuning_job_request(session, stubber, sm_stub):
     expected = {
         # the tuner's short name: base, yymmdd-hhmm, within the 32 characters allowed
         "HyperParameterTuningJobName": Matching(r"smvision-hpo-\d{6}-\d{4}"),
@@ -84,14 +87,12 @@ def test_tuning_job_request(session):
         },
     }
     args = cli.get_args_parser().parse_args(ARGV)
-    with Stubber(session.sagemaker_client) as stub, Stubber(session.client("iam")) as iam:  # no IAM call: see test_training
-        stub.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": TUNING_ARN}, expected)
-        stub.add_response(
-            "describe_hyper_parameter_tuning_job", described_tuning_job("smvision-hpo-260101-0000"), {"HyperParameterTuningJobName": ANY}
-        )
-        result = cli.cmd_tune(args, session=session)
-        stub.assert_no_pending_responses()
-        iam.assert_no_pending_responses()
+    stubber("iam")  # no IAM call: see test_training
+    sm_stub.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": TUNING_ARN}, expected)
+    sm_stub.add_response(
+        "describe_hyper_parameter_tuning_job", described_tuning_job("smvision-hpo-260101-0000"), {"HyperParameterTuningJobName": ANY}
+    )
+    result = cmd_tune(args, session=session)
     assert result["status"] == "InProgress" and result["tuning_job"].startswith("smvision-hpo-")
 
 
@@ -108,33 +109,26 @@ def described_tuning_job(name, status="InProgress", **extra):
     }
 
 
-def test_no_early_stopping_and_too_many_parallel_jobs(session):
-    import pytest
-    from smvision_aws.training import UsageError
-
+def test_no_early_stopping_and_too_many_parallel_jobs(session, sm_stub):
     args = cli.get_args_parser().parse_args([*ARGV, "--no-early-stopping"])
-    with Stubber(session.sagemaker_client) as stub:
-        stub.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": TUNING_ARN}, None)
-        stub.add_response("describe_hyper_parameter_tuning_job", described_tuning_job("t"), None)
-        captured = {}
-        session.sagemaker_client.meta.events.register(
-            "provide-client-params.sagemaker.CreateHyperParameterTuningJob", lambda params, **_: captured.update(params)
-        )
-        cli.cmd_tune(args, session=session)
+    sm_stub.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": TUNING_ARN}, None)
+    sm_stub.add_response("describe_hyper_parameter_tuning_job", described_tuning_job("t"), None)
+    captured = {}
+    session.sagemaker_client.meta.events.register(
+        "provide-client-params.sagemaker.CreateHyperParameterTuningJob", lambda params, **_: captured.update(params)
+    )
+    cmd_tune(args, session=session)
     assert captured["HyperParameterTuningJobConfig"]["TrainingJobEarlyStoppingType"] == "Off"
     args = cli.get_args_parser().parse_args([*ARGV, "--max-jobs", "2", "--max-parallel-jobs", "3"])
-    with Stubber(session.sagemaker_client), pytest.raises(UsageError, match="must not exceed"):
-        cli.cmd_tune(args, session=session)
+    with pytest.raises(UsageError, match="must not exceed"):
+        cmd_tune(args, session=session)
 
 
 def test_tuned_names_may_not_be_fixed(session):
-    import pytest
-    from smvision_aws.training import UsageError
-
     for fixed in ("lr=0.1", "learning_rate=0.1", "batch_size=8", "patience=3", "freeze_backbone=true"):
         args = cli.get_args_parser().parse_args(ARGV + ["--hp", fixed])
         with pytest.raises(UsageError, match="tuned"):
-            cli.cmd_tune(args, session=session)
+            cmd_tune(args, session=session)
 
 
 def test_every_point_of_the_space_is_accepted_by_the_trainer():
@@ -145,48 +139,39 @@ def test_every_point_of_the_space_is_accepted_by_the_trainer():
         validate_hyperparameters(point)
 
 
-def test_best_job_summary(session):
-    client = session.sagemaker_client
-    with Stubber(client) as stub:
-        stub.add_response(
-            "describe_hyper_parameter_tuning_job",
-            {
-                "HyperParameterTuningJobName": "hpo-1",
-                "HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/hpo-1",
-                "HyperParameterTuningJobConfig": {"Strategy": "Bayesian", "ResourceLimits": {"MaxParallelTrainingJobs": 2}},
-                "HyperParameterTuningJobStatus": "Completed",
-                "CreationTime": "2026-01-01T00:00:00Z",
-                "TrainingJobStatusCounters": {"Completed": 11, "Stopped": 1},
-                "ObjectiveStatusCounters": {"Succeeded": 12},
-                "BestTrainingJob": {
-                    "TrainingJobName": "hpo-1-007-abc",
-                    "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/hpo-1-007-abc",
-                    "CreationTime": "2026-01-01T00:00:00Z",
-                    "TrainingJobStatus": "Completed",
-                    "TunedHyperParameters": {"lr": "0.0004", "batch-size": "32"},
-                    "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "val_macro_f1", "Value": 0.93},
-                },
-            },
-            {"HyperParameterTuningJobName": "hpo-1"},
-        )
-        stub.add_response(
-            "describe_training_job",
-            {
+def test_best_job_summary(session, sm_stub):
+    sm_stub.add_response(
+        "describe_hyper_parameter_tuning_job",
+        {
+            "HyperParameterTuningJobName": "hpo-1",
+            "HyperParameterTuningJobArn": f"{ARN}:hyper-parameter-tuning-job/hpo-1",
+            "HyperParameterTuningJobConfig": {"Strategy": "Bayesian", "ResourceLimits": {"MaxParallelTrainingJobs": 2}},
+            "HyperParameterTuningJobStatus": "Completed",
+            "CreationTime": "2026-01-01T00:00:00Z",
+            "TrainingJobStatusCounters": {"Completed": 11, "Stopped": 1},
+            "ObjectiveStatusCounters": {"Succeeded": 12},
+            "BestTrainingJob": {
                 "TrainingJobName": "hpo-1-007-abc",
-                "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/hpo-1-007-abc",
-                "TrainingJobStatus": "Completed",
-                "SecondaryStatus": "Completed",
+                "TrainingJobArn": f"{ARN}:training-job/hpo-1-007-abc",
                 "CreationTime": "2026-01-01T00:00:00Z",
-                "AlgorithmSpecification": {"TrainingInputMode": "File"},
-                "ResourceConfig": {"InstanceCount": 1, "InstanceType": "ml.g4dn.xlarge", "VolumeSizeInGB": 30},
-                "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
-                "ModelArtifacts": {"S3ModelArtifacts": "s3://smv-bucket/shapes/models/hpo-1-007-abc/output/model.tar.gz"},
-                "HyperParameters": {"epochs": "10", "lr": "0.0004", "batch-size": "32", "_tuning_objective_metric": "val_macro_f1"},
+                "TrainingJobStatus": "Completed",
+                "TunedHyperParameters": {"lr": "0.0004", "batch-size": "32"},
+                "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "val_macro_f1", "Value": 0.93},
             },
-            {"TrainingJobName": "hpo-1-007-abc"},
-        )
-        args = cli.get_args_parser().parse_args(["tune", "--best", "hpo-1"])
-        summary = cli.cmd_tune(args, session=session)
+        },
+        {"HyperParameterTuningJobName": "hpo-1"},
+    )
+    sm_stub.add_response(
+        "describe_training_job",
+        described_training_job(
+            "hpo-1-007-abc",
+            ModelArtifacts={"S3ModelArtifacts": "s3://smv-bucket/shapes/models/hpo-1-007-abc/output/model.tar.gz"},
+            HyperParameters={"epochs": "10", "lr": "0.0004", "batch-size": "32", "_tuning_objective_metric": "val_macro_f1"},
+        ),
+        {"TrainingJobName": "hpo-1-007-abc"},
+    )
+    args = cli.get_args_parser().parse_args(["tune", "--best", "hpo-1"])
+    summary = cmd_tune(args, session=session)
     assert summary["best_training_job"] == "hpo-1-007-abc"
     assert summary["objective"] == {"val_macro_f1": 0.93}
     assert summary["tuned_hyperparameters"] == {"lr": "0.0004", "batch-size": "32"}

@@ -206,6 +206,7 @@ def test_cli_train_local_runs_sdk3_local_container_mode(image, docker_client, lo
     """`smvision-aws train --local` with SDK 3 installed: the same ModelTrainer path,
     every host checked, model.tar.gz copied to --output-path, containers removed."""
     from smvision_aws import cli
+    from smvision_aws.commands.training import cmd_train
 
     out = tmp_path / "out"
     args = cli.get_args_parser().parse_args(
@@ -214,7 +215,7 @@ def test_cli_train_local_runs_sdk3_local_container_mode(image, docker_client, lo
         + [arg for name, value in HPS.items() for arg in ("--hp", f"{name}={value}")]
     )
     before = {c.id for c in docker_client.containers.list(all=True)}
-    result = cli.cmd_train(args)
+    result = cmd_train(args)
 
     assert result["hosts"] == {"algo-1": 0, "algo-2": 0}, result
     assert result["model_data"] == (out / "smv-cli-sdk3" / "model.tar.gz").as_uri()
@@ -228,13 +229,14 @@ def test_cli_tune_local_runs_one_trial_of_the_search_space(image, docker_client,
     """`smvision-aws tune --local`: one sampled point of the tuning space (local mode has
     no tuning service) trained through the same local container mode, containers removed."""
     from smvision_aws import cli, tuning
+    from smvision_aws.commands.training import cmd_tune
 
     args = cli.get_args_parser().parse_args(
         ["tune", "--local", "--image", image, "--channel", f"training={shapes.as_uri()}", "--output-path", (tmp_path / "out").as_uri()]
         + ["--hp", "epochs=1", "--hp", "image-size=64", "--hp", "num-workers=0", "--seed", "3"]
     )
     before = {c.id for c in docker_client.containers.list(all=True)}
-    result = cli.cmd_tune(args)
+    result = cmd_tune(args)
 
     assert result["hyperparameters"] == tuning.sample(seed=3) and result["hosts"] == {"algo-1": 0}, result
     with tarfile.open(Path(result["model_data"].removeprefix("file://"))) as archive:

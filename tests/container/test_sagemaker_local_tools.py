@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from smvision_aws import cli, local_hosting, local_mode
+from smvision_aws.commands.endpoints import cmd_deploy, cmd_transform
 
 from tests.container.conftest import png_bytes
 from train import synthetic
@@ -73,7 +74,7 @@ def test_deploy_local_predicts_a_real_image_then_removes_everything(image, model
         ["deploy", "--local", "--image", image, "--model-data", model_tar.as_uri(), "--endpoint-name", "shapes-local"]
         + ["--smoke-image", str(picture), "--serving-port", str(port)]
     )
-    result = cli.cmd_deploy(args)
+    result = cmd_deploy(args)
     check_prediction(result["smoke_prediction"])
     assert result["url"] == f"http://127.0.0.1:{port}" and result["deleted"] is True
     json.dumps(result)  # what the CLI prints
@@ -87,7 +88,7 @@ def test_a_failed_prediction_still_removes_the_container(image, model_tar, leave
         + ["--serving-port", str(_free_port())]
     )
     with pytest.raises(local_mode.LocalJobError, match="/invocations answered 4"):
-        cli.cmd_deploy(args)
+        cmd_deploy(args)
 
 
 def test_transform_local_writes_one_answer_per_file_like_batch_transform(image, model_tar, leaves_nothing, tmp_path):
@@ -101,7 +102,7 @@ def test_transform_local_writes_one_answer_per_file_like_batch_transform(image, 
         ["transform", "--local", "--image", image, "--model-data", model_tar.as_uri(), "--content-type", "image/png"]
         + ["--input", inputs.as_uri(), "--output", outputs.as_uri(), "--max-concurrent", "2"]
     )
-    result = cli.cmd_transform(args)
+    result = cmd_transform(args)
 
     assert sorted(result["files"]) == sorted(f"{name}.out" for name in pictures)
     assert sorted(str(p.relative_to(outputs)) for p in outputs.rglob("*") if p.is_file()) == sorted(result["files"])
