@@ -1,6 +1,6 @@
 """Endpoints (real-time, serverless, multi-model, async) and batch transform, as
 plain SageMaker requests: CreateModel, CreateEndpointConfig, CreateEndpoint,
-CreateTransformJob (their autoscaling: autoscaling.py).
+CreateTransformJob. Endpoint autoscaling is autoscaling.py.
 
 These are boto3 calls of our own rather than SDK 3's ModelBuilder: ModelBuilder is
 built around detecting a framework and packaging a model object for a model server it
