@@ -1,4 +1,5 @@
-"""Checkpoints in /opt/ml/checkpoints (synced to S3 by SageMaker for spot jobs).
+"""Checkpoints in /opt/ml/checkpoints (synced to S3 by SageMaker for spot jobs): the
+run's one `save_checkpoint` and one `resume`, and the files beneath them.
 
 A checkpoint is plain data: one dict of tensors, numbers, strings, lists and dicts,
 loaded with `torch.load(weights_only=True)`. The folder is shared with S3 and read as
@@ -13,12 +14,16 @@ leaves a half file under a real name.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 from pathlib import Path
 
 import torch
+
+from train import distributed
+from train.state import Progress, TrainState
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +57,49 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
-def save_checkpoint(state: dict, directory: Path, epoch: int, step: int, keep: int) -> Path:
-    """Write `state` (plain data, with `arch` and `classes`) and keep the newest `keep`
+def save_checkpoint(state: TrainState, epoch: int, step: int, partial: tuple[float, float, float] | None = None) -> str | None:
+    """Rank 0 writes everything a restart needs, as plain data, after `epoch` epochs and
+    `step` more steps; `partial` is the epoch's sums so far when stopping mid-epoch.
+    Returns the file written (None on the other ranks)."""
+    if not state.process.is_main:
+        return None
+    progress = dataclasses.replace(state.progress, epoch=epoch, step=step, partial=partial)
+    snapshot = {
+        "arch": state.config.arch,
+        "classes": list(state.classes),
+        "model": state.model_without_ddp.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "progress": progress.to_dict(),
+        "config": state.config.to_dict(),
+    }
+    return str(write_snapshot(snapshot, state.checkpoint_dir, epoch, step, state.config.keep_checkpoints))
+
+
+def resume(state: TrainState) -> None:
+    """Continue from the newest checkpoint of this run, if any: rank 0 reads it (only
+    the master host has the checkpoint folder) and every rank gets the same state."""
+    process = state.process
+    found = load_latest(state.checkpoint_dir, state.config.arch, state.classes) if process.is_main else None
+    found = distributed.broadcast_from_main(found, process)
+    if found is None:
+        return
+    state.model_without_ddp.load_state_dict(found["model"])
+    state.optimizer.load_state_dict(found["optimizer"])
+    state.scheduler.load_state_dict(found["scheduler"])
+    state.scaler.load_state_dict(found["scaler"])
+    state.progress = Progress.from_dict(found["progress"])
+    if process.is_main:
+        log.info("resumed at epoch %d step %d from %s", state.progress.epoch + 1, state.progress.step, found["path"])
+
+
+def write_snapshot(snapshot: dict, directory: Path, epoch: int, step: int, keep: int) -> Path:
+    """Write `snapshot` (plain data, with `arch` and `classes`) and keep the newest `keep`
     checkpoints up to this one. Newer files are another run's (skipped on resume, see
     `load_latest`); counting them would delete this run's own checkpoints."""
     path = directory / _name(epoch, step)
-    atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, **state}, path)
+    atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, **snapshot}, path)
     ours = [p for p in list_checkpoints(directory) if _position(p) <= (epoch, step)]
     for old in ours[keep:]:
         old.unlink(missing_ok=True)
@@ -69,29 +111,29 @@ def load_latest(directory: Path, arch: str, classes: list[str]) -> dict | None:
     `classes`, with its `path` added; None when there is none."""
     for path in list_checkpoints(directory):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            snapshot = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - truncated, corrupt or not plain data: all mean "skip"
             # weights_only refuses pickled objects: such a file is skipped, never executed.
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             log.warning("skipping unreadable checkpoint %s: %s", path, reason)
             continue
-        mismatch = _mismatch(state, arch, classes)
+        mismatch = _mismatch(snapshot, arch, classes)
         if mismatch:
             log.warning("skipping checkpoint %s: %s", path, mismatch)
             continue
-        state["path"] = str(path)
-        return state
+        snapshot["path"] = str(path)
+        return snapshot
     return None
 
 
-def _mismatch(state, arch: str, classes: list[str]) -> str | None:
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+def _mismatch(snapshot, arch: str, classes: list[str]) -> str | None:
+    if not isinstance(snapshot, dict) or snapshot.get("format") != FORMAT:
         return "not a checkpoint of this trainer"
-    if state.get("format_version") != FORMAT_VERSION:
-        return f"checkpoint format {state.get('format_version')!r}, this trainer reads {FORMAT_VERSION}"
-    if state.get("arch") != arch:
-        return f"written for arch={state.get('arch')!r}, this run trains {arch!r}"
-    if list(state.get("classes") or []) != list(classes):
-        theirs = list(state.get("classes") or [])
+    if snapshot.get("format_version") != FORMAT_VERSION:
+        return f"checkpoint format {snapshot.get('format_version')!r}, this trainer reads {FORMAT_VERSION}"
+    if snapshot.get("arch") != arch:
+        return f"written for arch={snapshot.get('arch')!r}, this run trains {arch!r}"
+    if list(snapshot.get("classes") or []) != list(classes):
+        theirs = list(snapshot.get("classes") or [])
         return f"written for {len(theirs)} classes {theirs[:5]}, this run's data has {len(classes)} {list(classes)[:5]}"
     return None

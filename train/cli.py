@@ -60,21 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(hyperparameters, argv)
         import torch
 
-        from train import distributed
+        from train import launcher
 
-        if distributed.started_by_launcher(os.environ):
+        if launcher.started_by_launcher(os.environ):
             # One worker of a job that torchrun (ours or anyone's) or a PyTorchJob started.
             return run_worker(config, paths)
         gpu_count = torch.cuda.device_count() if config.device != "cpu" else 0
-        topology = distributed.plan_topology(config, read_resource_config(paths), os.environ, gpu_count)
-    except ConfigError as err:
-        log.error("%s", err)
-        write_failure(paths, f"ConfigError: {err}")
-        return EXIT_CONFIG
+        topology = launcher.plan_topology(config, read_resource_config(paths), os.environ, gpu_count)
+    except ConfigError as err:  # also script mode's: a bad request fails before the toolkit starts
+        return config_failure(paths, err)
     if topology.world_size == 1 and config.max_restarts == 0:
         return run_worker(config, paths)  # in this process: no launcher in the way of a debugger
     # torchrun's engine starts the workers: each runs this same command line.
-    result = distributed.launch(topology, ["-m", "train.cli", *argv], config.max_restarts, config.dist_timeout_s)
+    result = launcher.launch(topology, ["-m", "train.cli", *argv], config.max_restarts, config.dist_timeout_s)
     if result.stopped and not paths.failure_file.exists():
         # Rank 0 writes the detailed stop message on its own host; say it here too.
         write_failure(
@@ -90,7 +88,8 @@ def run_worker(config, paths: SageMakerPaths, environ=None) -> int:
     from torch.distributed.elastic.multiprocessing.errors import get_error_handler
 
     from train import distributed
-    from train.loop import StopRequest, fit
+    from train.loop import fit
+    from train.state import StopRequest
     from vision import devices
 
     environ = os.environ if environ is None else environ
@@ -106,27 +105,25 @@ def run_worker(config, paths: SageMakerPaths, environ=None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    info = None
+    process = None
     where = f"rank {rank} on host {environ.get('SM_VISION_HOST', os.uname().nodename)}"
     try:
         # Rank 0 says it when GPUs are present but unusable (old driver, no toolkit).
         device = devices.select_device(config.device, warn=rank == 0)
-        info = distributed.init_distributed(device, config.dist_timeout_s, environ)
-        if info.is_main and info.distributed:
-            log.info("joined the job: world size %d, rank 0 on host %s, device %s", info.world_size, info.host, info.device)
-        outcome = fit(config, paths, info, stop)
+        process = distributed.init_distributed(device, config.dist_timeout_s, environ)
+        if process.is_main and process.distributed:
+            log.info("joined the job: world size %d, rank 0 on host %s, device %s", process.world_size, process.host, process.device)
+        outcome = fit(config, paths, process, stop)
     except ConfigError as err:
-        log.error("%s", err)
-        write_failure(paths, f"ConfigError: {err}")
         get_error_handler().record_exception(err)  # for a launcher: torchelastic's error file
-        return EXIT_CONFIG
+        return config_failure(paths, err)
     except Exception as err:  # noqa: BLE001 - the last line of defence: report, never hang
         log.error("training failed on %s:\n%s", where, traceback.format_exc())
         write_failure(paths, f"{type(err).__name__} on {where}: {err}")
         get_error_handler().record_exception(err)
         return 1
     finally:
-        distributed.cleanup(info)
+        distributed.cleanup(process)
     if outcome.stopped:
         message = (
             f"stopped by {stop.signal_name} at epoch {outcome.epoch + 1}, step {outcome.step}; "
@@ -137,6 +134,14 @@ def run_worker(config, paths: SageMakerPaths, environ=None) -> int:
             write_failure(paths, message)
         return EXIT_STOPPED
     return 0
+
+
+def config_failure(paths: SageMakerPaths, err: ConfigError) -> int:
+    """Where every bad configuration ends, wherever it was found: the message logged and
+    written to the failure file (SageMaker's FailureReason), and the config exit code."""
+    log.error("%s", err)
+    write_failure(paths, f"ConfigError: {err}")
+    return EXIT_CONFIG
 
 
 def entry() -> None:

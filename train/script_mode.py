@@ -33,7 +33,7 @@ import logging
 import os
 import socket
 
-from container import EXIT_CONFIG, ConfigError, SageMakerPaths, read_input_data_config, write_failure
+from container import ConfigError, SageMakerPaths, read_input_data_config, write_failure
 
 log = logging.getLogger("train.script_mode")
 
@@ -55,24 +55,20 @@ def run(paths: SageMakerPaths, hyperparameters: dict[str, str]) -> int:
 
     `hyperparameters` (already read by `train`) only validates the request here: the
     toolkit reads hyperparameters.json itself, so values reach the script exactly as
-    they would in AWS's images.
+    they would in AWS's images. A bad request raises ConfigError before the toolkit
+    starts; `train` turns it into the failure file and exit code, as for its own config.
     """
     program = hyperparameters.get("sagemaker_program", "").strip()
-    try:
-        if not program:
-            raise ConfigError("hyperparameter sagemaker_program is empty: name your entry point script, e.g. train.py")
-        code_dir = paths.root / "code"
-        submit_dir = hyperparameters.get("sagemaker_submit_directory", "").strip()
-        if not submit_dir and not (code_dir / program).exists():
-            raise ConfigError(
-                f"sagemaker_program={program!r} but no sagemaker_submit_directory and no {code_dir / program}: "
-                "pass source_dir= (or entry_point=) to the estimator, or mount your code at /opt/ml/code"
-            )
-        _complete_config(paths)
-    except ConfigError as err:
-        log.error("%s", err)
-        write_failure(paths, f"ConfigError: {err}")
-        return EXIT_CONFIG
+    if not program:
+        raise ConfigError("hyperparameter sagemaker_program is empty: name your entry point script, e.g. train.py")
+    code_dir = paths.root / "code"
+    submit_dir = hyperparameters.get("sagemaker_submit_directory", "").strip()
+    if not submit_dir and not (code_dir / program).exists():
+        raise ConfigError(
+            f"sagemaker_program={program!r} but no sagemaker_submit_directory and no {code_dir / program}: "
+            "pass source_dir= (or entry_point=) to the estimator, or mount your code at /opt/ml/code"
+        )
+    _complete_config(paths)
 
     # The toolkit computes its paths when imported; set them first.
     os.environ["SAGEMAKER_BASE_DIR"] = str(paths.root)

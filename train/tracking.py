@@ -2,10 +2,10 @@
 
 fit() makes four calls, on every rank (the others get a tracker that does nothing):
 
-    tracker = tracking.start(config, info, paths)    # one run per job, params logged
-    tracker.log_epoch(row, train_images)             # per-epoch metrics, step = epoch
-    tracker.summary()                                # {"mlflow": {"run_id": ...}} for metrics.json
-    tracker.finish(final, output_dir, model_dir)     # final metrics, artifacts, end of run
+    tracker = tracking.start(config, process, paths)  # one run per job, params logged
+    tracker.log_epoch(row, train_images)              # per-epoch metrics, step = epoch
+    tracker.summary()                                 # {"mlflow": {"run_id": ...}} for metrics.json
+    tracker.finish(final, output_dir, model_dir)      # final metrics, artifacts, end of run
 
 MLflow runs only when MLFLOW_TRACKING_URI is set (an http(s) URI, or a SageMaker
 tracking-server ARN that the sagemaker-mlflow plugin resolves); mlflow is not imported
@@ -59,10 +59,10 @@ OUTPUT_ARTIFACTS = ("metrics.json", "classification_report.txt", "confusion_matr
 MLFLOW_PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
 
 
-def start(config, info, paths: SageMakerPaths, environ=None) -> Tracker:
+def start(config, process, paths: SageMakerPaths, environ=None) -> Tracker:
     """The job's tracker: MLflow and/or TensorBoard on the main process, nothing elsewhere."""
     environ = os.environ if environ is None else environ
-    if not info.is_main:
+    if not process.is_main:
         return Tracker([])
     params = config.to_dict()
     sinks: list = []

@@ -22,9 +22,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from train import data
+from train.build import amp_dtype, make_optimizer, make_scheduler
 from train.config import TrainConfig
-from train.distributed import DistInfo
-from train.loop import StopRequest, TrainState, amp_dtype, make_optimizer, make_scheduler, train_one_epoch
+from train.distributed import Process
+from train.loop import train_one_epoch
+from train.state import StopRequest, TrainState
 from train.synthetic import SHAPE_CLASSES, make_image
 from train.tracking import Tracker
 from vision import presets
@@ -47,19 +49,19 @@ def bare_epoch(model, loader, optimizer, criterion, device):
     return count / (time.perf_counter() - start)
 
 
-def trainer_epoch(model, loader, optimizer, criterion, config, info):
+def trainer_epoch(model, loader, optimizer, criterion, config, process):
     """One epoch through the trainer's own train_one_epoch, in config.amp's precision."""
-    autocast_dtype = amp_dtype(config, info.device)
+    autocast_dtype = amp_dtype(config, process.device)
     state = TrainState(
         config=config,
-        info=info,
+        process=process,
         stop=StopRequest(),
         model=model,
         model_without_ddp=model,
         criterion=criterion,
         optimizer=optimizer,
         scheduler=make_scheduler(config, optimizer, len(loader)),
-        scaler=torch.amp.GradScaler(info.device.type, enabled=autocast_dtype == torch.float16),
+        scaler=torch.amp.GradScaler(process.device.type, enabled=autocast_dtype == torch.float16),
         autocast_dtype=autocast_dtype,
         classes=[str(i) for i in range(10)],
         checkpoint_dir=Path(tempfile.mkdtemp()),
@@ -68,7 +70,7 @@ def trainer_epoch(model, loader, optimizer, criterion, config, info):
     )
     start = time.perf_counter()
     train_one_epoch(state, loader, 0)
-    if info.device.type == "cuda":
+    if process.device.type == "cuda":
         torch.cuda.synchronize()
     return len(loader.dataset) / (time.perf_counter() - start)
 
@@ -86,7 +88,7 @@ def bench_training(args, device):
         "bf16": dataclasses.replace(fp32, amp="bf16"),  # what amp=auto gives on a CPU with native bf16
         "bf16_cl": dataclasses.replace(fp32, amp="bf16", channels_last=True),
     }
-    info = DistInfo(0, 0, 1, device, "bench")
+    process = Process(0, 0, 1, device, "bench")
     criterion = nn.CrossEntropyLoss()
     models = {name: build_model(args.arch, 10).to(device) for name in ("bare", *configs)}
     for model in models.values():
@@ -97,7 +99,7 @@ def bench_training(args, device):
     def run(name):
         if name == "bare":
             return bare_epoch(models[name], loader, optimizers[name], criterion, device)
-        return trainer_epoch(models[name], loader, optimizers[name], criterion, configs[name], info)
+        return trainer_epoch(models[name], loader, optimizers[name], criterion, configs[name], process)
 
     for name in models:  # warm-up
         run(name)

@@ -1,6 +1,3 @@
-import json
-from pathlib import Path
-
 import pytest
 
 from container import SageMakerPaths
@@ -13,7 +10,3 @@ def sm_paths(tmp_path) -> SageMakerPaths:
     for directory in (paths.config_dir, paths.data_dir, paths.model_dir, paths.output_data_dir, paths.checkpoint_dir):
         directory.mkdir(parents=True)
     return paths
-
-
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj))

@@ -5,14 +5,14 @@ import logging
 
 import torch
 
-from train.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from train.checkpoint import list_checkpoints, load_latest, write_snapshot
 
 CLASSES = ["cat", "dog"]
 
 
 def save(directory, epoch, step=0, keep=3, arch="resnet18", classes=CLASSES):
-    state = {"arch": arch, "classes": classes, "model": {"w": torch.tensor(epoch)}}
-    return save_checkpoint(state, directory, epoch, step, keep)
+    snapshot = {"arch": arch, "classes": classes, "model": {"w": torch.tensor(epoch)}}
+    return write_snapshot(snapshot, directory, epoch, step, keep)
 
 
 def test_keeps_the_newest_k_and_orders_by_epoch_then_step(tmp_path):

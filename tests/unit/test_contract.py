@@ -11,7 +11,7 @@ from container import (
     write_failure,
 )
 from container.contract import FAILURE_REASON_LIMIT
-from tests.unit.conftest import write_json
+from tests.support.files import write_json
 
 
 def test_paths_follow_one_root_from_env():

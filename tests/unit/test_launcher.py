@@ -1,22 +1,16 @@
-"""The launcher's rules (train.distributed.launch: PyTorch's elastic agent, torchrun's
+"""The launcher's rules (train.launcher.launch: PyTorch's elastic agent, torchrun's
 engine), with real child processes standing in for workers: stops, failures, the
 root cause and its error message, exit codes, and max_restarts."""
 
 import os
 import signal
-import socket
 import time
 
 import pytest
 
 from container import EXIT_STOPPED
-from train.distributed import Topology, launch
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.net import free_port
+from train.launcher import Topology, launch
 
 
 @pytest.fixture(autouse=True)

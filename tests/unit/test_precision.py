@@ -137,8 +137,8 @@ def test_served_classifier_falls_back_to_fp32_on_a_model_made_to_disagree():
     ],
 )
 def test_training_amp_on_cpu_follows_the_cpu_flags(monkeypatch, flags, amp, expected):
+    from train.build import amp_dtype
     from train.config import TrainConfig
-    from train.loop import amp_dtype
 
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
     assert amp_dtype(TrainConfig(amp=amp), torch.device("cpu")) is expected

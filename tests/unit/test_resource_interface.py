@@ -5,7 +5,7 @@ have eth0 and lo, and gloo/NCCL set-up would fail on it."""
 import socket
 
 from container import read_resource_config
-from tests.unit.conftest import write_json
+from tests.support.files import write_json
 
 
 def config(sm_paths, interface):

@@ -4,21 +4,38 @@ plain `docker run`, and a whole run under a non-default root (SM_VISION_OPT_ML),
 must reach the toolkit as SAGEMAKER_BASE_DIR."""
 
 import json
+import logging
 import os
 import socket
 import subprocess
 import sys
 
-from train import script_mode
+import pytest
+
+from tests.support.files import write_json
+from train import cli, script_mode
 
 
-def test_empty_program_is_a_config_error(sm_paths):
-    assert script_mode.run(sm_paths, {"sagemaker_program": " "}) == 2
+@pytest.fixture
+def train(sm_paths, monkeypatch):
+    """`train` in this process on the fake /opt/ml, with `hyperparameters` in hyperparameters.json."""
+    monkeypatch.setenv("SM_VISION_OPT_ML", str(sm_paths.root))
+
+    def run(hyperparameters: dict) -> int:
+        write_json(sm_paths.hyperparameters_file, hyperparameters)
+        return cli.main([])
+
+    yield run
+    logging.basicConfig(force=True)  # cli.main set up the trainer's logging
+
+
+def test_empty_program_is_a_config_error(train, sm_paths):
+    assert train({"sagemaker_program": " "}) == 2
     assert "sagemaker_program is empty" in sm_paths.failure_file.read_text()
 
 
-def test_no_submit_directory_and_no_code_is_a_config_error(sm_paths):
-    assert script_mode.run(sm_paths, {"sagemaker_program": "train.py"}) == 2
+def test_no_submit_directory_and_no_code_is_a_config_error(train, sm_paths):
+    assert train({"sagemaker_program": "train.py"}) == 2
     failure = sm_paths.failure_file.read_text()
     assert "sagemaker_submit_directory" in failure and "source_dir" in failure
 

@@ -2,7 +2,7 @@ import pytest
 
 from container import ConfigError, ResourceConfig
 from train.config import TrainConfig
-from train.distributed import plan_topology
+from train.launcher import plan_topology
 
 
 def test_single_host_defaults():

@@ -1,0 +1,110 @@
+"""What a finished run leaves behind (main process only): the model for serving
+(weights and model_spec.json, the train -> serve contract), metrics.json, the
+classification report and plots, and the final log lines that SageMaker's metric
+definitions and tuning read."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+
+from container import SageMakerPaths
+from train import metrics, plots
+from train.build import SplitDatasets
+from train.checkpoint import atomic_save
+from train.config import TrainConfig
+from train.reporting import format_metrics
+from train.state import Progress
+from vision import presets
+from vision.artifact import WEIGHTS_FILE, ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutputDirs:
+    model: Path
+    output: Path
+    checkpoints: Path
+
+    @classmethod
+    def resolve(cls, config: TrainConfig, paths: SageMakerPaths) -> OutputDirs:
+        """Flags win; the defaults are the /opt/ml contract's."""
+        return cls(
+            Path(config.model_dir) if config.model_dir else paths.model_dir,
+            Path(config.output_data_dir) if config.output_data_dir else paths.output_data_dir,
+            Path(config.checkpoint_dir) if config.checkpoint_dir else paths.checkpoint_dir,
+        )
+
+
+def report_final(config: TrainConfig, progress: Progress, final_split: str, final: dict) -> None:
+    # SageMaker tuning scores a job by the *last* value of its objective metric:
+    # repeat the best epoch's validation metrics so that value is the saved model's.
+    best_row = next(row for row in progress.history if row["epoch"] == progress.best_epoch)
+    log.info(format_metrics({"best_epoch": progress.best_epoch}, {k: best_row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}))
+    if final_split == "test":
+        log.info(format_metrics({}, {"test_loss": final["loss"], "test_acc": final["acc"], "test_macro_f1": final["macro_f1"]}))
+
+
+def write_outputs(
+    config, datasets: SplitDatasets, progress: Progress, final_split, final, confusion, dirs: OutputDirs, tracking_info=None
+) -> None:
+    model_dir, output_dir = dirs.model, dirs.output
+    save_model(config, datasets.classes, progress.best_weights, model_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "objective": config.objective,
+        "best_epoch": progress.best_epoch,
+        "epochs": progress.history,
+        "final": {"split": final_split, **final},
+        "data": {
+            "classes": datasets.classes,
+            "train_images": len(datasets.train),
+            "valid_images": len(datasets.valid),
+            "test_images": len(datasets.test) if datasets.test else 0,
+            "skipped_files": len(datasets.bad_files),
+            "skipped_examples": datasets.bad_files[:20],
+        },
+        "config": config.to_dict(),
+        "tracking": tracking_info or {},  # e.g. the MLflow run id
+    }
+    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output_dir / "classification_report.txt").write_text(
+        f"{final_split} split, best epoch {progress.best_epoch} by {config.objective}\n\n" + metrics.per_class_report(final)
+    )
+    plots.plot_confusion(
+        confusion,
+        datasets.classes,
+        output_dir / "confusion_matrix.png",
+        f"confusion matrix ({final_split}, best epoch {progress.best_epoch})",
+    )
+    plots.plot_learning_curves(progress.history, output_dir / "learning_curves.png")
+    log.info(
+        "wrote model to %s and metrics/plots to %s (best epoch %d, %s macro-F1 %.4f)",
+        model_dir,
+        output_dir,
+        progress.best_epoch,
+        final_split,
+        final["macro_f1"],
+    )
+
+
+def save_model(config: TrainConfig, classes: list[str], weights: dict, model_dir: Path) -> None:
+    """The model serving loads: its weights and model_spec.json (vision.artifact)."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    atomic_save(weights, model_dir / WEIGHTS_FILE)
+    spec = ModelSpec(
+        arch=config.arch,
+        classes=tuple(classes),
+        image_size=config.image_size,
+        resize_size=presets.eval_resize_size(config.image_size),
+        mean=presets.IMAGENET_MEAN,
+        std=presets.IMAGENET_STD,
+        versions={"torch": torch.__version__, "torchvision": torchvision.__version__},
+    )
+    spec.save(model_dir)
