@@ -30,12 +30,13 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from container import EXIT_CONFIG, ConfigError, SageMakerPaths, read_input_data_config
+from container import EXIT_CONFIG, ConfigError, SageMakerPaths, cpu_count, read_input_data_config
 from train.formats import DATA_FORMATS, LABEL_FORMATS, FormatOptions, LabelCensus, RecordRef, Sample, plan
 from vision import images
 
@@ -184,6 +185,41 @@ def _image_size(data: bytes, decode: bool, limits: images.ImageLimits) -> tuple[
         return image.size
 
 
+@dataclass(frozen=True)
+class Inspected:
+    size: int  # bytes read; -1 when the image could not be read at all
+    digest: bytes | None
+    dimensions: tuple[int, int] | None
+    problem: str | None
+
+
+def inspect(sample: Sample, decode: bool, limits: images.ImageLimits) -> Inspected:
+    """One image's bytes, hash, size and what is wrong with it (runs in a thread pool:
+    reading and hashing release the GIL)."""
+    try:
+        data = _read_bytes(sample.source)
+    except OSError as err:
+        return Inspected(-1, None, None, f"cannot read: {err.strerror or err}")
+    digest = hashlib.sha256(data).digest()
+    try:
+        return Inspected(len(data), digest, _image_size(data, decode, limits), None)
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder failure makes the image unreadable
+        return Inspected(len(data), digest, None, str(err) or type(err).__name__)
+
+
+def _batches(samples: Iterable[Sample], size: int):
+    batch = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _labels_text(sample: Sample) -> str:
     return "|".join(str(label) for label in sample.labels)
 
@@ -193,46 +229,40 @@ def check(
     min_side: int = DEFAULT_MIN_SIDE,
     decode: bool = False,
     limits: images.ImageLimits | None = None,
+    threads: int | None = None,
 ) -> DataReport:
-    """Check every image of every split (train first: its classes are the reference)."""
+    """Check every image of every split (train first: its classes are the reference),
+    `threads` images at a time (default: the CPUs this container may use)."""
     limits = limits or images.ImageLimits()
     started = time.perf_counter()
     reports: dict[str, SplitReport] = {}
     lines: dict[str, list[str]] = {}
     first_seen: dict[bytes, tuple[str, str, str]] = {}  # digest -> (split, key, labels) of its first copy
     groups: dict[bytes, list[tuple[str, str, str]]] = {}  # digest -> every copy, for digests seen twice
-    for name, samples in splits.items():
-        report = reports[name] = SplitReport()
-        entries = lines[name] = []
-        for sample in samples:
-            report.images += 1
-            report.census.add(sample)
-            labels = _labels_text(sample)
-            try:
-                data = _read_bytes(sample.source)
-            except OSError as err:
-                report.unreadable.add({"image": sample.key, "reason": f"cannot read: {err.strerror or err}"})
-                entries.append(f"{name}\t{sample.key}\t{labels}\tmissing\n")
-                continue
-            report.bytes += len(data)
-            digest = hashlib.sha256(data).digest()
-            entries.append(f"{name}\t{sample.key}\t{labels}\t{digest.hex()}\n")
-            copy = (name, sample.key, labels)
-            if digest in first_seen:
-                groups.setdefault(digest, [first_seen[digest]]).append(copy)
-            else:
-                first_seen[digest] = copy
-            try:
-                width, height = _image_size(data, decode, limits)
-            except MemoryError:
-                raise
-            except Exception as err:  # noqa: BLE001 - any decoder failure makes the image unreadable
-                report.unreadable.add({"image": sample.key, "reason": str(err) or type(err).__name__})
-                continue
-            if min(width, height) < min_side:
-                report.tiny.add({"image": sample.key, "size": [width, height]})
-        entries.sort()
-        report.fingerprint = hashlib.sha256("".join(entries).encode()).hexdigest()
+    with ThreadPoolExecutor(threads or cpu_count()) as pool:
+        for name, samples in splits.items():
+            report = reports[name] = SplitReport()
+            entries = lines[name] = []
+            for batch in _batches(samples, 256):  # bounded: a stream is never held whole
+                for sample, found in zip(batch, pool.map(lambda s: inspect(s, decode, limits), batch), strict=True):
+                    report.images += 1
+                    report.census.add(sample)
+                    labels = _labels_text(sample)
+                    entries.append(f"{name}\t{sample.key}\t{labels}\t{found.digest.hex() if found.digest else 'missing'}\n")
+                    if found.problem is not None:
+                        report.unreadable.add({"image": sample.key, "reason": found.problem})
+                    if found.digest is None:
+                        continue
+                    report.bytes += found.size
+                    copy = (name, sample.key, labels)
+                    if found.digest in first_seen:
+                        groups.setdefault(found.digest, [first_seen[found.digest]]).append(copy)
+                    else:
+                        first_seen[found.digest] = copy
+                    if found.dimensions is not None and min(found.dimensions) < min_side:
+                        report.tiny.add({"image": sample.key, "size": list(found.dimensions)})
+            entries.sort()
+            report.fingerprint = hashlib.sha256("".join(entries).encode()).hexdigest()
 
     leakage, conflicting, pairs = Finding(), Finding(), Counter()
     for copies in groups.values():

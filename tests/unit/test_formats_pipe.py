@@ -3,8 +3,10 @@ as SageMaker does: each rank reads its share, counts stay equal across ranks, pa
 open the next FIFO, undecodable images are replaced and counted."""
 
 import io
+import multiprocessing
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from torchvision.transforms import v2
 from container import Channel
 from tests.support import digits as digits_data
 from tests.support import recordio_writer
-from train.formats import BadImages, DataFormatError, FormatOptions, MultiHot, Targets, TooManyBadImages, census, plan
+from train.formats import BadImages, DataFormatError, FormatOptions, MultiHot, Targets, TooManyBadImages, census, pipe, plan
 from train.formats.pipe import PipeReader, PipeTimeout, PipeTopology, StreamSamples
 
 TIMEOUT_S = 30.0
@@ -263,3 +265,40 @@ def test_multi_label_targets_through_the_pipe(tmp_path, digits):
     for row, digit in enumerate(digits[:8]):
         expected[row, list(digit.labels)] = 1
     assert np.array_equal(targets.numpy(), expected)
+
+
+def test_a_child_forked_while_a_fifo_is_open_does_not_hold_it(tmp_path):
+    """A loader worker forked while the fan-out holds a consumer's write end must not keep
+    a copy of it: the consumer would never see its stream end."""
+    path = tmp_path / "fifo"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    writer = pipe.open_for_writing(path, TIMEOUT_S)
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(10,))
+    child.start()
+    try:
+        writer.write(b"x")
+        writer.close()
+        os.set_blocking(reader, True)
+        assert os.read(reader, 10) == b"x"
+        started = time.monotonic()
+        assert os.read(reader, 10) == b""  # the end of the stream now, not when the child exits
+        assert time.monotonic() - started < 5
+    finally:
+        child.terminate()
+        child.join()
+        os.close(reader)
+
+
+def test_ranks_with_and_without_loader_workers_share_one_fifo(tmp_path, digits):
+    """Rank 0 reads through one loader worker, rank 1 in its main process, both fed by
+    rank 0's fan-out."""
+    (tmp_path / "data").mkdir()
+    feeder = Feeder(tmp_path / "data" / "train_0", digits_data.augmented_stream(digits[:20]))
+    source = pipe_source(tmp_path / "data")
+    rank0 = dataset(source, PipeTopology(0, 2, 0, 2), 1, tmp_path / "state")
+    rank1 = dataset(source, PipeTopology(1, 2, 1, 2), 0, tmp_path / "state")
+    (images0, _), (images1, _) = in_threads(lambda: read_all(rank0, workers=1), lambda: read_all(rank1))
+    feeder.join()
+    assert identify(images0, digits) == [d.index for d in digits[0:20:2]]
+    assert identify(images1, digits) == [d.index for d in digits[1:20:2]]

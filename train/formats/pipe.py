@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import logging
 import multiprocessing
@@ -99,6 +100,62 @@ def default_state_dir(environ=None) -> Path:
 
 # --- FIFOs ------------------------------------------------------------------------------
 
+# The ends of FIFOs this process holds for a whole pass (the channel's read end, the
+# fan-out's write ends). A DataLoader worker forked while the fan-out thread holds them
+# would get copies, and a consumer whose write end has a copy never sees its stream end.
+# So they are tracked, and a forked child points its copies at /dev/null.
+_tracked_fds: set[int] = set()
+_tracked_lock = threading.Lock()
+_fork_hook_installed = False
+
+
+def _child_drops_tracked_fds() -> None:
+    # Not os.close: the parent's file objects copied into the child may still close these
+    # numbers; a /dev/null in their place keeps that harmless.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in _tracked_fds:
+        with contextlib.suppress(OSError):
+            os.dup2(devnull, fd)
+    os.close(devnull)
+    _tracked_fds.clear()
+    _tracked_lock.release()  # taken before the fork by the forking thread
+
+
+def _open_tracked(path: Path, flags: int) -> int:
+    global _fork_hook_installed
+    with _tracked_lock:
+        if not _fork_hook_installed:
+            os.register_at_fork(
+                before=_tracked_lock.acquire, after_in_parent=_tracked_lock.release, after_in_child=_child_drops_tracked_fds
+            )
+            _fork_hook_installed = True
+        fd = os.open(path, flags)
+        _tracked_fds.add(fd)
+        return fd
+
+
+class _TrackedFile(io.BufferedIOBase):
+    """A buffered file over a tracked descriptor that stops tracking it on close."""
+
+    def __init__(self, fd: int, mode: str):
+        self._file = os.fdopen(fd, mode, buffering=READ_BUFFER)
+        self._fd = fd
+
+    def read(self, size=-1):
+        return self._file.read(size)
+
+    def write(self, data):
+        return self._file.write(data)
+
+    def close(self):
+        if not self.closed:
+            if self._file.writable():
+                self._file.flush()  # may wait for the reader: never while holding the lock a fork waits for
+            with _tracked_lock:
+                _tracked_fds.discard(self._fd)
+                self._file.close()
+        super().close()
+
 
 def _wait_for(path: Path, deadline: float, what: str) -> None:
     while not path.exists():
@@ -116,16 +173,16 @@ def open_for_reading(path: Path, timeout_s: float = OPEN_TIMEOUT_S) -> BinaryIO:
         return open(path, "rb", buffering=READ_BUFFER)
     # Opened non-blocking, a FIFO read end does not wait for a writer; poll then waits for
     # the first data (POLLIN) or a writer that came and left (POLLHUP: an empty stream).
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    file = _TrackedFile(_open_tracked(path, os.O_RDONLY | os.O_NONBLOCK), "rb")
     try:
         poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLHUP)
+        poller.register(file._fd, select.POLLIN | select.POLLHUP)
         if not poller.poll(max(0, int((deadline - time.monotonic()) * 1000))):
             raise PipeTimeout(f"nothing was written to {path} within {timeout_s:.0f}s")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb", buffering=READ_BUFFER)
+        os.set_blocking(file._fd, True)
+        return file
     except BaseException:
-        os.close(fd)
+        file.close()
         raise
 
 
@@ -134,7 +191,7 @@ def open_for_writing(path: Path, timeout_s: float = OPEN_TIMEOUT_S) -> BinaryIO:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            fd = _open_tracked(path, os.O_WRONLY | os.O_NONBLOCK)
             break
         except OSError as err:  # ENOENT: not made yet; ENXIO: no reader yet
             if err.errno not in (errno.ENOENT, errno.ENXIO):
@@ -143,7 +200,7 @@ def open_for_writing(path: Path, timeout_s: float = OPEN_TIMEOUT_S) -> BinaryIO:
                 raise PipeTimeout(f"no reader opened {path} within {timeout_s:.0f}s") from None
             time.sleep(0.02)
     os.set_blocking(fd, True)
-    return os.fdopen(fd, "wb", buffering=READ_BUFFER)
+    return _TrackedFile(fd, "wb")
 
 
 def make_fifo(path: Path) -> None:
@@ -262,10 +319,10 @@ class PipeReader:
     def consumer_fifo(self, sequence: int, local_rank: int, worker: int) -> Path:
         return self.state_dir / f"{self.channel.name}.{sequence}.{local_rank}.{worker}"
 
-    def channel_samples(self) -> Iterator[Sample]:
-        """Every image of the channel's next pass (one reader per host: the census pass,
-        the fan-out thread, or a host's only consumer)."""
-        number = claim_pass(self.state_dir, self.channel.name)
+    def channel_samples(self, number: int | None = None) -> Iterator[Sample]:
+        """Every image of the channel's pass `number` (default: the next one): one reader
+        per host, the census pass, the fan-out thread or a host's only consumer."""
+        number = claim_pass(self.state_dir, self.channel.name) if number is None else number
         path = self.channel.pipe_path(number)
         log.debug("reading %s", path)
         with open_for_reading(path, self.open_timeout_s) as stream:
@@ -287,8 +344,9 @@ class PipeReader:
             with contextlib.suppress(OSError):
                 path.unlink()
 
-    def distribute(self, sequence: int) -> None:
-        """The fan-out (local rank 0): deal pass `sequence` to this host's consumers."""
+    def distribute(self, sequence: int, number: int) -> None:
+        """The fan-out (local rank 0): deal the channel's pass `number` to this host's
+        consumers' FIFOs of pass `sequence`."""
         local = {}  # stream consumer id -> (local rank, worker)
         for local_rank in range(self.topology.local_world_size):
             for worker in range(self.consumers_per_rank):
@@ -299,7 +357,7 @@ class PipeReader:
                 outputs[consumer] = open_for_writing(self.consumer_fifo(sequence, local_rank, worker), self.open_timeout_s)
             held: dict[int, Sample] = {}
             consumers = self.stream_consumers
-            for i, sample in enumerate(self.channel_samples()):
+            for i, sample in enumerate(self.channel_samples(number)):
                 position = i % consumers
                 if position in outputs:
                     held[position] = sample
@@ -364,13 +422,18 @@ class StreamSamples(IterableDataset):
             sequence = self._sequence.value
         self._skip.value, self._batch_size.value = skip_batches, batch_size
         if self.reader.fanout and self.reader.topology.local_rank == 0:
-            self.fanout_thread = threading.Thread(target=self._distribute, args=(sequence,), name=f"pipe-fanout-{sequence}", daemon=True)
+            # Claimed here, not in the thread: a loader worker forked while the thread held
+            # the counter file's lock would keep it locked.
+            number = claim_pass(self.reader.state_dir, self.reader.channel.name)
+            self.fanout_thread = threading.Thread(
+                target=self._distribute, args=(sequence, number), name=f"pipe-fanout-{sequence}", daemon=True
+            )
             self.fanout_thread.start()
         return sequence
 
-    def _distribute(self, sequence: int) -> None:
+    def _distribute(self, sequence: int, number: int) -> None:
         try:
-            self.reader.distribute(sequence)
+            self.reader.distribute(sequence, number)
         except BaseException as err:  # noqa: BLE001 - kept for start_pass; the consumers got the message
             self.fanout_error = err
 
