@@ -71,6 +71,7 @@ class SplitReport:
     duplicates: Finding = field(default_factory=Finding)  # copies beyond the first, within this split
     census: LabelCensus = field(default_factory=LabelCensus)
     fingerprint: str = ""
+    unreadable_keys: set[str] = field(default_factory=set)  # every one, for the trainer to leave out (not in the report)
 
     def class_counts(self) -> dict[str, int]:
         counts = self.census.counts
@@ -251,6 +252,7 @@ def check(
                     entries.append(f"{name}\t{sample.key}\t{labels}\t{found.digest.hex() if found.digest else 'missing'}\n")
                     if found.problem is not None:
                         report.unreadable.add({"image": sample.key, "reason": found.problem})
+                        report.unreadable_keys.add(sample.key)
                     if found.digest is None:
                         continue
                     report.bytes += found.size

@@ -71,6 +71,7 @@ def test_unreadable_and_tiny_images(tmp_path, digits):
     report = run(channels)
     train = report.splits["train"]
     assert [e["image"] for e in train.unreadable.examples] == ["digit_0/notes.png"]  # the header of the truncated one is fine
+    assert train.unreadable_keys == {"digit_0/notes.png"}
     assert train.tiny.examples == [{"image": "digit_0/tiny.png", "size": [10, 10]}]
     decoded = check_data.check({"train": plan(channels).train.read()}, decode=True)
     assert {e["image"] for e in decoded.splits["train"].unreadable.examples} == {"digit_0/notes.png", "digit_1/truncated.png"}

@@ -167,6 +167,7 @@ def test_spec_carries_timm_preprocessing_and_serving_transforms_as_timm_does(tmp
     served = presets.eval_transform_for(spec)(photo())
     expected = create_transform(**config, is_training=False)(photo())
     assert served.shape == (3, prep.image_size, prep.image_size) and torch.equal(served, expected)
+    assert torch.equal(presets.eval_transform_for(prep)(photo()), expected)  # the trainer's evaluation, before any spec exists
 
 
 def test_image_size_overrides_timm_input_size():
