@@ -148,28 +148,70 @@ def hyperparameters_to_argv(hyperparameters: Mapping[str, str]) -> list[str]:
     return argv
 
 
+# TrainingInputMode values. FastFile streams S3 objects behind ordinary file paths, so a
+# reader treats it as File; Pipe delivers each pass over the data as a FIFO.
+INPUT_MODES = ("File", "FastFile", "Pipe")
+DISTRIBUTIONS = ("FullyReplicated", "ShardedByS3Key")
+RECORD_WRAPPERS = ("None", "RecordIO")
+
+
 @dataclass(frozen=True)
 class Channel:
+    """One input channel as inputdataconfig.json declares it.
+
+    In File (and FastFile) mode `path` is a directory. In Pipe mode nothing is at `path`:
+    SageMaker creates one FIFO per pass over the data, `<path>_0`, `<path>_1`, ... (see
+    `pipe_path`), each to be read once, in order. `record_wrapper` is "RecordIO" when
+    SageMaker wraps every S3 object (or, for an augmented manifest, every attribute) in a
+    RecordIO record; `distribution` says whether every host gets all the data or a shard.
+    """
+
     name: str
     path: Path
     content_type: str | None = None
+    input_mode: str = "File"
+    record_wrapper: str | None = None
+    distribution: str = "FullyReplicated"
+
+    @property
+    def pipe(self) -> bool:
+        return self.input_mode == "Pipe"
+
+    def pipe_path(self, pass_number: int) -> Path:
+        """The FIFO of the `pass_number`-th pass (from 0) over a Pipe-mode channel."""
+        return self.path.with_name(f"{self.name}_{pass_number}")
+
+
+def _channel_field(path: Path, name: str, spec: Mapping, key: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+    value = spec.get(key, default)
+    if value is not None and value not in allowed:
+        raise ConfigError(f"{path}: channel {name!r} has {key}={value!r}; expected one of {', '.join(allowed)}")
+    return value
 
 
 def read_input_data_config(paths: SageMakerPaths) -> dict[str, Channel]:
     """Channels SageMaker declared, or the folders under input/data when there is no
     inputdataconfig.json (plain `docker run -v data:/opt/ml/input/data/training`)."""
     if paths.input_data_config_file.exists():
-        raw = _read_json(paths.input_data_config_file, "input data config")
+        file = paths.input_data_config_file
+        raw = _read_json(file, "input data config")
         if not isinstance(raw, dict):
-            raise ConfigError(f"{paths.input_data_config_file} must hold a JSON object")
-        return {
-            name: Channel(
+            raise ConfigError(f"{file} must hold a JSON object")
+        channels = {}
+        for name, spec in raw.items():
+            spec = spec or {}
+            if not isinstance(spec, dict):
+                raise ConfigError(f"{file}: channel {name!r} must be a JSON object")
+            wrapper = _channel_field(file, name, spec, "RecordWrapperType", RECORD_WRAPPERS, None)
+            channels[name] = Channel(
                 name=name,
                 path=paths.channel_dir(name),
-                content_type=(spec or {}).get("ContentType"),
+                content_type=spec.get("ContentType"),
+                input_mode=_channel_field(file, name, spec, "TrainingInputMode", INPUT_MODES, "File"),
+                record_wrapper=None if wrapper == "None" else wrapper,
+                distribution=_channel_field(file, name, spec, "S3DistributionType", DISTRIBUTIONS, "FullyReplicated"),
             )
-            for name, spec in raw.items()
-        }
+        return channels
     if not paths.data_dir.is_dir():
         return {}
     return {entry.name: Channel(entry.name, entry) for entry in sorted(paths.data_dir.iterdir()) if entry.is_dir()}

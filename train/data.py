@@ -19,14 +19,11 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from container import Channel, ConfigError, cpu_count
+from train.formats.base import image_source
+from train.formats.imagefolder import IMAGE_EXTENSIONS, TEST_NAMES, TRAIN_NAMES, VALID_NAMES, first_existing, list_image_folder
 from vision import images
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-TRAIN_NAMES = ("train", "training")
-VALID_NAMES = ("valid", "validation", "val")
-TEST_NAMES = ("test", "testing")
 
 
 @dataclass(frozen=True)
@@ -34,13 +31,6 @@ class SplitDirs:
     train: Path
     valid: Path | None  # None: hold out val_fraction of train
     test: Path | None
-
-
-def _first_existing(root: Path, names) -> Path | None:
-    for name in names:
-        if (root / name).is_dir():
-            return root / name
-    return None
 
 
 def find_split_dirs(channels: dict[str, Channel], train_dir=None, valid_dir=None, test_dir=None) -> SplitDirs:
@@ -64,9 +54,9 @@ def find_split_dirs(channels: dict[str, Channel], train_dir=None, valid_dir=None
         )
     if not root.is_dir():
         raise ConfigError(f"channel directory {root} does not exist")
-    nested_train = _first_existing(root, TRAIN_NAMES)
+    nested_train = first_existing(root, TRAIN_NAMES)
     if nested_train is not None:
-        return SplitDirs(nested_train, _first_existing(root, VALID_NAMES), _first_existing(root, TEST_NAMES))
+        return SplitDirs(nested_train, first_existing(root, VALID_NAMES), first_existing(root, TEST_NAMES))
     return SplitDirs(root, None, None)  # a plain class-folder tree
 
 
@@ -78,35 +68,20 @@ class ScanReport:
 def scan_image_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]], ScanReport]:
     """Sorted class folders and (path, label) samples; unreadable files are skipped and
     reported. With `classes` given (validation/test), folders must be among them."""
-    if not root.is_dir():
-        raise ConfigError(f"data directory {root} does not exist")
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not found:
-        loose = [p.name for p in root.iterdir() if p.is_file()][:3]
-        hint = (
-            f" (it holds files such as {loose}: images must sit in one folder per class)"
-            if loose
-            else " (it is empty: was the S3 prefix right?)"
-        )
-        raise ConfigError(f"{root} has no class folders{hint}")
+    found, files = list_image_folder(root, classes)
     if classes is None:
         classes = found
-    else:
-        unknown = sorted(set(found) - set(classes))
-        if unknown:
-            raise ConfigError(f"{root} has classes the training split lacks: {unknown[:10]}")
     index = {name: i for i, name in enumerate(classes)}
     samples: list[tuple[str, int]] = []
     report = ScanReport()
-    for name in found:
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
-        count = 0
-        for path in files:
-            if path.suffix.lower() not in IMAGE_EXTENSIONS or not _readable_image(path):
-                report.bad.append(str(path))
-                continue
-            samples.append((str(path), index[name]))
-            count += 1
+    counts = dict.fromkeys(found, 0)
+    for path, name in files:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS or not _readable_image(path):
+            report.bad.append(str(path))
+            continue
+        samples.append((str(path), index[name]))
+        counts[name] += 1
+    for name, count in counts.items():
         if count == 0:
             raise ConfigError(f"class folder {root / name} contains no readable images")
     return classes, samples, report
@@ -141,26 +116,38 @@ def holdout_split(samples, fraction: float, seed: int):
 
 
 class ImageSamples(Dataset):
-    """(path, label) pairs -> (tensor, label), decoded by vision.images as serving does
-    (EXIF orientation, 16-bit and float scaling, size limits). A file that fails to
-    decode (truncated pixel data) is replaced by the next readable one and logged, so
-    one bad JPEG does not kill a long job; the scan already removed non-images."""
+    """(source, label) pairs -> (tensor, target), decoded by vision.images as serving does
+    (EXIF orientation, 16-bit and float scaling, size limits). A source is an image path,
+    or a train.formats RecordRef (a record in a .rec file). A file that fails to decode
+    (truncated pixel data) is replaced by the next readable one and logged, so one bad
+    JPEG does not kill a long job; the scan already removed non-images. With `bad` (a
+    train.formats.BadImages shared by every loader worker) each one is also counted, for
+    the metrics and the threshold the job fails at. `target_transform` maps a label to the
+    target (e.g. train.formats.MultiHot for multi-label tuples of class indices)."""
 
-    def __init__(self, samples, transform, limits: images.ImageLimits | None = None):
+    def __init__(self, samples, transform, limits: images.ImageLimits | None = None, target_transform=None, bad=None):
         self.samples = samples
         self.transform = transform
         self.limits = limits or images.ImageLimits()  # the decoder serving uses too: same orientation, bit depth, size limits
+        self.target_transform = target_transform
+        self.bad = bad
 
     def __len__(self):
         return len(self.samples)
 
     def __getitem__(self, index):
         for attempt in range(len(self.samples)):
-            path, label = self.samples[(index + attempt) % len(self.samples)]
+            source, label = self.samples[(index + attempt) % len(self.samples)]
             try:
-                return self.transform(images.load_rgb(path, self.limits)), label
+                image = self.transform(images.load_rgb(image_source(source), self.limits))
             except (OSError, ValueError) as err:  # images.ImageRejected is a ValueError
-                log.warning("skipping unreadable image %s: %s", path, err)
+                log.warning("skipping unreadable image %s: %s", source, err)
+                if self.bad is not None:
+                    self.bad.record_bad(str(source), err)
+                continue
+            if self.bad is not None:
+                self.bad.record_ok()
+            return image, label if self.target_transform is None else self.target_transform(label)
         raise RuntimeError("no readable image left in the dataset")
 
 

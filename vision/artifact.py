@@ -4,8 +4,12 @@
     model_spec.json  ModelSpec: architecture, class names and preprocessing
 
 Serving rebuilds the model with vision.models.build_model and its transforms with
-vision.presets.eval_transform from the spec alone. No torch import here, so host-side
-code and serving tests can read specs without it.
+vision.presets.eval_transform_for(spec) from the spec alone. No torch import here, so
+host-side code and serving tests can read specs without it.
+
+Fields added after format_version 1 was first written all have defaults that mean what
+older files meant, so every model_spec.json ever written still loads, and format_version
+stays 1 (an older server reading a newer file ignores the fields it does not know).
 """
 
 from __future__ import annotations
@@ -20,6 +24,13 @@ SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "model.pt"
 FORMAT_VERSION = 1
 
+# Which library's evaluation transform `preprocess` names: "torchvision" is
+# vision.presets.eval_transform (tensor resize, as the trainer has always done); "timm" is
+# timm.data.create_transform(is_training=False), so a timm model is served with exactly
+# the resize, crop and interpolation timm evaluates it with.
+PREPROCESS_LIBRARIES = ("torchvision", "timm")
+CROP_MODES = ("center", "squash", "border")  # timm's crop modes; torchvision's is "center"
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -32,7 +43,13 @@ class ModelSpec:
     interpolation: str = "bilinear"
     weights_file: str = WEIGHTS_FILE
     format_version: int = FORMAT_VERSION
-    versions: dict[str, str] = field(default_factory=dict)  # torch/torchvision that wrote it
+    versions: dict[str, str] = field(default_factory=dict)  # torch/torchvision (and timm) that wrote it
+    preprocess: str = "torchvision"  # PREPROCESS_LIBRARIES
+    crop_pct: float | None = None  # image_size / resize size, as timm's pretrained config states it
+    crop_mode: str = "center"  # CROP_MODES
+    multi_label: bool = False  # independent sigmoid per class instead of one softmax
+    thresholds: tuple[float, ...] = ()  # multi-label: per-class decision thresholds (empty: 0.5 each)
+    dataset: dict = field(default_factory=dict)  # the training data's fingerprint and check summary
 
     @property
     def num_classes(self) -> int:
@@ -57,7 +74,7 @@ class ModelSpec:
         if data.get("format_version") != FORMAT_VERSION:
             raise ConfigError(f"{path}: format_version {data.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
         try:
-            return cls(
+            spec = cls(
                 arch=data["arch"],
                 classes=tuple(data["classes"]),
                 image_size=int(data["image_size"]),
@@ -68,6 +85,27 @@ class ModelSpec:
                 weights_file=data.get("weights_file", WEIGHTS_FILE),
                 format_version=data["format_version"],
                 versions=dict(data.get("versions", {})),
+                preprocess=data.get("preprocess", "torchvision"),
+                crop_pct=None if data.get("crop_pct") is None else float(data["crop_pct"]),
+                crop_mode=data.get("crop_mode", "center"),
+                multi_label=_boolean(data.get("multi_label", False)),
+                thresholds=tuple(float(t) for t in data.get("thresholds", ())),
+                dataset=dict(data.get("dataset", {})),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"{path} is malformed: {err!r}") from None
+        if spec.preprocess not in PREPROCESS_LIBRARIES:
+            raise ConfigError(
+                f"{path}: preprocess={spec.preprocess!r} is not supported (expected one of {', '.join(PREPROCESS_LIBRARIES)})"
+            )
+        if spec.crop_mode not in CROP_MODES:
+            raise ConfigError(f"{path}: crop_mode={spec.crop_mode!r} is not supported (expected one of {', '.join(CROP_MODES)})")
+        if spec.thresholds and len(spec.thresholds) != spec.num_classes:
+            raise ConfigError(f"{path}: {len(spec.thresholds)} thresholds for {spec.num_classes} classes")
+        return spec
+
+
+def _boolean(value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {value!r}")
+    return value
