@@ -5,6 +5,14 @@ Each field names its environment variable, its default and what it means; the
 reference table in docs/serving.md is generated from these fields. Values are parsed
 strictly (container.parse): a typo fails at start-up naming the variable. No torch
 here, so host tools and tests read it freely.
+
+This is the one settings object of the server, the MMS backend and batch transform.
+A few settings are left to the machine (`auto` device, workers, batch shape, MME
+memory): `resolve(machine)` decides them once, here, next to the settings they fill,
+from a `Machine` (facts gathered by serve.machine) and returns a ServeConfig with
+none of them left open. Each default is written once, in its field below; other code
+reads the setting (or the class attribute, e.g. `ServeConfig.max_image_pixels`, for
+the default).
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import get_type_hints
 
+from container.contract import DEFAULT_ROOT, ROOT_ENV_VAR, SageMakerPaths
 from container.parse import ConfigError, parse_bool, parse_float, parse_int
 
 BACKENDS = ("asgi", "mms")
@@ -37,7 +47,11 @@ class ServeConfig:
     host: str = _setting("SM_VISION_BIND_HOST", "0.0.0.0", "address to listen on", "--host")
     port: int = _setting("SAGEMAKER_BIND_TO_PORT", 8080, "TCP port to listen on", "--port", minimum=1)
     log_level: str = _setting("SM_VISION_LOG_LEVEL", "info", "log level", "--log-level", LOG_LEVELS)
+    opt_ml: str = _setting(ROOT_ENV_VAR, DEFAULT_ROOT, "root of SageMaker's /opt/ml tree (moved for tests and local runs)")
     model_dir: str | None = _setting("SM_VISION_MODEL_DIR", None, "model directory (default /opt/ml/model)", "--model-dir")
+    scratch_dir: str = _setting(
+        "SM_VISION_SCRATCH_DIR", "/tmp/sm-vision-models", "where model.tar.gz files are extracted, one folder per model"
+    )
     device: str = _setting("SM_VISION_DEVICE", "auto", "auto, cpu, cuda or cuda:N", "--device")
     precision: str = _setting(
         "SM_VISION_PRECISION",
@@ -164,9 +178,115 @@ class ServeConfig:
                 env[spec.metadata["env"]] = str(value).lower() if isinstance(value, bool) else str(value)
         return env
 
+    # --- resolved against the machine ---------------------------------------------------
+
+    def resolve(self, machine: Machine) -> ServeConfig:
+        """This config with what it leaves to the machine decided: a concrete device, the
+        concurrent forwards, micro-batching on or off and its shape, the MME memory budget
+        and the batch-transform parameters. The per-device defaults live here only.
+
+        CPU (measured, docs/benchmarks.md): one forward per core up to 4, each on its share
+        of the cores, batches of at most 4 rows with no waiting; a 4-row ResNet-50 forward
+        costs about 0.7x per image of a 1-row one, longer batches only lengthen the tail.
+        GPU: one forward at a time, 16 rows, 5 ms to fill the device. A worker process
+        (several share the machine) runs one request at a time, as MMS's workers do."""
+        gpu = machine.device.startswith("cuda")
+        workers = 1 if machine.processes > 1 else self.workers or (1 if gpu else min(4, machine.cpus))
+        return dataclasses.replace(
+            self,
+            device=machine.device,
+            workers=workers,
+            batching="off" if self.batching == "off" else "on",
+            max_batch_size=self.max_batch_size or (16 if gpu else 4),
+            max_batch_delay_ms=self.max_batch_delay_ms if self.max_batch_delay_ms is not None else (5.0 if gpu else 0.0),
+            mme_memory_mb=self.mme_memory_mb or int(machine.memory_bytes * 0.7) >> 20,
+            max_concurrent_transforms=self.max_concurrent_transforms or workers,
+            batch_strategy=self.batch_strategy or "MULTI_RECORD",
+        )
+
+    # --- derived values (one formula each) ---------------------------------------------
+
+    @property
+    def paths(self) -> SageMakerPaths:
+        return SageMakerPaths(Path(self.opt_ml))
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model_dir) if self.model_dir else self.paths.model_dir
+
+    @property
+    def models_path(self) -> Path:
+        """Where a multi-model endpoint's models must be (SageMaker mounts them there)."""
+        return self.paths.root / "models"
+
+    @property
+    def scratch_path(self) -> Path:
+        return Path(self.scratch_dir)
+
+    def code_dirs(self) -> tuple[Path, ...]:
+        """Where the SDK may have put the user's code besides model/code: a file:// submit
+        directory (SDK local mode mounts it at /opt/ml/code; the variable keeps the host path)."""
+        submit = self.submit_directory or ""
+        if not submit.startswith("file://"):
+            return ()  # s3://.../sourcedir.tar.gz: the SDK repacked it into model/code
+        return tuple(dict.fromkeys(p for p in (Path(submit[len("file://") :]), self.paths.root / "code") if p.is_dir()))
+
+    @property
+    def micro_batching(self) -> bool:
+        return self.batching != "off"
+
+    @property
+    def gpu_id(self) -> int | None:
+        """The GPU this process serves on (what a user hook's context reports); None on CPU."""
+        if not self.device.startswith("cuda"):
+            return None
+        _, _, index = self.device.partition(":")
+        return int(index) if index else 0
+
     @property
     def max_payload_bytes(self) -> int:
-        return self.max_payload_mb * 1024 * 1024
+        return self.max_payload_mb << 20
+
+    @property
+    def max_model_extract_bytes(self) -> int:
+        return self.max_model_extract_mb << 20
+
+    @property
+    def mme_budget_bytes(self) -> int | None:
+        return None if self.mme_memory_mb is None else self.mme_memory_mb << 20
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the machine tells us (gathered once by serve.machine.probe); ServeConfig.resolve
+    turns it into settings. Plain facts, no defaults."""
+
+    device: str  # the device this process serves on: cpu, cuda or cuda:N
+    cpus: int  # CPUs this process may use: the container's, divided among `processes`
+    memory_bytes: int  # the container's memory: its cgroup limit, else physical memory
+    processes: int  # server processes sharing the machine (SAGEMAKER_MODEL_SERVER_WORKERS for a user's model)
+
+    @property
+    def decode_threads(self) -> int:
+        # A few decodes at once, not one per request, so forwards keep the GIL and the cores.
+        return max(2, self.cpus)
+
+    def torch_threads(self, workers: int) -> int:
+        """Intra-op threads of each of `workers` concurrent forwards: its share of the cores."""
+        return max(1, self.cpus // workers)
+
+
+def container_memory_bytes() -> int:
+    """The container's memory: its cgroup limit (v2 or v1), else physical memory."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # v1 reports "no limit" as a huge number
+            return int(limit)
+        break
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _parse(raw: str, hint, name: str):

@@ -1,9 +1,10 @@
-"""The ASGI app: hosting (serve.hosting) + routes and their error mapping
-(serve.routes) + middleware (serve.middleware).
+"""The ASGI app: hosting (serve.hosting) + routes (serve.routes) + middleware, the
+error replies among them (serve.middleware).
 
-create_app(settings) builds everything; nothing happens at import. The model loads
-(and warms up) in a background thread at start-up so /ping can say "loading" (503),
-"ready" (200) or "failed" (500) immediately, whatever the model is doing.
+create_app(config, machine) builds everything from the resolved ServeConfig
+(ServeConfig.resolve); nothing happens at import. The model loads (and warms up) in a
+background thread at start-up so /ping can say "loading" (503), "ready" (200) or
+"failed" (500) immediately, whatever the model is doing.
 """
 
 from __future__ import annotations
@@ -14,21 +15,24 @@ import threading
 
 from starlette.applications import Starlette
 
+from container import ServeConfig
+from container.serving import Machine
 from serve import metrics as server_metrics
-from serve.hosting import Pools, Settings, SingleModel, create_hosting
+from serve.hosting import Pools, SingleModel, create_hosting
 from serve.middleware import middleware
 from serve.routes import EXCEPTION_HANDLERS, routes
 
-__all__ = ["Pools", "Settings", "create_app"]
+__all__ = ["Pools", "create_app"]
 
 log = logging.getLogger("serve")
 
 
-def create_app(settings: Settings) -> Starlette:
-    metrics = server_metrics.ServerMetrics.from_env(settings.metrics)
-    pools = Pools(settings, metrics)
-    hosting = create_hosting(settings, pools)
-    metrics.watch(server_metrics.HostCollector(hosting, pools, settings.device))
+def create_app(config: ServeConfig, machine: Machine) -> Starlette:
+    """`config` resolved against `machine` (config.resolve(machine))."""
+    metrics = server_metrics.ServerMetrics.from_env(config.metrics)
+    pools = Pools(config, machine, metrics)
+    hosting = create_hosting(config, pools)
+    metrics.watch(server_metrics.HostCollector(hosting, pools, config.device))
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -36,11 +40,11 @@ def create_app(settings: Settings) -> Starlette:
             threading.Thread(target=hosting.load, name="model-loader", daemon=True).start()
         log.info(
             "serving on device %s with %d inference workers%s%s%s",
-            settings.device,
-            settings.workers,
-            f", micro-batching (up to {settings.max_batch_size} rows, {settings.max_delay_ms:g} ms)" if settings.batching else "",
-            ", multi-model" if settings.multi_model else "",
-            ", batch transform (see /execution-parameters)" if settings.batch_mode else "",
+            config.device,
+            config.workers,
+            f", micro-batching (up to {config.max_batch_size} rows, {config.max_batch_delay_ms:g} ms)" if config.micro_batching else "",
+            ", multi-model" if config.multi_model else "",
+            ", batch transform (see /execution-parameters)" if config.batch else "",
         )
         yield
         log.info("shutting down: in-flight requests finished")
@@ -49,8 +53,8 @@ def create_app(settings: Settings) -> Starlette:
             model.close()
 
     app = Starlette(
-        routes=routes(settings, hosting, metrics),
-        middleware=middleware(metrics, settings.access_log),
+        routes=routes(config, hosting, metrics),
+        middleware=middleware(metrics, config.access_log),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

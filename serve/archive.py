@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from container import ConfigError
+from container import ConfigError, ServeConfig
 
 # SageMaker's ModelName pattern; the length allows for opaque (hash) names.
 MODEL_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
@@ -40,10 +40,14 @@ class UnsafeArchive(ConfigError):
 
 @dataclass(frozen=True)
 class ExtractLimits:
-    max_bytes: int = 20 * 1024**3  # expanded total
+    max_bytes: int = ServeConfig.max_model_extract_mb << 20  # expanded total: the setting's default
     max_ratio: float = 100.0  # expanded / compressed, checked once past ratio_floor_bytes
     ratio_floor_bytes: int = 64 * 1024**2  # small archives may compress well (configs, code)
     max_members: int = 100_000
+
+    @classmethod
+    def from_config(cls, config: ServeConfig) -> ExtractLimits:
+        return cls(max_bytes=config.max_model_extract_bytes)
 
 
 def check_model_name(name: object) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from container import ServeConfig
 from serve.errors import BadInput, NotAcceptable, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from serve.fetch import FetchPolicy, fetch_url
 from vision import images
@@ -34,16 +35,19 @@ SUPPORTED = "image/*, application/x-image, application/octet-stream, application
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    max_pixels: int = 40_000_000  # width * height; a 10k x 10k image is refused before decoding
-    max_batch: int = 64
-    fetch: FetchPolicy = FetchPolicy()
-    max_aspect_ratio: float = 20.0  # long side / short side: bounds what the short-side resize allocates
-    jpeg_draft: bool = False  # SM_VISION_JPEG_DRAFT: decode large JPEGs at a reduced DCT scale
-    draft_min_side: int = 512  # with jpeg_draft: the smallest side decoded (twice the model's resize)
+    """What one request may ask of the decoder: ServeConfig's request limits (from_config)
+    plus the JPEG draft size of the model being served."""
 
-    @property
-    def image(self) -> images.ImageLimits:
-        return images.ImageLimits(self.max_pixels, self.max_aspect_ratio, self.draft_min_side if self.jpeg_draft else 0)
+    image: images.ImageLimits  # pixels, aspect ratio, JPEG draft size
+    max_batch: int  # items in one request (SM_VISION_MAX_BATCH_ITEMS); batch transform decodes this many at a time
+    fetch: FetchPolicy
+
+    @classmethod
+    def from_config(cls, config: ServeConfig, draft_min_side: int) -> DecodeLimits:
+        """draft_min_side: with SM_VISION_JPEG_DRAFT, the smallest side a JPEG is decoded at
+        (twice the model's resize size)."""
+        image = images.ImageLimits(config.max_image_pixels, config.max_aspect_ratio, draft_min_side if config.jpeg_draft else 0)
+        return cls(image, config.max_batch_items, FetchPolicy.from_config(config))
 
 
 @dataclass

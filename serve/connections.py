@@ -13,9 +13,11 @@ import asyncio
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from container import ServeConfig
+
 
 class HeaderTimeoutProtocol(H11Protocol):
-    header_timeout_s: float = 15.0
+    header_timeout_s: float = ServeConfig.header_timeout_s  # set per process by with_header_timeout
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None

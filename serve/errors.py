@@ -1,8 +1,12 @@
-"""Typed request errors: each knows its HTTP status; serve.app maps them in one place."""
+"""Typed request errors, each knowing its HTTP status, and `reply`: the one mapping of
+any error to the answer a client gets (the server's routes and the MMS backend both
+answer through it)."""
 
 from __future__ import annotations
 
 import re
+
+from starlette.exceptions import HTTPException
 
 # An absolute path's directories (not a URL's: those follow ':' or '/').
 _DIRECTORIES = re.compile(r"(?<![\w:/.])(?:/[^\s/'\"]+)+/(?=[^\s/'\"])")
@@ -68,3 +72,15 @@ class Timeout(ServeError):
 
 class InsufficientMemory(ServeError):
     status = 507  # a multi-model endpoint cannot fit the model
+
+
+def reply(err: Exception) -> tuple[int, dict, dict[str, str]]:
+    """(status, JSON body, extra headers) answering `err`: a typed error's own status and
+    message; starlette's routing errors (unknown route 404, wrong method 405) in the same
+    {"error": ...} shape; anything else 500 naming the exception without paths (its
+    traceback belongs in the log, which the caller writes)."""
+    if isinstance(err, ServeError):
+        return err.status, {"error": err.message}, err.headers
+    if isinstance(err, HTTPException):
+        return err.status_code, {"error": err.detail}, {}
+    return 500, {"error": f"internal error: {type(err).__name__}: {redact_paths(str(err))}"}, {}

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from container import ServeConfig
 from serve import urlguard
 from serve.errors import BadInput, PayloadTooLarge
 
 
 @dataclass(frozen=True)
 class FetchPolicy:
-    max_bytes: int = 6 * 1024 * 1024
-    timeout_s: float = 5.0  # wall clock for the whole fetch
-    allow: tuple[str, ...] = ()  # host, host:port or CIDR entries exempt from the address check
-    enabled: bool = True
+    """The URL settings of ServeConfig (from_config), in the shape the guard takes."""
+
+    max_bytes: int  # the payload cap (SAGEMAKER_MAX_PAYLOAD_IN_MB)
+    timeout_s: float  # wall clock for the whole fetch
+    allow: tuple[str, ...]  # host, host:port or CIDR entries exempt from the address check
+    enabled: bool
 
     parse_allow = staticmethod(urlguard.parse_entries)
+
+    @classmethod
+    def from_config(cls, config: ServeConfig) -> FetchPolicy:
+        return cls(config.max_payload_bytes, config.url_timeout_s, cls.parse_allow(config.url_allow), config.url_fetch)
 
     def guard(self) -> urlguard.URLPolicy:
         return urlguard.URLPolicy(

@@ -11,15 +11,20 @@ model that is not ours, and our image codec and top-k answer for our classifier:
     output_fn    our JSON answer (ours), else by Accept: JSON, CSV, NPY or JSON Lines
     transform_fn replaces the three above when the script defines it
 
-The server and the MMS backend both call decode, predict and encode, so they behave
-the same. Each step may run on a different thread: per-request state travels in Call.
-A request is route -> HostedModel.invoke -> Handler.decode / predict / encode -> the
-user's hook or model(x): the steps call hooks directly, with no dispatch in between.
+The server, the MMS backend and batch transform all run these steps through
+HostedModel.invoke, so they behave the same. Each step may run on a different thread:
+per-request state travels in Call. A request is route -> HostedModel.invoke ->
+Handler.decode / predict / encode -> the user's hook or model(x): the steps call hooks
+directly, with no dispatch in between.
+
+Our classifier's default input is decoded a chunk of items at a time (`decode` gives
+the first chunk, `decode_more` the next while `more` says so): a real-time request is
+one chunk (at most SM_VISION_MAX_BATCH_ITEMS items); a batch-transform request may hold
+as many records as the payload cap lets in, and its memory stays bounded by the chunk.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +32,28 @@ from typing import Any
 
 import torch
 
+from container import ServeConfig
 from serve import codec, payloads
-from serve.errors import NotAcceptable
+from serve.errors import BadInput, NotAcceptable
 from serve.hooks import UTF8_TYPES, Context, UserHooks, call, takes_context
 from serve.model import Classifier, load_default_model, module_nbytes
-from vision.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from vision.presets import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size, eval_transform
+
+DEFAULT_IMAGE_SIZE = 224  # what image payloads become for a model that is not ours
 
 
 def default_preprocess() -> Callable:
     """ImageNet-style preprocessing for image payloads sent to a model that is not ours."""
-    return eval_transform(224, None, IMAGENET_MEAN, IMAGENET_STD)
+    return eval_transform(DEFAULT_IMAGE_SIZE, None, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def requested_top_k(raw: str | None) -> int | None:
+    """A request's own top_k (?top_k= or X-Top-K), checked; None when it names none."""
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise BadInput(f"top_k={raw!r}: expected a whole number >= 1")
+    return int(raw)
 
 
 @dataclass
@@ -50,34 +67,40 @@ class Call:
     out_type: str = codec.JSON  # what the default output_fn will write
     batch: bool = False  # the client sent a list: answer with a list (our classifier)
     lines: bool = False  # JSON Lines in, JSON Lines out (our classifier)
+    items: codec.Parsed | None = None  # our default input: the request's items, decoded a chunk at a time
+    decoded: int = 0  # how many of them
 
 
 @dataclass
 class Handler:
     model: Any
-    hooks: dict[str, Callable] = field(default_factory=dict)
-    limits: codec.DecodeLimits = codec.DecodeLimits()
-    top_k: int = 5
-    device: torch.device = torch.device("cpu")
+    hooks: dict[str, Callable]
+    limits: codec.DecodeLimits
+    top_k: int  # SM_VISION_TOP_K, unless the request names its own
+    device: torch.device
+    records: bool  # batch transform with our classifier alone: no cap on a request's items, decoded a chunk at a time
+    context_hooks: frozenset[str] = field(init=False)
 
     def __post_init__(self):
         # Decided once here, so a request calls each hook directly (no dispatch frame).
         self.context_hooks = frozenset(name for name, func in self.hooks.items() if takes_context(name, func))
 
     @classmethod
-    def load(
-        cls, model_dir: Path, hooks: UserHooks | None, context: Context, device: torch.device, precision: str = "auto", **options
-    ) -> Handler:
-        """model_fn (the user's or the default), then the model's warm-up."""
+    def load(cls, model_dir: Path, hooks: UserHooks | None, context: Context, config: ServeConfig) -> Handler:
+        """model_fn (the user's or the default), then the model's warm-up. `config` is
+        resolved (a concrete device)."""
         functions = hooks.functions if hooks else {}
+        device = torch.device(config.device)
         if "model_fn" in functions:
             model = call(functions["model_fn"], str(model_dir), context=context)
         else:
-            model = load_default_model(model_dir, device, precision)
-        handler = cls(model, functions, device=device, **options)
-        if isinstance(model, Classifier):
-            # Draft decoding keeps at least twice what this model's resize needs.
-            handler.limits = dataclasses.replace(handler.limits, draft_min_side=2 * model.spec.resize_size)
+            model = load_default_model(model_dir, device, config.precision)
+        ours = isinstance(model, Classifier)
+        # Draft decoding keeps at least twice what the preprocessing's resize needs.
+        resize = model.spec.resize_size if ours else eval_resize_size(DEFAULT_IMAGE_SIZE)
+        limits = codec.DecodeLimits.from_config(config, draft_min_side=2 * resize)
+        handler = cls(model, functions, limits, config.top_k, device, records=config.batch and ours and not functions)
+        if ours:
             model.warm_up()
         if "model_warmup_fn" in functions:
             call(functions["model_warmup_fn"], str(model_dir), model, context=context)
@@ -139,15 +162,31 @@ class Handler:
             return self._normalise(result, request)
         return self.default_output_fn(prediction, request)
 
+    def more(self, request: Call) -> bool:
+        """Whether items of the request are still to be decoded (batch transform)."""
+        return request.items is not None and request.decoded < len(request.items)
+
+    def decode_more(self, request: Call):
+        """The next chunk of the request's items as model input."""
+        start = request.decoded
+        request.decoded = min(start + self.limits.max_batch, len(request.items))
+        inputs = codec.to_inputs(request.items, self.preprocess, self.limits, start, request.decoded)
+        return inputs if self.classifier is not None else inputs.to(self.device)
+
+    @staticmethod
+    def join(outputs: list):
+        """The predictions of a request's chunks as one."""
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
     # --- our defaults ------------------------------------------------------------
 
     def default_input_fn(self, body: bytes, request: Call):
         ctype = codec.media_type(request.content_type)
         if self.classifier is None and ctype in payloads.DECODES and not _image_json(body, ctype):
             return payloads.decode(body, ctype).to(self.device)
-        decoded = codec.decode(body, request.content_type, self.preprocess, self.limits)
-        request.batch, request.lines = decoded.batch, decoded.lines
-        return decoded.inputs if self.classifier is not None else decoded.inputs.to(self.device)
+        request.items = codec.parse(body, request.content_type, self.limits, item_cap=not self.records)
+        request.batch, request.lines = request.items.batch, request.items.lines
+        return self.decode_more(request)
 
     def default_output_fn(self, prediction, request: Call) -> tuple[bytes, str]:
         classes = self.classifier.classes if self.classifier is not None else None

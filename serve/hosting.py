@@ -2,8 +2,13 @@
 plain endpoint and the named models of a multi-model endpoint.
 
 A HostedModel is one model directory made ready: model.tar.gz extracted, the user's
-script found and imported, model_fn called once, warmed up. It runs requests as
-decode (decode pool) -> predict (inference pool, directly or through the micro-batcher) -> encode.
+script found and imported, model_fn called once, warmed up. `invoke` is the one path
+of a request, for /invocations, batch transform and the MMS backend alike: decode
+(decode pool) -> forward (inference pool, directly or through the micro-batcher) ->
+encode, a chunk of items at a time (serve.handler).
+
+Everything here reads the resolved ServeConfig (ServeConfig.resolve): no setting has a
+default of its own in this module.
 """
 
 from __future__ import annotations
@@ -14,15 +19,13 @@ import gc
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from starlette.concurrency import run_in_threadpool
 
-from container import ConfigError
-from serve import archive, codec
+from container import ConfigError, ServeConfig
+from container.serving import Machine
+from serve import archive
 from serve import metrics as server_metrics
 from serve.archive import ExtractLimits
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, redact_paths
@@ -36,39 +39,6 @@ log = logging.getLogger("serve")
 TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What the app runs with: ServeConfig resolved against this machine (device,
-    thread counts, decode limits). serve.cli builds it; tests construct it directly."""
-
-    model_dir: Path
-    scratch: Path = Path("/tmp/sm-vision-models")
-    device: torch.device = torch.device("cpu")
-    precision: str = "auto"  # our classifier's forward precision (vision.precision)
-    workers: int = 1  # concurrent forward passes (CPU) / user-hook calls
-    decode_threads: int = 4  # concurrent decodes: a few, not one per request, so forwards keep the GIL and cores
-    timeout_s: float = 60
-    max_payload_bytes: int = 6 * 1024 * 1024
-    top_k: int = 5
-    limits: codec.DecodeLimits = codec.DecodeLimits()
-    batching: bool = False  # dynamic micro-batching of our classifier (serve.cli turns it on by default)
-    max_batch_size: int = 16  # serve.cli.batch_shape picks these by device
-    max_delay_ms: float = 5
-    program: str | None = None  # SAGEMAKER_PROGRAM
-    code_dirs: tuple[Path, ...] = ()  # where else the user's script may be (SDK submit directory)
-    multi_model: bool = False
-    batch_mode: bool = False  # SAGEMAKER_BATCH: a batch transform job
-    max_concurrent_transforms: int | None = None
-    batch_strategy: str | None = None
-    mme_budget_bytes: int = 4 * 1024**3
-    models_root: Path = Path("/opt/ml/models")  # where a multi-model endpoint's urls must point
-    gpu_id: int | None = None  # this worker's GPU (context.system_properties["gpu_id"])
-    metrics: bool = True  # GET /metrics (SM_VISION_METRICS)
-    access_log: str = "log"  # log, json or off (SM_VISION_ACCESS_LOG)
-    extract_limits: ExtractLimits = ExtractLimits()  # model.tar.gz expansion caps (serve.archive)
-    max_pending: int = 64  # requests in progress at once; more get 503 + Retry-After (SM_VISION_MAX_PENDING)
-
-
 def dir_bytes(path: Path) -> int:
     """Size on disk of a model dir (its code/ aside): the estimate MME admission uses."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and "code" not in f.relative_to(path).parts[:1])
@@ -78,96 +48,75 @@ class Pools:
     """Bounded thread pools: decoding (request side) and inference (model side), and
     the metrics the models report their stages to."""
 
-    def __init__(self, settings: Settings, metrics=None):
+    def __init__(self, config: ServeConfig, machine: Machine, metrics=None):
         self.metrics = metrics or server_metrics.NoMetrics()
-        self.decoders = concurrent.futures.ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
-        self.inference = concurrent.futures.ThreadPoolExecutor(settings.workers, thread_name_prefix="infer")
-
-    async def decode(self, func: Callable, *args):
-        return await asyncio.wrap_future(self.decoders.submit(func, *args))
-
-    async def infer(self, func: Callable, *args):
-        return await asyncio.wrap_future(self.inference.submit(func, *args))
+        self.decoders = concurrent.futures.ThreadPoolExecutor(machine.decode_threads, thread_name_prefix="decode")
+        self.inference = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="infer")
 
     def close(self) -> None:
         self.inference.shutdown(wait=True)
         self.decoders.shutdown(wait=True)
 
 
-def load_handler(name: str, model_dir: Path, settings: Settings) -> Handler:
+def load_handler(name: str, model_dir: Path, config: ServeConfig) -> Handler:
     """Everything start-up does for one model: find and import the script, model_fn, warm-up."""
-    script = find_script(model_dir, settings.program, settings.code_dirs)
+    script = find_script(model_dir, config.program, config.code_dirs())
     hooks = UserHooks.load(script, safe_module_name(name)) if script else None
-    context = Context(name, str(model_dir), gpu_id(settings))
-    return Handler.load(model_dir, hooks, context, settings.device, settings.precision, limits=settings.limits, top_k=settings.top_k)
-
-
-def gpu_id(settings: Settings) -> int | None:
-    if settings.gpu_id is not None:
-        return settings.gpu_id
-    return (settings.device.index or 0) if settings.device.type == "cuda" else None
+    return Handler.load(model_dir, hooks, Context(name, str(model_dir), config.gpu_id), config)
 
 
 class HostedModel:
     """One loaded model and the pools that run it."""
 
-    def __init__(self, name: str, model_dir: Path, url: str, settings: Settings, pools: Pools):
+    def __init__(self, name: str, model_dir: Path, url: str, config: ServeConfig, pools: Pools):
         started = time.perf_counter()
-        self.name, self.url, self.settings, self.pools = name, url, settings, pools
+        self.name, self.url, self.config, self.pools = name, url, config, pools
         # The name becomes a directory: SageMaker's model-name pattern only (serve.archive).
-        self.model_dir = prepare_model_dir(model_dir, settings.scratch / archive.check_model_name(name), settings.extract_limits)
-        self.handler = load_handler(name, self.model_dir, settings)
+        scratch = config.scratch_path / archive.check_model_name(name)
+        self.model_dir = prepare_model_dir(model_dir, scratch, ExtractLimits.from_config(config))
+        self.handler = load_handler(name, self.model_dir, config)
         self.batcher = None
-        if self.handler.plain and settings.batching:
-            forward = pools.metrics.counting_batches(name, self.handler.classifier.probabilities)  # metrics: batch sizes
+        if self.handler.plain and config.micro_batching:
             self.batcher = BatchRunner(
-                forward, settings.max_batch_size, settings.max_delay_ms, executor=pools.inference, concurrency=settings.workers
+                self.handler.classifier.probabilities,
+                config.max_batch_size,
+                config.max_batch_delay_ms,
+                executor=pools.inference,
+                concurrency=config.workers,
+                observe=pools.metrics.batch_rows(name),
             )
         self.nbytes = self.handler.nbytes()
         self.load_seconds = time.perf_counter() - started  # read by serve.metrics.HostCollector
 
     async def invoke(self, body: bytes, request: Call) -> tuple[bytes, str]:
-        if self.handler.plain and self.settings.batch_mode:
-            return await self.invoke_records(body, request)
-        metrics, started = self.pools.metrics, time.perf_counter()
-        data = await self.pools.decode(self.handler.decode, body, request)
-        decoded_at = time.perf_counter()
-        metrics.stage("decode", self.name, decoded_at - started)
-        if self.batcher is not None:
-            prediction = await self.batcher.run(data)
-        else:
-            prediction = await self.pools.infer(self.handler.predict, data, request)
-        forwarded_at = time.perf_counter()
-        metrics.stage("forward", self.name, forwarded_at - decoded_at)
-        out = self.handler.encode(prediction, request)
-        metrics.stage("encode", self.name, time.perf_counter() - forwarded_at)
-        return out
-
-    async def invoke_records(self, body: bytes, request: Call) -> tuple[bytes, str]:
-        """Batch transform: a request holds as many records as MaxPayloadInMB lets in
-        (what /execution-parameters advertises); they are decoded and run max_batch at a
-        time, so memory stays bounded."""
-        metrics, started, limits = self.pools.metrics, time.perf_counter(), self.handler.limits
-        request.out_type = codec.check_accept(request.accept)
-        parsed = await self.pools.decode(codec.parse, body, request.content_type, limits, False)
-        decode_s, forward_s, chunks = time.perf_counter() - started, 0.0, []
-        preprocess = self.handler.preprocess
-        for start in range(0, len(parsed), limits.max_batch):
-            chunk_started = time.perf_counter()
-            inputs = await self.pools.decode(codec.to_inputs, parsed, preprocess, limits, start, start + limits.max_batch)
-            decoded_at = time.perf_counter()
-            if self.batcher is not None:
-                chunks.append(await self.batcher.run(inputs))
-            else:
-                chunks.append(await self.pools.infer(self.handler.classifier.probabilities, inputs))
-            decode_s += decoded_at - chunk_started
-            forward_s += time.perf_counter() - decoded_at
-        metrics.stage("decode", self.name, decode_s)
-        metrics.stage("forward", self.name, forward_s)
-        encode_started = time.perf_counter()
-        request.batch, request.lines = parsed.batch, parsed.lines
-        out = self.handler.default_output_fn(torch.cat(chunks), request)
-        metrics.stage("encode", self.name, time.perf_counter() - encode_started)
+        """decode -> forward -> encode, a chunk at a time: a real-time request is one chunk,
+        a batch-transform request as many as its records need (memory stays bounded).
+        Nothing of ours runs between this and the forward: the pools and the batcher hand
+        back futures, awaited here."""
+        handler, decoders, outputs = self.handler, self.pools.decoders, []
+        decode_s = forward_s = 0.0
+        try:
+            started = time.perf_counter()
+            data = await asyncio.wrap_future(decoders.submit(handler.decode, body, request))
+            while True:
+                decoded_at = time.perf_counter()
+                decode_s += decoded_at - started
+                if self.batcher is not None:
+                    outputs.append(await self.batcher.run(data))
+                else:
+                    outputs.append(await asyncio.wrap_future(self.pools.inference.submit(handler.predict, data, request)))
+                started = time.perf_counter()
+                forward_s += started - decoded_at
+                if not handler.more(request):
+                    break
+                data = await asyncio.wrap_future(decoders.submit(handler.decode_more, request))
+        finally:  # the stages that finished, also when a later one failed
+            if decode_s:
+                self.pools.metrics.stage("decode", self.name, decode_s)
+            if forward_s:
+                self.pools.metrics.stage("forward", self.name, forward_s)
+        out = handler.encode(handler.join(outputs), request)
+        self.pools.metrics.stage("encode", self.name, time.perf_counter() - started)
         return out
 
     @property
@@ -176,7 +125,7 @@ class HostedModel:
         return self.batcher is None or self.batcher.alive
 
     def context(self, headers: dict[str, str]) -> Context:
-        return Context(self.name, str(self.model_dir), gpu_id(self.settings), headers)
+        return Context(self.name, str(self.model_dir), self.config.gpu_id, headers)
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -188,14 +137,15 @@ class SingleModel:
 
     multi_model = False
 
-    def __init__(self, settings: Settings, pools: Pools):
-        self.settings, self.pools = settings, pools
+    def __init__(self, config: ServeConfig, pools: Pools):
+        self.config, self.pools = config, pools
         self.state, self.reason, self.model = "loading", None, None
         self.started = time.monotonic()
 
     def load(self) -> None:
         try:
-            self.model = HostedModel("model", self.settings.model_dir, str(self.settings.model_dir), self.settings, self.pools)
+            path = self.config.model_path
+            self.model = HostedModel("model", path, str(path), self.config, self.pools)
         except ConfigError as err:
             self.reason = str(err)
             log.error("MODEL LOAD FAILED: %s", self.reason)
@@ -208,7 +158,7 @@ class SingleModel:
                 "model ready in %.1f s (%s, device %s%s%s)",
                 time.monotonic() - self.started,
                 "user hooks: " + ", ".join(sorted(self.model.handler.hooks)) if self.model.handler.hooks else "default handlers",
-                self.settings.device,
+                self.config.device,
                 f", precision {classifier.precision.name}" if classifier is not None else "",
                 ", micro-batched" if self.model.batcher is not None else "",
             )
@@ -238,8 +188,8 @@ class MultiModel:
 
     multi_model = True
 
-    def __init__(self, settings: Settings, pools: Pools):
-        self.settings, self.pools = settings, pools
+    def __init__(self, config: ServeConfig, pools: Pools):
+        self.config, self.pools = config, pools
         self.models: OrderedDict[str, HostedModel] = OrderedDict()
         self.lock = asyncio.Lock()
         self.evictions = 0  # read by serve.metrics.HostCollector
@@ -267,7 +217,7 @@ class MultiModel:
         except ValueError as err:
             raise BadInput(str(err)) from None
         path = Path(url)
-        root = self.settings.models_root
+        root = self.config.models_path
         async with self.lock:
             if name in self.models:
                 raise Conflict(f"model {name!r} is already loaded")
@@ -278,13 +228,13 @@ class MultiModel:
             if not await run_in_threadpool(path.is_dir):
                 raise NotFound(f"model url {url!r} is not a directory in the container")
             need = await run_in_threadpool(dir_bytes, path)  # off the event loop: /ping stays prompt
-            budget = self.settings.mme_budget_bytes
+            budget = self.config.mme_budget_bytes
             if need > budget:
                 raise InsufficientMemory(
                     f"model {name!r} needs ~{need >> 20} MiB; the budget is {budget >> 20} MiB (SM_VISION_MME_MEMORY_MB)"
                 )
             try:
-                model = await run_in_threadpool(HostedModel, name, path, url, self.settings, self.pools)
+                model = await run_in_threadpool(HostedModel, name, path, url, self.config, self.pools)
             except ConfigError as err:
                 log.error("loading model %s from %s failed: %s", name, url, err)
                 raise BadInput(f"cannot load model {name!r}: {redact_paths(str(err))}") from None
@@ -306,5 +256,5 @@ class MultiModel:
         gc.collect()
 
 
-def create_hosting(settings: Settings, pools: Pools) -> SingleModel | MultiModel:
-    return MultiModel(settings, pools) if settings.multi_model else SingleModel(settings, pools)
+def create_hosting(config: ServeConfig, pools: Pools) -> SingleModel | MultiModel:
+    return MultiModel(config, pools) if config.multi_model else SingleModel(config, pools)

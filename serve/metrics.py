@@ -104,7 +104,7 @@ class ServerMetrics:
                 ("encode", "Probabilities to the response body (default handlers)"),
             )
         }
-        self.batch_rows = histogram("batch_size", "Rows per micro-batched forward pass", ["model"], BATCH_BUCKETS)
+        self.batch_size = histogram("batch_size", "Rows per micro-batched forward pass", ["model"], BATCH_BUCKETS)
         # labels() validates and locks on every call: keep the children it returns.
         self._children: dict[tuple, object] = {}
 
@@ -135,15 +135,9 @@ class ServerMetrics:
     def stage(self, stage: str, model: str, seconds: float) -> None:
         self._child(self.stage_seconds[stage], model).observe(seconds)
 
-    def counting_batches(self, model: str, forward: Callable) -> Callable:
-        """`forward` that also records the rows of each batch it is given."""
-        rows = self._child(self.batch_rows, model)
-
-        def counted(batch):
-            rows.observe(batch.shape[0])
-            return forward(batch)
-
-        return counted
+    def batch_rows(self, model: str) -> Callable[[int], None]:
+        """What the micro-batcher calls with the rows of each forward it runs."""
+        return self._child(self.batch_size, model).observe
 
     # --- scrape ---
     def watch(self, collector: Collector) -> None:
@@ -168,8 +162,8 @@ class NoMetrics:
     def stage(self, stage: str, model: str, seconds: float) -> None:
         pass
 
-    def counting_batches(self, model: str, forward: Callable) -> Callable:
-        return forward
+    def batch_rows(self, model: str) -> None:
+        return None  # the batcher then records nothing
 
     def watch(self, collector: Collector) -> None:
         pass
@@ -178,11 +172,11 @@ class NoMetrics:
 class HostCollector(Collector):
     """Gauges read from the model host when /metrics is scraped, so serving pays nothing.
 
-    `host` is the app's SingleModel or multi-model Registry, `pools` its thread pools,
-    `device` the serving device (GPU memory is reported only on CUDA).
+    `host` is the app's SingleModel or MultiModel, `pools` its thread pools, `device`
+    the serving device, e.g. "cuda:0" (GPU memory is reported only on CUDA).
     """
 
-    def __init__(self, host, pools, device):
+    def __init__(self, host, pools, device: str):
         self.host, self.pools, self.device = host, pools, device
 
     def _loaded(self) -> list:
@@ -217,7 +211,7 @@ class HostCollector(Collector):
             yield GaugeMetricFamily(
                 f"{PREFIX}_model_memory_budget_bytes",
                 "Multi-model memory budget (SM_VISION_MME_MEMORY_MB)",
-                value=self.host.settings.mme_budget_bytes,
+                value=self.host.config.mme_budget_bytes,
             )
             yield CounterMetricFamily(
                 f"{PREFIX}_model_evictions", "Models unloaded to make room for another", value=getattr(self.host, "evictions", 0)
@@ -229,7 +223,7 @@ class HostCollector(Collector):
         queue.add_metric(["batch"], sum(model.batcher.queue.qsize() for model in loaded if getattr(model, "batcher", None)))
         yield queue
 
-        if self.device.type == "cuda":
+        if self.device.startswith("cuda"):
             yield from _gpu_memory(self.device)
 
 
@@ -239,7 +233,7 @@ def _pending(executor) -> int:
     return work.qsize() if work is not None else 0
 
 
-def _gpu_memory(device) -> Iterable:
+def _gpu_memory(device: str) -> Iterable:
     import torch
 
     labels = [str(device)]

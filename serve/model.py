@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 ARCHIVE = "model.tar.gz"
 
 
-def prepare_model_dir(model_dir: Path, scratch: Path, limits: ExtractLimits | None = None) -> Path:
+def prepare_model_dir(model_dir: Path, scratch: Path, limits: ExtractLimits) -> Path:
     """The directory holding the model files: model_dir itself, or `scratch` with
     model_dir/model.tar.gz extracted into it (serve.archive's checked extraction)."""
     archive = model_dir / ARCHIVE
@@ -112,16 +112,15 @@ class Classifier:
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.transform(image)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=True)
-        if batch.dim() == 4:
-            batch = batch.contiguous(memory_format=torch.channels_last)  # as the folded module's weights
-        return torch.softmax(self.module(batch).float(), dim=1).cpu()
-
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax of the model on `batch`, in the served precision. The forward itself,
+        with nothing of ours between it and the caller (one frame)."""
         with self.precision.autocast():
-            return self._forward(batch)
+            batch = batch.to(self.device, non_blocking=True)
+            if batch.dim() == 4:
+                batch = batch.contiguous(memory_format=torch.channels_last)  # as the folded module's weights
+            return torch.softmax(self.module(batch).float(), dim=1).cpu()
 
     def nbytes(self) -> int:
         return module_nbytes(self.module)
@@ -130,8 +129,11 @@ class Classifier:
         """First forwards (allocations, oneDNN kernel choice) before traffic, and the
         accuracy guard: the reduced precision stays only if it agrees with fp32."""
         batch = torch.stack([self.preprocess(image) for image in warm_up_images(self.spec.image_size)])
-        self.guard = precision.guard(self._forward, batch, self.precision)
-        self.precision = self.guard.precision
+        chosen, self.precision = self.precision, precision.Precision("fp32", self.device.type)
+        try:  # probabilities runs in fp32 here; the guard runs it again under the chosen autocast
+            self.guard = precision.guard(self.probabilities, batch, chosen)
+        finally:
+            self.precision = self.guard.precision if self.guard is not None else chosen
         self.probabilities(batch[:1])
 
 
@@ -158,7 +160,7 @@ def load_torchscript(model_dir: Path, device: torch.device):
     return torch.jit.load(str(path), map_location=device).eval()
 
 
-def load_default_model(model_dir: Path, device: torch.device, precision_name: str = "auto"):
+def load_default_model(model_dir: Path, device: torch.device, precision_name: str):
     """The model when the user's script has no model_fn: ours, else TorchScript."""
     if (model_dir / SPEC_FILE).exists():
         return load_classifier(model_dir, device, precision_name)

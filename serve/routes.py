@@ -1,20 +1,23 @@
-"""The HTTP routes of SageMaker's serving contract and the multi-model API, and the
-one mapping of errors to responses (mapped_errors, applied to every route)."""
+"""The HTTP routes of SageMaker's serving contract and the multi-model API. Errors
+raised here are answered by serve.middleware.ErrorReplies (serve.errors.reply)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from container import ServeConfig
 from serve import metrics as server_metrics
-from serve.errors import BadInput, NotFound, PayloadTooLarge, ServeError, redact_paths
-from serve.handler import Call
-from serve.hosting import TARGET_MODEL_HEADER, MultiModel, Settings, SingleModel
+from serve.errors import BadInput, NotFound, PayloadTooLarge
+from serve.handler import Call, requested_top_k
+from serve.hosting import TARGET_MODEL_HEADER, MultiModel, SingleModel
+from serve.middleware import routing_error
 from serve.runner import Admission, ClientGone, until_done_or_gone
 
 log = logging.getLogger("serve")
@@ -38,78 +41,51 @@ async def read_body(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-def top_k(request: Request) -> int | None:
-    raw = request.query_params.get("top_k") or request.headers.get("x-top-k")
-    if raw is None:
-        return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadInput(f"top_k={raw!r}: expected a whole number >= 1")
-    return int(raw)
+def invocation(config: ServeConfig, hosting: SingleModel | MultiModel, admission: Admission, model_name: Callable[[Request], str | None]):
+    """The endpoint of a route that runs a model (/invocations and its aliases, sharing
+    one admission); `model_name` says which model a request names. Route ->
+    model.invoke -> the forward, nothing in between but the deadline and hang-up watch."""
 
-
-def routes(settings: Settings, hosting: SingleModel | MultiModel, metrics) -> list[Route]:
-    admission = Admission(settings.max_pending)  # back-pressure: 503 + Retry-After beyond max_pending
-
-    async def invoke(request: Request, name: str | None) -> Response:
+    async def invoke(request: Request) -> Response:
         with admission.slot():
-            model = hosting.get(name)
+            model = hosting.get(model_name(request))
             server_metrics.note_model(request.scope, model.name)  # metrics: label the request with its model
-            body = await read_body(request, settings.max_payload_bytes)
+            body = await read_body(request, config.max_payload_bytes)
             headers = {key.lower(): value for key, value in request.headers.items()}
-            call = Call(request.headers.get("content-type"), request.headers.get("accept"), model.context(headers), top_k(request))
+            top_k = requested_top_k(request.query_params.get("top_k") or headers.get("x-top-k"))
+            call = Call(headers.get("content-type"), headers.get("accept"), model.context(headers), top_k)
             try:
                 # Work is cancelled when it times out or its client goes away.
-                out, out_type = await until_done_or_gone(model.invoke(body, call), request.receive, settings.timeout_s)
+                out, out_type = await until_done_or_gone(model.invoke(body, call), request.receive, config.timeout_s)
             except ClientGone:
                 return Response(status_code=499)  # nobody reads it; the access log records the abandon
         return Response(out, media_type=out_type)
 
-    def registry() -> MultiModel:
-        if not hosting.multi_model:
-            raise NotFound("model management needs a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true)")
-        return hosting
+    return invoke
+
+
+def routes(config: ServeConfig, hosting: SingleModel | MultiModel, metrics) -> list[Route]:
+    admission = Admission(config.max_pending)  # back-pressure: 503 + Retry-After beyond max_pending
+
+    def invoking(model_name: Callable[[Request], str | None]):
+        return invocation(config, hosting, admission, model_name)
+
+    def named(request: Request) -> str:
+        registry(hosting)
+        return request.path_params["name"]
 
     async def ping(request: Request) -> Response:
         status, body = hosting.ping()
         return JSONResponse(body, status_code=status)
 
-    async def invocations(request: Request) -> Response:
-        return await invoke(request, request.headers.get(TARGET_MODEL_HEADER))
-
-    async def predictions(request: Request) -> Response:
-        return await invoke(request, request.path_params["name"] if hosting.multi_model else None)
-
     async def execution_parameters(request: Request) -> Response:
         return JSONResponse(
             {
-                "MaxConcurrentTransforms": settings.max_concurrent_transforms or settings.workers,
-                "BatchStrategy": settings.batch_strategy or "MULTI_RECORD",
-                "MaxPayloadInMB": settings.max_payload_bytes // (1024 * 1024),
+                "MaxConcurrentTransforms": config.max_concurrent_transforms,
+                "BatchStrategy": config.batch_strategy,
+                "MaxPayloadInMB": config.max_payload_mb,
             }
         )
-
-    async def list_or_load(request: Request) -> Response:
-        models = registry()
-        if request.method == "GET":
-            return JSONResponse({"models": [describe(m) for m in models.loaded()]})
-        try:
-            payload = json.loads(await read_body(request, settings.max_payload_bytes))
-            name, url = payload["model_name"], payload["url"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            raise BadInput('load a model with {"model_name": NAME, "url": DIR}') from None
-        await models.load(str(name), str(url))
-        return JSONResponse({"status": f"model {name} loaded"})
-
-    async def one_model(request: Request) -> Response:
-        models, name = registry(), request.path_params["name"]
-        if request.method == "DELETE":
-            models.unload(name)
-            return JSONResponse({"status": f"model {name} unloaded"})
-        return JSONResponse(describe(models.get(name)))
-
-    async def invoke_named(request: Request) -> Response:
-        registry()
-        return await invoke(request, request.path_params["name"])
 
     async def metrics_endpoint(request: Request) -> Response:
         body, content_type = metrics.exposition(request.headers.get("accept"))
@@ -117,46 +93,51 @@ def routes(settings: Settings, hosting: SingleModel | MultiModel, metrics) -> li
 
     table = [
         ("/ping", ping, ["GET"]),
-        ("/invocations", invocations, ["POST"]),
-        ("/predictions/{name}", predictions, ["POST"]),
+        ("/invocations", invoking(lambda request: request.headers.get(TARGET_MODEL_HEADER)), ["POST"]),
+        ("/predictions/{name}", invoking(lambda request: request.path_params["name"] if hosting.multi_model else None), ["POST"]),
         ("/execution-parameters", execution_parameters, ["GET"]),
-        ("/models", list_or_load, ["GET", "POST"]),
-        ("/models/{name}", one_model, ["GET", "DELETE"]),
-        ("/models/{name}/invoke", invoke_named, ["POST"]),
+        *management(config, hosting),
+        ("/models/{name}/invoke", invoking(named), ["POST"]),
     ]
     if metrics.enabled:
         table.append(("/metrics", metrics_endpoint, ["GET"]))
-    return [Route(path, mapped_errors(handler), methods=methods) for path, handler, methods in table]
+    return [Route(path, endpoint, methods=methods) for path, endpoint, methods in table]
 
 
-def mapped_errors(handler):
-    """The one error mapping of every route: typed errors -> their status, anything
-    else -> 500 with the traceback in the log only."""
+def registry(hosting: SingleModel | MultiModel) -> MultiModel:
+    if not hosting.multi_model:
+        raise NotFound("model management needs a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true)")
+    return hosting
 
-    async def wrapped(request: Request) -> Response:
+
+def management(config: ServeConfig, hosting: SingleModel | MultiModel) -> list[tuple]:
+    """SageMaker's multi-model API: list, load, describe and unload models by name."""
+
+    async def list_or_load(request: Request) -> Response:
+        models = registry(hosting)
+        if request.method == "GET":
+            return JSONResponse({"models": [describe(m) for m in models.loaded()]})
         try:
-            return await handler(request)
-        except ServeError as err:
-            return JSONResponse({"error": err.message}, status_code=err.status, headers=err.headers)
-        except Exception as err:  # noqa: BLE001 - e.g. a user hook's bug
-            # The traceback goes to the log; the body says what failed, without paths.
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
-            return error(500, f"internal error: {type(err).__name__}: {redact_paths(str(err))}")
+            payload = json.loads(await read_body(request, config.max_payload_bytes))
+            name, url = payload["model_name"], payload["url"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise BadInput('load a model with {"model_name": NAME, "url": DIR}') from None
+        await models.load(str(name), str(url))
+        return JSONResponse({"status": f"model {name} loaded"})
 
-    return wrapped
+    async def one_model(request: Request) -> Response:
+        models, name = registry(hosting), request.path_params["name"]
+        if request.method == "DELETE":
+            models.unload(name)
+            return JSONResponse({"status": f"model {name} unloaded"})
+        return JSONResponse(describe(models.get(name)))
+
+    return [("/models", list_or_load, ["GET", "POST"]), ("/models/{name}", one_model, ["GET", "DELETE"])]
 
 
 def describe(model) -> dict:
     return {"modelName": model.name, "modelUrl": model.url}
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-async def http_error(request: Request, exc: HTTPException) -> Response:
-    return error(exc.status_code, exc.detail)
-
-
 # Starlette's own errors (unknown route 404, wrong method 405) in the same {"error": ...} shape.
-EXCEPTION_HANDLERS = {HTTPException: http_error}
+EXCEPTION_HANDLERS = {HTTPException: routing_error}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import queue
 import threading
 import time
@@ -27,10 +26,6 @@ from collections.abc import Awaitable, Callable
 import torch
 
 from serve.errors import Overloaded, Timeout
-
-log = logging.getLogger(__name__)
-
-RETRY_AFTER_S = 1
 
 
 class Admission:
@@ -62,13 +57,14 @@ async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
         pass
 
 
-async def until_done_or_gone(work: Awaitable, receive: Callable[[], Awaitable[dict]], timeout_s: float):
-    """work's result; Timeout past timeout_s, ClientGone if the client hangs up first.
-    In both cases work is cancelled, which cancels the futures it waits on."""
+async def until_done_or_gone(work: Awaitable, receive: Callable[[], Awaitable[dict]] | None, timeout_s: float):
+    """work's result; Timeout past timeout_s, ClientGone if the client hangs up first
+    (`receive` None: no client to watch, as under MMS). In both cases work is cancelled,
+    which cancels the futures it waits on."""
     task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(receive))
+    watcher = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
     try:
-        done, _ = await asyncio.wait({task, watcher}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task, watcher} - {None}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
         if watcher in done:
@@ -76,7 +72,8 @@ async def until_done_or_gone(work: Awaitable, receive: Callable[[], Awaitable[di
         raise Timeout(f"inference took longer than {timeout_s:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT)")
     finally:
         for pending in (task, watcher):
-            pending.cancel()
+            if pending is not None:
+                pending.cancel()
 
 
 class BatchRunner:
@@ -100,8 +97,10 @@ class BatchRunner:
         max_queued: int = 256,
         executor: concurrent.futures.Executor | None = None,
         concurrency: int = 1,
+        observe: Callable[[int], None] | None = None,
     ):
         self.forward = forward
+        self.observe = observe or (lambda rows: None)  # told the rows of each forward (metrics)
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_ms / 1000
         self.queue: queue.Queue = queue.Queue(maxsize=max_queued)
@@ -117,7 +116,10 @@ class BatchRunner:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
-    async def run(self, inputs: torch.Tensor) -> torch.Tensor:
+    def run(self, inputs: torch.Tensor) -> asyncio.Future:
+        """Queue `inputs`; await the result (their rows of the batch's output). Called on
+        the event loop; cancelling the awaitable drops the inputs if their batch has not
+        started."""
         if not self.alive:
             raise RuntimeError("the micro-batcher thread has stopped")
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -125,7 +127,7 @@ class BatchRunner:
             self.queue.put_nowait((inputs, future))
         except queue.Full:
             raise Overloaded(f"the micro-batcher queue is full ({self.queue.maxsize} requests); retry shortly") from None
-        return await asyncio.wrap_future(future)
+        return asyncio.wrap_future(future)
 
     def _collect(self) -> list | None:
         first = self.queue.get()
@@ -147,30 +149,24 @@ class BatchRunner:
         # A request that timed out or whose client left has cancelled its future: skip it.
         return [item for item in items if item[1].set_running_or_notify_cancel()]
 
-    def _run_group(self, group: list) -> None:
-        try:
-            outputs = self.forward(torch.cat([inputs for inputs, _ in group]))
-        except Exception as err:  # noqa: BLE001 - handed to each waiting request
-            for _, future in group:
-                future.set_exception(err)
-            return
-        start = 0
-        for inputs, future in group:
-            future.set_result(outputs[start : start + inputs.shape[0]])
-            start += inputs.shape[0]
-
     def _run_batch(self, items: list) -> None:
+        """One forward per input shape (only same-shaped inputs stack), each request's
+        rows handed back to it. No exception leaves: one bad batch must not end the batcher."""
         groups: dict[tuple, list] = {}
-        for item in items:  # only same-shaped inputs can be stacked
+        for item in items:
             groups.setdefault(tuple(item[0].shape[1:]), []).append(item)
         for group in groups.values():
             try:
-                self._run_group(group)
-            except Exception:  # noqa: BLE001 - one bad batch must not end the batcher
-                log.exception("micro-batcher: a batch failed")
+                batch = torch.cat([inputs for inputs, _ in group])
+                self.observe(batch.shape[0])
+                outputs, start = self.forward(batch), 0
+                for inputs, future in group:
+                    future.set_result(outputs[start : start + inputs.shape[0]])
+                    start += inputs.shape[0]
+            except Exception as err:  # noqa: BLE001 - handed to each waiting request
                 for _, future in group:
                     if not future.done():
-                        future.set_exception(RuntimeError("the micro-batch failed"))
+                        future.set_exception(err)
 
     def _loop(self) -> None:
         while not self.stopping:

@@ -53,8 +53,8 @@ class FetchError(Exception):
 
 @dataclass(frozen=True)
 class URLPolicy:
-    max_bytes: int = 6 * 1024 * 1024
-    timeout_s: float = 5.0  # wall clock for the whole fetch, all redirect hops included
+    max_bytes: int  # the body cap (the server passes its payload cap)
+    timeout_s: float  # wall clock for the whole fetch, all redirect hops included
     exempt: tuple[str, ...] = ()  # host, host:port or CIDR entries whose addresses skip the public-address check
     hosts: tuple[str, ...] = ()  # when set, the only host names that may be fetched
     max_redirects: int = 3

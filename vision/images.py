@@ -21,11 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from container.serving import ServeConfig
+
 
 @dataclass(frozen=True)
 class ImageLimits:
-    max_pixels: int = 40_000_000  # width * height; a 10k x 10k image is refused before decoding
-    max_aspect_ratio: float = 20.0  # long side / short side
+    # The defaults are the serving settings' (SM_VISION_MAX_IMAGE_PIXELS, SM_VISION_MAX_ASPECT_RATIO),
+    # written once in container/serving.py; training decodes under the same caps.
+    max_pixels: int = ServeConfig.max_image_pixels  # width * height; a 10k x 10k image is refused before decoding
+    max_aspect_ratio: float = ServeConfig.max_aspect_ratio  # long side / short side
     # JPEG only: decode at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at
     # least this many pixels (0: full size). Serving sets twice the model's resize size.
     draft_min_side: int = 0

@@ -4,6 +4,7 @@ through the real image."""
 from __future__ import annotations
 
 import shutil
+import tarfile
 import time
 
 import requests
@@ -113,3 +114,27 @@ def test_mms_backend_same_model_and_hooks(containers, image, model_store, tmp_pa
             break
         time.sleep(1)
     assert response.json() == {"hooked": True, "bytes": len(body)}
+
+
+def test_mms_backend_honours_the_model_extract_cap(containers, image, model_store, tmp_path):
+    """SM_VISION_MAX_MODEL_EXTRACT_MB holds under MMS as under our server: a model.tar.gz
+    that expands past it is refused (the worker's load fails naming the setting) and no
+    request is answered with a prediction."""
+    root = opt_ml(tmp_path)
+    with tarfile.open(root / "model" / "model.tar.gz", "w:gz") as tar:
+        for path in (model_store / "r18").iterdir():  # ~45 MB expanded, far past 1 MiB
+            tar.add(path, arcname=path.name)
+    env = {"SM_VISION_SERVE_BACKEND": "mms", "SM_VISION_MAX_MODEL_EXTRACT_MB": "1", "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+    container, base = start_server(containers, image, root, env=env)
+    wait_ping(base, container, timeout=180)
+    refusal = "expands past 1 MiB (SM_VISION_MAX_MODEL_EXTRACT_MB)"
+    deadline = time.monotonic() + 180
+    while refusal not in container.logs().decode(errors="replace") and time.monotonic() < deadline:
+        time.sleep(2)
+    logs = container.logs().decode(errors="replace")
+    assert refusal in logs, logs[-3000:]
+    try:
+        status = post(base, png_bytes(IMG), "image/png").status_code
+    except requests.Timeout:
+        status = None  # MMS holds the request while it restarts the worker that failed
+    assert status != 200

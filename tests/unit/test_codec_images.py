@@ -5,7 +5,7 @@ orientation; and the same pixels for training and serving."""
 from __future__ import annotations
 
 import base64
-import io
+import dataclasses
 import json
 
 import numpy as np
@@ -13,25 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
+from container import ServeConfig
 from serve import codec, errors
+from tests.support.payloads import image_bytes as encoded
+from tests.support.payloads import npy_bytes as npy
 from train import data
 from vision import images
 from vision.presets import eval_transform
 
 PRE = eval_transform(32, 36)
-LIMITS = codec.DecodeLimits(max_pixels=40_000_000, max_batch=4)
-
-
-def encoded(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def npy(array) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
+LIMITS = codec.DecodeLimits.from_config(ServeConfig(max_batch_items=4), draft_min_side=0)  # the served pixel and aspect caps
 
 
 THIN = encoded(Image.new("1", (16000, 1)))  # ~100 bytes; Resize(36) of the short side: 36 x 576000
@@ -60,7 +51,7 @@ def test_aspect_ratio_limit_is_a_setting():
     wide = encoded(Image.new("RGB", (300, 10)))
     with pytest.raises(errors.PayloadTooLarge):
         codec.decode(wide, "image/png", PRE, LIMITS)
-    relaxed = codec.DecodeLimits(max_aspect_ratio=40)
+    relaxed = codec.DecodeLimits.from_config(ServeConfig(max_aspect_ratio=40), draft_min_side=0)
     assert codec.decode(wide, "image/png", PRE, relaxed).inputs.shape == (1, 3, 32, 32)
 
 
@@ -140,7 +131,9 @@ def test_training_scan_reports_extreme_aspect_ratios(tmp_path):
 
 def test_pixel_limit_names_the_limit():
     with pytest.raises(errors.PayloadTooLarge, match="limit of 1000 pixels"):
-        codec.decode(encoded(Image.new("RGB", (40, 30))), "image/png", PRE, codec.DecodeLimits(max_pixels=1000))
+        codec.decode(
+            encoded(Image.new("RGB", (40, 30))), "image/png", PRE, dataclasses.replace(LIMITS, image=images.ImageLimits(max_pixels=1000))
+        )
 
 
 def npy_claiming(shape, descr="|u1", payload=b"x" * 100) -> bytes:

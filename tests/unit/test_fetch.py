@@ -7,75 +7,24 @@ fails if it is ever reached.
 
 from __future__ import annotations
 
-import io
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from PIL import Image
 
+from container import ServeConfig
 from serve import errors, urlguard
 from serve.fetch import FetchPolicy, fetch_url
+from tests.support.net import Site, redirect
+from tests.support.net import respond as body
+from tests.support.payloads import png_bytes
+
+PNG = png_bytes(size=(8, 8), colour=(255, 0, 0))
 
 
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (255, 0, 0)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-class Site:
-    """A loopback HTTP server with a route table and a log of what it served."""
-
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.routes: dict = {}
-        self.hits: list[str] = []
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                site.hits.append(self.path)
-                route = site.routes.get(self.path, site.routes.get("*"))
-                if route is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                route(self)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def body(data: bytes):
-    def route(h):
-        h.send_response(200)
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-
-    return route
-
-
-def redirect(location: str):
-    def route(h):
-        h.send_response(302)
-        h.send_header("Location", location)
-        h.send_header("Content-Length", "0")
-        h.end_headers()
-
-    return route
+def fetch_policy(**changes) -> FetchPolicy:
+    """The URL settings as served by default (ServeConfig's), with `changes`."""
+    return FetchPolicy(**{**vars(FetchPolicy.from_config(ServeConfig())), **changes})
 
 
 @pytest.fixture
@@ -139,9 +88,9 @@ def test_backslash_userinfo_trick_never_reaches_the_secret(sites, dns):
     """`http://SECRET\\@allowed/../x`: a guard reading the host as `allowed` while the
     client connects to SECRET is the SSRF the shared guard closes."""
     secret = sites()
-    secret.routes["*"] = body(png())
+    secret.routes["*"] = body(PNG)
     dns["images.example.test"] = ["93.184.216.34"]
-    policy = FetchPolicy(allow=("images.example.test",), timeout_s=2)
+    policy = fetch_policy(allow=("images.example.test",), timeout_s=2)
     with pytest.raises(errors.BadInput, match="backslash"):
         fetch_url(f"http://127.0.0.1:{secret.port}\\@images.example.test/../img.png", policy)
     assert secret.hits == []
@@ -149,10 +98,10 @@ def test_backslash_userinfo_trick_never_reaches_the_secret(sites, dns):
 
 def test_backslash_in_a_redirect_is_refused(sites, dns):
     secret, public = sites(), sites()
-    secret.routes["*"] = body(png())
+    secret.routes["*"] = body(PNG)
     public.routes["/r"] = redirect(f"http://127.0.0.1:{secret.port}\\@images.example.test/../img.png")
     dns["images.example.test"] = ["93.184.216.34"]
-    policy = FetchPolicy(allow=(f"127.0.0.1:{public.port}", "images.example.test"), timeout_s=2)
+    policy = fetch_policy(allow=(f"127.0.0.1:{public.port}", "images.example.test"), timeout_s=2)
     with pytest.raises(errors.BadInput, match="backslash"):
         fetch_url(f"http://127.0.0.1:{public.port}/r", policy)
     assert public.hits == ["/r"] and secret.hits == []
@@ -175,7 +124,7 @@ def test_backslash_in_a_redirect_is_refused(sites, dns):
 def test_ambiguous_urls_are_refused_before_any_connection(dns, no_connections, url):
     dns["images.example.test"] = ["93.184.216.34"]
     with pytest.raises(errors.BadInput):
-        fetch_url(url, FetchPolicy(allow=("images.example.test",), timeout_s=1))
+        fetch_url(url, fetch_policy(allow=("images.example.test",), timeout_s=1))
 
 
 @pytest.mark.parametrize(
@@ -195,7 +144,7 @@ def test_ambiguous_urls_are_refused_before_any_connection(dns, no_connections, u
 def test_non_global_addresses_are_refused(dns, no_connections, address):
     dns["images.example.test"] = [address]
     with pytest.raises(errors.BadInput, match="non-public"):
-        fetch_url("http://images.example.test/a.png", FetchPolicy(timeout_s=1))
+        fetch_url("http://images.example.test/a.png", fetch_policy(timeout_s=1))
 
 
 def test_dns_rebinding_connects_to_the_checked_address(sites, dns):
@@ -209,7 +158,7 @@ def test_dns_rebinding_connects_to_the_checked_address(sites, dns):
     public.routes["*"] = body(b"public")
     secret.routes["*"] = body(b"secret")
     dns["rebind.example.test"] = ["127.0.0.1", "127.0.0.2"]
-    assert fetch_url(f"http://rebind.example.test:{public.port}/x", FetchPolicy(allow=("127.0.0.1/32",), timeout_s=2)) == b"public"
+    assert fetch_url(f"http://rebind.example.test:{public.port}/x", fetch_policy(allow=("127.0.0.1/32",), timeout_s=2)) == b"public"
     assert secret.hits == [] and dns.lookups == ["rebind.example.test"]
 
 
@@ -243,7 +192,7 @@ def test_one_deadline_for_the_whole_fetch(sites, route):
     site.routes["/slow"] = route
     start = time.monotonic()
     with pytest.raises(errors.BadInput, match="longer than 1 s"):
-        fetch_url(f"http://127.0.0.1:{site.port}/slow", FetchPolicy(allow=("127.0.0.1",), timeout_s=1))
+        fetch_url(f"http://127.0.0.1:{site.port}/slow", fetch_policy(allow=("127.0.0.1",), timeout_s=1))
     assert time.monotonic() - start < 2.5
 
 
@@ -257,7 +206,7 @@ def test_deadline_spans_redirect_hops(sites):
     site.routes["/again"] = slow_redirect
     start = time.monotonic()
     with pytest.raises(errors.BadInput):
-        fetch_url(f"http://127.0.0.1:{site.port}/again", FetchPolicy(allow=("127.0.0.1",), timeout_s=1))
+        fetch_url(f"http://127.0.0.1:{site.port}/again", fetch_policy(allow=("127.0.0.1",), timeout_s=1))
     assert time.monotonic() - start < 2
 
 
@@ -267,16 +216,17 @@ def test_host_header_and_path_come_from_the_one_parse(sites, dns):
 
     def record(h):
         seen.append((h.headers["Host"], h.path))
-        body(png())(h)
+        body(PNG)(h)
 
     site.routes["*"] = record
     dns["images.example.test"] = ["127.0.0.1"]
     url = f"http://images.example.test:{site.port}/a/../b.png?x=1#frag"
-    assert fetch_url(url, FetchPolicy(allow=("127.0.0.1/32",), timeout_s=2)) == png()
+    assert fetch_url(url, fetch_policy(allow=("127.0.0.1/32",), timeout_s=2)) == PNG
     assert seen == [(f"images.example.test:{site.port}", "/a/../b.png?x=1")]
 
 
 def test_guard_is_the_same_module_the_lambda_ships():
     # One implementation: serve.fetch delegates to serve.urlguard, which is stdlib only.
     assert fetch_url.__module__ == "serve.fetch" and urlguard.fetch.__module__ == "serve.urlguard"
-    assert FetchPolicy(allow=("a",)).guard().exempt == ("a",)
+    assert fetch_policy(allow=("a",)).guard().exempt == ("a",)
+    assert FetchPolicy.from_config(ServeConfig(max_payload_mb=2, url_timeout_s=3)).guard().max_bytes == 2 << 20

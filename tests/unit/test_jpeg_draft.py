@@ -5,6 +5,7 @@ import io
 
 from PIL import Image
 
+from container import ServeConfig
 from serve import codec
 from vision import images
 
@@ -28,5 +29,5 @@ def test_draft_leaves_small_jpegs_and_other_formats_alone():
 
 
 def test_serving_limits_switch_draft_on_only_when_asked():
-    assert codec.DecodeLimits().image.draft_min_side == 0
-    assert codec.DecodeLimits(jpeg_draft=True, draft_min_side=584).image.draft_min_side == 584
+    assert codec.DecodeLimits.from_config(ServeConfig(), draft_min_side=584).image.draft_min_side == 0
+    assert codec.DecodeLimits.from_config(ServeConfig(jpeg_draft=True), draft_min_side=584).image.draft_min_side == 584

@@ -14,10 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from serve.access_log import RequestLog
-from serve.app import Settings, create_app
 from serve.metrics import NoMetrics, ServerMetrics, route_label
-from tests.unit.test_serve import LIMITS, model_dir, png, wait_ready, with_lifespan  # noqa: F401 (model_dir is a fixture)
-from tests.unit.test_serve import asgi_call as call
+from tests.support.asgi import asgi_call as call
+from tests.support.asgi import wait_ready, with_lifespan
+from tests.support.payloads import png_bytes as png
 
 
 def samples(text: str) -> dict[tuple, float]:
@@ -38,8 +38,8 @@ def test_route_labels_are_templates():
     assert route_label("/etc/passwd") == "other"
 
 
-def test_metrics_count_exactly_the_requests_sent(model_dir, tmp_path):
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", max_payload_bytes=100_000, limits=LIMITS))
+def test_metrics_count_exactly_the_requests_sent(model_dir, serve_app):
+    app = serve_app(model_dir)
     image = [("content-type", "image/png")]
 
     async def body():
@@ -77,9 +77,8 @@ def test_metrics_count_exactly_the_requests_sent(model_dir, tmp_path):
     assert after[("process_resident_memory_bytes", ())] > 0
 
 
-def test_batch_sizes_are_counted(model_dir, tmp_path):
-    settings = Settings(model_dir=model_dir, scratch=tmp_path / "s", batching=True, max_batch_size=4, max_delay_ms=50, limits=LIMITS)
-    app = create_app(settings)
+def test_batch_sizes_are_counted(model_dir, serve_app):
+    app = serve_app(model_dir, batching="on", max_batch_size=4, max_batch_delay_ms=50)
 
     async def body():
         assert await wait_ready(app) == 200
@@ -121,8 +120,8 @@ def test_request_ids_and_json_access_log(model_dir, tmp_path):
         RequestLog(ok, NoMetrics(), "xml")
 
 
-def test_metrics_off_has_no_route(model_dir, tmp_path):
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", metrics=False, access_log="off", limits=LIMITS))
+def test_metrics_off_has_no_route(model_dir, serve_app):
+    app = serve_app(model_dir, metrics=False, access_log="off")
 
     async def body():
         assert await wait_ready(app) == 200
@@ -157,10 +156,11 @@ def test_multiprocess_mode_sums_over_processes(tmp_path):
     assert values[("sm_vision_requests_in_flight", ())] == 0
 
 
-def test_gpu_memory_gauges_on_a_cuda_device(monkeypatch):
+def test_gpu_memory_gauges_on_a_cuda_device(monkeypatch, test_machine):
     """The CUDA branch of the scrape, with torch.cuda's readers faked (no GPU here)."""
     import torch
 
+    from container import ServeConfig
     from serve.app import Pools
     from serve.metrics import HostCollector
 
@@ -168,10 +168,10 @@ def test_gpu_memory_gauges_on_a_cuda_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 << 30)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 4 << 30)
     host = type("Host", (), {"model": None, "state": "loading"})()
-    pools = Pools(Settings(model_dir=None))
+    pools = Pools(ServeConfig().resolve(test_machine), test_machine)
     try:
         metrics = ServerMetrics()
-        metrics.watch(HostCollector(host, pools, torch.device("cuda", 0)))
+        metrics.watch(HostCollector(host, pools, "cuda:0"))
         values = samples(metrics.exposition(None)[0].decode())
     finally:
         pools.close()

@@ -8,39 +8,32 @@ import base64
 import io
 import json
 import tarfile
-import threading
 import time
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from container import ConfigError
+from container import ConfigError, ServeConfig
 from serve import codec, errors
-from serve.app import Settings, create_app
+from serve.archive import ExtractLimits
 from serve.fetch import FetchPolicy, fetch_url
 from serve.hooks import Context, call, find_script
 from serve.model import prepare_model_dir
 from serve.runner import BatchRunner
-from vision.artifact import ModelSpec
-from vision.models import build_model
+from tests.support.asgi import request, wait_ready, with_lifespan
+from tests.support.net import Site, redirect, respond
+from tests.support.payloads import npy_bytes as npy
+from tests.support.payloads import png_bytes as png
 from vision.presets import eval_transform
 
 PRE = eval_transform(32, 36)
-LIMITS = codec.DecodeLimits(max_pixels=1_000_000, max_batch=4)
+LIMITS = codec.DecodeLimits.from_config(ServeConfig(max_image_pixels=1_000_000, max_batch_items=4), draft_min_side=0)
 
 
-def png(size=(40, 30), colour=(10, 200, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def npy(array) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
+def policy(**changes) -> FetchPolicy:
+    """The URL settings as served by default, with `changes`."""
+    return FetchPolicy(**{**vars(FetchPolicy.from_config(ServeConfig())), **changes})
 
 
 def test_decode_image_json_npy():
@@ -62,7 +55,7 @@ def test_decode_image_json_npy():
         (b"", "image/jpeg", errors.BadInput),
         (b"not an image", "image/png", errors.BadInput),
         (png()[:60], "image/png", errors.BadInput),
-        (png((2000, 1000)), "image/png", errors.PayloadTooLarge),  # over max_pixels
+        (png(size=(2000, 1000)), "image/png", errors.PayloadTooLarge),  # over max_pixels
         (b"{", "application/json", errors.BadInput),
         (b'{"image": "%%%"}', "application/json", errors.BadInput),
         (b'{"instances": []}', "application/json", errors.Unprocessable),
@@ -108,43 +101,21 @@ def test_accept_and_encode():
 )
 def test_url_guard_refuses_before_connecting(url):
     with pytest.raises(errors.BadInput):
-        fetch_url(url, FetchPolicy(timeout_s=0.5))
+        fetch_url(url, policy(timeout_s=0.5))
 
 
 def test_url_allow_list_and_redirect_check():
-    import http.server
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path == "/img":
-                body = png()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            else:
-                self.send_response(302)
-                self.send_header("Location", "http://169.254.169.254/")
-                self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_address[1]
-        allowed = FetchPolicy(allow=FetchPolicy.parse_allow(f" 127.0.0.1:{port} "), timeout_s=2)
+    with Site(routes={"/img": respond(png()), "/redirect": redirect("http://169.254.169.254/")}) as site:
+        port = site.port
+        allowed = policy(allow=FetchPolicy.parse_allow(f" 127.0.0.1:{port} "), timeout_s=2)
         assert fetch_url(f"http://127.0.0.1:{port}/img", allowed) == png()
         with pytest.raises(errors.BadInput, match="non-public"):
             fetch_url(f"http://127.0.0.1:{port}/redirect", allowed)
         with pytest.raises(errors.PayloadTooLarge):
-            fetch_url(f"http://127.0.0.1:{port}/img", FetchPolicy(allow=allowed.allow, max_bytes=10))
+            fetch_url(f"http://127.0.0.1:{port}/img", policy(allow=allowed.allow, max_bytes=10))
         with pytest.raises(errors.BadInput):  # another port on the same host is not allowed
             fetch_url(f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}/img", allowed)
-        assert fetch_url(f"http://127.0.0.1:{port}/img", FetchPolicy(allow=("127.0.0.0/8",))) == png()
-    finally:
-        server.shutdown()
+        assert fetch_url(f"http://127.0.0.1:{port}/img", policy(allow=("127.0.0.0/8",))) == png()
 
 
 def test_call_passes_context_only_when_asked():
@@ -195,7 +166,7 @@ def test_prepare_model_dir_extracts_and_refuses_traversal(tmp_path):
         info = tarfile.TarInfo("model_spec.json")
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
-    out = prepare_model_dir(model_dir, tmp_path / "scratch")
+    out = prepare_model_dir(model_dir, tmp_path / "scratch", ExtractLimits())
     assert (out / "model_spec.json").read_bytes() == b"{}"
     evil = tmp_path / "evil"
     evil.mkdir()
@@ -204,95 +175,21 @@ def test_prepare_model_dir_extracts_and_refuses_traversal(tmp_path):
         info.size = 1
         tar.addfile(info, io.BytesIO(b"x"))
     with pytest.raises(ConfigError, match="refusing"):
-        prepare_model_dir(evil, tmp_path / "scratch2")
+        prepare_model_dir(evil, tmp_path / "scratch2", ExtractLimits())
     assert not (tmp_path / "escape").exists()
 
 
 # --- the app, driven in-process through ASGI -------------------------------------
 
 
-async def asgi_call(app, method, path, body=b"", headers=()):
-    """(status, response headers, body) of one request, driven in-process through ASGI."""
-    sent = []
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive():
-        if messages:
-            return messages.pop(0)
-        await asyncio.Event().wait()  # a connected client: as uvicorn, no disconnect until it leaves
-
-    async def send(message):
-        sent.append(message)
-
-    path, _, query = path.partition("?")
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
-        "scheme": "http",
-        "server": ("t", 80),
-        "http_version": "1.1",
-    }
-    await app(scope, receive, send)
-    start = sent[0]
-    response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
-    return start["status"], response_headers, b"".join(m.get("body", b"") for m in sent[1:])
-
-
-async def request(app, method, path, body=b"", headers=()):
-    """(status, body) of one request."""
-    status, _, out = await asgi_call(app, method, path, body, headers)
-    return status, out
-
-
-async def with_lifespan(app, body):
-    queue: asyncio.Queue = asyncio.Queue()
-    await queue.put({"type": "lifespan.startup"})
-    replies = []
-
-    async def receive():
-        return await queue.get()
-
-    async def send(message):
-        replies.append(message)
-
-    task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send))
-    try:
-        return await body()
-    finally:
-        await queue.put({"type": "lifespan.shutdown"})
-        await task
-
-
-@pytest.fixture
-def model_dir(tmp_path):
-    directory = tmp_path / "model"
-    directory.mkdir()
-    torch.save(build_model("resnet18", 3).state_dict(), directory / "model.pt")
-    ModelSpec("resnet18", ("a", "b", "c"), 32, 36, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).save(directory)
-    return directory
-
-
-async def wait_ready(app):
-    for _ in range(300):
-        status, _ = await request(app, "GET", "/ping")
-        if status != 503:
-            return status
-        await asyncio.sleep(0.05)
-    return status
-
-
-def test_app_ping_invoke_errors(model_dir, tmp_path):
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", max_payload_bytes=100_000, limits=LIMITS))
+def test_app_ping_invoke_errors(model_dir, serve_app):
+    app = serve_app(model_dir, max_payload_mb=1, max_image_pixels=1_000_000, max_batch_items=4)
 
     async def body():
         assert await wait_ready(app) == 200
         status, out = await request(app, "POST", "/invocations?top_k=2", png(), [("content-type", "image/png")])
         assert status == 200 and len(json.loads(out)["top_k"]) == 2
-        status, out = await request(app, "POST", "/invocations", b"x" * 100_001, [("content-type", "image/png")])
+        status, out = await request(app, "POST", "/invocations", b"x" * ((1 << 20) + 1), [("content-type", "image/png")])
         assert status == 413 and "error" in json.loads(out)
         status, out = await request(app, "POST", "/invocations", b"junk", [("content-type", "image/png")])
         assert status == 400 and set(json.loads(out)) == {"error"}
@@ -302,8 +199,8 @@ def test_app_ping_invoke_errors(model_dir, tmp_path):
     asyncio.run(with_lifespan(app, body))
 
 
-def test_app_ping_failed(tmp_path):
-    app = create_app(Settings(model_dir=tmp_path / "empty", scratch=tmp_path / "s"))
+def test_app_ping_failed(tmp_path, serve_app):
+    app = serve_app(tmp_path / "empty")
 
     async def body():
         assert await wait_ready(app) == 500
@@ -313,8 +210,8 @@ def test_app_ping_failed(tmp_path):
     asyncio.run(with_lifespan(app, body))
 
 
-def test_app_batching_mode(model_dir, tmp_path):
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", batching=True, max_batch_size=4, max_delay_ms=20, limits=LIMITS))
+def test_app_batching_mode(model_dir, serve_app):
+    app = serve_app(model_dir, batching="on", max_batch_size=4, max_batch_delay_ms=20)
 
     async def body():
         assert await wait_ready(app) == 200
@@ -326,7 +223,7 @@ def test_app_batching_mode(model_dir, tmp_path):
     asyncio.run(with_lifespan(app, body))
 
 
-def test_app_timeout_and_user_hook_error(model_dir, tmp_path):
+def test_app_timeout_and_user_hook_error(model_dir, serve_app):
     (model_dir / "code").mkdir()
     (model_dir / "code" / "inference.py").write_text(
         "import time\n"
@@ -334,7 +231,7 @@ def test_app_timeout_and_user_hook_error(model_dir, tmp_path):
         "    if data.shape[0] > 1:\n        raise ValueError('only one image, please')\n"
         "    time.sleep(1.5)\n    return model.probabilities(data)\n"
     )
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", timeout_s=0.5, limits=LIMITS))
+    app = serve_app(model_dir, timeout_s=1, workers=1)
 
     async def body():
         assert await wait_ready(app) == 200

@@ -2,10 +2,12 @@
 strict parsing naming the variable (torch-free)."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from container import ConfigError, ServeConfig
+from container.serving import Machine
 
 
 def test_defaults_and_environment():
@@ -63,44 +65,57 @@ def test_every_field_documents_its_variable():
     assert all(field.metadata["help"] for field in dataclasses.fields(ServeConfig))
 
 
-# --- resolved against the machine (serve.cli.build_settings) ----------------------------
+# --- resolved against the machine (ServeConfig.resolve, the one place) ------------------
 
 
-@pytest.fixture
-def resolve(monkeypatch, tmp_path):
-    """build_settings on a machine with `cpus` cores and the given device, keeping this
-    process's torch thread count as it was."""
-    import torch
-
-    from container import SageMakerPaths
-    from serve import cli
-
-    threads = torch.get_num_threads()
-
-    def settings(environ: dict, cpus: int = 8, device: str = "cpu"):
-        monkeypatch.setattr(cli, "cpu_count", lambda: cpus)
-        monkeypatch.setattr("vision.devices.select_device", lambda requested: torch.device(device))
-        return cli.build_settings(ServeConfig.from_env(environ), SageMakerPaths(tmp_path))
-
-    yield settings
-    torch.set_num_threads(threads)
+def machine(device: str = "cpu", cpus: int = 8, memory_gib: int = 16, processes: int = 1) -> Machine:
+    return Machine(device=device, cpus=cpus, memory_bytes=memory_gib << 30, processes=processes)
 
 
-def test_cpu_defaults_to_micro_batches_of_four_on_single_threaded_forwards(resolve):
-    import torch
-
-    settings = resolve({}, cpus=8)
-    assert (settings.batching, settings.max_batch_size, settings.max_delay_ms, settings.workers) == (True, 4, 0.0, 4)
-    assert torch.get_num_threads() == 2  # 8 cores shared by 4 concurrent forwards
-    assert resolve({}, cpus=2).workers == 2
+def test_cpu_defaults_to_micro_batches_of_four_on_single_threaded_forwards():
+    config = ServeConfig().resolve(machine(cpus=8))
+    assert (config.micro_batching, config.max_batch_size, config.max_batch_delay_ms, config.workers) == (True, 4, 0.0, 4)
+    assert machine(cpus=8).torch_threads(config.workers) == 2  # 8 cores shared by 4 concurrent forwards
+    assert ServeConfig().resolve(machine(cpus=2)).workers == 2
 
 
-def test_gpu_defaults_to_larger_batches_that_wait_to_fill(resolve):
-    settings = resolve({}, device="cuda")
-    assert (settings.batching, settings.max_batch_size, settings.max_delay_ms, settings.workers) == (True, 16, 5.0, 1)
+def test_gpu_defaults_to_larger_batches_that_wait_to_fill():
+    config = ServeConfig().resolve(machine(device="cuda"))
+    assert (config.micro_batching, config.max_batch_size, config.max_batch_delay_ms, config.workers) == (True, 16, 5.0, 1)
+    assert (config.gpu_id, ServeConfig().resolve(machine(device="cuda:3")).gpu_id, ServeConfig().resolve(machine()).gpu_id) == (0, 3, None)
 
 
-def test_batching_settings_are_the_users_when_given(resolve):
-    settings = resolve({"SM_VISION_MAX_BATCH_SIZE": "8", "SM_VISION_MAX_BATCH_DELAY_MS": "0"}, device="cuda")
-    assert (settings.max_batch_size, settings.max_delay_ms) == (8, 0.0)
-    assert not resolve({"SM_VISION_BATCHING": "off"}).batching
+def test_batching_settings_are_the_users_when_given():
+    config = ServeConfig.from_env({"SM_VISION_MAX_BATCH_SIZE": "8", "SM_VISION_MAX_BATCH_DELAY_MS": "0"}).resolve(machine(device="cuda"))
+    assert (config.max_batch_size, config.max_batch_delay_ms) == (8, 0.0)
+    assert not ServeConfig.from_env({"SM_VISION_BATCHING": "off"}).resolve(machine()).micro_batching
+
+
+def test_nothing_the_machine_decides_is_left_open():
+    config = ServeConfig().resolve(machine(memory_gib=10, processes=1))
+    assert config.device == "cpu" and config.batching == "on"
+    assert config.mme_memory_mb == int((10 << 30) * 0.7) >> 20  # 70% of the container's memory
+    assert (config.max_concurrent_transforms, config.batch_strategy) == (config.workers, "MULTI_RECORD")
+    # A worker process (several share the machine) runs one forward at a time, on its share of the cores.
+    worker = ServeConfig(workers=4).resolve(machine(cpus=2, processes=4))
+    assert worker.workers == 1 and worker.max_concurrent_transforms == 1
+    assert ServeConfig(mme_memory_mb=70, max_concurrent_transforms=3).resolve(machine()).mme_budget_bytes == 70 << 20
+
+
+def test_paths_follow_the_opt_ml_root(tmp_path):
+    config = ServeConfig.from_env({"SM_VISION_OPT_ML": str(tmp_path)})
+    assert (config.model_path, config.models_path) == (tmp_path / "model", tmp_path / "models")
+    assert ServeConfig(model_dir="/m").model_path == Path("/m")
+    (tmp_path / "code").mkdir()
+    submitted = tmp_path / "submitted"
+    submitted.mkdir()
+    assert ServeConfig(opt_ml=str(tmp_path), submit_directory=f"file://{submitted}").code_dirs() == (submitted, tmp_path / "code")
+    assert ServeConfig(opt_ml=str(tmp_path), submit_directory="s3://bucket/sourcedir.tar.gz").code_dirs() == ()
+
+
+def test_probe_splits_the_cpus_between_processes(monkeypatch):
+    from serve import machine as serve_machine
+
+    monkeypatch.setattr(serve_machine, "cpu_count", lambda: 8)
+    found = serve_machine.probe(ServeConfig(device="cpu"), processes=2, worker_index=1)
+    assert (found.device, found.cpus, found.processes) == ("cpu", 4, 2) and found.memory_bytes > 0

@@ -50,19 +50,3 @@ def test_untraceable_module_is_served_unfolded(caplog):
         folded = fold_for_inference(module, "custom")
         assert torch.allclose(folded(x), expected)
     assert "without BatchNorm folding" in caplog.text
-
-
-def test_mms_backend_takes_the_same_request_limits_as_the_default_server(monkeypatch):
-    # MMS workers derive their limits from the environment; they must honour every
-    # setting the default server does (a URL-fetch switch-off above all).
-    from container import ServeConfig
-    from serve import mms
-    from serve.cli import decode_limits
-
-    monkeypatch.setenv("SM_VISION_URL_FETCH", "false")
-    monkeypatch.setenv("SM_VISION_MAX_IMAGE_PIXELS", "1000")
-    monkeypatch.setenv("SM_VISION_MAX_BATCH_ITEMS", "3")
-    monkeypatch.setenv("SAGEMAKER_MAX_PAYLOAD_IN_MB", "2")
-    limits = mms._limits()
-    assert limits == decode_limits(ServeConfig.from_env())
-    assert (limits.fetch.enabled, limits.max_pixels, limits.max_batch, limits.fetch.max_bytes) == (False, 1000, 3, 2 * 1024 * 1024)

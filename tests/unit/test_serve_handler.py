@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from container import ConfigError
-from serve.app import Settings, create_app
 from serve.hooks import find_script
 from serve.model import load_torchscript
-
-from .test_serve import png, request, wait_ready, with_lifespan
+from tests.support.asgi import request, wait_ready, with_lifespan
+from tests.support.payloads import npy_bytes as npy
+from tests.support.payloads import png_bytes as png
 
 
 class Doubler(torch.nn.Module):
@@ -32,12 +32,6 @@ def scripted_dir(tmp_path):
     return directory
 
 
-def npy(array) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
 def test_default_model_fn_loads_the_only_torchscript_file(tmp_path, scripted_dir):
     (scripted_dir / "model.pt").rename(scripted_dir / "weights.pth")
     assert load_torchscript(scripted_dir, torch.device("cpu"))(torch.ones(1)).tolist() == [2.0]
@@ -51,8 +45,8 @@ def test_default_model_fn_loads_the_only_torchscript_file(tmp_path, scripted_dir
         load_torchscript(eager, torch.device("cpu"))
 
 
-def test_tensor_payloads_and_accept_for_a_user_model(scripted_dir, tmp_path):
-    app = create_app(Settings(model_dir=scripted_dir, scratch=tmp_path / "s"))
+def test_tensor_payloads_and_accept_for_a_user_model(scripted_dir, serve_app):
+    app = serve_app(scripted_dir)
 
     async def body():
         assert await wait_ready(app) == 200
@@ -80,11 +74,11 @@ def test_tensor_payloads_and_accept_for_a_user_model(scripted_dir, tmp_path):
     asyncio.run(with_lifespan(app, body))
 
 
-def test_a_model_dir_without_spec_or_torchscript_fails_ping_with_the_reason(tmp_path):
+def test_a_model_dir_without_spec_or_torchscript_fails_ping_with_the_reason(tmp_path, serve_app):
     directory = tmp_path / "m"
     directory.mkdir()
     torch.save({"w": torch.ones(1)}, directory / "model.pth")
-    app = create_app(Settings(model_dir=directory, scratch=tmp_path / "s"))
+    app = serve_app(directory)
 
     async def body():
         assert await wait_ready(app) == 500
@@ -124,13 +118,13 @@ def model_fn(model_dir):
 
 
 @pytest.mark.parametrize("predict_fn", ["", "def predict_fn(data, model, context):\n    return model(data)\n"])
-def test_the_path_to_model_x_is_one_step_deep(tmp_path, predict_fn):
+def test_the_path_to_model_x_is_one_step_deep(tmp_path, serve_app, predict_fn):
     # Route -> HostedModel.invoke -> (inference pool) Handler.predict -> [the user's
     # predict_fn] -> model(x): nothing of ours between the step and the model.
     model_dir = tmp_path / "m"
     (model_dir / "code").mkdir(parents=True)
     (model_dir / "code" / "inference.py").write_text(PROBE_SCRIPT + predict_fn)
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s"))
+    app = serve_app(model_dir)
 
     async def body():
         assert await wait_ready(app) == 200

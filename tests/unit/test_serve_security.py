@@ -22,11 +22,10 @@ import torch
 
 from container import ConfigError, ServeConfig
 from serve import archive, codec, errors
-from serve.app import Settings, create_app
-from serve.cli import decode_limits
 from serve.model import Classifier, prepare_model_dir
 from serve.runner import Admission, BatchRunner, ClientGone, until_done_or_gone
-from tests.unit.test_serve import LIMITS, model_dir, png, request, wait_ready, with_lifespan  # noqa: F401 (model_dir is a fixture)
+from tests.support.asgi import http_scope, request, wait_ready, with_lifespan
+from tests.support.payloads import png_bytes as png
 
 # --- the micro-batcher ------------------------------------------------------------------
 
@@ -126,8 +125,11 @@ def test_batcher_queue_is_bounded():
     release = threading.Event()
     runner = BatchRunner(lambda b: (release.wait(5), b)[1], max_batch_size=1, max_delay_ms=1, max_queued=2)
 
+    async def submit():
+        return await runner.run(torch.ones(1, 2))
+
     async def body():
-        tasks = [asyncio.ensure_future(runner.run(torch.ones(1, 2))) for _ in range(4)]
+        tasks = [asyncio.ensure_future(submit()) for _ in range(4)]
         await asyncio.sleep(0.2)
         failed = [t for t in tasks if t.done() and isinstance(t.exception(), errors.Overloaded)]
         release.set()
@@ -141,8 +143,8 @@ def test_batcher_queue_is_bounded():
         runner.close()
 
 
-def test_ping_is_unhealthy_when_the_batcher_is_gone(model_dir, tmp_path):
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", batching=True, limits=LIMITS))
+def test_ping_is_unhealthy_when_the_batcher_is_gone(model_dir, serve_app):
+    app = serve_app(model_dir, batching="on")
 
     async def body():
         assert await wait_ready(app) == 200
@@ -153,7 +155,7 @@ def test_ping_is_unhealthy_when_the_batcher_is_gone(model_dir, tmp_path):
     asyncio.run(with_lifespan(app, body))
 
 
-def test_batching_endpoint_recovers_after_a_timeout(model_dir, tmp_path, monkeypatch):
+def test_batching_endpoint_recovers_after_a_timeout(model_dir, serve_app, monkeypatch):
     real = Classifier.probabilities
     slow = {"on": True}
 
@@ -163,7 +165,7 @@ def test_batching_endpoint_recovers_after_a_timeout(model_dir, tmp_path, monkeyp
         return real(self, batch)
 
     monkeypatch.setattr(Classifier, "probabilities", probabilities)
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", batching=True, timeout_s=1.0, limits=LIMITS))
+    app = serve_app(model_dir, batching="on", timeout_s=1)
 
     async def body():
         slow["on"] = False
@@ -191,10 +193,10 @@ def test_admission_bounds_requests_in_progress():
         assert admission.active == 1
 
 
-def test_overload_is_503_with_retry_after(model_dir, tmp_path, monkeypatch):
+def test_overload_is_503_with_retry_after(model_dir, serve_app, monkeypatch):
     real = Classifier.probabilities
     monkeypatch.setattr(Classifier, "probabilities", lambda self, batch: (time.sleep(0.3), real(self, batch))[1])
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", max_pending=2, limits=LIMITS))
+    app = serve_app(model_dir, max_pending=2, batching="off")
 
     async def body():
         assert await wait_ready(app) == 200
@@ -205,8 +207,8 @@ def test_overload_is_503_with_retry_after(model_dir, tmp_path, monkeypatch):
     assert statuses.count(200) >= 2 and statuses.count(503) >= 1 and set(statuses) <= {200, 503}
 
 
-def test_retry_after_header_is_sent(model_dir, tmp_path):
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", max_pending=1, limits=LIMITS))
+def test_retry_after_header_is_sent(model_dir, serve_app):
+    app = serve_app(model_dir, max_pending=1)
     sent = []
 
     async def body():
@@ -223,17 +225,7 @@ def test_retry_after_header_is_sent(model_dir, tmp_path):
                 return {"type": "http.request", "body": png(), "more_body": False}
             await asyncio.Event().wait()  # body complete: connected until the answer
 
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/invocations",
-            "query_string": b"",
-            "root_path": "",
-            "headers": [(b"content-type", b"image/png")],
-            "scheme": "http",
-            "server": ("t", 80),
-            "http_version": "1.1",
-        }
+        scope = http_scope("POST", "/invocations", [("content-type", "image/png")])
 
         async def ignore(message):
             pass
@@ -279,7 +271,7 @@ def test_until_done_or_gone_cancels_work_when_the_client_leaves():
     assert cancelled == [True]
 
 
-def test_work_queued_for_a_departed_client_is_skipped(model_dir, tmp_path, monkeypatch):
+def test_work_queued_for_a_departed_client_is_skipped(model_dir, serve_app, monkeypatch):
     real = Classifier.probabilities
     forwards = []
 
@@ -288,18 +280,8 @@ def test_work_queued_for_a_departed_client_is_skipped(model_dir, tmp_path, monke
         time.sleep(1.0)
         return real(self, batch)
 
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", workers=1, limits=LIMITS))
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "path": "/invocations",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"image/png")],
-        "scheme": "http",
-        "server": ("t", 80),
-        "http_version": "1.1",
-    }
+    app = serve_app(model_dir, workers=1, batching="off")  # the inference pool's queue (the batcher's: above)
+    scope = http_scope("POST", "/invocations", [("content-type", "image/png")])
 
     def client(leave_after: float | None):
         messages = [{"type": "http.request", "body": png(), "more_body": False}]
@@ -336,12 +318,12 @@ def test_work_queued_for_a_departed_client_is_skipped(model_dir, tmp_path, monke
 # --- batch transform: what /execution-parameters advertises is accepted -----------------
 
 
-def test_batch_transform_accepts_many_small_records(model_dir, tmp_path):
+@pytest.mark.parametrize("batching", ["on", "off"])
+def test_batch_transform_accepts_many_small_records(model_dir, serve_app, batching):
     import base64
 
-    limits = codec.DecodeLimits(max_batch=4)
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", batch_mode=True, limits=limits))
-    record = json.dumps({"image": base64.b64encode(png((8, 8))).decode()})
+    app = serve_app(model_dir, batch=True, max_batch_items=4, batching=batching)
+    record = json.dumps({"image": base64.b64encode(png(size=(8, 8))).decode()})
     lines = ("\n".join([record] * 65) + "\n").encode()
 
     async def body():
@@ -357,14 +339,14 @@ def test_batch_transform_accepts_many_small_records(model_dir, tmp_path):
     asyncio.run(with_lifespan(app, body))
 
 
-def test_real_time_endpoint_keeps_its_item_cap(model_dir, tmp_path):
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", limits=codec.DecodeLimits(max_batch=4)))
+def test_real_time_endpoint_keeps_its_item_cap(model_dir, serve_app):
+    app = serve_app(model_dir, max_batch_items=4)
 
     async def body():
         assert await wait_ready(app) == 200
         import base64
 
-        items = json.dumps([base64.b64encode(png((8, 8))).decode()] * 5).encode()
+        items = json.dumps([base64.b64encode(png(size=(8, 8))).decode()] * 5).encode()
         status, _ = await request(app, "POST", "/invocations", items, [("content-type", "application/json")])
         assert status == 422
 
@@ -457,7 +439,7 @@ def test_prepare_model_dir_uses_the_checked_extraction(tmp_path):
     model_dir.mkdir()
     make_tar(model_dir / "model.tar.gz", [file_info("x/../../../escape.txt", b"x")])
     with pytest.raises(ConfigError):
-        prepare_model_dir(model_dir, tmp_path / "scratch" / "model")
+        prepare_model_dir(model_dir, tmp_path / "scratch" / "model", archive.ExtractLimits())
     assert not (tmp_path / "escape.txt").exists()
 
 
@@ -472,14 +454,14 @@ def test_invalid_model_names(name):
         archive.check_model_name(name)
 
 
-def test_mme_refuses_a_path_as_model_name(model_dir, tmp_path):
-    store = tmp_path / "store" / "m"
+def test_mme_refuses_a_path_as_model_name(model_dir, tmp_path, serve_app):
+    store = tmp_path / "opt_ml" / "models" / "m"
     store.mkdir(parents=True)
     with tarfile.open(store / "model.tar.gz", "w:gz") as tar:
         for path in model_dir.iterdir():
             tar.add(path, arcname=path.name)
     scratch = tmp_path / "deep" / "scratch"
-    app = create_app(Settings(model_dir=tmp_path, scratch=scratch, multi_model=True, limits=LIMITS, models_root=tmp_path / "store"))
+    app = serve_app(multi_model=True, scratch_dir=str(scratch))
 
     async def body():
         for name in ("../../escaped", "/tmp/abs", "a/b"):
@@ -513,28 +495,25 @@ def test_mme_refuses_a_path_as_model_name(model_dir, tmp_path):
 def test_security_settings_are_parsed_strictly(monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=variable):
-        decode_limits(ServeConfig.from_env())
+        ServeConfig.from_env()
 
 
 @pytest.mark.parametrize("value, enabled", [("false", False), ("0", False), ("off", False), ("True", True), ("", True)])
 def test_url_fetch_switch(monkeypatch, value, enabled):
     monkeypatch.setenv("SM_VISION_URL_FETCH", value)
-    assert decode_limits(ServeConfig.from_env()).fetch.enabled is enabled
+    assert codec.DecodeLimits.from_config(ServeConfig.from_env(), draft_min_side=0).fetch.enabled is enabled
 
 
 # --- multi-model loading: urls, failed loads, each model's own helpers --------------------
 
 
-def mme_app(tmp_path, model_dir, budget_bytes):
-    store = tmp_path / "models"
+def mme_app(serve_app, tmp_path, model_dir, budget_mb):
+    store = tmp_path / "opt_ml" / "models"  # serve_app's /opt/ml
     for name in ("a", "b"):
         shutil.copytree(model_dir, store / name)
     (store / "broken").mkdir(parents=True)
     (store / "broken" / "model_spec.json").write_text("{not json")
-    settings = Settings(
-        model_dir=tmp_path, scratch=tmp_path / "s", multi_model=True, limits=LIMITS, models_root=store, mme_budget_bytes=budget_bytes
-    )
-    return create_app(settings), store
+    return serve_app(multi_model=True, mme_memory_mb=budget_mb), store
 
 
 async def load(app, name, url):
@@ -542,8 +521,8 @@ async def load(app, name, url):
     return await request(app, "POST", "/models", payload, [("content-type", "application/json")])
 
 
-def test_mme_url_must_be_under_the_models_root(model_dir, tmp_path):
-    app, store = mme_app(tmp_path, model_dir, 4 << 30)
+def test_mme_url_must_be_under_the_models_root(model_dir, tmp_path, serve_app):
+    app, store = mme_app(serve_app, tmp_path, model_dir, 4 << 10)
 
     async def body():
         for url in (model_dir, "/etc", store / ".." / "models" / "a", "relative/a"):
@@ -554,9 +533,9 @@ def test_mme_url_must_be_under_the_models_root(model_dir, tmp_path):
     asyncio.run(with_lifespan(app, body))
 
 
-def test_mme_failed_load_unloads_nothing(model_dir, tmp_path):
+def test_mme_failed_load_unloads_nothing(model_dir, tmp_path, serve_app):
     size = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
-    app, store = mme_app(tmp_path, model_dir, int(size * 1.5))  # room for one model only
+    app, store = mme_app(serve_app, tmp_path, model_dir, int(size * 1.5) >> 20)  # room for one model only
 
     async def body():
         assert (await load(app, "a", store / "a"))[0] == 200
@@ -604,11 +583,11 @@ def test_redact_paths(message, expected):
     assert errors.redact_paths(message) == expected
 
 
-def test_load_failure_body_names_the_file_not_its_path(model_dir, tmp_path):
+def test_load_failure_body_names_the_file_not_its_path(model_dir, tmp_path, serve_app):
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
     (broken / "model.pt").unlink()
-    app = create_app(Settings(model_dir=broken, scratch=tmp_path / "s", limits=LIMITS))
+    app = serve_app(broken)
 
     async def body():
         assert await wait_ready(app) == 500
@@ -620,13 +599,13 @@ def test_load_failure_body_names_the_file_not_its_path(model_dir, tmp_path):
     asyncio.run(with_lifespan(app, body))
 
 
-def test_a_hook_error_body_names_no_path(model_dir, tmp_path):
+def test_a_hook_error_body_names_no_path(model_dir, serve_app):
     code = model_dir / "code"
     code.mkdir(exist_ok=True)
     (code / "inference.py").write_text(
         "def input_fn(body, content_type):\n    raise OSError('cannot read /opt/ml/model/code/labels.txt')\n"
     )
-    app = create_app(Settings(model_dir=model_dir, scratch=tmp_path / "s", limits=LIMITS))
+    app = serve_app(model_dir)
 
     async def body():
         assert await wait_ready(app) == 200

@@ -1,0 +1,115 @@
+"""The MMS backend's adapter (serve/mms.py) in-process, with MMS's Context faked: a
+worker reads the same ServeConfig from the environment, prepares the model the same way
+(extraction cap, the SDK's submit directory) and answers through the same
+HostedModel.invoke and error mapping as the default server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tarfile
+
+import pytest
+import torch
+
+from container import ConfigError
+from serve import mms
+from tests.support.payloads import png_bytes
+
+
+class FakeContext:
+    """The parts of MMS's Context the adapter uses."""
+
+    def __init__(self, model_dir, headers: dict | None = None):
+        self.model_name = "model"
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None}
+        self.headers = headers or {}
+        self.status: tuple[int, str] | None = None
+        self.content_type: str | None = None
+
+    def get_all_request_header(self, idx: int) -> dict:
+        return self.headers
+
+    def set_response_status(self, code: int, phrase: str) -> None:
+        self.status = (code, phrase)
+
+    def set_response_content_type(self, idx: int, content_type: str) -> None:
+        self.content_type = content_type
+
+
+@pytest.fixture
+def environ(monkeypatch, tmp_path):
+    """The environment `serve --backend mms` exports to its workers: one worker, scratch under tmp_path."""
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("SAGEMAKER_MODEL_SERVER_WORKERS", "1")
+    monkeypatch.setenv("SM_VISION_SCRATCH_DIR", str(tmp_path / "scratch"))
+    monkeypatch.setenv("SM_VISION_OPT_ML", str(tmp_path / "opt_ml"))
+    yield monkeypatch
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def worker():
+    started = []
+
+    def start(model_dir) -> mms.Worker:
+        started.append(mms.Worker(FakeContext(model_dir)))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.close()
+
+
+def ask(worker: mms.Worker, body: bytes, content_type: str, **headers) -> tuple[FakeContext, object]:
+    context = FakeContext(worker.model.model_dir, {"Content-Type": content_type, **headers})
+    (out,) = worker.answer({"body": body}, context)
+    return context, json.loads(out)
+
+
+def test_the_model_extract_cap_holds(environ, worker, model_dir, tmp_path):
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    with tarfile.open(packed / "model.tar.gz", "w:gz") as tar:
+        for path in model_dir.iterdir():  # resnet18: ~45 MB expanded
+            tar.add(path, arcname=path.name)
+    environ.setenv("SM_VISION_MAX_MODEL_EXTRACT_MB", "1")
+    with pytest.raises(ConfigError, match=r"expands past 1 MiB \(SM_VISION_MAX_MODEL_EXTRACT_MB\)"):
+        worker(packed)
+    environ.setenv("SM_VISION_MAX_MODEL_EXTRACT_MB", "100")
+    context, answer = ask(worker(packed), png_bytes(), "image/png")
+    assert context.status is None and answer["predicted_label"] in ("a", "b", "c")
+
+
+def test_the_script_is_found_in_the_sdk_submit_directory(environ, worker, model_dir, tmp_path):
+    submitted = tmp_path / "submitted"
+    submitted.mkdir()
+    (submitted / "serve_me.py").write_text(
+        "import json\ndef transform_fn(model, body, content_type, accept):\n    return json.dumps({'hooked': len(body)}), accept\n"
+    )
+    environ.setenv("SAGEMAKER_SUBMIT_DIRECTORY", f"file://{submitted}")
+    environ.setenv("SAGEMAKER_PROGRAM", "serve_me.py")
+    _, answer = ask(worker(model_dir), b"abc", "application/json")
+    assert answer == {"hooked": 3}
+
+
+def test_answers_and_errors_are_the_servers(environ, worker, model_dir):
+    environ.setenv("SM_VISION_MAX_BATCH_ITEMS", "2")
+    served = worker(model_dir)
+    context, answer = ask(served, png_bytes(), "image/png", **{"X-Top-K": "2"})
+    assert context.content_type == "application/json" and len(answer["top_k"]) == 2
+    item = base64.b64encode(png_bytes()).decode()
+    context, answer = ask(served, json.dumps([item] * 3).encode(), "application/json")
+    assert context.status == (422, "batch of 3 inputs; send 1 to 2") and answer == {"error": "batch of 3 inputs; send 1 to 2"}
+    context, answer = ask(served, b"x", "text/csv")
+    assert context.status[0] == 415 and set(answer) == {"error"}
+
+
+def test_batch_transform_records_run_a_chunk_at_a_time(environ, worker, model_dir):
+    environ.setenv("SM_VISION_MAX_BATCH_ITEMS", "2")
+    environ.setenv("SAGEMAKER_BATCH", "true")
+    record = json.dumps({"image": base64.b64encode(png_bytes(size=(8, 8))).decode()})
+    served = worker(model_dir)
+    context = FakeContext(model_dir, {"Content-Type": "application/jsonlines"})
+    (out,) = served.answer({"body": ("\n".join([record] * 5) + "\n").encode()}, context)
+    assert context.status is None and len(out.decode().splitlines()) == 5
