@@ -142,7 +142,7 @@ def test_url_allow_list_and_redirect_check():
             fetch_url(f"http://127.0.0.1:{port}/img", FetchPolicy(allow=allowed.allow, max_bytes=10))
         with pytest.raises(errors.BadInput):  # another port on the same host is not allowed
             fetch_url(f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}/img", allowed)
-        assert fetch_url(f"http://127.0.0.1:{port}/img", FetchPolicy(allow=("127.0.0.0/8",))) == png()
+        assert fetch_url(f"http://127.0.0.1:{port}/img", FetchPolicy(allow=(f"127.0.0.0/8:{port}",))) == png()
     finally:
         server.shutdown()
 
