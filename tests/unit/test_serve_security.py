@@ -462,7 +462,8 @@ def test_prepare_model_dir_uses_the_checked_extraction(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["a", "model-1", "Model--2", "8f14e45fceea167a5a36dedd4bea2543", "a" * 255, "traced_resnet18", "a.b", "m-1.tar.gz", "-a", "a-", "_"]
+    "name",
+    ["a", "model-1", "Model--2", "8f14e45fceea167a5a36dedd4bea2543", "a" * 255, "traced_resnet18", "a.b", "m-1.tar.gz", "-a", "a-", "_"],
 )
 def test_valid_model_names(name):
     assert archive.check_model_name(name) == name
