@@ -75,7 +75,10 @@ _FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"msf1": "HEI
 # everything else (multi-band 8-bit modes are padded to 4 bytes, RGB included).
 _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
 _WIDE_PIXEL_BYTES = 4
-MAX_JPEG_SEGMENTS = 4096  # marker segments walked while counting scans (a photo has ~10-30)
+# Marker segments walked while counting scans: a photo has 10-30 (APPn, DQT, SOF, DHT
+# before each scan), so a few per allowed scan plus room for metadata.
+JPEG_SEGMENTS_PER_SCAN = 4
+JPEG_METADATA_SEGMENTS = 256
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker inside entropy-coded data
 _SOS, _EOI = 0xDA, 0xD9
 _ROWS_PER_BAND_PIXELS = 1 << 20  # bit-depth scaling works on bands of about a megapixel
@@ -158,9 +161,10 @@ def count_jpeg_scans(data: bytes, limit: int) -> int:
     not decoded), walking the marker segments by their lengths and skipping
     entropy-coded data marker to marker, so bytes inside a segment (a quantisation
     table, EXIF, a thumbnail) are never mistaken for markers. ImageTooLarge past
-    `limit` scans or MAX_JPEG_SEGMENTS segments; truncated data ends the count (the
-    decoder reports it)."""
+    `limit` scans or a few segments per allowed scan; truncated data ends the count
+    (the decoder reports it)."""
     size, pos, scans, segments = len(data), 2, 0, 0
+    max_segments = JPEG_METADATA_SEGMENTS + JPEG_SEGMENTS_PER_SCAN * limit
     while pos + 1 < size:
         if data[pos] != 0xFF:
             raise ImageUnreadable("JPEG data has bytes between its marker segments")
@@ -169,8 +173,8 @@ def count_jpeg_scans(data: bytes, limit: int) -> int:
             pos += 1
             continue
         segments += 1
-        if segments > MAX_JPEG_SEGMENTS:
-            raise ImageTooLarge(f"JPEG has more than {MAX_JPEG_SEGMENTS} marker segments")
+        if segments > max_segments:
+            raise ImageTooLarge(f"JPEG has more than {max_segments} marker segments")
         if marker == _EOI:
             break
         if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length
