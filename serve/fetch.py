@@ -13,8 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from container import ConfigError
 from serve import urlguard
 from serve.errors import BadInput, PayloadTooLarge
+
+
+def parse_allow(text: str | None) -> tuple[str, ...]:
+    """SM_VISION_URL_ALLOW as checked entries; ConfigError naming a malformed one."""
+    try:
+        return urlguard.parse_entries(text)
+    except ValueError as err:
+        raise ConfigError(f"SM_VISION_URL_ALLOW: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -24,7 +33,7 @@ class FetchPolicy:
     allow: tuple[str, ...] = ()  # allow-list entries (serve.urlguard.allow_entry) exempt from the address check
     enabled: bool = True
 
-    parse_allow = staticmethod(urlguard.parse_entries)
+    parse_allow = staticmethod(parse_allow)
 
     def guard(self) -> urlguard.URLPolicy:
         return urlguard.URLPolicy(
