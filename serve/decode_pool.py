@@ -29,6 +29,12 @@ Workers come from multiprocessing's forkserver, which imports only vision.images
 
 Threads call decode() concurrently (one worker per call; a call waits for a free
 worker until its deadline). close() stops every worker.
+
+Which inputs need a worker: needs_worker(data). A baseline JPEG (at most 3 scans), PNG,
+WebP, GIF, BMP and PPM decode in time proportional to their pixels, which the decode
+budget bounds, so they can stay in the calling thread and pay no hand-off; a JPEG of
+more scans (its cost is scans x pixels) and TIFF (a dozen codecs behind one header,
+JPEG-in-TIFF among them) go to a worker.
 """
 
 from __future__ import annotations
@@ -60,6 +66,21 @@ _REJECTIONS = {
     "ImageUnsupported": Unprocessable,
     "ImageUnreadable": BadInput,
 }
+
+
+BOUNDED_JPEG_SCANS = 3  # baseline (1) or non-interleaved sequential (3): one pass per component
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def needs_worker(data: bytes) -> bool:
+    """Whether decoding data may cost more than its pixels (see the module docstring):
+    a JPEG of more than BOUNDED_JPEG_SCANS scans, or a TIFF. Reads markers only."""
+    if data[:2] == b"\xff\xd8":
+        try:
+            return images.count_jpeg_scans(data, BOUNDED_JPEG_SCANS) > BOUNDED_JPEG_SCANS
+        except images.ImageRejected:  # past the bound (or malformed): let the worker meet it
+            return True
+    return data[:4] in _TIFF_MAGIC
 
 
 class _SharedBuffer:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from serve import errors
-from serve.decode_pool import DecodePool
+from serve.decode_pool import DecodePool, needs_worker
 from tests.support import bombs
 from tests.support.payloads import image_bytes, jpeg_bytes
 from vision import images
@@ -179,3 +179,15 @@ def test_a_closed_pool_refuses_and_leaves_no_worker():
     assert all(gone(pid) for pid in pids)
     with pytest.raises(errors.ServeError, match="closed"):
         pool.decode(photo(), LIMITS, soon())
+
+
+def test_only_inputs_whose_cost_is_not_their_pixels_need_a_worker():
+    from PIL import Image
+
+    picture = Image.new("RGB", (64, 48), (10, 20, 30))
+    for fmt, expected in (("PNG", False), ("WEBP", False), ("GIF", False), ("BMP", False), ("TIFF", True)):
+        assert needs_worker(image_bytes(picture, fmt)) is expected, fmt
+    assert needs_worker(image_bytes(picture, "JPEG")) is False
+    assert needs_worker(image_bytes(picture, "JPEG", progressive=True)) is True
+    assert needs_worker(bombs.scan_bomb(5_000)) is True
+    assert needs_worker(b"junk") is False
