@@ -10,6 +10,20 @@
 #   - a processing job's config (config/processingjobconfig.json) and no command:
 #     fail with a message, a processing job must say which command to run.
 #   - anything else (a plain `docker run IMAGE`): print the usage text.
+#
+# Who runs what (docs/security.md): the container starts as root, as SageMaker expects
+# ("SageMaker AI expects all containers to run with root users"). `train` and
+# processing commands stay root: SageMaker mounts /opt/ml/model, /opt/ml/output,
+# /opt/ml/checkpoints and /opt/ml/processing/* root-owned, and the job must write them.
+# `serve` only reads the model and writes /tmp, so it drops to $SM_VISION_SERVE_USER
+# (default model-server) with setpriv: no capabilities, no supplementary root group,
+# no-new-privs. The user hooks, `pip install -r code/requirements.txt` (into the
+# user's site) and MMS workers run as that user too. The exception: when the model
+# directory holds files that user cannot read (an archive made with mode 600 files)
+# and SM_VISION_SERVE_USER was not set, `serve` stays root and says why, since root is
+# all SageMaker guarantees can read what it downloads. SM_VISION_SERVE_USER=root keeps
+# root; naming the user explicitly drops even then (and the load fails visibly).
+# Started as another user already (`docker run --user`), nothing changes.
 set -e
 usage() {
   cat <<'USAGE'
@@ -27,6 +41,35 @@ Without a command, a container that finds a training job's config in
 USAGE
 }
 root="${SM_VISION_OPT_ML:-/opt/ml}"
+
+# serve as the unprivileged user (see the top of this file); returns when serve stays root.
+serve_unprivileged() {
+  user="${SM_VISION_SERVE_USER:-model-server}"
+  [ "$(id -u)" = 0 ] && [ "$user" != root ] || return 0
+  home="$(getent passwd "$user" | cut -d: -f6)"
+  if [ -z "$home" ]; then
+    echo "error: SM_VISION_SERVE_USER=$user is not a user of this image" >&2
+    exit 2
+  fi
+  as_user="setpriv --reuid=$user --regid=$user --init-groups --no-new-privs"
+  model="${SM_VISION_MODEL_DIR:-$root/model}"
+  if [ -z "${SM_VISION_SERVE_USER:-}" ] && [ -d "$model" ] \
+     && [ -n "$($as_user find "$model" ! -readable -print -quit 2>&1)" ]; then
+    echo "warning: $model holds files $user cannot read; serving as root (make them world-readable, or set SM_VISION_SERVE_USER=root to say so)" >&2
+    return 0
+  fi
+  # The user's site (where pip puts code/requirements.txt as this user) goes first on
+  # sys.path, as PYTHONPATH: Python itself puts a venv before the user site, and a
+  # model that pins another version of a package the image has must get its version,
+  # as it does when AWS's images pip-install into their environment as root.
+  export HOME="$home" USER="$user" LOGNAME="$user"
+  user_site="$(python -c 'import site; print(site.getusersitepackages())')"
+  export PYTHONPATH="$user_site${PYTHONPATH:+:$PYTHONPATH}"
+  # MMS (serve --backend mms) writes its logs under LOG_LOCATION, else ./logs in /opt/ml.
+  export LOG_LOCATION="${LOG_LOCATION:-/tmp/mms/logs}" METRICS_LOCATION="${METRICS_LOCATION:-/tmp/mms/logs}"
+  exec $as_user "$@"
+}
+
 case "${1:-}" in
   -h|--help|help) usage ;;
   "")
@@ -38,5 +81,6 @@ case "${1:-}" in
     fi
     usage
     ;;
+  serve) serve_unprivileged "$@"; exec "$@" ;;
   *) exec "$@" ;;
 esac

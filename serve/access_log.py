@@ -12,6 +12,14 @@ Access-log formats (SM_VISION_ACCESS_LOG):
            (CloudWatch Logs Insights): time, method, path, route, model, status,
            latency_ms, request_id
     off    no access log (metrics and request ids stay)
+
+Client text (paths, header values, model names, URLs) reaches the log, and a raw
+ESC [ ... sequence or a newline in it would drive the reader's terminal or forge a
+log line. printable() escapes every non-printable character (C0/C1 controls, DEL,
+newlines, bidi overrides and other format characters) as \\xNN / \\uNNNN, and
+PrintableFormatter applies it to every log message: the server installs it for all
+of its loggers, so no message needs to remember to. Tracebacks keep their line breaks
+and are escaped otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +38,30 @@ access_log = logging.getLogger("serve.access")
 LOG_FORMATS = ("log", "json", "off")
 REQUEST_ID_HEADERS = (b"x-amzn-requestid", b"x-request-id")
 MAX_REQUEST_ID = 128  # a client's id is echoed back: keep a hostile one short
+
+
+def printable(text: str, keep_newlines: bool = False) -> str:
+    """text with every non-printable character escaped (\\x1b, \\u202e, \\n)."""
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or (keep_newlines and char == "\n") else char.encode("unicode_escape").decode("ascii") for char in text
+    )
+
+
+class PrintableFormatter(logging.Formatter):
+    """A logging.Formatter whose messages (and tracebacks, line breaks aside) carry no
+    control characters: what a client sent cannot reach a terminal or split a line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:
+        return printable(super().formatException(ei), keep_newlines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return printable(super().formatStack(stack_info), keep_newlines=True)
 
 
 def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -72,18 +104,19 @@ class RequestLog:
 
     def _log(self, scope, route: str, model: str, status: int, seconds: float, rid: bytes) -> None:
         latency_ms = round(seconds * 1000, 2)
+        path = printable(scope["path"])  # JSON escapes C0 controls but not DEL
         if self.log_format == "log":
-            access_log.info(json.dumps({"method": scope["method"], "path": scope["path"], "status": status, "latency_ms": latency_ms}))
+            access_log.info(json.dumps({"method": scope["method"], "path": path, "status": status, "latency_ms": latency_ms}))
         elif self.log_format == "json":
             record = {
                 "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
                 "method": scope["method"],
-                "path": scope["path"],
+                "path": path,
                 "route": route,
                 "model": model,
                 "status": status,
                 "latency_ms": latency_ms,
-                "request_id": rid.decode("latin-1"),
+                "request_id": printable(rid.decode("latin-1")),
             }
             self.stream.write(json.dumps(record) + "\n")
             self.stream.flush()

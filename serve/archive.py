@@ -1,8 +1,13 @@
 """Model names and model.tar.gz extraction, both treated as untrusted input.
 
 A multi-model endpoint's model_name becomes a directory name, so it must be one path
-segment: SageMaker's own model-name pattern (letters, digits, inner hyphens) is
-enforced before any path is built.
+segment that cannot leave its parent: letters, digits, `_` and `-`, and dots only
+between them (`traced_resnet18`, `resnet18.v2`, `model-1.tar.gz` pass; `.`, `..`,
+`.hidden`, `a/b`, `a..b` and anything non-ASCII do not). SageMaker's own ModelName
+pattern (letters, digits, inner hyphens) is stricter, but the names a client loads
+through the MME API are not ModelNames: AWS's multi-model test loads
+`traced_resnet18`, and the target model of an invocation is a file name under the
+model data prefix.
 
 Extraction writes only regular files and directories, strictly below the target: no
 absolute names, no `..`, no links, devices, FIFOs or sparse members. Permissions are
@@ -27,8 +32,9 @@ from pathlib import Path, PurePosixPath
 
 from container import ConfigError, ServeConfig
 
-# SageMaker's ModelName pattern; the length allows for opaque (hash) names.
-MODEL_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9])*")
+# Runs of letters, digits, '_' and '-', joined by single dots: never '.', '..', a leading
+# or trailing dot, or a separator. The length allows for opaque (hash) names.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 MAX_MODEL_NAME = 255
 CHUNK = 1024 * 1024
 log = logging.getLogger(__name__)
@@ -52,10 +58,10 @@ class ExtractLimits:
 
 def check_model_name(name: object) -> str:
     """name if it is a valid model name, else ValueError naming the rule."""
-    if not isinstance(name, str) or len(name) > MAX_MODEL_NAME or not MODEL_NAME.fullmatch(name):
+    if not isinstance(name, str) or len(name) > MAX_MODEL_NAME or not name.isascii() or not MODEL_NAME.fullmatch(name):
         raise ValueError(
-            f"model name {str(name)[:80]!r} is not valid: use letters, digits and inner hyphens "
-            f"(pattern ^[a-zA-Z0-9](-*[a-zA-Z0-9])*$, at most {MAX_MODEL_NAME} characters)"
+            f"model name {str(name)[:80]!r} is not valid: use letters, digits, '_' and '-', with dots only between them "
+            f"(pattern ^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$, at most {MAX_MODEL_NAME} characters)"
         )
     return name
 

@@ -1,17 +1,29 @@
 """{"url": ...} inputs: serve.urlguard's checked fetch, its refusals as typed errors.
 
 Every hop must resolve to public addresses only (see serve.urlguard for the list),
-unless the host is on the allow-list (SM_VISION_URL_ALLOW: comma-separated host,
-host:port or CIDR; the connection still goes to the address that was checked).
+unless the destination is on the allow-list (SM_VISION_URL_ALLOW: comma-separated
+entries that carry their ports: `host` and `10.0.0.0/8` cover ports 80 and 443 only,
+`host:8080`, `10.0.0.0/8:443`, `[fd00::/8]:443`, `10.1.2.3:*`; the connection still
+goes to the address that was checked). Each fetch ends at SM_VISION_URL_TIMEOUT_S or
+at the deadline its caller passes (the request's), whichever comes first, DNS
+resolution included.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from container import ServeConfig
+from container import ConfigError, ServeConfig
 from serve import urlguard
 from serve.errors import BadInput, PayloadTooLarge
+
+
+def parse_allow(text: str | None) -> tuple[str, ...]:
+    """SM_VISION_URL_ALLOW as checked entries; ConfigError naming a malformed one."""
+    try:
+        return urlguard.parse_entries(text)
+    except ValueError as err:
+        raise ConfigError(f"SM_VISION_URL_ALLOW: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -20,10 +32,10 @@ class FetchPolicy:
 
     max_bytes: int  # the payload cap (SAGEMAKER_MAX_PAYLOAD_IN_MB)
     timeout_s: float  # wall clock for the whole fetch
-    allow: tuple[str, ...]  # host, host:port or CIDR entries exempt from the address check
+    allow: tuple[str, ...]  # allow-list entries (serve.urlguard.allow_entry) exempt from the address check
     enabled: bool
 
-    parse_allow = staticmethod(urlguard.parse_entries)
+    parse_allow = staticmethod(parse_allow)
 
     @classmethod
     def from_config(cls, config: ServeConfig) -> FetchPolicy:
@@ -35,11 +47,13 @@ class FetchPolicy:
         )
 
 
-def fetch_url(url: object, policy: FetchPolicy) -> bytes:
+def fetch_url(url: object, policy: FetchPolicy, deadline: float | None = None) -> bytes:
+    """The body at url, or BadInput/PayloadTooLarge. `deadline` is a time.monotonic()
+    value (the request's): the fetch stops there even if its own timeout is longer."""
     if not policy.enabled:
         raise BadInput("url inputs are disabled on this endpoint (SM_VISION_URL_FETCH=false)")
     try:
-        return urlguard.fetch(url, policy.guard())
+        return urlguard.fetch(url, policy.guard(), deadline=deadline)
     except urlguard.FetchError as err:
         # The client named the url, so a refusal or a failing/slow upstream is bad input.
         raise (PayloadTooLarge if err.status == 413 else BadInput)(err.message) from None

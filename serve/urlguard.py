@@ -10,9 +10,22 @@ host name kept for the Host header, TLS SNI and certificate verification. URLs t
 parsers read differently are refused outright: backslashes, user info (`user@host`),
 whitespace, control and non-ASCII characters (IDN hosts are IDNA-encoded first).
 Redirects are followed by hand and every hop is checked the same way. One wall-clock
-deadline covers the whole fetch (connect, TLS, headers, body, all hops; a slow DNS
-answer is checked against it too): a server dripping a byte a second is cut off when
-it runs out.
+deadline covers the whole fetch: DNS resolution (run in a small pool of resolver
+threads and abandoned at the deadline, since getaddrinfo cannot be interrupted),
+connect, TLS, headers, body, all hops. A server dripping a byte a second is cut off
+when it runs out. The caller may pass its own deadline (the request's): the fetch
+then ends at whichever comes first, so a request's URL items never outlive it.
+
+The allow-list (URLPolicy.exempt: SM_VISION_URL_ALLOW on the server) lets named
+destinations skip the public-address check, and every entry carries its ports:
+    images.internal           a host name, on ports 80 and 443 only
+    images.internal:8080      that host on that port only
+    10.0.0.0/8                every address of the network, on ports 80 and 443 only
+    10.0.0.0/8:443            ... on port 443 only
+    [fd00::/8]:443            IPv6 networks and addresses go in brackets to carry a port
+    10.1.2.3:*                every port: only when you mean it
+So `10.0.0.0/8` no longer opens port 22 of a whole VPC. A malformed entry is a
+ValueError naming it (the server refuses to start).
 
 Refused destinations: anything that is not a global unicast address, i.e. loopback,
 private (RFC 1918, unique-local fc00::/7), shared (100.64/10), link-local (incl. the
@@ -30,6 +43,8 @@ import socket
 import ssl
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -38,6 +53,10 @@ REDIRECTS = (301, 302, 303, 307, 308)
 _HOST_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789.-_")
 _SIXTOFOUR = ipaddress.ip_network("2002::/16")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+WEB_PORTS = (80, 443)  # what an allow-list entry without a port covers
+RESOLVER_THREADS = 8  # concurrent lookups; a stuck one holds its thread until the system resolver gives up
+_resolver_pool: ThreadPoolExecutor | None = None
+_resolver_lock = threading.Lock()
 
 
 class FetchError(Exception):
@@ -55,7 +74,7 @@ class FetchError(Exception):
 class URLPolicy:
     max_bytes: int  # the body cap (the server passes its payload cap)
     timeout_s: float  # wall clock for the whole fetch, all redirect hops included
-    exempt: tuple[str, ...] = ()  # host, host:port or CIDR entries whose addresses skip the public-address check
+    exempt: tuple[str, ...] = ()  # allow-list entries (see the module docstring) that skip the public-address check
     hosts: tuple[str, ...] = ()  # when set, the only host names that may be fetched
     max_redirects: int = 3
     max_url_chars: int = 2048
@@ -74,15 +93,85 @@ class Target:
     path: str  # path and query, as sent on the request line
 
 
+@dataclass(frozen=True)
+class AllowEntry:
+    """One allow-list entry: a host name or a network, and the ports it covers."""
+
+    host: str | None
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    ports: tuple[int, ...] | None  # None: every port
+
+    def covers(self, host: str, port: int, addresses: list[str]) -> bool:
+        if self.ports is not None and port not in self.ports:
+            return False
+        if self.host is not None:
+            return host == self.host
+        return all(ipaddress.ip_address(address) in self.network for address in addresses)
+
+
+def _entry_port(text: str, entry: str) -> tuple[int, ...] | None:
+    if text == "*":
+        return None
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and 0 < int(text) <= 65535):
+        raise ValueError(f"allow-list entry {entry!r}: port {text!r} is not 1-65535 or *")
+    return (int(text),)
+
+
+def allow_entry(entry: str) -> AllowEntry:
+    """An allow-list entry parsed (syntax in the module docstring); ValueError naming it."""
+    text = entry.strip().lower()
+    ports: tuple[int, ...] | None = WEB_PORTS
+    if text.startswith("["):  # [v6 address or network] with an optional :port
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"allow-list entry {entry!r}: write IPv6 as [address]:port or [network]:port")
+        address, ports = inside, (_entry_port(rest[1:], entry) if rest else WEB_PORTS)
+    elif text.count(":") == 1:  # host:port, a.b.c.d:port or a.b.c.d/n:port
+        address, _, port_text = text.partition(":")
+        ports = _entry_port(port_text, entry)
+    else:  # a host name, an IPv4 address or network, or a bare IPv6 one (web ports)
+        address = text
+    try:
+        return AllowEntry(None, ipaddress.ip_network(address, strict=False), ports)
+    except ValueError:
+        pass
+    if ":" in address or "/" in address or not address or not set(address) <= _HOST_CHARS:
+        raise ValueError(f"allow-list entry {entry!r} is not a host, host:port, network or network:port")
+    return AllowEntry(address.rstrip("."), None, ports)
+
+
 def parse_entries(text: str | None) -> tuple[str, ...]:
-    """A comma-separated setting (allow-lists) as lower-cased entries."""
-    return tuple(entry.strip().lower() for entry in (text or "").split(",") if entry.strip())
+    """A comma-separated allow-list setting as lower-cased entries, each checked by
+    allow_entry (ValueError naming a malformed one)."""
+    entries = tuple(entry.strip().lower() for entry in (text or "").split(",") if entry.strip())
+    for entry in entries:
+        allow_entry(entry)
+    return entries
 
 
 def resolve(host: str, port: int) -> list[str]:
     """Every address of host, resolved once (a seam for tests: they must not use DNS)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return sorted({info[4][0] for info in infos})
+
+
+def _resolver_threads() -> ThreadPoolExecutor:
+    global _resolver_pool
+    with _resolver_lock:
+        if _resolver_pool is None:
+            _resolver_pool = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="url-dns")
+        return _resolver_pool
+
+
+def resolve_within(resolver, host: str, port: int, seconds: float) -> list[str]:
+    """resolver(host, port), given up after `seconds` (TimeoutError): getaddrinfo
+    cannot be interrupted, so it runs on a resolver thread that is left to finish."""
+    future = _resolver_threads().submit(resolver, host, port)
+    try:
+        return future.result(timeout=max(seconds, 0.0))
+    except FutureTimeout:
+        future.cancel()  # still queued behind stuck lookups: never runs
+        raise TimeoutError from None
 
 
 def address_is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -148,25 +237,21 @@ def split_url(url: object, policy: URLPolicy) -> tuple[str, str, int, str]:
 
 
 def _exempt(policy: URLPolicy, host: str, port: int, addresses: list[str]) -> bool:
-    for entry in policy.exempt:
-        if entry in (host, f"{host}:{port}"):
-            return True
-        try:
-            network = ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            continue
-        if all(ipaddress.ip_address(a) in network for a in addresses):
-            return True
-    return False
+    return any(allow_entry(entry).covers(host, port, addresses) for entry in policy.exempt)
 
 
-def check_url(url: object, policy: URLPolicy, resolver=None) -> Target:
-    """The checked Target for url, or FetchError (400 malformed, 403 refused)."""
+def check_url(url: object, policy: URLPolicy, resolver=None, deadline: _Deadline | None = None) -> Target:
+    """The checked Target for url, or FetchError (400 malformed, 403 refused, 504 the
+    host did not resolve before the deadline: policy.timeout_s unless one is given)."""
     scheme, host, port, path = split_url(url, policy)
     if policy.hosts and host not in policy.hosts:
         raise FetchError(403, f"url host {host!r} is not on the allow-list{policy.refusal_hint}")
+    deadline = deadline or _Deadline(policy.timeout_s)
     try:
-        addresses = sorted({a.split("%")[0] for a in (resolver or resolve)(host, port)})
+        answers = resolve_within(resolver or resolve, host, port, deadline.remaining())
+        addresses = sorted({a.split("%")[0] for a in answers})
+    except TimeoutError:
+        raise deadline.error() from None
     except (OSError, UnicodeError):
         raise FetchError(400, f"cannot resolve url host {host!r}") from None
     if not addresses:
@@ -181,9 +266,15 @@ def check_url(url: object, policy: URLPolicy, resolver=None) -> Target:
 
 
 class _Deadline:
-    def __init__(self, seconds: float):
+    """The fetch's own limit (seconds from now), or the caller's deadline (a
+    time.monotonic() value) when that comes first."""
+
+    def __init__(self, seconds: float, caller_deadline: float | None = None):
         self.seconds = seconds
         self.end = time.monotonic() + seconds
+        self.caller_first = caller_deadline is not None and caller_deadline < self.end
+        if self.caller_first:
+            self.end = caller_deadline
 
     def remaining(self) -> float:
         left = self.end - time.monotonic()
@@ -192,6 +283,8 @@ class _Deadline:
         return left
 
     def error(self) -> FetchError:
+        if self.caller_first:
+            return FetchError(504, "the request's deadline passed while fetching the url")
         return FetchError(504, f"fetching the url took longer than {self.seconds:g} s")
 
 
@@ -245,9 +338,10 @@ def _get(target: Target, deadline: _Deadline, policy: URLPolicy) -> tuple[int, s
             return reply.status, reply.getheader("Location"), b""
         if reply.status != 200:
             return reply.status, None, b""
-        declared = reply.getheader("Content-Length")
-        if declared and declared.isdigit() and int(declared) > policy.max_bytes:
-            raise FetchError(413, f"url body is {declared} bytes, above the {policy.max_bytes}-byte cap")
+        # reply.length is http.client's parse of Content-Length (None when it is not a
+        # number); the header text itself ("²", 5,000 digits) is never converted here.
+        if reply.length is not None and reply.length > policy.max_bytes:
+            raise FetchError(413, f"url body is {reply.length} bytes, above the {policy.max_bytes}-byte cap")
         chunks, total = [], 0
         while chunk := reply.read(64 * 1024):
             total += len(chunk)
@@ -268,13 +362,15 @@ def _get(target: Target, deadline: _Deadline, policy: URLPolicy) -> tuple[int, s
         connection.close()
 
 
-def fetch(url: object, policy: URLPolicy, resolver=None) -> bytes:
-    """The body of url (HTTP 200 only), every hop checked, or FetchError."""
-    deadline = _Deadline(policy.timeout_s)
+def fetch(url: object, policy: URLPolicy, resolver=None, deadline: float | None = None) -> bytes:
+    """The body of url (HTTP 200 only), every hop checked, or FetchError. `deadline`
+    (a time.monotonic() value, e.g. the request's) ends the fetch if it comes before
+    policy.timeout_s does."""
+    limit = _Deadline(policy.timeout_s, deadline)
+    limit.remaining()  # nothing left of the caller's deadline: not even a lookup
     for _ in range(policy.max_redirects + 1):
-        target = check_url(url, policy, resolver)
-        deadline.remaining()  # a slow resolver counts too
-        status, location, body = _get(target, deadline, policy)
+        target = check_url(url, policy, resolver, limit)
+        status, location, body = _get(target, limit, policy)
         if status == 200:
             return body
         if status not in REDIRECTS:

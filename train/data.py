@@ -90,10 +90,10 @@ def scan_image_folder(root: Path, classes: list[str] | None = None) -> tuple[lis
 def _readable_image(path: Path) -> bool:
     # Opening reads only the header: cheap enough for ~10k files, and it catches
     # non-images and zero-byte files. Truncated pixel data is caught at load time.
-    # Sizes the decoder would refuse (vision.images) are reported here, not mid-epoch.
+    # What the decoder would refuse from the header (vision.images: formats outside its
+    # allow-list, sizes, decode bytes) is reported here, not mid-epoch.
     try:
-        with Image.open(path) as image:
-            images.check_geometry(*image.size, images.ImageLimits())
+        images.probe(path, images.ImageLimits())
         return True
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         return False

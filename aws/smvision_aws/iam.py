@@ -1,13 +1,28 @@
 """Least-privilege IAM policy documents, filled from the templates in policies/.
 
-Three roles, each writing only what it produces:
+Three roles, each reading what it consumes and writing only what it produces:
 - training (training and tuning jobs): pull one ECR repository, read the project
   prefix, write only <prefix>/models/ and <prefix>/checkpoints/, its logs and metrics;
-- hosting (endpoints, batch transform): the same image and reads, but writes only
+- hosting (endpoints, batch transform, async): the same image; reads only
+  <prefix>/models/ (model artifacts, multi-model archives under models/ too),
+  <prefix>/transform/ (batch input) and <prefix>/inference/ (async request bodies, the
+  Lambda bridge's prefix), never training data or checkpoints; writes only
   <prefix>/transform/ and <prefix>/async/, never models or checkpoints: a compromised
-  endpoint cannot plant a checkpoint that the next training job would resume from;
+  endpoint can neither read the training set nor plant a checkpoint that the next
+  training job would resume from;
 - the Lambda bridge: invoke one endpoint, read one S3 prefix, its own logs.
 Both SageMaker roles share one trust policy (sagemaker.amazonaws.com).
+
+problems() is the least-privilege checker the tests and `iam-policies` run over every
+document. For permission statements it flags wildcard actions (`*` and `?`),
+NotAction/NotResource, `Resource: "*"` beyond the actions that have no resource-level
+permissions, and resources that span buckets, whole buckets, regions, accounts or
+every resource of a type. For trust statements (those with a Principal) it requires
+exactly one service principal (no `"*"`, no AWS account, no `Federated`, no second
+service, no wildcard in the name), `sts:AssumeRole` only, and an
+`aws:SourceAccount` condition pinned to one account with StringEquals (the
+confused-deputy guard); `NotPrincipal` in an Allow statement is flagged outright (it
+trusts everyone but the principals it names).
 """
 
 from __future__ import annotations
@@ -28,6 +43,8 @@ TEMPLATES = {
 }
 # Actions that have no resource-level permissions, so "Resource": "*" is the only form.
 STAR_RESOURCE_ACTIONS = frozenset({"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"})
+WILDCARDS = ("*", "?")
+ACCOUNT = re.compile(r"\d{12}")
 
 _PATTERNS = {
     "AccountId": r"\d{12}",
@@ -103,6 +120,36 @@ def _as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
+def _has_wildcard(text: object) -> bool:
+    return isinstance(text, str) and any(char in text for char in WILDCARDS)
+
+
+def _trust_problems(where: str, statement: dict, actions: list) -> list[str]:
+    """A trust statement: one service principal, sts:AssumeRole, SourceAccount pinned."""
+    found = []
+    if actions != ["sts:AssumeRole"]:
+        found.append(f"{where}: trust statement allows {actions}")
+    principal = statement["Principal"]
+    services = _as_list(principal.get("Service", [])) if isinstance(principal, dict) else []
+    if not isinstance(principal, dict) or set(principal) != {"Service"}:
+        kinds = sorted(principal) if isinstance(principal, dict) else [principal]
+        found.append(f"{where}: trust principal must be a single service, not {kinds}")
+    elif len(services) != 1:
+        found.append(f"{where}: trust principal must be a single service, not {len(services)} services {services}")
+    for name in services:
+        if not isinstance(name, str) or _has_wildcard(name) or not name.endswith(".amazonaws.com"):
+            found.append(f"{where}: trust principal {name!r} is not one named AWS service")
+    for kind, value in principal.items() if isinstance(principal, dict) else ():
+        if any(value_ == "*" or _has_wildcard(value_) for value_ in _as_list(value)) and kind != "Service":
+            found.append(f"{where}: trust principal {kind} {value!r} is a wildcard")
+    pinned = statement.get("Condition", {}).get("StringEquals", {}).get("aws:SourceAccount")
+    if isinstance(pinned, list) and len(pinned) == 1:
+        pinned = pinned[0]
+    if not (isinstance(pinned, str) and ACCOUNT.fullmatch(pinned)):
+        found.append(f"{where}: trust statement must pin aws:SourceAccount to one account with StringEquals (confused deputy)")
+    return found
+
+
 def problems(document: dict) -> list[str]:
     """Least-privilege checks: what a reviewer would flag. Empty list: fine."""
     found = []
@@ -114,15 +161,16 @@ def problems(document: dict) -> list[str]:
             continue
         if "NotAction" in statement or "NotResource" in statement:
             found.append(f"{where}: NotAction/NotResource grants everything else")
+        if "NotPrincipal" in statement:
+            found.append(f"{where}: NotPrincipal in an Allow statement trusts every principal but the ones it names")
         actions = _as_list(statement.get("Action", []))
         for action in actions:
-            if action == "*" or action.endswith(":*") or "*" in action:
+            if _has_wildcard(action):
                 found.append(f"{where}: wildcard action {action!r}")
-        if "Principal" in statement:  # trust policy: one service, sts:AssumeRole only
-            if actions != ["sts:AssumeRole"]:
-                found.append(f"{where}: trust statement allows {actions}")
-            if statement["Principal"] == "*" or "AWS" in statement["Principal"]:
-                found.append(f"{where}: trust principal must be a single service")
+        if "Principal" in statement:  # trust policy
+            found += _trust_problems(where, statement, actions)
+            continue
+        if "NotPrincipal" in statement:
             continue
         resources = _as_list(statement.get("Resource", []))
         if "*" in resources:
@@ -146,12 +194,12 @@ def _resource_problems(arn: str) -> list[str]:
         return [f"{arn!r} spans every {service} resource"]
     if service == "s3":
         bucket, _, key = rest.partition("/")
-        if any(char in bucket for char in "*?"):
+        if _has_wildcard(bucket):
             return [f"{arn!r} matches many buckets; name the bucket"]
-        if key.startswith("*"):
+        if key.startswith(WILDCARDS):
             return [f"{arn!r} spans a whole bucket; name a prefix"]
         return []
-    if "*" in region or "*" in account:
+    if _has_wildcard(region) or _has_wildcard(account):
         return [f"{arn!r} spans regions or accounts"]
     # resource-type/name or resource-type:name; a name that is (or starts with) a
     # wildcard, at any path level for IAM (role/*, role/service-role/*), names them all.
@@ -162,15 +210,30 @@ def _resource_problems(arn: str) -> list[str]:
     return []
 
 
-def can_write(document: dict, object_arn: str) -> bool:
-    """Whether an Allow statement grants s3:PutObject on object_arn (IAM's * and ?
-    wildcards honoured)."""
-    import fnmatch
+def iam_match(pattern: str, value: str) -> bool:
+    """IAM's wildcard matching: `*` any run of characters ('/' included), `?` one
+    character, everything else literal (unlike fnmatch, `[` is not special)."""
+    regex = "".join(".*" if char == "*" else "." if char == "?" else re.escape(char) for char in pattern)
+    return re.fullmatch(regex, value, re.DOTALL) is not None
 
+
+def allows(document: dict, action: str, resource_arn: str) -> bool:
+    """Whether an Allow statement grants `action` on resource_arn (wildcards honoured;
+    conditions are not evaluated, so this is what the statement could grant)."""
     for statement in document.get("Statement", []):
         actions = _as_list(statement.get("Action", []))
-        if statement.get("Effect") != "Allow" or not any(fnmatch.fnmatchcase("s3:PutObject", action) for action in actions):
+        if statement.get("Effect") != "Allow" or not any(iam_match(pattern, action) for pattern in actions):
             continue
-        if any(fnmatch.fnmatchcase(object_arn, resource) for resource in _as_list(statement.get("Resource", []))):
+        if any(iam_match(pattern, resource_arn) for pattern in _as_list(statement.get("Resource", []))):
             return True
     return False
+
+
+def can_write(document: dict, object_arn: str) -> bool:
+    """Whether an Allow statement grants s3:PutObject on object_arn."""
+    return allows(document, "s3:PutObject", object_arn)
+
+
+def can_read(document: dict, object_arn: str) -> bool:
+    """Whether an Allow statement grants s3:GetObject on object_arn."""
+    return allows(document, "s3:GetObject", object_arn)

@@ -65,7 +65,9 @@ def test_sagemaker_role_scope(role):
     star = [s for s in ex.values() if s["Resource"] == "*"]
     assert sorted(s["Action"] for s in star) == ["cloudwatch:PutMetricData", "ecr:GetAuthorizationToken"]
     assert ex["PullTheImage"]["Resource"] == "arn:aws:ecr:eu-west-1:123456789012:repository/sagemaker-vision"
-    assert ex["ListOnlyTheProjectPrefix"]["Condition"] == {"StringLike": {"s3:prefix": ["shapes", "shapes/*"]}}
+    listing = ex.get("ListOnlyTheProjectPrefix") or ex["ListOnlyWhatHostingReads"]  # hosting lists only what it reads
+    prefixes = ["shapes", "shapes/*"] if role.startswith("training") else ["shapes/models/*", "shapes/transform/*", "shapes/inference/*"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": prefixes}}
     trust = iam.render(NAMES)["execution-role-trust.json"]["Statement"][0]
     assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"}
 

@@ -158,7 +158,7 @@ def test_dns_rebinding_connects_to_the_checked_address(sites, dns):
     public.routes["*"] = body(b"public")
     secret.routes["*"] = body(b"secret")
     dns["rebind.example.test"] = ["127.0.0.1", "127.0.0.2"]
-    assert fetch_url(f"http://rebind.example.test:{public.port}/x", fetch_policy(allow=("127.0.0.1/32",), timeout_s=2)) == b"public"
+    assert fetch_url(f"http://rebind.example.test:{public.port}/x", fetch_policy(allow=("127.0.0.1/32:*",), timeout_s=2)) == b"public"
     assert secret.hits == [] and dns.lookups == ["rebind.example.test"]
 
 
@@ -192,7 +192,7 @@ def test_one_deadline_for_the_whole_fetch(sites, route):
     site.routes["/slow"] = route
     start = time.monotonic()
     with pytest.raises(errors.BadInput, match="longer than 1 s"):
-        fetch_url(f"http://127.0.0.1:{site.port}/slow", fetch_policy(allow=("127.0.0.1",), timeout_s=1))
+        fetch_url(f"http://127.0.0.1:{site.port}/slow", fetch_policy(allow=(f"127.0.0.1:{site.port}",), timeout_s=1))
     assert time.monotonic() - start < 2.5
 
 
@@ -206,7 +206,7 @@ def test_deadline_spans_redirect_hops(sites):
     site.routes["/again"] = slow_redirect
     start = time.monotonic()
     with pytest.raises(errors.BadInput):
-        fetch_url(f"http://127.0.0.1:{site.port}/again", fetch_policy(allow=("127.0.0.1",), timeout_s=1))
+        fetch_url(f"http://127.0.0.1:{site.port}/again", fetch_policy(allow=(f"127.0.0.1:{site.port}",), timeout_s=1))
     assert time.monotonic() - start < 2
 
 
@@ -221,7 +221,7 @@ def test_host_header_and_path_come_from_the_one_parse(sites, dns):
     site.routes["*"] = record
     dns["images.example.test"] = ["127.0.0.1"]
     url = f"http://images.example.test:{site.port}/a/../b.png?x=1#frag"
-    assert fetch_url(url, fetch_policy(allow=("127.0.0.1/32",), timeout_s=2)) == PNG
+    assert fetch_url(url, fetch_policy(allow=(f"127.0.0.1/32:{site.port}",), timeout_s=2)) == PNG
     assert seen == [(f"images.example.test:{site.port}", "/a/../b.png?x=1")]
 
 

@@ -115,7 +115,7 @@ def test_url_allow_list_and_redirect_check():
             fetch_url(f"http://127.0.0.1:{port}/img", policy(allow=allowed.allow, max_bytes=10))
         with pytest.raises(errors.BadInput):  # another port on the same host is not allowed
             fetch_url(f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}/img", allowed)
-        assert fetch_url(f"http://127.0.0.1:{port}/img", policy(allow=("127.0.0.0/8",))) == png()
+        assert fetch_url(f"http://127.0.0.1:{port}/img", policy(allow=(f"127.0.0.0/8:{port}",))) == png()
 
 
 def test_call_passes_context_only_when_asked():

@@ -443,12 +443,17 @@ def test_prepare_model_dir_uses_the_checked_extraction(tmp_path):
     assert not (tmp_path / "escape.txt").exists()
 
 
-@pytest.mark.parametrize("name", ["a", "model-1", "Model--2", "8f14e45fceea167a5a36dedd4bea2543", "a" * 255])
+@pytest.mark.parametrize(
+    "name",
+    ["a", "model-1", "Model--2", "8f14e45fceea167a5a36dedd4bea2543", "a" * 255, "traced_resnet18", "a.b", "m-1.tar.gz", "-a", "a-", "_"],
+)
 def test_valid_model_names(name):
     assert archive.check_model_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "../x", "/abs", "a/b", "a\\b", ".", "..", "-a", "a-", "a_b", "a.b", "a b", "é", "a" * 256, 5, None])
+@pytest.mark.parametrize(
+    "name", ["", "../x", "/abs", "a/b", "a\\b", ".", "..", ".a", "a.", "a..b", "a b", "a\x00b", "é", "a\u2024b", "a" * 256, 5, None]
+)
 def test_invalid_model_names(name):
     with pytest.raises(ValueError, match="not valid"):
         archive.check_model_name(name)
