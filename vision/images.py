@@ -51,6 +51,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from container.serving import ServeConfig
+
 # Pillow format names. MPO (a JPEG followed by more JPEGs: many phones write it) opens
 # through the JPEG plugin and is decoded as the JPEG it starts with.
 JPEG_FORMATS = ("JPEG", "MPO")
@@ -82,8 +84,6 @@ JPEG_METADATA_SEGMENTS = 256
 _JPEG_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker inside entropy-coded data
 _SOS, _EOI = 0xDA, 0xD9
 _ROWS_PER_BAND_PIXELS = 1 << 20  # bit-depth scaling works on bands of about a megapixel
-
-from container.serving import ServeConfig
 
 
 @dataclass(frozen=True)
