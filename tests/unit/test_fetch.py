@@ -18,13 +18,9 @@ from serve.fetch import FetchPolicy, fetch_url
 from tests.support.net import Site, redirect
 from tests.support.net import respond as body
 from tests.support.payloads import png_bytes
+from tests.support.serving import fetch_policy
 
 PNG = png_bytes(size=(8, 8), colour=(255, 0, 0))
-
-
-def fetch_policy(**changes) -> FetchPolicy:
-    """The URL settings as served by default (ServeConfig's), with `changes`."""
-    return FetchPolicy(**{**vars(FetchPolicy.from_config(ServeConfig())), **changes})
 
 
 @pytest.fixture

@@ -25,15 +25,11 @@ from tests.support.asgi import request, wait_ready, with_lifespan
 from tests.support.net import Site, redirect, respond
 from tests.support.payloads import npy_bytes as npy
 from tests.support.payloads import png_bytes as png
+from tests.support.serving import fetch_policy
 from vision.presets import eval_transform
 
 PRE = eval_transform(32, 36)
 LIMITS = codec.DecodeLimits.from_config(ServeConfig(max_image_pixels=1_000_000, max_batch_items=4), draft_min_side=0)
-
-
-def policy(**changes) -> FetchPolicy:
-    """The URL settings as served by default, with `changes`."""
-    return FetchPolicy(**{**vars(FetchPolicy.from_config(ServeConfig())), **changes})
 
 
 def test_decode_image_json_npy():
@@ -101,21 +97,21 @@ def test_accept_and_encode():
 )
 def test_url_guard_refuses_before_connecting(url):
     with pytest.raises(errors.BadInput):
-        fetch_url(url, policy(timeout_s=0.5))
+        fetch_url(url, fetch_policy(timeout_s=0.5))
 
 
 def test_url_allow_list_and_redirect_check():
     with Site(routes={"/img": respond(png()), "/redirect": redirect("http://169.254.169.254/")}) as site:
         port = site.port
-        allowed = policy(allow=FetchPolicy.parse_allow(f" 127.0.0.1:{port} "), timeout_s=2)
+        allowed = fetch_policy(allow=FetchPolicy.parse_allow(f" 127.0.0.1:{port} "), timeout_s=2)
         assert fetch_url(f"http://127.0.0.1:{port}/img", allowed) == png()
         with pytest.raises(errors.BadInput, match="non-public"):
             fetch_url(f"http://127.0.0.1:{port}/redirect", allowed)
         with pytest.raises(errors.PayloadTooLarge):
-            fetch_url(f"http://127.0.0.1:{port}/img", policy(allow=allowed.allow, max_bytes=10))
+            fetch_url(f"http://127.0.0.1:{port}/img", fetch_policy(allow=allowed.allow, max_bytes=10))
         with pytest.raises(errors.BadInput):  # another port on the same host is not allowed
             fetch_url(f"http://127.0.0.1:{port + 1 if port < 65535 else port - 1}/img", allowed)
-        assert fetch_url(f"http://127.0.0.1:{port}/img", policy(allow=(f"127.0.0.0/8:{port}",))) == png()
+        assert fetch_url(f"http://127.0.0.1:{port}/img", fetch_policy(allow=(f"127.0.0.0/8:{port}",))) == png()
 
 
 def test_call_passes_context_only_when_asked():

@@ -10,8 +10,9 @@ import time
 import pytest
 
 from serve import errors, urlguard
-from serve.fetch import FetchPolicy, fetch_url
+from serve.fetch import fetch_url
 from tests.support.net import Site, respond
+from tests.support.serving import fetch_policy
 
 
 @pytest.mark.parametrize(
@@ -53,8 +54,8 @@ def test_parse_entries_keeps_the_text():
 def test_a_network_entry_without_a_port_does_not_open_other_ports():
     with Site(routes={"*": respond(b"secret")}) as site:
         with pytest.raises(errors.BadInput, match="non-public"):
-            fetch_url(f"http://127.0.0.1:{site.port}/", FetchPolicy(allow=("127.0.0.0/8",), timeout_s=2))
-        assert fetch_url(f"http://127.0.0.1:{site.port}/", FetchPolicy(allow=(f"127.0.0.0/8:{site.port}",), timeout_s=2)) == b"secret"
+            fetch_url(f"http://127.0.0.1:{site.port}/", fetch_policy(allow=("127.0.0.0/8",), timeout_s=2))
+        assert fetch_url(f"http://127.0.0.1:{site.port}/", fetch_policy(allow=(f"127.0.0.0/8:{site.port}",), timeout_s=2)) == b"secret"
         assert site.hits == ["/"]
 
 
@@ -70,7 +71,7 @@ def test_dns_resolution_is_inside_the_deadline():
     start = time.monotonic()
     try:
         with pytest.raises(urlguard.FetchError) as err:
-            urlguard.fetch("http://slow-dns.example.test/a.png", urlguard.URLPolicy(timeout_s=0.5), resolver=hanging)
+            urlguard.fetch("http://slow-dns.example.test/a.png", fetch_policy(timeout_s=0.5).guard(), resolver=hanging)
     finally:
         release.set()
     assert err.value.status == 504 and time.monotonic() - start < 1.5
@@ -82,7 +83,7 @@ def test_the_callers_deadline_ends_the_fetch_first():
         respond(b"late")(handler)
 
     with Site(routes={"*": slow}) as site:
-        policy = FetchPolicy(allow=(f"127.0.0.1:{site.port}",), timeout_s=30)
+        policy = fetch_policy(allow=(f"127.0.0.1:{site.port}",), timeout_s=30)
         start = time.monotonic()
         with pytest.raises(errors.BadInput, match="request's deadline passed"):
             fetch_url(f"http://127.0.0.1:{site.port}/", policy, deadline=time.monotonic() + 0.5)
@@ -99,7 +100,7 @@ def test_an_own_timeout_shorter_than_the_callers_deadline_still_applies():
     with Site(routes={"*": slow}) as site, pytest.raises(errors.BadInput, match="longer than 0.5 s"):
         fetch_url(
             f"http://127.0.0.1:{site.port}/",
-            FetchPolicy(allow=(f"127.0.0.1:{site.port}",), timeout_s=0.5),
+            fetch_policy(allow=(f"127.0.0.1:{site.port}",), timeout_s=0.5),
             deadline=time.monotonic() + 30,
         )
 
@@ -113,11 +114,11 @@ def test_an_odd_upstream_content_length_is_not_a_500(declared):
         handler.wfile.write(b"ok")
 
     with Site(routes={"*": route}) as site:
-        policy = FetchPolicy(allow=(f"127.0.0.1:{site.port}",), timeout_s=2, max_bytes=1)
+        policy = fetch_policy(allow=(f"127.0.0.1:{site.port}",), timeout_s=2, max_bytes=1)
         with pytest.raises((errors.BadInput, errors.PayloadTooLarge)):
             fetch_url(f"http://127.0.0.1:{site.port}/", policy)
 
 
 def test_a_declared_content_length_over_the_cap_is_413_before_reading():
     with Site(routes={"*": respond(b"x" * 100)}) as site, pytest.raises(errors.PayloadTooLarge, match="100 bytes"):
-        fetch_url(f"http://127.0.0.1:{site.port}/", FetchPolicy(allow=(f"127.0.0.1:{site.port}",), timeout_s=2, max_bytes=10))
+        fetch_url(f"http://127.0.0.1:{site.port}/", fetch_policy(allow=(f"127.0.0.1:{site.port}",), timeout_s=2, max_bytes=10))
