@@ -8,31 +8,23 @@ failure. If docker is unreachable the tests fail: a skip would hide that nothing
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import pytest
-import requests
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # train.synthetic (Pillow only) makes the test data
 
+from tests.support.containers import LABEL, SESSION, Containers, mount, opt_ml, wait_exit  # noqa: E402 (after the path insert)
 from train import synthetic  # noqa: E402 (importable only after the path insert above)
 
 DEFAULT_IMAGE = "sagemaker-vision:test"
-LABEL = "sagemaker-vision-test"
-# One value per pytest session, so the end-of-session sweep removes this session's
-# leftovers only, never those of another run sharing the daemon.
-SESSION = uuid.uuid4().hex[:12]
 
 
 @pytest.fixture(scope="session")
@@ -59,100 +51,11 @@ def image(docker_client) -> str:
     return name
 
 
-class Containers:
-    """Starts containers with the test label and removes them at teardown."""
-
-    def __init__(self, client):
-        self.client = client
-        self.started = []
-        self.networks = []
-
-    def run(self, image, command, **kwargs):
-        kwargs.setdefault("detach", True)
-        labels = dict(kwargs.pop("labels", {}) or {})
-        labels[LABEL] = SESSION
-        container = self.client.containers.run(image, command, labels=labels, **kwargs)
-        self.started.append(container)
-        return container
-
-    def network(self):
-        net = self.client.networks.create(f"smv-test-{uuid.uuid4().hex[:8]}", driver="bridge", labels={LABEL: SESSION})
-        self.networks.append(net)
-        return net
-
-    def cleanup(self):
-        for container in self.started:
-            with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
-        for net in self.networks:
-            with contextlib.suppress(docker.errors.NotFound):
-                net.remove()
-
-
 @pytest.fixture
 def containers(docker_client):
     handle = Containers(docker_client)
     yield handle
     handle.cleanup()
-
-
-def wait_exit(container, timeout: float = 600) -> tuple[int, str]:
-    """Exit code and combined logs of a container started detached."""
-    result = container.wait(timeout=timeout)
-    return result["StatusCode"], container.logs().decode(errors="replace")
-
-
-def opt_ml(tmp_path: Path) -> Path:
-    """An empty /opt/ml tree to bind-mount, world-writable so the container can write."""
-    root = tmp_path / "opt_ml"
-    for sub in ("input/config", "input/data", "model", "output", "checkpoints"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o777)
-    return root
-
-
-def mount(root: Path) -> dict:
-    return {str(root): {"bind": "/opt/ml", "mode": "rw"}}
-
-
-def host_port(container, port: str = "8080/tcp", timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        container.reload()
-        ports = container.attrs["NetworkSettings"]["Ports"].get(port)
-        if ports:
-            return int(ports[0]["HostPort"])
-        if container.status == "exited":
-            raise AssertionError("container exited before publishing its port:\n" + container.logs().decode(errors="replace"))
-        time.sleep(0.2)
-    raise AssertionError(f"{port} was never published")
-
-
-def wait_ping(base_url: str, container, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base_url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        container.reload()
-        if container.status == "exited":
-            raise AssertionError("server exited:\n" + container.logs().decode(errors="replace"))
-        time.sleep(0.5)
-    raise AssertionError("/ping never answered 200:\n" + container.logs().decode(errors="replace"))
-
-
-def png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

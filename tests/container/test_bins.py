@@ -3,7 +3,7 @@ ImageFolder split -> train -> metrics and plots."""
 
 import json
 
-from tests.container.conftest import mount, opt_ml, wait_exit
+from tests.support.containers import mount, opt_ml, wait_exit
 from train import synthetic
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.conftest import mount, opt_ml, wait_exit
+from tests.support.containers import mount, opt_ml, wait_exit
 from train import synthetic
 
 HOSTS = ("algo-1", "algo-2")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.container.conftest import mount, opt_ml, wait_exit
+from tests.support.containers import mount, opt_ml, wait_exit
 
 pytestmark = pytest.mark.container
 USAGE = "sagemaker-vision: PyTorch image classification"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from .conftest import host_port, mount, opt_ml, wait_exit, wait_ping
+from tests.support.containers import host_port, mount, opt_ml, wait_exit, wait_ping
 
 DATA = Path(__file__).parent / "data"
 WHEEL = "inflection-0.5.1-py2.py3-none-any.whl"  # a tiny pure-Python PyPI package, vendored: no index at test time

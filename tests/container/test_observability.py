@@ -12,7 +12,9 @@ import shutil
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import opt_ml, png_bytes, wait_ping
+from tests.support.containers import opt_ml, wait_ping
+from tests.support.payloads import png_bytes
+
 from .test_serve import IMG, model_root, model_store, post, start_server  # noqa: F401 (model_store is a fixture)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.container.conftest import png_bytes
+from tests.support.payloads import png_bytes
 from train import synthetic
 
 pytestmark = pytest.mark.container

@@ -18,7 +18,7 @@ import pytest
 from smvision_aws import cli, local_hosting, local_mode
 from smvision_aws.commands.endpoints import cmd_deploy, cmd_transform
 
-from tests.container.conftest import png_bytes
+from tests.support.payloads import png_bytes
 from train import synthetic
 
 pytestmark = pytest.mark.container

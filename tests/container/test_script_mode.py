@@ -12,7 +12,7 @@ import textwrap
 import zipfile
 from pathlib import Path
 
-from tests.container.conftest import mount, opt_ml, wait_exit
+from tests.support.containers import mount, opt_ml, wait_exit
 
 # The user's script, written the way the COMPAT projects write theirs: environment
 # variables read with os.environ[...] while building the parser (a missing one crashes).

@@ -21,7 +21,9 @@ import pytest
 import requests
 from PIL import Image
 
-from .conftest import Containers, host_port, jpeg_bytes, png_bytes, wait_ping
+from tests.support.containers import Containers, host_port, wait_ping
+from tests.support.payloads import jpeg_bytes, png_bytes
+
 from .test_serve import model_root, model_store, npy, post, start_server  # noqa: F401 (model_store is a fixture)
 
 HELPER = r"""

@@ -20,9 +20,9 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.support.containers import Containers, host_port, mount, opt_ml, wait_exit, wait_ping
+from tests.support.payloads import jpeg_bytes, png_bytes
 from train import synthetic
-
-from .conftest import Containers, host_port, jpeg_bytes, mount, opt_ml, png_bytes, wait_exit, wait_ping
 
 CLASSES = ("class_0", "class_1", "class_2")
 

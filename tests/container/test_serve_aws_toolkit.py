@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import requests
 
-from .conftest import Containers, host_port, mount, opt_ml, wait_exit, wait_ping
+from tests.support.containers import Containers, host_port, mount, opt_ml, wait_exit, wait_ping
 
 DATA = Path(__file__).parent / "data"
 WHEEL = "inflection-0.5.1-py2.py3-none-any.whl"  # a tiny pure-Python PyPI package, vendored: no index at test time

@@ -9,7 +9,9 @@ import time
 
 import requests
 
-from .conftest import opt_ml, png_bytes, wait_exit, wait_ping
+from tests.support.containers import opt_ml, wait_exit, wait_ping
+from tests.support.payloads import png_bytes
+
 from .test_serve import CLASSES, IMG, assert_prediction, model_root, model_store, post, start_server  # noqa: F401 (fixture)
 
 # A per-model transform_fn: AWS's toolkit ignores hooks on MME; we must not.

@@ -9,7 +9,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.container.conftest import host_port, mount, opt_ml, png_bytes, wait_exit, wait_ping
+from tests.support.containers import host_port, mount, opt_ml, wait_exit, wait_ping
+from tests.support.payloads import png_bytes
 from train import synthetic
 from train.reporting import METRIC_DEFINITIONS
 

@@ -130,10 +130,6 @@ def test_no_test_module_imports_another():
 def test_where_things_live_names_every_module():
     page = (REPO / "docs" / "where-things-live.md").read_text()
     named = set(re.findall(r"`((?:container|vision|train|serve|monitor|aws)/[\w/]+\.py)`", page))
-    on_disk = {
-        path.relative_to(REPO).as_posix()
-        for path in project_files()
-        if path.name != "__init__.py" and path.name != "__main__.py"
-    }
+    on_disk = {path.relative_to(REPO).as_posix() for path in project_files() if path.name != "__init__.py" and path.name != "__main__.py"}
     assert not on_disk - named, f"modules missing from docs/where-things-live.md: {sorted(on_disk - named)}"
     assert not named - on_disk, f"docs/where-things-live.md names modules that do not exist: {sorted(named - on_disk)}"
