@@ -120,10 +120,23 @@ def test_no_test_module_imports_another():
     for path in sorted((REPO / "tests").rglob("*.py")):
         if "support" in path.relative_to(REPO / "tests").parts:
             continue
-        for name in imports(path):
-            last = name.split(".")[-1]
-            if name.startswith("tests.") and (last.startswith("test_") or last == "conftest" or ".test_" in name or ".conftest" in name):
-                offenders.append(f"{path.relative_to(REPO)} imports {name}")
+        package = ".".join(path.parent.relative_to(REPO).parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # from .conftest import ..., from . import test_x
+                    parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                    base = f"{parent}.{base}" if base else parent
+                names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "tests" and any(part.startswith("test_") or part == "conftest" for part in parts):
+                    offenders.append(f"{path.relative_to(REPO)} imports {name}")
+                    break
     assert not offenders, offenders
 
 
