@@ -5,7 +5,7 @@ run.py       one monitoring run, top to bottom
 captures.py  Data Capture JSONL -> the window's captured items
 window.py    decode, measure and embed every captured image
 checks.py    the checks against the baseline, and the drift over time
-stats.py     the statistics (MMD, chi-square, KS, conformal exceedances)
+stats.py     the statistics (MMD, chi-square, Kolmogorov-Smirnov, Mann-Whitney)
 outputs.py   statistics.json, constraint_violations.json, CloudWatch records, the exit message
 report.py    report.md and its plots
 tracking.py  MLflow

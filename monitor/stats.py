@@ -6,9 +6,10 @@
 - label_test: Pearson's chi-square test of homogeneity on predicted-label counts,
   with the total-variation distance as the effect size;
 - ks_test: two-sample Kolmogorov-Smirnov (scipy), the statistic is the effect size;
-- exceedance_p_value: how surprising k out-of-distribution flags among m images are
-  when each is flagged by a conformal p-value <= level against n calibration scores
-  (the count is beta-binomial under exchangeability).
+- rank_test: one-sided Mann-Whitney U test that the window's OOD distances are larger
+  than the baseline's calibration distances (both are scored against the same fit
+  half, so they are exchangeable when nothing changed), with the probability that a
+  captured image is more unusual than a baseline image as the effect size.
 
 Black-box shift detection on predictions (chi-square on labels, KS on confidence) and
 MMD on reduced penultimate features are the detectors "Failing Loudly" (Rabanser,
@@ -117,19 +118,13 @@ def ks_test(reference, window) -> StatResult:
     return StatResult(float(result.statistic), float(result.pvalue), float(result.statistic))
 
 
-def exceedance_rank(level: float, calibration_size: int) -> int:
-    """l: an image is flagged when at most l - 1 calibration scores reach its score,
-    i.e. its conformal p-value (1 + #{c >= s}) / (n + 1) is <= level."""
-    return math.floor(level * (calibration_size + 1) + 1e-9)
-
-
-def exceedance_p_value(flagged: int, window: int, calibration_size: int, level: float) -> StatResult:
-    """P(at least `flagged` of `window` exchangeable images are flagged): beta-binomial
-    with a = l, b = n + 1 - l (each image's flag rate l / (n + 1), shared calibration).
-    statistic: the flagged share; effect: the expected share l / (n + 1)."""
-    rank = exceedance_rank(level, calibration_size)
-    share = flagged / window if window else 0.0
-    if rank == 0 or window == 0:
-        return StatResult(share, 1.0, 0.0)
-    law = scipy_stats.betabinom(window, rank, calibration_size + 1 - rank)
-    return StatResult(share, float(law.sf(flagged - 1)), rank / (calibration_size + 1))
+def rank_test(reference, window) -> StatResult:
+    """One-sided Mann-Whitney U test that `window` values are larger than `reference`
+    values. statistic: U / (n m), the probability that a window value exceeds a reference
+    value (ties count half; 0.5 when alike); effect: that probability minus 0.5."""
+    reference, window = np.asarray(reference, np.float64), np.asarray(window, np.float64)
+    if reference.size == 0 or window.size == 0:
+        return StatResult(0.5, 1.0, 0.0)
+    result = scipy_stats.mannwhitneyu(window, reference, alternative="greater")
+    auc = float(result.statistic) / (reference.size * window.size)
+    return StatResult(auc, float(result.pvalue), auc - 0.5)

@@ -43,7 +43,7 @@ class Window:
     times: list[datetime] = field(default_factory=list)  # per decoded image
     labels: list[int] = field(default_factory=list)
     max_probability: list[float] = field(default_factory=list)
-    projected: list[np.ndarray] = field(default_factory=list)  # per batch: images x k
+    projected: list[np.ndarray] = field(default_factory=list)  # per batch: the baseline's embedding, images x (k + 1)
     ood_distance: list[float] = field(default_factory=list)
     image_numeric: list[tuple[float, ...]] = field(default_factory=list)
     formats: Counter = field(default_factory=Counter)
@@ -105,9 +105,10 @@ def analyse(items: Iterable[CapturedItem], embedder, baseline: Baseline, limits:
                 f"the model's features have {features.shape[1]} dimensions, the baseline's {baseline.pca.dim}: "
                 "the baseline was computed for another model"
             )
-        distances = baseline.ood_distance(features)
+        embedded = baseline.embed(features)
+        distances = baseline.ood_distance(embedded=embedded)
         percentiles = baseline.ood_percentile(distances=distances)
-        window.projected.append(baseline.pca.project(features))
+        window.projected.append(embedded)
         for (item, image, stats), probs, distance, percentile in zip(pending, probabilities, distances, percentiles, strict=True):
             label = int(probs.argmax())
             window.times.append(item.time)

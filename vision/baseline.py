@@ -5,33 +5,36 @@ or any ImageFolder through `monitor baseline`): its penultimate features
 (vision.features), its predictions, and the images' statistics (vision.imagestats).
 It lives in the model artifact under monitoring/ (names in vision.artifact).
 
+Features are compared in one small space, the *embedding*: each feature vector is
+scaled to unit length (what matters for OOD detection is its direction, Sun et al.
+2022), projected on at most `components` principal directions (and at most one per
+FIT_IMAGES_PER_COMPONENT fit images, so the PCA does not overfit a small baseline), and
+one coordinate is added, its distance from that subspace (what the projection leaves
+out). Rabanser et al. (2019) found such a reduction to a few dozen dimensions before
+MMD works best.
+
 The baseline images are split in two at random, so that everything the monitor
 compares is out-of-sample on both sides:
-- the *fit* half estimates a PCA of the features (at most `components` directions);
-- the *held-out* half, projected on it, is the reference sample for embedding drift
-  (MMD), and its OOD distances are the calibration scores of the OOD score.
-A PCA overfits the sample it is fitted on (that sample has more variance along its own
-components than new data has); comparing new images to the fit half would raise
-false alarms, comparing them to the held-out half does not. Predictions and image
-statistics involve no fitting and use every baseline image.
+- the *fit* half estimates the PCA and is the set of *neighbours* of the OOD score;
+- the *held-out* half, embedded, is the reference sample for embedding drift (MMD),
+  and its OOD distances are the calibration scores of the OOD score.
+A PCA overfits the sample it is fitted on, and a point is its own nearest neighbour:
+comparing new images with the fit half would raise false alarms, comparing them with
+the held-out half does not. Predictions and image statistics involve no fitting and
+use every baseline image.
 
-OOD distance (Mahalanobis under probabilistic PCA, Tipping & Bishop 1999): with the
-fit half's mean m, components v_j with variances l_j and the mean variance s2 of the
-discarded directions,
-
-    d(x) = sum_j ((x - m) . v_j)^2 / l_j  +  |residual of x - m off the components|^2 / s2
-
-so an image is unusual both along the directions the baseline varies in and off them.
-The per-image scores, the shared piece (issue #25 shows them per request; the monitor
-counts them per window):
+OOD distance: the distance from an image's embedding to its K-th nearest neighbour
+among the fit half (deep nearest neighbours, Sun et al. 2022, who take K near 0.1% of
+the set: K = max(1, fit images // 1000) here). The per-image
+scores, the shared piece (issue #25 shows them per request; the monitor counts them
+per window):
 
     ood_percentile(x) = 100 * #{calibration d < d(x)} / n        0 .. 100
     ood_p_value(x)    = (1 + #{calibration d >= d(x)}) / (n + 1)  a conformal p-value
 
 For an image from the baseline's distribution the p-value is uniform (P(p <= a) <= a,
-exactly, since calibration and new images are scored by the same held-out-fitted PCA),
-and the number of flagged images in a window of m follows a beta-binomial law
-(monitor.stats.exceedance_p_value).
+exactly: calibration and new images are scored against the same fit half, so their
+distances are exchangeable; the monitor's OOD check is a rank test of the same fact).
 
 Numpy only (no torch): a server or host tool reads a baseline and scores features
 from its own forward pass.
@@ -57,8 +60,10 @@ from vision.artifact import BASELINE_CONSTRAINTS_FILE, BASELINE_FILE, BASELINE_S
 
 BASELINE_VERSION = 1
 DEFAULT_COMPONENTS = 32  # Rabanser et al. (2019) reduce to 32 dimensions before MMD
+FIT_IMAGES_PER_COMPONENT = 10
+FIT_IMAGES_PER_NEIGHBOUR = 1000  # K of the K-th nearest neighbour: 0.1% of the fit half, at least 1
 DEFAULT_REFERENCE_SIZE = 1000  # held-out images kept as the MMD reference sample
-MAX_FIT_IMAGES = 10_000  # the PCA is fitted on at most this many images (seconds, not minutes)
+MAX_FIT_IMAGES = 10_000  # the PCA and the neighbours: at most this many images (seconds, not megabytes)
 MIN_IMAGES = 20  # fewer baseline images cannot estimate a PCA and a reference at once
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 CONFIDENCE_BINS = 20  # max-probability histogram bins over [0, 1]
@@ -69,7 +74,6 @@ class Pca:
     mean: np.ndarray  # D
     components: np.ndarray  # k x D, orthonormal rows
     variances: np.ndarray  # k, descending
-    residual_variance: float  # mean variance of the D - k discarded directions
     total_variance: float
 
     @property
@@ -80,18 +84,14 @@ class Pca:
     def k(self) -> int:
         return int(self.components.shape[0])
 
-    def project(self, features: np.ndarray) -> np.ndarray:
-        return (np.asarray(features, np.float64) - self.mean) @ self.components.T
-
-    def distance(self, features: np.ndarray) -> np.ndarray:
-        """The squared Mahalanobis distance under the probabilistic-PCA covariance."""
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """N x (k + 1): the projection of the centred features, and their distance from it."""
         centred = np.asarray(features, np.float64) - self.mean
         if centred.ndim != 2 or centred.shape[1] != self.dim:
             raise ValueError(f"features of shape {list(centred.shape)}; the baseline's have {self.dim} dimensions")
         projected = centred @ self.components.T
-        inside = (projected**2).sum(axis=1)
-        residual = np.maximum((centred**2).sum(axis=1) - inside, 0.0)
-        return (projected**2 / self.variances).sum(axis=1) + residual / self.residual_variance
+        residual = np.sqrt(np.maximum((centred**2).sum(axis=1) - (projected**2).sum(axis=1), 0.0))
+        return np.concatenate([projected, residual[:, None]], axis=1)
 
 
 def fit_pca(features: np.ndarray, max_components: int = DEFAULT_COMPONENTS) -> Pca:
@@ -106,18 +106,32 @@ def fit_pca(features: np.ndarray, max_components: int = DEFAULT_COMPONENTS) -> P
         raise ConfigError("every baseline image has the same features: the model's penultimate layer is constant (a broken model?)")
     informative = int((variances > total * 1e-9).sum())
     k = max(1, min(max_components, n - 1, dim, informative))
-    # The discarded directions share what variance is left; a floor keeps directions the
-    # sample never varied in (n < D) from dividing by zero.
-    residual = (total - float(variances[:k].sum())) / (dim - k) if dim > k else 0.0
-    residual = max(residual, total / dim * 1e-6)
-    return Pca(mean, vt[:k].copy(), np.maximum(variances[:k], residual), residual, total)
+    return Pca(mean, vt[:k].copy(), variances[:k], total)
+
+
+def unit_length(features: np.ndarray) -> np.ndarray:
+    features = np.asarray(features, np.float64)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def kth_neighbour_distance(queries: np.ndarray, points: np.ndarray, k: int) -> np.ndarray:
+    """Euclidean distance from each query to its k-th nearest point (k >= 1)."""
+    k = min(k, len(points))
+    out = np.empty(len(queries))
+    for first in range(0, len(queries), 1024):  # bounds the distance matrix at 1024 x n
+        chunk = queries[first : first + 1024]
+        squared = (chunk**2).sum(1)[:, None] + (points**2).sum(1)[None, :] - 2.0 * chunk @ points.T
+        out[first : first + len(chunk)] = np.sqrt(np.maximum(np.partition(squared, k - 1, axis=1)[:, k - 1], 0.0))
+    return out
 
 
 @dataclass(frozen=True, eq=False)
 class Baseline:
     classes: tuple[str, ...]
     pca: Pca
-    reference: np.ndarray  # held-out images' projected features: the MMD reference sample
+    neighbours: np.ndarray  # fit-half embeddings: what the OOD distance measures to
+    k_neighbour: int  # the OOD distance is to the k-th nearest of them
+    reference: np.ndarray  # held-out embeddings: the MMD reference sample
     calibration: np.ndarray  # held-out images' OOD distances, ascending
     labels: np.ndarray  # predicted class index of every baseline image
     max_probability: np.ndarray  # its top probability
@@ -136,9 +150,14 @@ class Baseline:
     def image_column(self, name: str) -> np.ndarray:
         return self.image_numeric[:, imagestats.NUMERIC.index(name)]
 
-    # --- the per-image OOD score ---
-    def ood_distance(self, features: np.ndarray) -> np.ndarray:
-        return self.pca.distance(features)
+    # --- the embedding and the per-image OOD score ---
+    def embed(self, features: np.ndarray) -> np.ndarray:
+        """Penultimate features (N x D) -> the embedding the monitor compares (N x (k + 1))."""
+        return self.pca.embed(unit_length(features))
+
+    def ood_distance(self, features: np.ndarray | None = None, embedded: np.ndarray | None = None) -> np.ndarray:
+        embedded = self.embed(features) if embedded is None else embedded
+        return kth_neighbour_distance(embedded, self.neighbours, self.k_neighbour)
 
     def ood_percentile(self, features: np.ndarray | None = None, distances: np.ndarray | None = None) -> np.ndarray:
         """Percent of the calibration images that are less unusual (0..100)."""
@@ -158,8 +177,9 @@ class Baseline:
             "pca_mean": self.pca.mean.astype(np.float32),
             "pca_components": self.pca.components.astype(np.float32),
             "pca_variances": self.pca.variances,
-            "pca_residual_variance": np.float64(self.pca.residual_variance),
             "pca_total_variance": np.float64(self.pca.total_variance),
+            "neighbours": self.neighbours.astype(np.float32),
+            "k_neighbour": np.int64(self.k_neighbour),
             "reference": self.reference.astype(np.float32),
             "calibration": self.calibration,
             "labels": self.labels.astype(np.int32),
@@ -202,7 +222,11 @@ class Baseline:
                 "fit_images": int(self.info.get("fit_images", 0)),
             },
             "reference_images": int(self.reference.shape[0]),
-            "ood": {"calibration_images": len(self.calibration), "distance_quantiles": _quantiles(self.calibration)},
+            "ood": {
+                "score": f"distance to the nearest fit-half embedding number {self.k_neighbour} (of {len(self.neighbours)})",
+                "calibration_images": len(self.calibration),
+                "distance_quantiles": _quantiles(self.calibration),
+            },
         }
 
     def model_monitor_statistics(self, baseline_id: str) -> dict:
@@ -276,13 +300,14 @@ class Baseline:
                     arrays["pca_mean"].astype(np.float64),
                     arrays["pca_components"].astype(np.float64),
                     arrays["pca_variances"].astype(np.float64),
-                    float(arrays["pca_residual_variance"]),
                     float(arrays["pca_total_variance"]),
                 )
                 info_keys = ("source", "created", "seed", "fit_images", "skipped_files", "accuracy")
                 baseline = cls(
                     classes=tuple(summary["classes"]),
                     pca=pca,
+                    neighbours=arrays["neighbours"].astype(np.float64),
+                    k_neighbour=int(arrays["k_neighbour"]),
                     reference=arrays["reference"].astype(np.float64),
                     calibration=arrays["calibration"].astype(np.float64),
                     labels=arrays["labels"].astype(np.int64),
@@ -325,13 +350,19 @@ def fit_baseline(
     order = rng.permutation(n)
     fit, held = order[: n // 2], order[n // 2 :]
     fit = fit[:MAX_FIT_IMAGES]
-    pca = fit_pca(features[fit], components)
-    reference = held if len(held) <= reference_size else rng.choice(held, reference_size, replace=False)
+    unit = unit_length(features)
+    pca = fit_pca(unit[fit], min(components, max(1, len(fit) // FIT_IMAGES_PER_COMPONENT)))
+    neighbours = pca.embed(unit[fit])
+    k_neighbour = max(1, len(fit) // FIT_IMAGES_PER_NEIGHBOUR)
+    held_embedded = pca.embed(unit[held])
+    reference = np.arange(len(held)) if len(held) <= reference_size else np.sort(rng.choice(len(held), reference_size, replace=False))
     return Baseline(
         classes=tuple(classes),
         pca=pca,
-        reference=pca.project(features[np.sort(reference)]),
-        calibration=np.sort(pca.distance(features[held])),
+        neighbours=neighbours,
+        k_neighbour=k_neighbour,
+        reference=held_embedded[reference],
+        calibration=np.sort(kth_neighbour_distance(held_embedded, neighbours, k_neighbour)),
         labels=probabilities.argmax(axis=1),
         max_probability=probabilities.max(axis=1),
         image_numeric=np.array([s.numeric() for s in stats], dtype=np.float64).reshape(n, len(imagestats.NUMERIC)),

@@ -12,26 +12,34 @@ from container import ConfigError
 from container.monitoring import MonitorSettings
 from vision import imagestats
 from vision.artifact import BASELINE_CONSTRAINTS_FILE, BASELINE_FILE, BASELINE_STATISTICS_FILE, REFERENCE_FILE
-from vision.baseline import MIN_IMAGES, Baseline, fit_baseline, fit_pca
+from vision.baseline import MIN_IMAGES, Baseline, fit_baseline, fit_pca, kth_neighbour_distance, unit_length
 
 
-def test_pca_and_its_distance_by_hand():
+def test_pca_embedding_by_hand():
     # Four points on the axes: variance 2/3 along x and 1/6 along y (n - 1 = 3).
     x = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5], [0.0, -0.5]])
     pca = fit_pca(x, max_components=1)
     assert pca.k == 1 and abs(pca.components[0] @ [1.0, 0.0]) == pytest.approx(1.0)
     assert pca.variances[0] == pytest.approx(2 / 3)
-    assert pca.residual_variance == pytest.approx(1 / 6)  # what the one discarded direction holds
-    # (2, 1): 2^2 / (2/3) along the component + 1^2 / (1/6) off it = 6 + 6
-    assert pca.distance(np.array([[2.0, 1.0]]))[0] == pytest.approx(12.0)
-    assert pca.project(np.array([[2.0, 1.0]]))[0, 0] == pytest.approx(2.0 * np.sign(pca.components[0, 0]))
+    # (2, 1): 2 along the component, 1 away from it
+    embedded = pca.embed(np.array([[2.0, 1.0]]))[0]
+    assert embedded == pytest.approx([2.0 * np.sign(pca.components[0, 0]), 1.0])
+
+
+def test_kth_neighbour_distance_by_hand():
+    points = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    query = np.array([[0.0, 0.0], [3.0, 4.0]])
+    assert kth_neighbour_distance(query, points, 1) == pytest.approx([0.0, 3.0])  # (3,4) is 3 from (0,4)
+    assert kth_neighbour_distance(query, points, 2) == pytest.approx([3.0, 4.0])
+    assert kth_neighbour_distance(query, points, 3) == pytest.approx([4.0, 5.0])
+    assert kth_neighbour_distance(query, points, 9) == pytest.approx([4.0, 5.0])  # k is capped at the points there are
+    assert unit_length(np.array([[3.0, 4.0], [0.0, 0.0]])) == pytest.approx(np.array([[0.6, 0.8], [0.0, 0.0]]))
 
 
 def test_pca_keeps_no_more_components_than_the_sample_has():
     rng = np.random.default_rng(0)
     pca = fit_pca(rng.normal(size=(5, 50)), max_components=32)
     assert pca.k == 4  # 5 points span 4 directions
-    assert pca.residual_variance > 0  # a floor, so unseen directions do not divide by zero
     with pytest.raises(ConfigError, match="constant"):
         fit_pca(np.ones((10, 3)))
 
@@ -40,9 +48,16 @@ def stats_rows(n, rng):
     return [imagestats.ImageStats(64, 48, 64 / 48, float(b), 0.2, 0.01, "PNG") for b in rng.uniform(0.3, 0.7, n)]
 
 
+def penultimate(rng, n, dim=16, prototype=None):
+    """Like a ReLU network's penultimate features: non-negative, clustered by class (three
+    classes on the first three axes; `prototype` puts every row on that axis instead)."""
+    labels = rng.integers(0, 3, n) if prototype is None else np.full(n, prototype)
+    return np.abs(rng.normal(size=(n, dim))) + 4.0 * np.eye(dim)[labels]
+
+
 def make_baseline(n=200, dim=16, seed=0, classes=("a", "b", "c")):
     rng = np.random.default_rng(seed)
-    features = rng.normal(size=(n, dim)) * np.linspace(3, 0.5, dim)
+    features = penultimate(rng, n, dim)
     logits = rng.normal(size=(n, len(classes)))
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     return fit_baseline(
@@ -55,7 +70,8 @@ def test_baseline_splits_fit_and_held_out_halves():
     assert baseline.size == 200
     assert baseline.info["fit_images"] == 100
     assert len(baseline.calibration) == 100  # the held-out half
-    assert baseline.reference.shape == (60, 8)  # a sample of it, projected
+    assert baseline.neighbours.shape == (100, 9)  # the fit half, embedded: 8 components + the distance from them
+    assert baseline.reference.shape == (60, 9)  # a sample of the held-out half, embedded
     assert np.all(np.diff(baseline.calibration) >= 0)
     assert baseline.label_counts.sum() == 200
 
@@ -73,8 +89,8 @@ def test_ood_percentile_and_p_value_by_hand():
 def test_ood_p_values_are_uniform_for_new_images_of_the_same_distribution():
     baseline, _ = make_baseline(n=2000, seed=1)
     rng = np.random.default_rng(5)
-    fresh = rng.normal(size=(4000, 16)) * np.linspace(3, 0.5, 16)
-    shifted = fresh + 2.0
+    fresh = penultimate(rng, 4000)
+    shifted = penultimate(rng, 4000, prototype=7)  # a class the baseline never saw
     for level in (0.05, 0.1, 0.5):
         # The realised rate varies with the 1000 calibration scores and the 4000 new images: 3 sd.
         sd = np.sqrt(level * (1 - level) * (1 / 1000 + 1 / 4000))
@@ -95,7 +111,9 @@ def test_baseline_files_round_trip(tmp_path):
     loaded, loaded_id = Baseline.load(tmp_path)
     assert loaded_id == baseline_id
     assert loaded.classes == baseline.classes
-    np.testing.assert_allclose(loaded.ood_distance(features[:5]), baseline.ood_distance(features[:5]), rtol=1e-5)
+    np.testing.assert_allclose(
+        loaded.ood_distance(features[:5]), baseline.ood_distance(features[:5]), rtol=1e-5, atol=1e-6
+    )  # float32 on disk
     np.testing.assert_array_equal(loaded.labels, baseline.labels)
     summary = json.loads((tmp_path / BASELINE_FILE).read_text())
     assert summary["baseline_id"] == baseline_id and summary["images"] == 200 and summary["source"] == "test"

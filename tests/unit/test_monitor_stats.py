@@ -90,31 +90,25 @@ def test_ks_test_matches_enumerating_every_split():
     assert result.p_value == pytest.approx(at_least / len(splits))
 
 
-def test_exceedance_rank_and_p_values_by_hand():
-    assert stats.exceedance_rank(0.05, 19) == 1  # floor(0.05 * 20)
-    assert stats.exceedance_rank(0.05, 18) == 0  # too few calibration scores to flag at 5%
-    # n = 3 calibration scores, level 0.25 -> l = 1: flagged = above all three calibration scores.
-    # One image: P(its score is the largest of 4) = 1/4.
-    assert stats.exceedance_p_value(1, 1, 3, 0.25).p_value == pytest.approx(1 / 4)
-    # Two images: P(both above all calibration) = P(the top 2 of 5 are both ours) = 1/C(5,2).
-    assert stats.exceedance_p_value(2, 2, 3, 0.25).p_value == pytest.approx(1 / 10)
-    # P(at least one of two) = P(the top of 5 is ours) = 2/5.
-    assert stats.exceedance_p_value(1, 2, 3, 0.25).p_value == pytest.approx(2 / 5)
-    nothing = stats.exceedance_p_value(0, 10, 3, 0.25)
-    assert nothing.p_value == pytest.approx(1.0) and nothing.effect == pytest.approx(1 / 4)
-    assert stats.exceedance_p_value(3, 10, 18, 0.05).p_value == 1.0  # l = 0: cannot flag, nothing to test
+def test_rank_test_by_hand():
+    # window {3, 4} against reference {1, 2, 5}: 4 of the 6 pairs have the window value larger
+    result = stats.rank_test([1.0, 2.0, 5.0], [3.0, 4.0])
+    assert result.statistic == pytest.approx(4 / 6) and result.effect == pytest.approx(4 / 6 - 0.5)
+    # Exact one-sided p-value: of the C(5, 2) = 10 equally likely places for the window's two
+    # values among the five, those whose pair count U reaches 4.
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    at_least = 0
+    for chosen in itertools.combinations(range(5), 2):
+        window = [values[i] for i in chosen]
+        reference = [values[i] for i in range(5) if i not in chosen]
+        at_least += sum(w > r for w in window for r in reference) >= 4
+    assert result.p_value == pytest.approx(at_least / 10)
+    assert stats.rank_test([1.0], []).p_value == 1.0
 
 
-def test_exceedance_counts_match_simulation():
+def test_rank_test_is_one_sided():
     rng = np.random.default_rng(3)
-    n, m, level = 40, 30, 0.1
-    rank = stats.exceedance_rank(level, n)
-    counts = []
-    for _ in range(3000):
-        calibration, scores = np.sort(rng.normal(size=n)), rng.normal(size=m)
-        at_least = n - np.searchsorted(calibration, scores, side="left")
-        counts.append(int(((1 + at_least) / (n + 1) <= level).sum()))
-    counts = np.array(counts)
-    assert counts.mean() == pytest.approx(m * rank / (n + 1), rel=0.05)
-    k = int(np.quantile(counts, 0.95))
-    assert stats.exceedance_p_value(k, m, n, level).p_value == pytest.approx((counts >= k).mean(), abs=0.015)
+    reference = rng.normal(size=200)
+    assert stats.rank_test(reference, rng.normal(size=200) + 0.5).p_value < 1e-5
+    lower = stats.rank_test(reference, rng.normal(size=200) - 0.5)
+    assert lower.p_value > 0.99 and lower.effect < 0  # more typical than the baseline is no alarm
