@@ -172,14 +172,16 @@ class MonitorSettings:
     min_effect: float = setting(
         "SM_VISION_MONITOR_MIN_EFFECT",
         0.1,
-        "smallest Kolmogorov-Smirnov distance or label total-variation distance that counts as drift (large windows make tiny shifts significant)",
+        "smallest effect that counts as drift (large windows make tiny shifts significant): a Kolmogorov-Smirnov distance, the labels' "
+        "total-variation distance, or how far above 0.5 the chance is that a captured image is more unusual than a baseline one",
         minimum=0.0,
         maximum=1.0,
     )
     ood_level: float = setting(
         "SM_VISION_MONITOR_OOD_LEVEL",
         0.05,
-        "an image is out-of-distribution when its conformal p-value is at most this (OOD percentile above 100 x (1 - level))",
+        "an image counts as out-of-distribution in the reported share when its conformal p-value is at most this "
+        "(its OOD percentile is above 100 x (1 - level))",
         minimum=1e-6,
         maximum=0.5,
     )

@@ -37,7 +37,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         for spec in flag_fields(cls):
             meta = spec.metadata
             default = "none" if spec.default is None else spec.default
-            parser.add_argument(meta["flag"], dest=spec.name, default=None, help=f"{meta['help']}; env {meta['env']}, default {default}")
+            metavar = meta["flag"].lstrip("-").upper().replace("-", "_")
+            parser.add_argument(
+                meta["flag"], dest=spec.name, default=None, metavar=metavar, help=f"{meta['help']}; env {meta['env']}, default {default}"
+            )
     return parser
 
 

@@ -88,7 +88,7 @@ def violations_document(checks: Sequence[Check]) -> dict:
     return {"violations": [check.violation() for check in checks if check.violated]}
 
 
-def metric_values(window: Window, counts: WindowCounts, checks: Sequence[Check]) -> dict[str, float]:
+def metric_values(window: Window, counts: WindowCounts, checks: Sequence[Check], baseline: Baseline, ood_level: float) -> dict[str, float]:
     """The numbers a dashboard or an alarm wants, by metric name."""
     values: dict[str, float] = {
         "record_count": float(counts.records),
@@ -96,7 +96,10 @@ def metric_values(window: Window, counts: WindowCounts, checks: Sequence[Check])
         "violation_count": float(sum(check.violated for check in checks)),
     }
     if window.size:
+        distances = np.array(window.ood_distance)
         values["mean_max_probability"] = float(np.mean(window.max_probability))
+        values["mean_ood_percentile"] = float(baseline.ood_percentile(distances=distances).mean())
+        values["ood_share"] = float((baseline.ood_p_value(distances=distances) <= ood_level).mean())
     for check in checks:
         if check.skipped:
             continue

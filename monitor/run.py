@@ -153,7 +153,7 @@ def run(job: MonitoringJob, settings: MonitorSettings, paths: SageMakerPaths, sc
     }
     report.write(out, header, results, window, baseline, over_time, volume, settings.report_images)
 
-    values = outputs.metric_values(window, counts, results)
+    values = outputs.metric_values(window, counts, results, baseline, settings.ood_level)
     if job.publish_cloudwatch_metrics:
         when = job.end_time or datetime.now(timezone.utc)
         outputs.write_lines(outputs.cloudwatch_dir(paths) / outputs.CLOUDWATCH_FILE, outputs.cloudwatch_records(values, job, when))
