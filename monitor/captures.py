@@ -254,7 +254,7 @@ def read_window(
                 except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError, ConfigError):
                     counts.malformed += 1
                     continue
-                if not isinstance(record, dict) or (start and when < start) or (end and when >= end):
+                if (start and when < start) or (end and when >= end):
                     counts.outside += 1
                     continue
                 counts.records += 1

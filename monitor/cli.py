@@ -12,7 +12,8 @@ defines them and docs/monitoring.md lists them. The run compares the window's
 captured images with the model's baseline (monitor.checks) and writes
 statistics.json, constraint_violations.json and report.md into the output path.
 Violations are results, not errors: the exit status is 0. A bad or missing input ends
-with its reason in /opt/ml/output/failure and exit status 2 (1 for anything else).
+with its reason in /opt/ml/output/failure and /opt/ml/output/message (a processing
+job's ExitMessage) and exit status 2 (1 for anything else).
 """
 
 from __future__ import annotations
@@ -71,13 +72,22 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(scratch, ignore_errors=True)
     except ConfigError as err:
         log.error("%s", err)
-        write_failure(paths, f"ConfigError: {err}")
+        failed(paths, f"ConfigError: {err}")
         return EXIT_CONFIG
     except Exception as err:  # noqa: BLE001 - any failure ends the job with its reason for SageMaker
         log.exception("monitoring failed")
-        write_failure(paths, f"{type(err).__name__}: {err}")
+        failed(paths, f"{type(err).__name__}: {err}")
         return 1
     return 0
+
+
+def failed(paths: SageMakerPaths, reason: str) -> None:
+    """The reason where each kind of job reads it: the failure file (training-style
+    containers) and the exit message (a processing job's ExitMessage)."""
+    from monitor.outputs import write_message
+
+    write_failure(paths, reason)
+    write_message(paths, f"Failed: {reason}")
 
 
 def entry() -> None:

@@ -3,7 +3,8 @@
     {output_path}/statistics.json             Model Monitor's shape, plus a sagemaker_vision section
     {output_path}/constraint_violations.json  {"violations": [{"feature_name", "constraint_check_type", "description"}]}
     /opt/ml/output/metrics/cloudwatch/monitor.jsonl   CloudWatch records, one per line (publish_cloudwatch_metrics)
-    /opt/ml/output/message                    "Completed: ..." or "CompletedWithViolations: ..." (the job's exit message)
+    /opt/ml/output/message                    "Completed: ...", "CompletedWithViolations: ..." or "Failed: ..."
+                                              (a processing job's ExitMessage: DescribeProcessingJob returns its first KB)
 
 The CloudWatch records are shaped like PutMetricData's MetricDatum with the Endpoint
 and MonitoringSchedule dimensions, as Model Monitor's bring-your-own-container contract
@@ -132,8 +133,17 @@ def exit_message(checks: Sequence[Check]) -> str:
     violated = [check for check in checks if check.violated]
     if not violated:
         return "Completed: Job completed successfully with no violations."
-    text = f"CompletedWithViolations: {len(violated)} violations; " + "; ".join(f"{c.name}: {c.description}" for c in violated)
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
+    return f"CompletedWithViolations: {len(violated)} violations; " + "; ".join(f"{c.name}: {c.description}" for c in violated)
+
+
+def write_message(paths: SageMakerPaths, text: str) -> None:
+    """The job's exit message (at most 1 KB of UTF-8). Never raises: it also runs on the way out of a failure."""
+    text = text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
+    try:
+        message_file(paths).parent.mkdir(parents=True, exist_ok=True)
+        message_file(paths).write_text(text + "\n", encoding="utf-8")
+    except OSError:
+        pass
 
 
 def write_json(path: Path, document: dict) -> None:

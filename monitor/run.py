@@ -158,11 +158,7 @@ def run(job: MonitoringJob, settings: MonitorSettings, paths: SageMakerPaths, sc
         when = job.end_time or datetime.now(timezone.utc)
         outputs.write_lines(outputs.cloudwatch_dir(paths) / outputs.CLOUDWATCH_FILE, outputs.cloudwatch_records(values, job, when))
     message = outputs.exit_message(results)
-    try:
-        outputs.message_file(paths).parent.mkdir(parents=True, exist_ok=True)
-        outputs.message_file(paths).write_text(message + "\n")
-    except OSError as err:
-        log.warning("cannot write the exit message to %s: %s", outputs.message_file(paths), err)
+    outputs.write_message(paths, message)
     params = {
         "endpoint": job.endpoint_name,
         "monitoring_schedule": job.schedule_name,

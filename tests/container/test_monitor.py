@@ -186,6 +186,7 @@ def test_missing_inputs_fail_with_the_reason_in_the_failure_file(image, containe
     assert code == 2, logs
     failure = (output / "failure").read_text()
     assert failure.startswith("ConfigError: dataset_source /opt/ml/processing/input/nowhere is not a directory"), failure
+    assert (output / "message").read_text() == f"Failed: {failure}"  # what a processing job reports as its ExitMessage
     env = {**model_monitor_env(), "SM_VISION_MONITOR_MODEL": "/opt/ml/processing/no-model"}
     code, logs, _, output = run_monitor(containers, image, monitored_model, tmp_path / "again", [], env=env)
     assert code == 2, logs

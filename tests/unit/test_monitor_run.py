@@ -224,6 +224,7 @@ def test_bad_inputs_fail_with_a_clear_message(tmp_path, model_dir, monkeypatch):
     failure = tmp_path / "opt_ml/output/failure"
     assert cli.main(["--captures", str(tmp_path / "none"), "--model", str(model_dir), "--out", str(tmp_path / "out")]) == 2
     assert "dataset_source" in failure.read_text() and "is not a directory" in failure.read_text()
+    assert (tmp_path / "opt_ml/output/message").read_text() == "Failed: " + failure.read_text()  # a processing job's ExitMessage
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("model.pt", "model_spec.json"):
