@@ -210,13 +210,25 @@ def accuracy(work: Path, arch: str, thread_counts: list[int]) -> dict:
     )
     torch.set_num_threads(threads)
     rows = {}
-    reference = None
+    reference = reference_probs = None
     for name, by_threads in engines.items():
         engine = by_threads[threads]
         probs = np.concatenate([engine.run(chunk) for chunk in np.array_split(torch_batch, max(1, len(torch_batch) // 64))])
         top1 = probs.argmax(1)
-        reference = top1 if reference is None else reference
-        rows[name] = {"accuracy": float((top1 == test_labels).mean()), "agreement_with_fp32": float((top1 == reference).mean())}
+        if reference is None:
+            reference, reference_probs = top1, probs
+        rows[name] = {
+            "accuracy": float((top1 == test_labels).mean()),
+            "agreement_with_fp32": float((top1 == reference).mean()),
+            # What vision.precision.guard looks at, for choosing an int8 bound in serving.
+            "max_probability_diff": float(np.abs(probs - reference_probs).max()),
+            "mean_top1_probability_diff": float(np.abs(probs.max(1) - reference_probs.max(1)).mean()),
+        }
+    # For onnx_accuracy.py, which reruns the ONNX models on an emulated CPU (run.py --emulate-cpu).
+    scratch = work / "out" / f"acc-{arch}"
+    np.save(scratch / "test_inputs.npy", torch_batch)
+    np.save(scratch / "test_labels.npy", test_labels)
+    np.save(scratch / "fp32_top1.npy", reference)
     for name in ("onnxruntime fp32", "onnxruntime int8"):  # the torch-free path end to end: numpy/PIL preprocessing too
         probs = engines[name][threads].run(numpy_batch)
         top1 = probs.argmax(1)
@@ -326,9 +338,15 @@ def markdown(result: dict) -> str:
             f"#### Accuracy: {acc['arch']}, digits test split ({acc['images']} images, {acc['image_size']} px), int8 calibrated on {acc['calibration_images']} training images",
             "",
         ]
-        lines += [result["cpu"], "", "| engine | top-1 accuracy | top-1 agreement with fp32 |", "| --- | --- | --- |"]
+        lines += [
+            result["cpu"],
+            "",
+            "| engine | top-1 accuracy | top-1 agreement with fp32 | largest probability difference |",
+            "| --- | --- | --- | --- |",
+        ]
         for name, row in acc["engines"].items():
-            lines.append(f"| {name} | {100 * row['accuracy']:.2f}% | {100 * row['agreement_with_fp32']:.2f}% |")
+            diff = f"{row['max_probability_diff']:.3f}" if "max_probability_diff" in row else ""
+            lines.append(f"| {name} | {100 * row['accuracy']:.2f}% | {100 * row['agreement_with_fp32']:.2f}% | {diff} |")
     for run in result["speed"]:
         settings = sorted({(r["threads"], r["batch"]) for r in run["rows"]})
         header = " | ".join(f"{t} thr b{b}" for t, b in settings)

@@ -2,6 +2,7 @@
 
     python3 benchmarks/engines/run.py [--image IMAGE] [--work DIR] [--rounds 5]
     python3 benchmarks/engines/run.py --extra-wheels DIR   # also OpenVINO, from wheels in DIR
+    python3 benchmarks/engines/run.py --emulate-cpu Haswell-v4   # also int8 accuracy on an AVX2-only CPU (QEMU)
 
 Engines: torch eager fp32 as served (BatchNorm folded, channels-last), torch bf16
 autocast, ONNX Runtime fp32, ONNX Runtime int8 (static QDQ, per-channel; three recipes),
@@ -14,6 +15,11 @@ benchmarks/serving/agreement.py). The torch-free preprocessing is compared with 
 transform on scikit-learn's sample photos and the digits. The CPU's flags are printed
 beside every table (benchmarks/engines/measure.py does the measuring, inside the image).
 
+--emulate-cpu reruns the accuracy section's ONNX models under QEMU's user-mode emulator
+with that CPU model (Debian's qemu-user-static on the host, mounted into the container),
+so ONNX Runtime runs the kernels of a CPU class this machine is not
+(benchmarks/engines/onnx_accuracy.py).
+
 Trained models are kept in --work (default benchmarks/results/engines-work) and reused by
 later runs. Writes benchmarks/results/engines.json and engines.md. Needs docker, Pillow
 and scikit-learn on the host.
@@ -22,6 +28,7 @@ and scikit-learn on the host.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -36,6 +43,7 @@ sys.path.insert(0, str(HERE.parent / "serving"))
 from agreement import docker, make_digits  # noqa: E402 - the sibling benchmark's digits split and docker helper
 
 ARCHS = ("resnet18", "resnet50")
+QEMU = Path("/usr/bin/qemu-x86_64-static")
 
 
 def lay_out(work: Path) -> None:
@@ -69,6 +77,33 @@ def train(image: str, work: Path, arch: str, epochs: int, cpus: str | None) -> N
     print(f"{arch}: trained in {time.monotonic() - started:.0f} s", flush=True)
 
 
+def emulate(image: str, work: Path, cpu: str) -> None:
+    if not QEMU.is_file():
+        sys.exit(f"--emulate-cpu needs {QEMU} on the host (apt-get install qemu-user-static)")
+    if not list((work / "out").glob("acc-*/test_inputs.npy")):
+        sys.exit("--emulate-cpu reruns the accuracy section's models: do not combine it with --skip-accuracy")
+    print(f"accuracy of the ONNX models on an emulated {cpu} (slow: every instruction is emulated)", flush=True)
+    docker(
+        "run", "--rm", "-v", f"{HERE}:/bench:ro", "-v", f"{work}:/w", "-v", f"{QEMU}:/usr/local/bin/qemu:ro",
+        "--entrypoint", "/usr/local/bin/qemu", image, "-cpu", cpu, "/opt/venv/bin/python3", "/bench/onnx_accuracy.py",
+        "--work", "/w", "--cpu", cpu,
+    )  # fmt: skip
+    result = json.loads((work / "out" / f"emulated-{cpu}.json").read_text())
+    lines = [
+        "",
+        f"#### int8 accuracy on an emulated {cpu} (QEMU user mode: ONNX Runtime sees that CPU's CPUID and runs its kernels)",
+        "",
+        f"u8 x s8 GEMM saturates with 8-bit weights: {result['u8s8_saturates_8bit_weights']}; "
+        f"with 7-bit (reduce_range) weights: {result['u8s8_saturates_7bit_weights']}",
+    ]
+    for arch, rows in result["accuracy"].items():
+        lines += ["", f"| {arch} model | top-1 accuracy | top-1 agreement with torch fp32 |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {100 * r['accuracy']:.2f}% | {100 * r['agreement_with_fp32']:.2f}% |" for name, r in rows.items()]
+    with (work / "out" / "engines.md").open("a") as md:
+        md.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default=os.environ.get("IMAGE", "sagemaker-vision:latest"))
@@ -83,6 +118,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--archs", default=",".join(ARCHS))
     parser.add_argument("--classes", default="133,10")
     parser.add_argument("--extra-wheels", type=Path, help="a folder of wheels (e.g. openvino) installed into the container first")
+    parser.add_argument("--emulate-cpu", help="a QEMU CPU model (e.g. Haswell-v4: AVX2, no AVX-512, no VNNI) to rerun int8 accuracy on")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
     return parser
@@ -110,10 +146,12 @@ def main(args: argparse.Namespace) -> int:
     print(f"measuring in {args.image} (this takes a few minutes)", flush=True)
     output = docker("run", "--rm", *mounts, "--entrypoint", "bash", args.image, "-c", command)
     print(output[output.find("### Engines") :] if "### Engines" in output else output)
+    if args.emulate_cpu:
+        emulate(args.image, work, args.emulate_cpu)
     results = Path("benchmarks/results")
     results.mkdir(parents=True, exist_ok=True)
-    for name in ("engines.json", "engines.md"):
-        shutil.copyfile(out / name, results / name)
+    for path in [out / "engines.json", out / "engines.md", *out.glob("emulated-*.json")]:
+        shutil.copyfile(path, results / path.name)
     print(f"wrote {results / 'engines.json'} and {results / 'engines.md'}")
     return 0
 

@@ -328,6 +328,7 @@ def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.dry_run:
         device, sizes = torch.device("cpu"), DRY
+        torch.set_num_threads(1)  # tiny tensors: threads only add waiting, and on a shared CI machine much of it
     elif not torch.cuda.is_available():
         say("no CUDA device: this benchmark measures GPUs (use --dry-run to check it on a CPU)")
         return 2
