@@ -48,18 +48,25 @@ def export_onnx(module: torch.nn.Module, image_size: int, path: Path, check_batc
     size, then run `check_batch` (default: 2 seeded random images) through both."""
     module = module.eval()
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    schemas_log = logging.getLogger("torch.onnx._internal.exporter._schemas")
+    level = schemas_log.level
     with warnings.catch_warnings():
-        # torch.export's own deprecation chatter about pytree internals; not ours to fix.
+        # torch.export's deprecation notices about pytree internals, and one warning per
+        # torchvision detection op the exporter registers (never in a classifier): not ours.
         warnings.simplefilter("ignore", FutureWarning)
-        program = torch.onnx.export(
-            module,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            verbose=False,
-        )
+        schemas_log.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            )
+        finally:
+            schemas_log.setLevel(level)
     program.save(str(path))
     check_export(module, path, example if check_batch is None else check_batch)
     return Path(path)
