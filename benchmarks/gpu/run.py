@@ -101,9 +101,19 @@ def environment(device: torch.device) -> dict:
             gpus=torch.cuda.device_count(),
             capability=f"{props.major}.{props.minor}",
             memory_gib=round(props.total_memory / 2**30, 1),
-            nccl=".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
+            nccl=nccl_version(),
         )
     return info
+
+
+def nccl_version() -> str | None:
+    try:
+        import torch.cuda.nccl
+
+        version = torch.cuda.nccl.version()
+    except Exception:  # noqa: BLE001 - a build without NCCL: the collective part says so when it fails
+        return None
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
 
 
 # ---------------------------------------------------------------- 1. training step
