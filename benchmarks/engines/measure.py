@@ -49,9 +49,9 @@ from vision.presets import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size, eval_t
 
 FLAG_PREFIXES = ("avx2", "avx512", "avx_vnni", "amx", "fma", "f16c")
 INT8_RECIPES = {
-    "onnxruntime int8": Int8Recipe(),
-    "onnxruntime int8 reduce_range": Int8Recipe(reduce_range=True),
-    "onnxruntime int8 s8s8": Int8Recipe(activations="int8"),
+    "onnxruntime int8": Int8Recipe(reduce_range=False),  # 8-bit weights
+    "onnxruntime int8 reduce_range": Int8Recipe(reduce_range=True),  # the default recipe
+    "onnxruntime int8 s8s8": Int8Recipe(activations="int8", reduce_range=False),
 }
 CALIBRATION_COUNT = 64
 
