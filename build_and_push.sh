@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Build the image and push it to Amazon ECR, tagged with TAG and latest.
 #
-# Usage: ./build_and_push.sh [--dry-run] IMAGE_NAME [TAG]
+# Usage: ./build_and_push.sh [--dry-run] [--cpu] IMAGE_NAME [TAG]
 #
 #   IMAGE_NAME  ECR repository name (created if missing), e.g. sagemaker-vision
 #   TAG         image tag (default: the git short SHA); `latest` is pushed as well
 #   --dry-run   print the commands that change something (create-repository, login,
 #               build, tag, push) instead of running them; the read-only look-ups
 #               (region, account, describe-repositories) still run
+#   --cpu       the torch-free serving image (docker/build.sh --cpu) instead, pushed
+#               as TAG-cpu and latest-cpu beside the full image (deploy --image-variant cpu)
 #
 # Region: AWS_REGION, else AWS_DEFAULT_REGION, else `aws configure get region`.
 # Account: `aws sts get-caller-identity`. Needs the aws CLI and docker on PATH.
@@ -15,15 +17,18 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "error: $*" >&2; exit 1; }
 
 dry_run=0
+variant=()
+suffix=""
 positional=()
 for arg in "$@"; do
   case "$arg" in
     -h|--help) usage; exit 0 ;;
     --dry-run) dry_run=1 ;;
+    --cpu) variant=(--cpu); suffix="-cpu" ;;
     -*) usage >&2; die "unknown option $arg" ;;
     *) positional+=("$arg") ;;
   esac
@@ -80,13 +85,15 @@ else
   aws ecr get-login-password --region "$region" | "$docker_bin" login --username AWS --password-stdin "$registry"
 fi
 
-run env DOCKER="$docker_bin" docker/build.sh "${image}:${tag}"
+tag="${tag}${suffix}"
+latest="latest${suffix}"
+run env DOCKER="$docker_bin" docker/build.sh "${variant[@]}" "${image}:${tag}"
 run "$docker_bin" tag "${image}:${tag}" "${remote}:${tag}"
-run "$docker_bin" tag "${image}:${tag}" "${remote}:latest"
+run "$docker_bin" tag "${image}:${tag}" "${remote}:${latest}"
 run "$docker_bin" push "${remote}:${tag}"
-run "$docker_bin" push "${remote}:latest"
+run "$docker_bin" push "${remote}:${latest}"
 if [ "$dry_run" = 1 ]; then
-  echo "dry run: would push ${remote}:${tag} and ${remote}:latest"
+  echo "dry run: would push ${remote}:${tag} and ${remote}:${latest}"
 else
-  echo "pushed ${remote}:${tag} and ${remote}:latest"
+  echo "pushed ${remote}:${tag} and ${remote}:${latest}"
 fi

@@ -43,6 +43,22 @@ NEURON_FAMILIES = ("inf1", "inf2", "trn1", "trn1n", "trn2")
 UNSUPPORTED_GPU_FAMILIES = ("p2",)
 
 
+# The serving images (docs/aws.md): the full image, and the torch-free one for CPUs
+# (docker/build.sh --cpu), pushed beside it as TAG-cpu by build_and_push.sh --cpu.
+IMAGE_VARIANTS = ("full", "cpu")
+CPU_TAG_SUFFIX = "-cpu"
+
+
+def variant_image(image_uri: str, variant: str) -> str:
+    """The URI of `variant` of the image `image_uri` names (the full image's URI)."""
+    if variant == "full":
+        return image_uri
+    if "@" in image_uri:
+        raise UsageError("--image-variant cpu derives the cpu image's tag from --image's tag, and a digest has none: pass its URI")
+    repository, _, tag = image_uri.rpartition(":") if ":" in image_uri.rsplit("/", 1)[-1] else (image_uri, ":", "latest")
+    return image_uri if tag.endswith(CPU_TAG_SUFFIX) else f"{repository}:{tag}{CPU_TAG_SUFFIX}"
+
+
 def instance_accelerator(instance_type: str) -> str:
     """'gpu', 'neuron' or 'cpu' for an ml.* instance type."""
     parts = instance_type.split(".")

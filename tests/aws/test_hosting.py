@@ -108,6 +108,47 @@ def test_serverless_endpoint(session, sm_stub):
     assert cmd_deploy(args, session=session)["instance_type"] is None
 
 
+def test_serverless_endpoint_on_the_cpu_image(session, sm_stub):
+    args = cli.get_args_parser().parse_args(
+        ["deploy", "--image", IMAGE, "--role", ROLE, "--model-data", MODEL_DATA, "--endpoint-name", "shapes-cpu"]
+        + ["--serverless", "--image-variant", "cpu", "--no-wait"]
+    )
+    variant = {
+        "VariantName": "AllTraffic",
+        "ModelName": "shapes-cpu",
+        "InitialVariantWeight": 1,
+        "ServerlessConfig": {"MemorySizeInMB": 4096, "MaxConcurrency": 5},
+    }
+    expect_endpoint(sm_stub, "shapes-cpu", variant, container_extra={"Image": IMAGE + "-cpu"})
+    cmd_deploy(args, session=session)
+
+
+@pytest.mark.parametrize(
+    "image, expected",
+    [
+        (
+            "123.dkr.ecr.us-east-1.amazonaws.com/sagemaker-vision:abc1234",
+            "123.dkr.ecr.us-east-1.amazonaws.com/sagemaker-vision:abc1234-cpu",
+        ),
+        ("123.dkr.ecr.us-east-1.amazonaws.com/sagemaker-vision", "123.dkr.ecr.us-east-1.amazonaws.com/sagemaker-vision:latest-cpu"),
+        ("localhost:5000/sagemaker-vision", "localhost:5000/sagemaker-vision:latest-cpu"),
+        ("sagemaker-vision:abc1234-cpu", "sagemaker-vision:abc1234-cpu"),
+    ],
+)
+def test_cpu_image_variant_is_the_tag_with_cpu_appended(image, expected):
+    assert hosting.variant_image(image, "cpu") == expected
+    assert hosting.variant_image(image, "full") == image
+
+
+def test_cpu_image_variant_refuses_a_model_package(session, sm_stub):
+    package = "arn:aws:sagemaker:us-east-1:1:model-package/p/1"
+    args = cli.get_args_parser().parse_args(
+        ["deploy", "--image", IMAGE, "--role", ROLE, "--model-package", package, "--endpoint-name", "e", "--image-variant", "cpu"]
+    )
+    with pytest.raises(UsageError, match="names its own image"):  # refused before any AWS call: nothing is stubbed
+        cmd_deploy(args, session=session)
+
+
 def test_multi_model_endpoint(session, sm_stub):
     prefix = "s3://smv-bucket/shapes/mme/"
     args = cli.get_args_parser().parse_args(
@@ -201,6 +242,7 @@ def test_batch_transform_job(session, sm_stub):
         (["--smoke-image", "x.png", "--no-wait"], "InService"),
         (["--multi-model"], "--model-data-prefix"),
         (["--local", "--model-data", "s3://b/m.tar.gz"], "file:///"),
+        (["--image-variant", "cpu", "--instance-type", "ml.g5.xlarge"], "CPUs only"),
     ],
 )
 def test_deploy_usage_errors(session, sm_stub, extra, message):

@@ -142,6 +142,23 @@ def test_creates_missing_repository_logs_in_builds_tags_and_pushes(sandbox):
     assert f"pushed {registry}/smv:v7 and {registry}/smv:latest" in result.stdout
 
 
+def test_cpu_builds_the_torch_free_image_and_pushes_it_as_tag_cpu(sandbox):
+    env, _, log = sandbox
+    result = run(env, "--cpu", "smv", "v7", AWS_REGION="eu-west-1")
+    assert result.returncode == 0, result.stderr
+    registry = f"{ACCOUNT}.dkr.ecr.eu-west-1.amazonaws.com"
+    recorded = calls(log)
+    [build] = [c for c in recorded if c[:2] == ("docker", "build")]
+    assert build[build.index("-t") + 1] == "smv:v7-cpu" and build[build.index("--target") + 1] == "serve-cpu", build
+    assert recorded[-4:] == [
+        ("docker", "tag", "smv:v7-cpu", f"{registry}/smv:v7-cpu"),
+        ("docker", "tag", "smv:v7-cpu", f"{registry}/smv:latest-cpu"),
+        ("docker", "push", f"{registry}/smv:v7-cpu"),
+        ("docker", "push", f"{registry}/smv:latest-cpu"),
+    ]
+    assert f"pushed {registry}/smv:v7-cpu and {registry}/smv:latest-cpu" in result.stdout
+
+
 def test_existing_repository_is_not_created_again(sandbox):
     env, _, log = sandbox
     result = run(env, "smv", "v7", AWS_REGION="eu-west-1", FAKE_REPO_EXISTS="1")
@@ -230,7 +247,7 @@ def test_no_region_is_a_clear_error(sandbox):
 def test_usage(sandbox):
     env, _, _ = sandbox
     result = run(env)
-    assert result.returncode == 2 and "Usage: ./build_and_push.sh [--dry-run] IMAGE_NAME [TAG]" in result.stderr
+    assert result.returncode == 2 and "Usage: ./build_and_push.sh [--dry-run] [--cpu] IMAGE_NAME [TAG]" in result.stderr
     result = run(env, "--help")
     assert result.returncode == 0 and "IMAGE_NAME" in result.stdout and "set -euo" not in result.stdout
     result = run(env, "--bogus", "smv")

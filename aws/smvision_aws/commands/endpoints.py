@@ -78,6 +78,12 @@ def _add_deploy(sub) -> None:
     p.add_argument("--serverless-memory", type=int, default=4096, help="MB: 1024..6144 in steps of 1024")
     p.add_argument("--serverless-max-concurrency", type=int, default=5)
     p.add_argument("--multi-model", action="store_true", help="multi-model endpoint over --model-data-prefix")
+    p.add_argument(
+        "--image-variant",
+        choices=hosting.IMAGE_VARIANTS,
+        default="full",
+        help="cpu: the torch-free serving image (under 1 GB, CPU only, our own models) pushed beside --image as TAG-cpu",
+    )
     _ami_option(p, "inference")
     _async_options(p)
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="serving environment, repeatable")
@@ -198,6 +204,10 @@ def _deploy_specs(args) -> tuple[hosting.AsyncSpec | None, autoscaling.Autoscali
         raise UsageError("serverless endpoints scale by themselves; drop --autoscale")
     if args.multi_model and not args.model_data_prefix:
         raise UsageError("--multi-model needs --model-data-prefix s3://bucket/prefix/")
+    if args.image_variant == "cpu" and args.model_package:
+        raise UsageError("--image-variant cpu: a model package names its own image; deploy --model-data with the cpu image instead")
+    if args.image_variant == "cpu" and not args.serverless and hosting.instance_accelerator(args.instance_type) != "cpu":
+        raise UsageError(f"--image-variant cpu serves on CPUs only; {args.instance_type} is an accelerator instance")
     if args.model_data_prefix and not args.multi_model:
         raise UsageError("--model-data-prefix is for --multi-model")
     async_spec = _async_spec(args)
@@ -238,12 +248,16 @@ def _async_spec(args) -> hosting.AsyncSpec | None:
 def _serving_container(args, session: ClientSession, env: dict[str, str]) -> tuple[dict, str]:
     """The model's container and where its model comes from (prefix, package or model.tar.gz)."""
     if args.multi_model:
-        return hosting.multi_model_container(require_image(args), args.model_data_prefix, env), args.model_data_prefix
+        return hosting.multi_model_container(_serving_image(args), args.model_data_prefix, env), args.model_data_prefix
     if args.model_package:
         registry.approved_package(session.sagemaker_client, args.model_package)
         return hosting.package_container(args.model_package, env), args.model_package
     model_data = _model_data(args, session)
-    return hosting.image_container(require_image(args), model_data, env), model_data
+    return hosting.image_container(_serving_image(args), model_data, env), model_data
+
+
+def _serving_image(args) -> str:
+    return hosting.variant_image(require_image(args), args.image_variant)
 
 
 def _register_autoscaling(args, session: ClientSession, spec: autoscaling.AutoscalingSpec, backlog: bool) -> dict:
@@ -262,7 +276,7 @@ def _deploy_local(args, env: dict[str, str]) -> dict:
     model_data = _model_data(args, None)
     port = args.serving_port or 8080
     result = {"endpoint": args.endpoint_name, "model_data": model_data, "instance_type": "local", "instance_count": 1}
-    with local_hosting.serving(require_image(args), Path(urlparse(model_data).path), env, port=port) as endpoint:
+    with local_hosting.serving(_serving_image(args), Path(urlparse(model_data).path), env, port=port) as endpoint:
         result["url"] = endpoint.url
         if args.smoke_image:
             result["smoke_prediction"] = endpoint.predict(args.smoke_image.read_bytes(), _content_type(args.smoke_image))
