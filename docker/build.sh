@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the image: make the default base if it is missing, then `docker build` with
-# BuildKit. Usage: docker/build.sh [IMAGE[:TAG]] [extra docker build args...]
+# BuildKit. Usage: docker/build.sh [--cpu] [IMAGE[:TAG]] [extra docker build args...]
 #
+# --cpu builds the torch-free serving image instead (the Dockerfile's serve-cpu target,
+# ~0.5 GB: our server and ONNX Runtime; docs/building.md says when to use which).
 # PIP_CA_BUNDLE (default: the host's /etc/ssl/certs/ca-certificates.crt when present)
 # is lent to pip as a BuildKit secret so builds work behind TLS-intercepting proxies;
 # it is never written into a layer. Set PIP_CA_BUNDLE= (empty) to lend nothing.
@@ -11,8 +13,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
+fi
+if [ "${1:-}" = "--cpu" ]; then
+  TARGET=serve-cpu
+  shift
 fi
 image="${1:-sagemaker-vision:latest}"
 shift || true
