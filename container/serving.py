@@ -30,7 +30,10 @@ from container.parse import ConfigError, parse_bool, parse_float, parse_int
 BACKENDS = ("asgi", "mms")
 BATCHING = ("auto", "on", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("auto", "torch", "onnxruntime")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# What each engine runs (docs/serving.md, "Engines and precision"); auto is the engine's own choice.
+ENGINE_PRECISIONS = {"torch": ("auto", "fp32", "bf16", "fp16"), "onnxruntime": ("auto", "fp32", "int8")}
 ACCESS_LOG_FORMATS = ("log", "json", "off")  # serve.access_log.LOG_FORMATS
 
 
@@ -53,12 +56,28 @@ class ServeConfig:
         "SM_VISION_SCRATCH_DIR", "/tmp/sm-vision-models", "where model.tar.gz files are extracted, one folder per model"
     )
     device: str = _setting("SM_VISION_DEVICE", "auto", "auto, cpu, cuda or cuda:N", "--device")
+    engine: str = _setting(
+        "SM_VISION_ENGINE",
+        "auto",
+        "what runs our classifier: torch, onnxruntime (CPU), or auto = by the CPU's class (docs/serving.md); a user's "
+        "inference.py always runs on torch",
+        "--engine",
+        ENGINES,
+    )
     precision: str = _setting(
         "SM_VISION_PRECISION",
         "auto",
-        "our classifier's forward precision; auto = what the device runs natively, kept only if it agrees with fp32 at warm-up",
+        "our classifier's forward precision: fp32, bf16, fp16 (torch) or int8 (onnxruntime); auto = the engine's fastest, "
+        "kept only if it agrees with fp32 at warm-up",
         "--precision",
         PRECISIONS,
+    )
+    threads: int | None = _setting(
+        "SM_VISION_THREADS",
+        None,
+        "intra-op threads of each concurrent forward, torch's and ONNX Runtime's (default: the container's CPUs / the workers)",
+        "--threads",
+        minimum=1,
     )
     workers: int | None = _setting(
         "SAGEMAKER_MODEL_SERVER_WORKERS",
@@ -152,6 +171,9 @@ class ServeConfig:
                 raise ConfigError(f"{meta['env']}={value!r}: expected true or false")
         if self.port > 65535:
             raise ConfigError(f"SAGEMAKER_BIND_TO_PORT={self.port}: not a TCP port")
+        if self.engine in ENGINE_PRECISIONS and self.precision not in ENGINE_PRECISIONS[self.engine]:
+            runs = ", ".join(ENGINE_PRECISIONS[self.engine][1:])
+            raise ConfigError(f"SM_VISION_PRECISION={self.precision} with SM_VISION_ENGINE={self.engine}: {self.engine} runs {runs}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> ServeConfig:
@@ -196,6 +218,7 @@ class ServeConfig:
             self,
             device=machine.device,
             workers=workers,
+            threads=self.threads or machine.forward_threads(workers),
             batching="off" if self.batching == "off" else "on",
             max_batch_size=self.max_batch_size or (16 if gpu else 4),
             max_batch_delay_ms=self.max_batch_delay_ms if self.max_batch_delay_ms is not None else (5.0 if gpu else 0.0),
@@ -271,7 +294,7 @@ class Machine:
         # A few decodes at once, not one per request, so forwards keep the GIL and the cores.
         return max(2, self.cpus)
 
-    def torch_threads(self, workers: int) -> int:
+    def forward_threads(self, workers: int) -> int:
         """Intra-op threads of each of `workers` concurrent forwards: its share of the cores."""
         return max(1, self.cpus // workers)
 

@@ -73,11 +73,10 @@ def server_options(config: ServeConfig) -> dict:
 def app_for(config: ServeConfig, processes: int = 1, worker_index: int = 0):
     """The app of one server process: the config resolved against its share of the machine."""
     from serve.app import create_app
-    from serve.machine import probe, share_cores
+    from serve.machine import probe
 
     machine = probe(config, processes, worker_index)
     resolved = config.resolve(machine)
-    share_cores(resolved, machine)
     log.info("sagemaker-vision serve: http://%s:%d (model %s, device %s)", config.host, config.port, resolved.model_path, resolved.device)
     return create_app(resolved, machine)
 

@@ -6,6 +6,8 @@ Supported Content-Types (parameters such as charset are ignored):
                         where item is a base64 string, {"image"|"b64": b64} or {"url": u}
     application/jsonlines   one such JSON object per line (batch transform, SplitType=None)
     application/x-npy   uint8 HxWx3 / NxHxWx3 images, or float 3xHxW / Nx3xHxW model input
+
+Model input is a float32 N x C x H x W numpy array, whatever engine runs it. No torch.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from container import ServeConfig
@@ -52,7 +53,7 @@ class DecodeLimits:
 
 @dataclass
 class Decoded:
-    inputs: torch.Tensor  # N x C x H x W, ready for the model
+    inputs: np.ndarray  # N x C x H x W, ready for the model
     batch: bool  # the client sent a list: answer with a list
     lines: bool = False  # jsonlines in, jsonlines out
 
@@ -209,20 +210,26 @@ def parse(body: bytes, content_type: str | None, limits: DecodeLimits, item_cap:
     return parsed
 
 
-def to_inputs(parsed: Parsed, preprocess: Callable, limits: DecodeLimits, start: int = 0, stop: int | None = None) -> torch.Tensor:
+def stack(inputs: list) -> np.ndarray:
+    """Preprocessed images (numpy arrays, or the CPU tensors of torch's transform, read
+    without a copy) as one float32 batch."""
+    return np.stack([np.asarray(one, dtype=np.float32) for one in inputs])
+
+
+def to_inputs(parsed: Parsed, preprocess: Callable, limits: DecodeLimits, start: int = 0, stop: int | None = None) -> np.ndarray:
     """Items [start, stop) of a parsed request as an N x C x H x W model input."""
     items = parsed.items[start:stop]
     if parsed.kind == "tensor":
-        return torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
+        return np.ascontiguousarray(items, dtype=np.float32)
     if parsed.kind == "frames":
         try:
             rgb = [images.array_to_rgb(frame, limits.image) for frame in items]
         except images.ImageRejected as err:
             raise _image_error(err) from None
-        return torch.stack([preprocess(image) for image in rgb])
+        return stack([preprocess(image) for image in rgb])
     if parsed.kind == "image":
-        return torch.stack([preprocess(open_image(data, limits)) for data in items])
-    return torch.stack([preprocess(open_image(_item_bytes(item, limits), limits)) for item in items])
+        return stack([preprocess(open_image(data, limits)) for data in items])
+    return stack([preprocess(open_image(_item_bytes(item, limits), limits)) for item in items])
 
 
 def decode(body: bytes, content_type: str | None, preprocess: Callable, limits: DecodeLimits) -> Decoded:
@@ -232,7 +239,7 @@ def decode(body: bytes, content_type: str | None, preprocess: Callable, limits: 
     return Decoded(to_inputs(parsed, preprocess, limits), parsed.batch, parsed.lines)
 
 
-def top_k_result(probs: torch.Tensor, classes: tuple[str, ...], k: int) -> dict:
+def top_k_result(probs: np.ndarray, classes: tuple[str, ...], k: int) -> dict:
     values = probs.tolist()
     order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
     return {
@@ -243,7 +250,7 @@ def top_k_result(probs: torch.Tensor, classes: tuple[str, ...], k: int) -> dict:
     }
 
 
-def encode(probs: torch.Tensor, classes: tuple[str, ...], k: int, decoded: Decoded) -> bytes:
+def encode(probs: np.ndarray, classes: tuple[str, ...], k: int, decoded: Decoded) -> bytes:
     results = [top_k_result(row, classes, k) for row in probs]
     if decoded.lines:
         return "".join(json.dumps(result) + "\n" for result in results).encode()

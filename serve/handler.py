@@ -30,21 +30,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from container import ServeConfig
 from serve import codec, payloads
+from serve.engines import load_default_model
 from serve.errors import BadInput, NotAcceptable
 from serve.hooks import UTF8_TYPES, Context, UserHooks, call, takes_context
-from serve.model import Classifier, load_default_model, module_nbytes
-from vision.presets import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size, eval_transform
+from serve.machine import share_cores
+from serve.model import Classifier
 
 DEFAULT_IMAGE_SIZE = 224  # what image payloads become for a model that is not ours
-
-
-def default_preprocess() -> Callable:
-    """ImageNet-style preprocessing for image payloads sent to a model that is not ours."""
-    return eval_transform(DEFAULT_IMAGE_SIZE, None, IMAGENET_MEAN, IMAGENET_STD)
+DEFAULT_RESIZE = 256  # vision.presets.eval_resize_size(224): the short side they are resized to first
 
 
 def requested_top_k(raw: str | None) -> int | None:
@@ -77,7 +74,7 @@ class Handler:
     hooks: dict[str, Callable]
     limits: codec.DecodeLimits
     top_k: int  # SM_VISION_TOP_K, unless the request names its own
-    device: torch.device
+    device: str
     records: bool  # batch transform with our classifier alone: no cap on a request's items, decoded a chunk at a time
     context_hooks: frozenset[str] = field(init=False)
 
@@ -86,20 +83,20 @@ class Handler:
         self.context_hooks = frozenset(name for name, func in self.hooks.items() if takes_context(name, func))
 
     @classmethod
-    def load(cls, model_dir: Path, hooks: UserHooks | None, context: Context, config: ServeConfig) -> Handler:
+    def load(cls, model_dir: Path, hooks: UserHooks | None, context: Context, config: ServeConfig, scratch: Path) -> Handler:
         """model_fn (the user's or the default), then the model's warm-up. `config` is
-        resolved (a concrete device)."""
+        resolved (a concrete device); `scratch` is the model's own scratch directory."""
         functions = hooks.functions if hooks else {}
-        device = torch.device(config.device)
         if "model_fn" in functions:
+            share_cores(config.device, config.threads)  # the user's model is a torch model
             model = call(functions["model_fn"], str(model_dir), context=context)
         else:
-            model = load_default_model(model_dir, device, config.precision)
+            model = load_default_model(model_dir, config, scratch, hooks=bool(functions))
         ours = isinstance(model, Classifier)
         # Draft decoding keeps at least twice what the preprocessing's resize needs.
-        resize = model.spec.resize_size if ours else eval_resize_size(DEFAULT_IMAGE_SIZE)
+        resize = model.spec.resize_size if ours else DEFAULT_RESIZE
         limits = codec.DecodeLimits.from_config(config, draft_min_side=2 * resize)
-        handler = cls(model, functions, limits, config.top_k, device, records=config.batch and ours and not functions)
+        handler = cls(model, functions, limits, config.top_k, config.device, records=config.batch and ours and not functions)
         if ours:
             model.warm_up()
         if "model_warmup_fn" in functions:
@@ -115,7 +112,9 @@ class Handler:
         if self.classifier is not None:
             return self.classifier.preprocess
         if not hasattr(self, "_imagenet"):
-            self._imagenet = default_preprocess()
+            from serve.torch_model import imagenet_preprocess
+
+            self._imagenet = imagenet_preprocess(DEFAULT_IMAGE_SIZE)
         return self._imagenet
 
     @property
@@ -124,7 +123,11 @@ class Handler:
         return self.classifier is not None and not self.hooks
 
     def nbytes(self) -> int:
-        return self.classifier.nbytes() if self.classifier is not None else module_nbytes(self.model)
+        if self.classifier is not None:
+            return self.classifier.nbytes()
+        from serve.torch_model import module_nbytes
+
+        return module_nbytes(self.model)
 
     def _context(self, name: str, request: Call) -> tuple:
         return (request.context,) if name in self.context_hooks else ()
@@ -151,6 +154,8 @@ class Handler:
             return self.hooks["predict_fn"](data, self.model, *self._context("predict_fn", request))
         if self.classifier is not None:
             return self.classifier.probabilities(data)
+        import torch  # a model that is not ours is a torch model (the torch-free image refuses one at load)
+
         with torch.inference_mode():  # AWS's default predict_fn: model(data), no autograd
             return self.model(data)
 
@@ -171,12 +176,22 @@ class Handler:
         start = request.decoded
         request.decoded = min(start + self.limits.max_batch, len(request.items))
         inputs = codec.to_inputs(request.items, self.preprocess, self.limits, start, request.decoded)
-        return inputs if self.classifier is not None else inputs.to(self.device)
+        if self.plain:
+            return inputs
+        from serve.torch_model import as_tensor  # hooks and models that are not ours get torch tensors, as ever
+
+        return as_tensor(inputs, None if self.classifier is not None else self.device)
 
     @staticmethod
     def join(outputs: list):
         """The predictions of a request's chunks as one."""
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        if len(outputs) == 1:
+            return outputs[0]
+        if isinstance(outputs[0], np.ndarray):
+            return np.concatenate(outputs)
+        from serve.torch_model import concatenate
+
+        return concatenate(outputs)
 
     # --- our defaults ------------------------------------------------------------
 
@@ -190,7 +205,7 @@ class Handler:
 
     def default_output_fn(self, prediction, request: Call) -> tuple[bytes, str]:
         classes = self.classifier.classes if self.classifier is not None else None
-        if classes and isinstance(prediction, torch.Tensor) and prediction.ndim == 2 and prediction.shape[1] == len(classes):
+        if classes and getattr(prediction, "ndim", 0) == 2 and prediction.shape[1] == len(classes):  # numpy, or a hook's tensor
             codec.check_accept(request.accept)
             batch = request.batch or prediction.shape[0] > 1  # a user input_fn may batch too
             k = min(request.top_k or self.top_k, len(classes))

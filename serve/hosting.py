@@ -31,6 +31,7 @@ from serve.archive import ExtractLimits
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, redact_paths
 from serve.handler import Call, Handler
 from serve.hooks import Context, UserHooks, find_script, safe_module_name
+from serve.machine import has_torch, torch_missing
 from serve.model import prepare_model_dir
 from serve.runner import BatchRunner
 
@@ -58,11 +59,13 @@ class Pools:
         self.decoders.shutdown(wait=True)
 
 
-def load_handler(name: str, model_dir: Path, config: ServeConfig) -> Handler:
+def load_handler(name: str, model_dir: Path, config: ServeConfig, scratch: Path) -> Handler:
     """Everything start-up does for one model: find and import the script, model_fn, warm-up."""
     script = find_script(model_dir, config.program, config.code_dirs())
+    if script and not has_torch():
+        raise torch_missing(f"the model comes with {script.name} (a user's inference.py runs on torch)")
     hooks = UserHooks.load(script, safe_module_name(name)) if script else None
-    return Handler.load(model_dir, hooks, Context(name, str(model_dir), config.gpu_id), config)
+    return Handler.load(model_dir, hooks, Context(name, str(model_dir), config.gpu_id), config, scratch)
 
 
 class HostedModel:
@@ -74,7 +77,7 @@ class HostedModel:
         # The name becomes a directory: SageMaker's model-name pattern only (serve.archive).
         scratch = config.scratch_path / archive.check_model_name(name)
         self.model_dir = prepare_model_dir(model_dir, scratch, ExtractLimits.from_config(config))
-        self.handler = load_handler(name, self.model_dir, config)
+        self.handler = load_handler(name, self.model_dir, config, scratch)
         self.batcher = None
         if self.handler.plain and config.micro_batching:
             self.batcher = BatchRunner(
@@ -159,7 +162,7 @@ class SingleModel:
                 time.monotonic() - self.started,
                 "user hooks: " + ", ".join(sorted(self.model.handler.hooks)) if self.model.handler.hooks else "default handlers",
                 self.config.device,
-                f", precision {classifier.precision.name}" if classifier is not None else "",
+                f", {classifier.describe()}" if classifier is not None else "",
                 ", micro-batched" if self.model.batcher is not None else "",
             )
         self.state = "ready" if self.model is not None else "failed"
@@ -246,7 +249,9 @@ class MultiModel:
                 log.info("unloaded least recently used model %s to fit %s", evicted, name)
             gc.collect()
             self.models[name] = model
-            log.info("loaded model %s from %s (~%d MiB)", name, url, model.nbytes >> 20)
+            classifier = model.handler.classifier
+            described = f", {classifier.describe()}" if classifier is not None else ""
+            log.info("loaded model %s from %s (~%d MiB%s)", name, url, model.nbytes >> 20, described)
 
     def unload(self, name: str) -> None:
         model = self.models.pop(name, None)

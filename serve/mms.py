@@ -33,7 +33,7 @@ class Worker:
 
     def __init__(self, context):
         from serve.hosting import HostedModel, Pools
-        from serve.machine import probe, share_cores
+        from serve.machine import probe
 
         config = ServeConfig.from_env()
         processes = config.workers or cpu_count()  # MMS's default: a worker per CPU
@@ -41,7 +41,6 @@ class Worker:
         # Each worker extracts its own copy: workers load concurrently.
         scratch = config.scratch_path / f"mms-worker-{os.getpid()}"
         self.config = dataclasses.replace(config.resolve(machine), scratch_dir=str(scratch))
-        share_cores(self.config, machine)
         self.loop = asyncio.new_event_loop()
         model_dir = Path(context.system_properties["model_dir"])
         self.model = HostedModel(context.model_name, model_dir, str(model_dir), self.config, Pools(self.config, machine))

@@ -1,30 +1,42 @@
-"""Load what the trainer wrote (vision/artifact.py) into a ready-to-run Classifier.
+"""Our classifier as served, whichever engine runs it, and where its files come from.
 
 /opt/ml/model may hold the files directly or a model.tar.gz (local runs; SageMaker
-extracts it for us). The weights file named by the spec may be a state_dict (the
-trainer's default), a TorchScript archive or a torch.export program (.pt2).
+extracts it for us): `prepare_model_dir`. A Classifier is the artifact's spec
+(vision/artifact.py) and an engine's forward; serve.engines chooses the engine:
+
+    TorchClassifier (serve.torch_model)        torch: fp32, bf16, fp16; CPU or GPU
+    OnnxRuntimeClassifier (serve.onnx_model)   ONNX Runtime: fp32, int8; CPU
+
+Each engine's `probabilities(batch)` is its forward with nothing of ours between it and
+the caller (one frame); what the spec says about answers (the temperature, a sigmoid
+per class for a multi-label model) applies to every engine's logits in one place,
+`Classifier.scores` (vision.scores). Batches are float32 N x 3 x H x W numpy arrays; a
+torch tensor in (a user's hook) gives a torch tensor out. At warm-up the accuracy guard
+(vision.guard) keeps a reduced precision only if it agrees with fp32.
+
+No torch here: the torch-free image serves through this module.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import zipfile
 from pathlib import Path
 
-import torch
+import numpy as np
 from PIL import Image
-from torch.fx.experimental.optimization import fuse
 
-from container import ConfigError
 from serve.archive import ExtractLimits, extract_model_archive
-from vision import precision
+from vision import guard, scores
 from vision.artifact import SPEC_FILE, ModelSpec
-from vision.models import build_model
-from vision.presets import eval_transform
+from vision.engines.calibration import load_calibration
+from vision.engines.preprocess import normalize
 
 log = logging.getLogger(__name__)
 
 ARCHIVE = "model.tar.gz"
+GUARD_CHUNK = 8  # images per guard forward: a bounded batch, whatever the sample's size
 
 
 def prepare_model_dir(model_dir: Path, scratch: Path, limits: ExtractLimits) -> Path:
@@ -38,130 +50,130 @@ def prepare_model_dir(model_dir: Path, scratch: Path, limits: ExtractLimits) -> 
     return scratch
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as archive:
         return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
-def load_module(spec: ModelSpec, weights: Path, device: torch.device) -> torch.nn.Module:
-    if not weights.is_file():
-        raise ConfigError(f"{weights} is missing (model_spec.json names weights_file={spec.weights_file!r})")
-    if weights.suffix == ".pt2":
-        module = torch.export.load(str(weights)).module()
-    elif _is_torchscript(weights):
-        module = torch.jit.load(str(weights), map_location=device)
-    else:
-        module = build_model(spec.arch, spec.num_classes)
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            module.load_state_dict(state)
-        except Exception as err:  # noqa: BLE001 - unpickling and shape errors mean the same here
-            raise ConfigError(f"cannot load {weights} into {spec.arch} with {spec.num_classes} classes: {err}") from None
-        module = fold_for_inference(module.eval(), spec.arch)
-    if hasattr(module, "eval"):
-        module.eval()
-    return module.to(device)
-
-
-def fold_for_inference(module: torch.nn.Module, arch: str) -> torch.nn.Module:
-    """Fold eval BatchNorm into the preceding conv (FX) and switch to channels-last,
-    which oneDNN's CPU convolutions and cuDNN both prefer. Measured here on CPU at
-    batch 1: resnet18 1.23x, resnet50 1.12x, efficientnet_b0 1.27x faster, outputs
-    equal to 1e-4. An architecture FX cannot trace is served unfolded."""
+def calibration_sample(model_dir: Path, spec: ModelSpec) -> np.ndarray | None:
+    """The artifact's calibration crops (uint8 N x H x W x 3), or None when its spec names
+    none (trained before they existed, or with export_onnx=false) or the file is unusable."""
+    if not spec.calibration_file or not (model_dir / spec.calibration_file).is_file():
+        return None
     try:
-        module = fuse(module)
-    except Exception as err:  # noqa: BLE001 - tracing failures of any kind: keep the eager model
-        log.info("serving %s without BatchNorm folding (FX could not trace it: %s)", arch, err)
-    return module.to(memory_format=torch.channels_last)
-
-
-def module_nbytes(module) -> int:
-    """Bytes held by a module's parameters and buffers (0 for anything else)."""
-    if not isinstance(module, (torch.nn.Module, torch.jit.ScriptModule)):
-        return 0
-    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+        return load_calibration(model_dir, spec.image_size, spec.calibration_file)
+    except (ValueError, OSError) as err:
+        log.warning("ignoring %s: %s", spec.calibration_file, err)
+        return None
 
 
 def warm_up_images(size: int) -> list[Image.Image]:
-    """Deterministic, varied inputs for the warm-up and the precision guard: flat grey,
-    a colour gradient, a checkerboard and seeded noise (no data ships with a model)."""
+    """Deterministic, varied inputs for the warm-up (and the guard of a model that carries
+    no calibration sample): flat grey, a colour gradient, a checkerboard and seeded noise."""
     grey = Image.new("RGB", (size, size), (127, 127, 127))
-    ramp = torch.linspace(0, 255, size).to(torch.uint8)
-    gradient = torch.stack([ramp.expand(size, size), ramp.expand(size, size).T, ramp.flip(0).expand(size, size)], dim=-1)
-    checker = ((torch.arange(size)[:, None] // 8 + torch.arange(size)[None, :] // 8) % 2 * 255).to(torch.uint8)
-    noise = torch.randint(0, 256, (size, size, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
-    arrays = (gradient, checker[..., None].expand(size, size, 3), noise)
-    return [grey, *(Image.fromarray(a.contiguous().numpy()) for a in arrays)]
+    ramp = np.broadcast_to(np.linspace(0, 255, size).astype(np.uint8), (size, size))
+    gradient = np.stack([ramp, ramp.T, ramp[:, ::-1]], axis=-1)
+    checker = (((np.arange(size)[:, None] // 8 + np.arange(size)[None, :] // 8) % 2) * 255).astype(np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    arrays = (gradient, np.repeat(checker[..., None], 3, axis=-1), noise)
+    return [grey, *(Image.fromarray(np.ascontiguousarray(a)) for a in arrays)]
+
+
+def _as_torch(array: np.ndarray):
+    """Probabilities for a caller that passed a torch tensor (a user's hook): torch is loaded then."""
+    import torch
+
+    return torch.from_numpy(array)
 
 
 class Classifier:
-    """The default model: module + the spec's transforms + class names, run in the
-    precision chosen for the device (kept only if the guard at warm-up agrees)."""
+    """The engine-independent part: spec, classes, the answer rules, warm-up and the
+    guard. An engine subclass provides preprocess, probabilities (the served forward),
+    logits and reference_logits (for the guard), fall_back and nbytes."""
 
-    def __init__(self, module, spec: ModelSpec, device: torch.device, chosen: precision.Precision | None = None):
-        self.module = module
+    engine = ""  # "torch" or "onnxruntime"
+
+    def __init__(self, spec: ModelSpec, device: str, precision: str, cpu_class: str, calibration: np.ndarray | None, workers: int = 1):
         self.spec = spec
-        self.device = device
         self.classes = spec.classes
-        self.transform = eval_transform(spec.image_size, spec.resize_size, spec.mean, spec.std, spec.interpolation)
-        self.precision = chosen or precision.Precision("fp32", device.type)
-        self.guard: precision.GuardResult | None = None
+        self.device = device
+        self.precision = precision  # fp32, bf16, fp16 or int8: what is served now
+        self.cpu_class = cpu_class
+        self.calibration = calibration  # uint8 crops, or None
+        self.workers = workers  # concurrent forwards: the guard's chunks run that many at once
+        # A multi-label model's classes are independent: a sigmoid each, decided at its threshold.
+        self.thresholds = (spec.thresholds or (0.5,) * spec.num_classes) if spec.multi_label else None
+        self.guard: guard.GuardResult | None = None
 
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image)
+    # --- what every engine's answer goes through -----------------------------------------
 
-    @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax of the model on `batch`, in the served precision. The forward itself,
-        with nothing of ours between it and the caller (one frame)."""
-        with self.precision.autocast():
-            batch = batch.to(self.device, non_blocking=True)
-            if batch.dim() == 4:
-                batch = batch.contiguous(memory_format=torch.channels_last)  # as the folded module's weights
-            return torch.softmax(self.module(batch).float(), dim=1).cpu()
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """The served probabilities of `logits` (N x classes, from any engine)."""
+        return scores.probabilities(logits, self.spec.temperature, self.spec.multi_label)
 
-    def nbytes(self) -> int:
-        return module_nbytes(self.module)
+    def answer(self, logits: np.ndarray, batch) -> np.ndarray:
+        probabilities = self.scores(logits)
+        return probabilities if isinstance(batch, np.ndarray) else _as_torch(probabilities)
+
+    def describe(self) -> str:
+        """engine, precision and the CPU class, for the ready line."""
+        where = f", CPU class {self.cpu_class}" if self.device == "cpu" else ""
+        return f"engine {self.engine}, precision {self.precision}{where}"
+
+    # --- warm-up and the guard -------------------------------------------------------------
+
+    def check_batch(self) -> np.ndarray:
+        """What the guard compares on: the calibration crops (real training images) when the
+        artifact carries them, else the synthetic warm-up images."""
+        if self.calibration is not None:
+            return normalize(self.calibration, self.spec.mean, self.spec.std)
+        return np.stack([np.asarray(self.preprocess(image), dtype=np.float32) for image in warm_up_images(self.spec.image_size)])
 
     def warm_up(self) -> None:
-        """First forwards (allocations, oneDNN kernel choice) before traffic, and the
-        accuracy guard: the reduced precision stays only if it agrees with fp32."""
-        batch = torch.stack([self.preprocess(image) for image in warm_up_images(self.spec.image_size)])
-        chosen, self.precision = self.precision, precision.Precision("fp32", self.device.type)
-        try:  # probabilities runs in fp32 here; the guard runs it again under the chosen autocast
-            self.guard = precision.guard(self.probabilities, batch, chosen)
-        finally:
-            self.precision = self.guard.precision if self.guard is not None else chosen
+        """First forwards (allocations, kernel choice) before traffic, and the accuracy
+        guard: a reduced precision stays only if it agrees with fp32."""
+        batch = self.check_batch()
+        if self.precision in guard.PROBABILITY_BOUNDS:
+            self.guard = self.check(batch)
         self.probabilities(batch[:1])
+        self.calibration = None  # only the guard needed it
 
+    def check(self, batch: np.ndarray) -> guard.GuardResult:
+        reference = self._in_chunks(self.reference_logits, batch)
+        result = guard.compare(self.precision, reference, self._in_chunks(self.logits, batch))
+        if result.passed:
+            log.info("accuracy guard: %s kept (%s)", self.precision, result.summary())
+        else:
+            log.warning("accuracy guard: %s; serving fp32 instead", result.summary())
+            self.fall_back()
+        return result
 
-def load_classifier(model_dir: Path, device: torch.device, precision_name: str = "auto") -> Classifier:
-    """`precision_name`: auto (what the device runs natively), fp32, bf16 or fp16."""
-    spec = ModelSpec.load(model_dir)
-    chosen = precision.choose(precision_name, device)
-    return Classifier(load_module(spec, model_dir / spec.weights_file, device), spec, device, chosen)
+    def _in_chunks(self, forward, batch: np.ndarray) -> np.ndarray:
+        chunks = [batch[start : start + GUARD_CHUNK] for start in range(0, len(batch), GUARD_CHUNK)]
+        with concurrent.futures.ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="guard") as pool:
+            return np.concatenate(list(pool.map(forward, chunks)))
 
+    # --- per engine ----------------------------------------------------------------------
 
-def load_torchscript(model_dir: Path, device: torch.device):
-    """AWS's default model_fn: model.pt, else the only .pt/.pth file, as TorchScript."""
-    path = model_dir / "model.pt"
-    if not path.is_file():
-        found = sorted(p.name for p in model_dir.iterdir() if p.is_file() and p.suffix in (".pt", ".pth")) if model_dir.is_dir() else []
-        if len(found) != 1:
-            raise ConfigError(
-                f"{model_dir} has no {SPEC_FILE} (a model trained by this image) and no model_fn in code/inference.py, so the "
-                f"default model_fn loads TorchScript: exactly one .pt or .pth file is required, found {found}"
-            )
-        path = model_dir / found[0]
-    if not _is_torchscript(path):
-        raise ConfigError(f"{path.name} is not TorchScript: save with torch.jit.save or provide model_fn in code/inference.py")
-    return torch.jit.load(str(path), map_location=device).eval()
+    def preprocess(self, image: Image.Image):
+        raise NotImplementedError
 
+    def probabilities(self, batch):
+        raise NotImplementedError
 
-def load_default_model(model_dir: Path, device: torch.device, precision_name: str):
-    """The model when the user's script has no model_fn: ours, else TorchScript."""
-    if (model_dir / SPEC_FILE).exists():
-        return load_classifier(model_dir, device, precision_name)
-    return load_torchscript(model_dir, device)
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """float32 logits in the served precision."""
+        raise NotImplementedError
+
+    def reference_logits(self, batch: np.ndarray) -> np.ndarray:
+        """float32 logits in fp32, on the same engine where it can."""
+        raise NotImplementedError
+
+    def fall_back(self) -> None:
+        """Serve fp32 from now on (the guard saw the reduced precision disagree)."""
+        raise NotImplementedError
+
+    def nbytes(self) -> int:
+        raise NotImplementedError

@@ -20,7 +20,6 @@ import json
 import zipfile
 
 import numpy as np
-import torch
 
 from serve.errors import BadInput, NotAcceptable, Unprocessable, UnsupportedMediaType
 
@@ -92,14 +91,17 @@ def decode_npz(body: bytes) -> np.ndarray:
         raise BadInput(f"body is not an .npz archive: {err}") from None
 
 
-def to_tensor(array: np.ndarray) -> torch.Tensor:
+def to_tensor(array: np.ndarray):
+    """A torch tensor of `array` (a model that is not ours is a torch model: torch is there)."""
+    import torch
+
     try:
         return torch.from_numpy(np.ascontiguousarray(array))
     except TypeError as err:  # dtypes torch has no tensor for
         raise Unprocessable(f"cannot make a tensor of dtype {array.dtype}: {err}") from None
 
 
-def decode(body: bytes, content_type: str | None) -> torch.Tensor:
+def decode(body: bytes, content_type: str | None):
     """The body of a tensor Content-Type as a tensor (on the CPU)."""
     ctype = media_type(content_type)
     if ctype == JSON:
@@ -138,7 +140,7 @@ def negotiate(accept: str | None) -> str:
 
 def to_array(prediction: object) -> np.ndarray | None:
     """Tensors and arrays (and lists of numbers) as an ndarray; None for anything else."""
-    if isinstance(prediction, torch.Tensor):
+    if hasattr(prediction, "detach"):  # a torch tensor (torch is imported only by the models that make them)
         return prediction.detach().cpu().numpy()
     if isinstance(prediction, np.ndarray):
         return prediction

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
-import torch
+import numpy as np
 
 from serve.errors import Overloaded, Timeout
 
@@ -91,7 +91,7 @@ class BatchRunner:
 
     def __init__(
         self,
-        forward: Callable[[torch.Tensor], torch.Tensor],
+        forward: Callable[[np.ndarray], np.ndarray],
         max_batch_size: int,
         max_delay_ms: float,
         max_queued: int = 256,
@@ -116,7 +116,7 @@ class BatchRunner:
     def alive(self) -> bool:
         return self.thread.is_alive()
 
-    def run(self, inputs: torch.Tensor) -> asyncio.Future:
+    def run(self, inputs: np.ndarray) -> asyncio.Future:
         """Queue `inputs`; await the result (their rows of the batch's output). Called on
         the event loop; cancelling the awaitable drops the inputs if their batch has not
         started."""
@@ -157,7 +157,7 @@ class BatchRunner:
             groups.setdefault(tuple(item[0].shape[1:]), []).append(item)
         for group in groups.values():
             try:
-                batch = torch.cat([inputs for inputs, _ in group])
+                batch = group[0][0] if len(group) == 1 else np.concatenate([inputs for inputs, _ in group])
                 self.observe(batch.shape[0])
                 outputs, start = self.forward(batch), 0
                 for inputs, future in group:

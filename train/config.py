@@ -79,6 +79,11 @@ class TrainConfig:
     model_dir: str | None = _opt(None, "where the model is written (default /opt/ml/model)")
     output_data_dir: str | None = _opt(None, "metrics and plots (default /opt/ml/output/data)")
     checkpoint_dir: str | None = _opt(None, "checkpoints (default /opt/ml/checkpoints)")
+    export_onnx: bool = _opt(
+        True,
+        "also write model.onnx, its int8 variant and a 64-image calibration sample, for the CPU engines and the torch-free "
+        "serving image (docs/serving.md); a failed export is logged and leaves them out",
+    )
     # --- tracking (docs/observability.md) ---
     mlflow_experiment: str | None = _opt(
         None, "MLflow experiment of this job's run when MLFLOW_TRACKING_URI is set (default: MLFLOW_EXPERIMENT_NAME, else sagemaker-vision)"

@@ -1,15 +1,18 @@
 """What a finished run leaves behind (main process only): the model for serving
-(weights and model_spec.json, the train -> serve contract), metrics.json, the
-classification report and plots, and the final log lines that SageMaker's metric
-definitions and tuning read."""
+(weights and model_spec.json, the train -> serve contract, plus the CPU engines' files),
+metrics.json, the classification report and plots, and the final log lines that
+SageMaker's metric definitions and tuning read."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision
 
@@ -18,10 +21,13 @@ from train import metrics, plots
 from train.build import SplitDatasets
 from train.checkpoint import atomic_save
 from train.config import TrainConfig
+from train.data import ImageSamples
 from train.reporting import format_metrics
 from train.state import Progress
 from vision import presets
-from vision.artifact import WEIGHTS_FILE, ModelSpec
+from vision.artifact import INT8_FILE, ONNX_FILE, WEIGHTS_FILE, ModelSpec
+from vision.engines.calibration import CALIBRATION_FILE, DEFAULT_COUNT, save_calibration, stratified_indices
+from vision.engines.preprocess import EvalPreprocess
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,8 @@ def write_outputs(
 ) -> None:
     model_dir, output_dir = dirs.model, dirs.output
     save_model(config, datasets.classes, progress.best_weights, model_dir)
+    if config.export_onnx:
+        save_engine_files(config, datasets.train, model_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "objective": config.objective,
@@ -108,3 +116,54 @@ def save_model(config: TrainConfig, classes: list[str], weights: dict, model_dir
         versions={"torch": torch.__version__, "torchvision": torchvision.__version__},
     )
     spec.save(model_dir)
+
+
+def save_engine_files(config: TrainConfig, train: ImageSamples, model_dir: Path) -> None:
+    """calibration.npy (DEFAULT_COUNT training images, stratified by class, as the eval
+    preprocessing crops them), model.onnx (checked against torch) and model.int8.onnx,
+    each named in model_spec.json once written (vision/artifact.py). Whatever fails is
+    logged and left out: serving then makes it at load or serves torch, and the job
+    still succeeds."""
+    started, spec = time.perf_counter(), ModelSpec.load(model_dir)
+    try:
+        preprocess = EvalPreprocess.from_spec(spec)
+        picked = stratified_indices([_stratum(label) for _, label in train.samples], DEFAULT_COUNT, config.seed)
+        sample = ImageSamples([train.samples[i] for i in picked], preprocess.crop, train.limits)  # unreadable ones skipped
+        crops = np.stack([sample[i][0] for i in range(len(sample))])
+        save_calibration(crops, model_dir)
+    except Exception as err:  # noqa: BLE001 - any failure leaves the artifact as it was
+        log.warning("no calibration sample or ONNX files in the model (serving will use torch): %s", err)
+        return
+    spec = dataclasses.replace(spec, calibration_file=CALIBRATION_FILE)
+    spec.save(model_dir)
+    try:
+        from vision.engines.export import export_onnx, load_trained
+        from vision.engines.quantize import quantize_int8
+
+        normalized = preprocess.normalize(crops)
+        export_onnx(load_trained(model_dir)[1], spec.image_size, model_dir / ONNX_FILE, torch.from_numpy(normalized[:8]))
+        spec = dataclasses.replace(spec, onnx_file=ONNX_FILE)
+        spec.save(model_dir)
+        quantize_int8(model_dir / ONNX_FILE, model_dir / INT8_FILE, normalized)
+        spec = dataclasses.replace(spec, int8_file=INT8_FILE)
+        spec.save(model_dir)
+    except Exception as err:  # noqa: BLE001 - the exporter's and the quantizer's failures have no common type
+        log.warning("the model keeps %s only (serving exports what is missing at load): %s", ", ".join(_named(spec)), err)
+        for name in (ONNX_FILE, INT8_FILE):
+            if name not in _named(spec):
+                (model_dir / name).unlink(missing_ok=True)
+        return
+    sizes = ", ".join(f"{name} {(model_dir / name).stat().st_size / 1e6:.1f} MB" for name in _named(spec))
+    log.info("wrote the CPU engines' files in %.1f s: %s", time.perf_counter() - started, sizes)
+
+
+def _stratum(label) -> int:
+    """The class a sample counts under for stratification: its label, or a multi-label
+    sample's first class."""
+    if isinstance(label, (tuple, list)):
+        return int(label[0]) if label else -1
+    return int(label)
+
+
+def _named(spec: ModelSpec) -> list[str]:
+    return [name for name in (spec.calibration_file, spec.onnx_file, spec.int8_file) if name]

@@ -3,6 +3,13 @@
     model.pt         state_dict of the unwrapped model (loads with weights_only=True)
     model_spec.json  ModelSpec: architecture, class names, preprocessing and the
                      softmax temperature (train.calibration)
+    model.onnx       the same network exported for ONNX Runtime (fp32, dynamic batch;
+                     vision/engines/export.py)                                  optional
+    model.int8.onnx  its int8 variant, calibrated on calibration.npy
+                     (vision/engines/quantize.py)                               optional
+    calibration.npy  64 stratified training images as the eval preprocessing crops them
+                     (uint8; vision/engines/calibration.py): int8's calibration and the
+                     serving accuracy guard's images                            optional
     monitoring/      the monitoring baseline (optional; vision.baseline writes and reads it):
       baseline.json      summary: classes, label and confidence distributions, image
                          statistics, the PCA and OOD calibration, a content hash
@@ -31,6 +38,8 @@ from container import ConfigError
 
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "model.pt"
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 FORMAT_VERSION = 1
 UNCALIBRATED_TEMPERATURE = 1.0  # softmax(logits / 1.0): the logits as the network gives them
 
@@ -70,6 +79,12 @@ class ModelSpec:
     # validation split (train.calibration). Specs written before it existed load with
     # 1.0, which leaves the logits as they are; no value changes which class is on top.
     temperature: float = UNCALIBRATED_TEMPERATURE
+    # The CPU engines' files (optional; "" = not in the artifact: written before they
+    # existed, or export_onnx=false, or their export failed). Serving exports or quantizes
+    # at load what is missing when it can, else serves torch (docs/serving.md).
+    onnx_file: str = ""
+    int8_file: str = ""
+    calibration_file: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -119,6 +134,9 @@ class ModelSpec:
                 thresholds=tuple(float(t) for t in data.get("thresholds", ())),
                 dataset=dict(data.get("dataset", {})),
                 temperature=float(temperature),
+                onnx_file=_file_name(data.get("onnx_file", "")),
+                int8_file=_file_name(data.get("int8_file", "")),
+                calibration_file=_file_name(data.get("calibration_file", "")),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"{path} is malformed: {err!r}") from None
@@ -131,6 +149,13 @@ class ModelSpec:
         if spec.thresholds and len(spec.thresholds) != spec.num_classes:
             raise ConfigError(f"{path}: {len(spec.thresholds)} thresholds for {spec.num_classes} classes")
         return spec
+
+
+def _file_name(value) -> str:
+    """A file beside model_spec.json: a plain name, never a path out of the model directory."""
+    if not isinstance(value, str) or "/" in value or "\\" in value or value in (".", ".."):
+        raise ValueError(f"expected a file name in the model directory, got {value!r}")
+    return value
 
 
 def _boolean(value) -> bool:

@@ -4,6 +4,9 @@ The image's torch is a CUDA 12.8 build: it needs NVIDIA driver >= 525 (570+ for
 every feature). On a host with an older driver torch.cuda.is_available() is simply
 False, and a job would crawl on the CPU without a word; this module turns that into
 an explicit message with the driver version found and what to do about it.
+
+torch is imported by the functions that ask it, so a CPU-only server can learn that
+there is no GPU here (`nvidia_devices_present`) without importing torch.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ import glob
 import logging
 import re
 from pathlib import Path
-
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,11 @@ def driver_version() -> str | None:
 
 def gpu_unusable_reason() -> str | None:
     """None when there are no NVIDIA devices or torch can use them; else the reason."""
-    if not nvidia_devices_present() or torch.cuda.is_available():
+    if not nvidia_devices_present():
+        return None
+    import torch
+
+    if torch.cuda.is_available():
         return None
     found = driver_version()
     cuda = torch.version.cuda or "none (CPU build of torch)"
@@ -57,9 +62,11 @@ def gpu_unusable_reason() -> str | None:
     return " ".join(parts)
 
 
-def select_device(requested: str = "auto", warn: bool = True) -> torch.device:
+def select_device(requested: str = "auto", warn: bool = True):
     """'auto' -> cuda when usable, else cpu (with a warning if GPUs are being wasted;
-    `warn=False` for the non-main processes of a job, so it is said once)."""
+    `warn=False` for the non-main processes of a job, so it is said once): a torch.device."""
+    import torch
+
     if requested not in {"auto", "cpu", "cuda"} and not requested.startswith("cuda:"):
         raise ValueError(f"device={requested!r}: expected auto, cpu, cuda or cuda:N")
     reason = gpu_unusable_reason()

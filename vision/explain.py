@@ -8,7 +8,7 @@ weighted sum, scaled to [0, 1], is a coarse map of where the evidence for the cl
 The feature map is the last one with spatial extent that only pooling and the
 classifier follow, i.e. the last convolutional block's output. `GradCAM` finds it once
 per model, in the model's FX graph (the served model after BatchNorm folding already is
-one, serve.model.fold_for_inference; an eager model is traced, sharing its parameters),
+one, serve.torch_model.fold_for_inference; an eager model is traced, sharing its parameters),
 by running an example through the graph and taking the last node whose output is an
 N x C x H x W map with H and W above 1; everything after that node must be pooling, reshaping
 and the classifier, else the model is refused with ExplainUnsupported (ViT, whose last

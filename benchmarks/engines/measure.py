@@ -35,17 +35,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch_int8 import quantize_fx_x86  # a sibling of this script (torch's int8: measured, not served)
 
-from serve.model import fold_for_inference
+from serve.torch_model import fold_for_inference
+from vision.cpu import cpu_class, cpu_flags
 from vision.engines.calibration import stratified_indices
 from vision.engines.export import export_onnx, load_trained
-from vision.engines.onnx_runtime import OnnxClassifier, softmax
+from vision.engines.onnx_runtime import OnnxClassifier
 from vision.engines.preprocess import EvalPreprocess
 from vision.engines.quantize import Int8Recipe, quantize_int8
-from vision.engines.torch_int8 import quantize_fx_x86
 from vision.models import build_model
-from vision.precision import cpu_flags
 from vision.presets import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size, eval_transform
+from vision.scores import softmax
 
 FLAG_PREFIXES = ("avx2", "avx512", "avx_vnni", "amx", "fma", "f16c")
 INT8_RECIPES = {
@@ -62,20 +63,6 @@ def cpu_line() -> str:
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?"
     )
     return f"CPU: {model}, {os.cpu_count()} logical cores; flags: {' '.join(flags) or 'none of ' + '/'.join(FLAG_PREFIXES)}"
-
-
-def cpu_class(flags: frozenset[str]) -> str:
-    if "amx_bf16" in flags:
-        return "AMX"
-    if "avx512_bf16" in flags:
-        return "AVX-512 BF16"
-    if "avx512_vnni" in flags:
-        return "AVX-512 VNNI"
-    if "avx512f" in flags:
-        return "AVX-512 (no VNNI)"
-    if "avx_vnni" in flags:
-        return "AVX2 + AVX-VNNI"
-    return "AVX2" if "avx2" in flags else "pre-AVX2"
 
 
 # ---------------------------------------------------------------- engines

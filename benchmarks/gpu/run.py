@@ -4,7 +4,7 @@
     python3 benchmarks/gpu/run.py --dry-run       # tiny sizes on the CPU: checks the script, measures nothing
 
 Needs torch and torchvision only (and this repository: the model factory in vision/ and
-the serving fold in serve/model.py, pure Python over torch). No docker, no network, no
+the serving fold in serve/torch_model.py, pure Python over torch). No docker, no network, no
 weights, no data: inputs are made in memory. Measures:
 
 1. train   a ResNet-50 training step with AMP (fp16 + GradScaler, as NVIDIA's
@@ -12,7 +12,7 @@ weights, no data: inputs are made in memory. Measures:
            with momentum, synthetic 224 px batches: img/s. Anchor: DeepLearningExamples'
            ResNet-50 v1.5, 2,470 img/s on one A100 80GB with AMP at batch 256.
 2. forward the served forward (ResNet-50, 133 classes, BatchNorm folded, channels-last,
-           exactly serve.model.fold_for_inference) at batch 1/16/64 in eager fp32 (cuDNN may
+           exactly serve.torch_model.fold_for_inference) at batch 1/16/64 in eager fp32 (cuDNN may
            use TF32, torch's default), fp16 and bf16 autocast: ms per batch and img/s.
 3. decode  JPEG decoding by nvJPEG (torchvision.io.decode_jpeg on CUDA, batched) against
            one CPU thread (the same call on CPU), at ImageNet's typical 500x375 and at
@@ -44,7 +44,7 @@ import torchvision
 from torchvision.io import decode_jpeg, encode_jpeg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: vision/ and serve/
-from serve.model import fold_for_inference  # noqa: E402
+from serve.torch_model import fold_for_inference  # noqa: E402
 from vision.models import build_model  # noqa: E402
 
 ANCHOR_TRAIN_IMG_S = 2470  # DeepLearningExamples ResNet-50 v1.5, AMP, batch 256, one A100 80GB

@@ -5,7 +5,7 @@
 Trains our ResNet-18 with the image's own `train` on scikit-learn's handwritten digits
 (1,797 real 8x8 scans, upscaled to 32 px; a stratified 80/20 split, the test fifth never
 seen in training), then runs the held-out images through the served classifier
-(serve.model.load_classifier: our decode, preprocessing, BatchNorm folding and
+(serve.engines.load_classifier: our decode, preprocessing, BatchNorm folding and
 channels-last) once in fp32 and once in the precision `auto` picks on this CPU, with
 the accuracy guard. Prints test accuracy of each, top-1 agreement (goal >= 99.5%) and
 the largest probability difference. Then the same test images as 1600x1600 JPEGs,
@@ -27,7 +27,7 @@ COMPARE = r"""
 import json, sys, torch
 from pathlib import Path
 from PIL import Image
-from serve.model import load_classifier
+from serve.engines import load_classifier
 torch.set_num_threads(1)
 root = Path(sys.argv[1])
 files = sorted((root / "test").glob("*/*.png"))
@@ -38,8 +38,8 @@ for name in ("fp32", "auto"):
     batch = torch.stack([clf.preprocess(Image.open(f).convert("RGB")) for f in files])
     probs = torch.cat([clf.probabilities(chunk) for chunk in batch.split(64)])
     guard = clf.guard
-    results[name] = {"precision": clf.precision.name, "probs": probs,
-                     "guard": None if guard is None else [guard.max_probability_diff, guard.top1_disagreements, guard.bound]}
+    results[name] = {"precision": clf.precision, "probs": probs,
+                     "guard": None if guard is None else [guard.max_probability_diff, guard.decisive_flips, guard.bound]}
 labels = torch.tensor([clf.classes.index(f.parent.name) for f in files])
 # JPEG draft decoding (SM_VISION_JPEG_DRAFT) only acts on large JPEGs: each test image
 # as a 1600x1600 JPEG, decoded in full and in draft mode down to twice the resize size.

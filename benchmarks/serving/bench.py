@@ -69,7 +69,7 @@ os.chmod(out, 0o777)
 BARE_FORWARD = r"""
 import sys, time, statistics, torch
 from pathlib import Path
-from serve.model import load_classifier
+from serve.engines import load_classifier
 torch.set_num_threads(int(sys.argv[2]))
 clf = load_classifier(Path(sys.argv[1]), torch.device("cpu"))
 x = torch.randn(1, 3, 224, 224)
@@ -77,7 +77,7 @@ for _ in range(5): clf.probabilities(x)
 times = []
 for _ in range(30):
     t = time.perf_counter(); clf.probabilities(x); times.append(time.perf_counter() - t)
-print("BARE_MS", statistics.median(times) * 1000, "PRECISION", getattr(getattr(clf, "precision", None), "name", "fp32"))
+print("BARE_MS", statistics.median(times) * 1000, "PRECISION", clf.precision)
 """
 
 

@@ -24,7 +24,7 @@ MEASURE = r"""
 import statistics, sys, time, torch
 import torch._inductor.config as inductor
 from vision.models import build_model
-from serve.model import fold_for_inference
+from serve.torch_model import fold_for_inference
 torch.set_num_threads(1)
 inductor.freezing = True  # weights become constants: what lets inductor fold and pre-pack them
 arch = sys.argv[1]

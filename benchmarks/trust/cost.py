@@ -3,7 +3,7 @@
     python3 benchmarks/trust/cost.py --image IMAGE [--archs resnet18,resnet50] [--threads 1] [--rounds 40]
 
 Runs inside the image, on the model as serving holds it (vision.models.build_model,
-serve.model.fold_for_inference: BatchNorm folded, channels-last), at 224 pixels with
+serve.torch_model.fold_for_inference: BatchNorm folded, channels-last), at 224 pixels with
 batch 1, in fp32 and in the precision `auto` picks on this CPU. Each round times, in
 turn: a plain forward (softmax of the logits under inference_mode, the served path),
 Grad-CAM (vision.explain: forward + head backward, logits included), Grad-CAM plus the
@@ -27,7 +27,7 @@ MEASURE = r"""
 import statistics, sys, time
 import torch
 from PIL import Image
-from serve.model import fold_for_inference
+from serve.torch_model import fold_for_inference
 from vision import explain, precision, tta
 from vision.models import build_model
 from vision.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform

@@ -118,7 +118,7 @@ def test_training_and_serving_see_the_same_pixels(tmp_path, body):
     path.write_bytes(body)
     trained, _ = data.ImageSamples([(str(path), 0)], PRE)[0]
     served = codec.decode(body, "image/png", PRE, LIMITS).inputs[0]
-    assert torch.equal(trained, served)
+    assert torch.equal(trained, torch.from_numpy(served))
 
 
 def test_training_scan_reports_extreme_aspect_ratios(tmp_path):

@@ -14,7 +14,7 @@ import torchvision
 from PIL import Image, ImageDraw
 from torch import nn
 
-from serve.model import fold_for_inference
+from serve.torch_model import fold_for_inference
 from train.synthetic import SHAPE_CLASSES
 from vision import explain
 from vision.models import build_model

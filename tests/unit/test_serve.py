@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from container import ConfigError, ServeConfig
 from serve import codec, errors
@@ -38,7 +37,7 @@ def test_decode_image_json_npy():
     b64 = base64.b64encode(png()).decode()
     batch = codec.decode(json.dumps({"instances": [b64, {"image": b64}]}).encode(), "application/json; charset=utf-8", PRE, LIMITS)
     assert batch.inputs.shape == (2, 3, 32, 32) and batch.batch
-    assert torch.equal(batch.inputs[0], one.inputs[0])
+    assert np.array_equal(batch.inputs[0], one.inputs[0]) and batch.inputs.dtype == np.float32
     arr = codec.decode(npy(np.zeros((2, 30, 40, 3), np.uint8)), "application/x-npy", PRE, LIMITS)
     assert arr.inputs.shape == (2, 3, 32, 32) and arr.batch
     raw = codec.decode(npy(np.ones((3, 20, 20), np.float32)), "application/x-npy", PRE, LIMITS)
@@ -72,7 +71,7 @@ def test_accept_and_encode():
     assert codec.check_accept("text/html, */*;q=0.1") == codec.JSON
     with pytest.raises(errors.NotAcceptable):
         codec.check_accept("text/csv")
-    probs = torch.tensor([[0.1, 0.7, 0.2]])
+    probs = np.array([[0.1, 0.7, 0.2]], dtype=np.float32)
     result = json.loads(codec.encode(probs, ("a", "b", "c"), 2, codec.Decoded(probs, batch=False)))
     assert result["predicted_label"] == "b" and [e["label"] for e in result["top_k"]] == ["b", "c"]
     assert json.loads(codec.encode(probs, ("a", "b", "c"), 1, codec.Decoded(probs, batch=True)))[0]["top_k"] == [
@@ -142,7 +141,7 @@ def test_batcher_merges_concurrent_requests():
     runner = BatchRunner(forward, max_batch_size=8, max_delay_ms=50)
 
     async def main():
-        inputs = [torch.full((1, 2), float(i)) for i in range(6)] + [torch.ones(2, 2)]
+        inputs = [np.full((1, 2), float(i), np.float32) for i in range(6)] + [np.ones((2, 2), np.float32)]
         return inputs, await asyncio.gather(*(runner.run(x) for x in inputs))
 
     try:
@@ -150,7 +149,7 @@ def test_batcher_merges_concurrent_requests():
     finally:
         runner.close()
     for x, y in zip(inputs, outputs, strict=False):
-        assert torch.equal(y, x * 2)
+        assert np.array_equal(y, x * 2)
     assert sum(sizes) == 8 and len(sizes) < 7  # fewer forwards than requests
 
 

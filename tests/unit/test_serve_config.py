@@ -75,7 +75,7 @@ def machine(device: str = "cpu", cpus: int = 8, memory_gib: int = 16, processes:
 def test_cpu_defaults_to_micro_batches_of_four_on_single_threaded_forwards():
     config = ServeConfig().resolve(machine(cpus=8))
     assert (config.micro_batching, config.max_batch_size, config.max_batch_delay_ms, config.workers) == (True, 4, 0.0, 4)
-    assert machine(cpus=8).torch_threads(config.workers) == 2  # 8 cores shared by 4 concurrent forwards
+    assert machine(cpus=8).forward_threads(config.workers) == 2  # 8 cores shared by 4 concurrent forwards
     assert ServeConfig().resolve(machine(cpus=2)).workers == 2
 
 

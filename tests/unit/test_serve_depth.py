@@ -118,5 +118,5 @@ def path_to_forward(app) -> list[str]:
 def test_route_to_forward_is_at_most_six_project_frames(model_dir, serve_app, batching):
     path = path_to_forward(serve_app(model_dir, batching=batching))
     # The measurement saw both ends: the route's endpoint and our one frame around model(x).
-    assert path[0] == "routes.invoke" and path[-1] == "model.probabilities", path
+    assert path[0] == "routes.invoke" and path[-1] == "torch_model.probabilities", path
     assert len(path) <= MAX_FRAMES, f"{len(path)} project frames from the route to model(x): {' -> '.join(path)}"

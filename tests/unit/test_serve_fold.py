@@ -6,7 +6,7 @@ import logging
 import pytest
 import torch
 
-from serve.model import fold_for_inference
+from serve.torch_model import fold_for_inference
 from vision.models import build_model
 
 
@@ -30,7 +30,7 @@ def test_folded_model_gives_the_same_logits(arch):
 
 
 def test_untraceable_module_is_served_unfolded(caplog):
-    caplog.set_level(logging.INFO, logger="serve.model")
+    caplog.set_level(logging.INFO, logger="serve.torch_model")
 
     class DataDependent(torch.nn.Module):
         def __init__(self):

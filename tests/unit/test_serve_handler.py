@@ -13,7 +13,7 @@ import torch
 
 from container import ConfigError
 from serve.hooks import find_script
-from serve.model import load_torchscript
+from serve.torch_model import load_torchscript
 from tests.support.asgi import request, wait_ready, with_lifespan
 from tests.support.payloads import npy_bytes as npy
 from tests.support.payloads import png_bytes as png

@@ -17,13 +17,14 @@ import tarfile
 import threading
 import time
 
+import numpy as np
 import pytest
-import torch
 
 from container import ConfigError, ServeConfig
 from serve import archive, codec, errors
-from serve.model import Classifier, prepare_model_dir
+from serve.model import prepare_model_dir
 from serve.runner import Admission, BatchRunner, ClientGone, until_done_or_gone
+from serve.torch_model import TorchClassifier
 from tests.support.asgi import http_scope, request, wait_ready, with_lifespan
 from tests.support.payloads import png_bytes as png
 
@@ -32,7 +33,7 @@ from tests.support.payloads import png_bytes as png
 
 def _submit(runner: BatchRunner, rows: int = 1) -> concurrent.futures.Future:
     future: concurrent.futures.Future = concurrent.futures.Future()
-    runner.queue.put((torch.ones(rows, 2), future))
+    runner.queue.put((np.ones((rows, 2), np.float32), future))
     return future
 
 
@@ -126,7 +127,7 @@ def test_batcher_queue_is_bounded():
     runner = BatchRunner(lambda b: (release.wait(5), b)[1], max_batch_size=1, max_delay_ms=1, max_queued=2)
 
     async def submit():
-        return await runner.run(torch.ones(1, 2))
+        return await runner.run(np.ones((1, 2), np.float32))
 
     async def body():
         tasks = [asyncio.ensure_future(submit()) for _ in range(4)]
@@ -156,7 +157,7 @@ def test_ping_is_unhealthy_when_the_batcher_is_gone(model_dir, serve_app):
 
 
 def test_batching_endpoint_recovers_after_a_timeout(model_dir, serve_app, monkeypatch):
-    real = Classifier.probabilities
+    real = TorchClassifier.probabilities
     slow = {"on": True}
 
     def probabilities(self, batch):
@@ -164,7 +165,7 @@ def test_batching_endpoint_recovers_after_a_timeout(model_dir, serve_app, monkey
             time.sleep(2.5)
         return real(self, batch)
 
-    monkeypatch.setattr(Classifier, "probabilities", probabilities)
+    monkeypatch.setattr(TorchClassifier, "probabilities", probabilities)
     app = serve_app(model_dir, batching="on", timeout_s=1)
 
     async def body():
@@ -194,8 +195,8 @@ def test_admission_bounds_requests_in_progress():
 
 
 def test_overload_is_503_with_retry_after(model_dir, serve_app, monkeypatch):
-    real = Classifier.probabilities
-    monkeypatch.setattr(Classifier, "probabilities", lambda self, batch: (time.sleep(0.3), real(self, batch))[1])
+    real = TorchClassifier.probabilities
+    monkeypatch.setattr(TorchClassifier, "probabilities", lambda self, batch: (time.sleep(0.3), real(self, batch))[1])
     app = serve_app(model_dir, max_pending=2, batching="off")
 
     async def body():
@@ -272,7 +273,7 @@ def test_until_done_or_gone_cancels_work_when_the_client_leaves():
 
 
 def test_work_queued_for_a_departed_client_is_skipped(model_dir, serve_app, monkeypatch):
-    real = Classifier.probabilities
+    real = TorchClassifier.probabilities
     forwards = []
 
     def probabilities(self, batch):
@@ -302,7 +303,7 @@ def test_work_queued_for_a_departed_client_is_skipped(model_dir, serve_app, monk
 
     async def body():
         assert await wait_ready(app) == 200
-        monkeypatch.setattr(Classifier, "probabilities", probabilities)
+        monkeypatch.setattr(TorchClassifier, "probabilities", probabilities)
         stay, stay_sent = client(None)
         stay = asyncio.ensure_future(stay)
         while not forwards:  # `stay` holds the only inference worker

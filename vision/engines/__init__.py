@@ -10,8 +10,8 @@ quantize.py      fp32 model.onnx -> int8 by ONNX Runtime static quantization, QD
                  per-channel, calibrated on the calibration sample (no torch)
 export.py        a torch classifier -> model.onnx with a dynamic batch axis, checked
                  against torch (needs torch)
-torch_int8.py    torch's own int8 (x86 backend, FX post-training quantization), which
-                 runs without a compiler; for comparison (needs torch)
+
+torch's own int8, measured for comparison and not served, is benchmarks/engines/torch_int8.py.
 
 The modules marked "no torch" import neither torch nor torchvision, so a serving image
 without torch can hold them. Nothing runs at import.

@@ -41,10 +41,10 @@ def save_calibration(crops: np.ndarray, model_dir: Path) -> Path:
     return path
 
 
-def load_calibration(model_dir: Path, image_size: int | None = None) -> np.ndarray:
+def load_calibration(model_dir: Path, image_size: int | None = None, name: str = CALIBRATION_FILE) -> np.ndarray:
     """The stored crops (N x H x W x 3 uint8); ValueError if they are not that, or not
     `image_size` square when given."""
-    crops = np.load(Path(model_dir) / CALIBRATION_FILE, allow_pickle=False)
+    crops = np.load(Path(model_dir) / name, allow_pickle=False)
     check_crops(crops, image_size)
     return crops
 

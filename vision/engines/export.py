@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vision.artifact import ModelSpec
+from vision.artifact import INT8_FILE, ONNX_FILE, ModelSpec
 from vision.models import build_model
+
+__all__ = ["INT8_FILE", "ONNX_FILE", "ExportError", "check_export", "export_onnx", "load_trained"]
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 # Largest |logit| difference, relative to the largest |logit|, between ONNX Runtime and

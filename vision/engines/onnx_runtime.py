@@ -14,11 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+from vision.scores import softmax
 
 
 def session_options(threads: int = 0, spinning: bool = True) -> ort.SessionOptions:

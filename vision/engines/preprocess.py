@@ -35,6 +35,15 @@ def center_crop_box(width: int, height: int, size: int) -> tuple[int, int, int, 
     return left, top, left + size, top + size
 
 
+def normalize(crops: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 crops, HxWx3 or NxHxWx3 -> float32 CHW or NCHW, scaled to [0, 1] and
+    normalized by `mean` and `std` (ToDtype(scale=True) + Normalize)."""
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    scaled = crops.astype(np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(np.moveaxis((scaled - mean) / std, -1, -3))
+
+
 @dataclass(frozen=True)
 class EvalPreprocess:
     """Image -> float32 CHW model input, in two steps so the uint8 crop can be stored
@@ -54,7 +63,11 @@ class EvalPreprocess:
 
     @classmethod
     def from_spec(cls, spec) -> EvalPreprocess:
-        """From a vision.artifact.ModelSpec (anything with its preprocessing fields)."""
+        """From a vision.artifact.ModelSpec. timm's evaluation transform in its center crop
+        mode is this one too (Pillow resize of the short side to resize_size, center crop);
+        its squash and border modes are not: ValueError, as for other interpolations."""
+        if getattr(spec, "crop_mode", "center") != "center":
+            raise ValueError(f"crop_mode={spec.crop_mode!r}: the torch-free preprocessing center-crops only")
         return cls(spec.image_size, spec.resize_size, tuple(spec.mean), tuple(spec.std), spec.interpolation)
 
     def crop(self, image: Image.Image) -> np.ndarray:
@@ -66,13 +79,8 @@ class EvalPreprocess:
         return np.asarray(resized.crop(center_crop_box(width, height, self.image_size)))
 
     def normalize(self, crops: np.ndarray) -> np.ndarray:
-        """uint8 crops, HxWx3 or NxHxWx3 -> float32 CHW or NCHW, scaled to [0, 1] and
-        normalized by the spec's mean and std (ToDtype(scale=True) + Normalize)."""
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        scaled = crops.astype(np.float32) / np.float32(255.0)
-        normalized = (scaled - mean) / std
-        return np.ascontiguousarray(np.moveaxis(normalized, -1, -3))
+        """uint8 crops -> float32 model input, by this preprocessing's mean and std."""
+        return normalize(crops, self.mean, self.std)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         return self.normalize(self.crop(image))
