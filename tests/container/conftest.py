@@ -27,6 +27,7 @@ from tests.support.sdk_local import LOCAL_CONTAINER, NETWORK, TELEMETRY_OPT_OUT 
 from train import synthetic  # noqa: E402 (importable only after the path insert above)
 
 DEFAULT_IMAGE = "sagemaker-vision:test"
+DEFAULT_CPU_IMAGE = "sagemaker-vision:test-cpu"
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +51,17 @@ def image(docker_client) -> str:
     if os.environ.get("SKIP_BUILD") != "1":
         subprocess.run([str(REPO / "docker" / "build.sh"), name], check=True, cwd=REPO)
     docker_client.images.get(name)  # fails loudly when the image is missing
+    return name
+
+
+@pytest.fixture(scope="session")
+def cpu_image(docker_client) -> str:
+    """The torch-free serving image (docker/build.sh --cpu), built like `image`: $IMAGE_CPU
+    as-is with SKIP_BUILD=1."""
+    name = os.environ.get("IMAGE_CPU", DEFAULT_CPU_IMAGE)
+    if os.environ.get("SKIP_BUILD") != "1":
+        subprocess.run([str(REPO / "docker" / "build.sh"), "--cpu", name], check=True, cwd=REPO)
+    docker_client.images.get(name)
     return name
 
 
