@@ -302,7 +302,7 @@ def test_ping_loading_then_ready(containers, image, model_store, tmp_path):
     write_user_script(
         root,
         name="inference.py",
-        source="import time\nfrom pathlib import Path\nfrom serve.model import load_classifier\nimport torch\n"
+        source="import time\nfrom pathlib import Path\nfrom serve.engines import load_classifier\nimport torch\n"
         "def model_fn(model_dir):\n    time.sleep(6)\n    return load_classifier(Path(model_dir), torch.device('cpu'))\n",
     )
     container, base = start_server(containers, image, root)
