@@ -28,7 +28,7 @@ from pathlib import Path
 
 from container import SageMakerPaths, read_tensorboard_dir, training_job_name
 from container import tracking as mlflow_client
-from vision.artifact import SPEC_FILE
+from vision.artifact import BASELINE_FILE, SPEC_FILE
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Tracker:
         split = final.get("split", "test")
         prefix = "test" if split == "test" else "final_val"
         metrics = {f"{prefix}_{key}": float(final[key]) for key in ("loss", "acc", "macro_f1") if numeric(final.get(key))}
-        files = [output_dir / name for name in OUTPUT_ARTIFACTS] + [model_dir / SPEC_FILE]
+        files = [output_dir / name for name in OUTPUT_ARTIFACTS] + [model_dir / SPEC_FILE, model_dir / BASELINE_FILE]
         for sink in self.sinks:
             sink.finish(metrics, [path for path in files if path.is_file()])
 
