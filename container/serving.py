@@ -134,11 +134,45 @@ class ServeConfig:
     header_timeout_s: float = setting(
         "SM_VISION_HEADER_TIMEOUT_S", 15.0, "seconds a connection may take to send a request's headers before it is closed", minimum=0.1
     )
+    # --- capture for monitoring (docs/monitoring.md): Data Capture's records, where SageMaker has none ---
+    capture_percent: float = setting(
+        "SM_VISION_CAPTURE_PERCENT",
+        0.0,
+        "share of answered requests captured for monitoring, as SageMaker Data Capture writes them (0: off)",
+        minimum=0.0,
+        maximum=100.0,
+    )
+    capture_dir: str | None = setting("SM_VISION_CAPTURE_DIR", None, "folder the captured requests are written to")
+    capture_s3_uri: str | None = setting(
+        "SM_VISION_CAPTURE_S3_URI", None, "s3://bucket/prefix the captured requests are uploaded to, with the endpoint's own role"
+    )
+    capture_endpoint: str = setting("SM_VISION_CAPTURE_ENDPOINT", "local", "the endpoint's name: the first folder of the capture layout")
+    capture_variant: str = setting(
+        "SM_VISION_CAPTURE_VARIANT", "AllTraffic", "the variant's name: the second folder (a multi-model endpoint: each model's name)"
+    )
+    capture_upload_s: float = setting(
+        "SM_VISION_CAPTURE_UPLOAD_S",
+        60.0,
+        "seconds between uploads of captured records to S3 (sooner when 8 MiB are waiting); local files are written every second",
+        minimum=1.0,
+    )
+    capture_queue_mb: int = setting(
+        "SM_VISION_CAPTURE_QUEUE_MB",
+        64,
+        "MiB of captured requests waiting for the writer; past it a sampled request is dropped (counted in /metrics), never slowed",
+        minimum=1,
+    )
 
     def __post_init__(self):
         settings.check(self)
         if self.port > 65535:
             raise ConfigError(f"SAGEMAKER_BIND_TO_PORT={self.port}: not a TCP port")
+        if self.capture_percent and not (self.capture_dir or self.capture_s3_uri):
+            raise ConfigError(
+                f"SM_VISION_CAPTURE_PERCENT={self.capture_percent:g}: set SM_VISION_CAPTURE_DIR and/or SM_VISION_CAPTURE_S3_URI"
+            )
+        if self.capture_s3_uri is not None and not (self.capture_s3_uri.startswith("s3://") and self.capture_s3_uri[5:].split("/")[0]):
+            raise ConfigError(f"SM_VISION_CAPTURE_S3_URI={self.capture_s3_uri!r}: expected s3://bucket/prefix")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> ServeConfig:
@@ -226,6 +260,10 @@ class ServeConfig:
     @property
     def max_model_extract_bytes(self) -> int:
         return self.max_model_extract_mb << 20
+
+    @property
+    def capture_queue_bytes(self) -> int:
+        return self.capture_queue_mb << 20
 
     @property
     def mme_budget_bytes(self) -> int | None:
