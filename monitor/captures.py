@@ -35,8 +35,8 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
+from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -88,6 +88,55 @@ class WindowCounts:
     malformed: int = 0  # lines that are not capture records
     record_times: list[datetime] = field(default_factory=list)
     skipped: Counter = field(default_factory=Counter)  # reason -> items not evaluated
+
+
+def window_hours(start: datetime, end: datetime) -> list[str]:
+    """The yyyy/mm/dd/hh folders that may hold records of [start, end)."""
+    hour = start.replace(minute=0, second=0, microsecond=0)
+    folders = []
+    while hour < end:
+        folders.append(hour.strftime("%Y/%m/%d/%H"))
+        hour += timedelta(hours=1)
+    return folders
+
+
+def fetch_window(uri: str, start: datetime, end: datetime, destination: Path, client=None) -> Path:
+    """The capture files of the window's hours under s3://bucket/prefix (an endpoint's
+    {endpoint}/{variant} prefix, or a model's on a multi-model endpoint), downloaded with
+    the job's own credentials into destination, in the same layout. Model Monitor does
+    this for its jobs; a Processing job's inputs cannot name the hours of a schedule."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ConfigError(f"dataset_source={uri!r}: expected s3://bucket/prefix/ENDPOINT/VARIANT")
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = client or boto3.client("s3")
+    prefix = prefix.strip("/")
+    fetched = 0
+    try:
+        for hour in window_hours(start, end):
+            folder = f"{prefix}/{hour}/" if prefix else f"{hour}/"
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
+                for entry in page.get("Contents", []):
+                    key = entry["Key"]
+                    if not key.endswith(".jsonl"):
+                        continue
+                    relative = PurePosixPath(key).relative_to(prefix) if prefix else PurePosixPath(key)
+                    target = destination / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+                    fetched += 1
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "error")
+        raise ConfigError(
+            f"cannot read the captures under {uri}: {code} (does the job's role have s3:ListBucket and s3:GetObject?)"
+        ) from None
+    except BotoCoreError as err:
+        raise ConfigError(f"cannot read the captures under {uri}: {err}") from None
+    log.info("downloaded %d capture files of %d hours under %s", fetched, len(window_hours(start, end)), uri)
+    destination.mkdir(parents=True, exist_ok=True)
+    return destination
 
 
 def capture_files(source: Path) -> list[Path]:
