@@ -71,8 +71,9 @@ class Captured:
         return f"{self.folder}/{time.strftime('%Y/%m/%d/%H', time.gmtime(self.when))}"
 
 
-def capture_part(data: bytes, content_type: str | None, mode: str) -> dict:
+def capture_part(data: bytes | str, content_type: str | None, mode: str) -> dict:
     """endpointInput / endpointOutput: JSON text as JSON, anything else as base64."""
+    data = data.encode("utf-8") if isinstance(data, str) else data
     if media_type(content_type) in JSON_TYPES:
         try:
             return {"observedContentType": content_type, "mode": mode, "data": data.decode("utf-8"), "encoding": "JSON"}
