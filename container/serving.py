@@ -42,7 +42,7 @@ class ServeConfig:
         "SM_VISION_SERVE_BACKEND", "asgi", "asgi (our server) or mms (multi-model-server, as AWS's images)", "--backend", BACKENDS
     )
     host: str = setting("SM_VISION_BIND_HOST", "0.0.0.0", "address to listen on", "--host")
-    port: int = setting("SAGEMAKER_BIND_TO_PORT", 8080, "TCP port to listen on", "--port", minimum=1)
+    port: int = setting("SAGEMAKER_BIND_TO_PORT", 8080, "TCP port to listen on", "--port", minimum=1, maximum=65535)
     log_level: str = setting("SM_VISION_LOG_LEVEL", "info", "log level", "--log-level", LOG_LEVELS)
     opt_ml: str = setting(ROOT_ENV_VAR, DEFAULT_ROOT, "root of SageMaker's /opt/ml tree (moved for tests and local runs)")
     model_dir: str | None = setting("SM_VISION_MODEL_DIR", None, "model directory (default /opt/ml/model)", "--model-dir")
@@ -165,8 +165,6 @@ class ServeConfig:
 
     def __post_init__(self):
         settings.check(self)
-        if self.port > 65535:
-            raise ConfigError(f"SAGEMAKER_BIND_TO_PORT={self.port}: not a TCP port")
         if self.capture_percent and not (self.capture_dir or self.capture_s3_uri):
             raise ConfigError(
                 f"SM_VISION_CAPTURE_PERCENT={self.capture_percent:g}: set SM_VISION_CAPTURE_DIR and/or SM_VISION_CAPTURE_S3_URI"
