@@ -84,6 +84,9 @@ class TrainConfig:
         "also write model.onnx, its int8 variant and a 64-image calibration sample, for the CPU engines and the torch-free "
         "serving image (docs/serving.md); a failed export is logged and leaves them out",
     )
+    monitoring_baseline: int = _opt(
+        2000, "validation images (at most) the model's monitoring baseline is computed from, into model/monitoring/ (0: no baseline)"
+    )
     # --- tracking (docs/observability.md) ---
     mlflow_experiment: str | None = _opt(
         None, "MLflow experiment of this job's run when MLFLOW_TRACKING_URI is set (default: MLFLOW_EXPERIMENT_NAME, else sagemaker-vision)"
@@ -121,7 +124,15 @@ def _positive(name, value, zero_ok=False):
 def _validate(c: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "image_size", "log_interval", "keep_checkpoints", "step_size", "dist_timeout_s"):
         _positive(name, getattr(c, name))
-    for name in ("warmup_epochs", "early_stopping_patience", "checkpoint_every_steps", "nproc_per_node", "nnodes", "max_restarts"):
+    for name in (
+        "warmup_epochs",
+        "early_stopping_patience",
+        "checkpoint_every_steps",
+        "nproc_per_node",
+        "nnodes",
+        "max_restarts",
+        "monitoring_baseline",
+    ):
         _positive(name, getattr(c, name), zero_ok=True)
     if not c.lr > 0:
         raise ConfigError(f"lr={c.lr}: must be > 0")
