@@ -69,7 +69,7 @@ def test_the_model_carries_a_monitoring_baseline_of_its_validation_split(opt_ml,
 
 def test_no_baseline_when_asked_for_none(opt_ml):
     synthetic.make_shapes(opt_ml / "input/data/training", {"valid": 7}, size=32, seed=1)
-    assert cli.main([*FLAGS, "--epochs", "1", "--monitoring-baseline", "0"]) == 0
+    assert cli.main([*FLAGS, "--epochs", "1", "--monitoring-baseline", "0", "--export-onnx", "false"]) == 0
     assert sorted(p.name for p in (opt_ml / "model").iterdir()) == ["model.pt", "model_spec.json"]
 
 
