@@ -19,8 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from container import Channel, ConfigError, cpu_count
-from train.formats.base import image_source
 from train.formats.imagefolder import IMAGE_EXTENSIONS, TEST_NAMES, TRAIN_NAMES, VALID_NAMES, first_existing, list_image_folder
+from train.formats.recordio import image_source
 from vision import images
 
 log = logging.getLogger(__name__)
