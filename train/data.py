@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,12 +169,15 @@ class ShardSampler(Sampler):
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
+    def _order(self) -> list[int]:
+        """Every index of the epoch, in the order the ranks deal them."""
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
     def _indices(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=generator).tolist()
-        else:
-            order = list(range(self.size))
+        order = self._order()
         if self.pad and self.size % self.world_size:
             order += order[: self.world_size - self.size % self.world_size]
         return order[self.rank :: self.world_size]
@@ -183,6 +187,36 @@ class ShardSampler(Sampler):
 
     def __len__(self):
         return len(self._indices()) - self.skip
+
+
+class BalancedSampler(ShardSampler):
+    """sampler=balanced: each epoch draws as many images as the split holds, with
+    replacement, image i with probability proportional to `weights[i]` (1 / the images of
+    its class: every class equally often). The draw is the same on every rank for a given
+    (seed, epoch), and each rank deals its share of it, so it shards and resumes
+    mid-epoch exactly like ShardSampler."""
+
+    def __init__(self, weights: list[float], rank: int, world_size: int, seed: int):
+        super().__init__(len(weights), rank, world_size, seed, shuffle=True, pad=True)
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
+
+
+def balance_weights(samples) -> list[float]:
+    """1 / (images of the sample's class) for each (source, target); a multi-label image
+    counts for each of its classes and takes its rarest class's weight (an image with no
+    label: 1 / the images with none)."""
+    counts = Counter()
+    for _, target in samples:
+        counts.update(target if isinstance(target, tuple) and target else [target])
+    weights = []
+    for _, target in samples:
+        labels = target if isinstance(target, tuple) and target else [target]
+        weights.append(max(1.0 / counts[label] for label in labels))
+    return weights
 
 
 def default_num_workers(local_world_size: int) -> int:

@@ -117,6 +117,16 @@ def broadcast_from_main(obj, process: Process):
     return holder[0]
 
 
+def all_gather_objects(obj, process: Process) -> list:
+    """Every rank's Python object, in rank order, on every rank (over the CPU control
+    group: multi-label evaluation gathers every image's scores this way)."""
+    if not process.distributed:
+        return [obj]
+    gathered = [None] * process.world_size
+    torch_dist.all_gather_object(gathered, obj, group=process.control_group)
+    return gathered
+
+
 def barrier(process: Process) -> None:
     if process.distributed:
         torch_dist.barrier()

@@ -15,6 +15,7 @@ from torch import nn
 
 from train import distributed, tracking
 from train.config import TrainConfig
+from train.formats import BadImages
 
 
 class StopRequest:
@@ -99,6 +100,8 @@ class TrainState:
     checkpoint_dir: Path
     train_images: int
     tracker: tracking.Tracker
+    bad_images: BadImages  # undecodable images this rank's loaders skipped (train.formats)
+    multi_label: bool = False
     progress: Progress = field(default_factory=Progress)
 
     def autocast(self) -> AbstractContextManager:
@@ -124,7 +127,10 @@ class EpochSums:
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         self.loss += loss.detach().to(torch.float64) * targets.shape[0]
-        self.correct += (logits.argmax(1) == targets).sum()
+        if targets.ndim == 2:  # multi-label (0/1 per class): every class's decision right
+            self.correct += ((logits > 0) == (targets > 0.5)).all(1).sum()
+        else:
+            self.correct += (logits.argmax(1) == targets).sum()
         self.seen += targets.shape[0]
 
     def reduced(self, process: distributed.Process) -> tuple[float, float, float]:
