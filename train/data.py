@@ -1,9 +1,10 @@
-"""Finding the splits, scanning ImageFolder trees, and the loaders.
+"""The datasets and samplers of File mode, and the DataLoader they make.
 
-Data arrives as SageMaker channels under /opt/ml/input/data: one `training` channel
-holding train/ valid/ [test/] (or a single class-folder tree, split here), or
-separate `train`, `validation`/`valid`, `test` channels. Class order is the sorted
-folder names of the training split and travels with the model.
+Which files make each split, in which format, is train.formats' (plan, readers) and
+train.datasets' (the check, classes, targets); here a split is a list of (source, target)
+pairs: decoded by `ImageSamples`, dealt to the ranks by `ShardSampler` (or
+`BalancedSampler`), and held out of training by `holdout_split` when the data has no
+validation split.
 """
 
 from __future__ import annotations
@@ -12,92 +13,15 @@ import logging
 import os
 import random
 from collections import Counter
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from container import Channel, ConfigError, cpu_count
-from train.formats.imagefolder import IMAGE_EXTENSIONS, TEST_NAMES, TRAIN_NAMES, VALID_NAMES, first_existing, list_image_folder
+from container import cpu_count
 from train.formats.recordio import image_source
 from vision import images
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SplitDirs:
-    train: Path
-    valid: Path | None  # None: hold out val_fraction of train
-    test: Path | None
-
-
-def find_split_dirs(channels: dict[str, Channel], train_dir=None, valid_dir=None, test_dir=None) -> SplitDirs:
-    """Explicit directories win; otherwise the channel layout decides."""
-    if train_dir:
-        return SplitDirs(Path(train_dir), Path(valid_dir) if valid_dir else None, Path(test_dir) if test_dir else None)
-
-    def channel(names):
-        return next((channels[n].path for n in names if n in channels), None)
-
-    separate_train = channel(("train",))
-    if separate_train is not None:
-        return SplitDirs(separate_train, channel(VALID_NAMES), channel(TEST_NAMES))
-    root = channel(("training",))
-    if root is None:
-        found = ", ".join(sorted(channels)) or "none"
-        raise ConfigError(
-            "no training data: expected a 'training' channel (/opt/ml/input/data/training) or a "
-            f"'train' channel; channels found: {found}. On EC2 mount your data with "
-            "-v $PWD/data:/opt/ml/input/data/training, or pass --train-dir."
-        )
-    if not root.is_dir():
-        raise ConfigError(f"channel directory {root} does not exist")
-    nested_train = first_existing(root, TRAIN_NAMES)
-    if nested_train is not None:
-        return SplitDirs(nested_train, first_existing(root, VALID_NAMES), first_existing(root, TEST_NAMES))
-    return SplitDirs(root, None, None)  # a plain class-folder tree
-
-
-@dataclass
-class ScanReport:
-    bad: list[str] = field(default_factory=list)  # files skipped: not images, unreadable
-
-
-def scan_image_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]], ScanReport]:
-    """Sorted class folders and (path, label) samples; unreadable files are skipped and
-    reported. With `classes` given (validation/test), folders must be among them."""
-    found, files = list_image_folder(root, classes)
-    if classes is None:
-        classes = found
-    index = {name: i for i, name in enumerate(classes)}
-    samples: list[tuple[str, int]] = []
-    report = ScanReport()
-    counts = dict.fromkeys(found, 0)
-    for path, name in files:
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not _readable_image(path):
-            report.bad.append(str(path))
-            continue
-        samples.append((str(path), index[name]))
-        counts[name] += 1
-    for name, count in counts.items():
-        if count == 0:
-            raise ConfigError(f"class folder {root / name} contains no readable images")
-    return classes, samples, report
-
-
-def _readable_image(path: Path) -> bool:
-    # Opening reads only the header: cheap enough for ~10k files, and it catches
-    # non-images and zero-byte files. Truncated pixel data is caught at load time.
-    # What the decoder would refuse from the header (vision.images: formats outside its
-    # allow-list, sizes, decode bytes) is reported here, not mid-epoch.
-    try:
-        images.probe(path, images.ImageLimits())
-        return True
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return False
 
 
 def holdout_split(samples, fraction: float, seed: int):

@@ -102,3 +102,11 @@ def test_what_pipe_mode_refuses_before_reading(sm_paths, monkeypatch, channels, 
     process = distributed.Process(0, 0, world, torch.device("cpu"), "algo-1")
     with pytest.raises(ConfigError, match=message):
         load(sm_paths, process, **settings)
+
+
+def test_a_validation_class_that_training_lacks_is_named(sm_paths, digits, tmp_path):
+    root = tmp_path / "folders"
+    digits_data.write_image_folder(root / "train", [d for d in digits if d.label < 5])
+    digits_data.write_image_folder(root / "valid", [d for d in digits if d.label >= 5])
+    with pytest.raises(DataFormatError, match=r"valid/digit_[5-9]/\d{4}\.png: class 'digit_[5-9]' is not among the training classes"):
+        load(sm_paths, train_dir=str(root / "train"), valid_dir=str(root / "valid"))
