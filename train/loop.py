@@ -106,12 +106,17 @@ def train_one_epoch(state: TrainState, split: SplitLoader, epoch: int) -> EpochR
     window_start, window_images = time.perf_counter(), 0
     # A terminal (docker run -t on EC2) gets a progress bar; logs keep a line per event.
     bar = ProgressBar.for_terminal(f"epoch {epoch + 1}", steps, step) if process.is_main else None
-    for images, targets in loader:
-        if state.stop.agreed(process):
+    batches = iter(loader)
+    while True:
+        batch = next(batches, None)
+        stop, out_of_data = state.stop.vote(process, batch is None)
+        if stop:
             if bar is not None:
                 bar.close()
             return EpochResult(step, stopped=True, checkpoint=save_checkpoint(state, epoch, step, sums.reduced(process)))
-        images, targets = state.to_device(images, targets)
+        if out_of_data:  # on any rank: every rank ends the epoch here
+            break
+        images, targets = state.to_device(*batch)
         with state.autocast():
             logits = state.model(images)
             loss = state.criterion(logits, targets)

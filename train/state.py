@@ -37,11 +37,17 @@ class StopRequest:
     def agreed(self, process: distributed.Process) -> bool:
         """Whether any rank was asked to stop, decided together so that all ranks leave
         at the same step (one collective per call)."""
-        if distributed.any_rank(self.requested, process):
-            if not self.requested:
-                self.set("a stop request on another rank")
-            return True
-        return False
+        return self.vote(process, False)[0]
+
+    def vote(self, process: distributed.Process, out_of_data: bool) -> tuple[bool, bool]:
+        """(stop, out of data) on every rank when true on any, in one collective: a step
+        is taken by all ranks or by none. A rank whose stream ran short (undecodable
+        images at the end of its Pipe-mode share) ends the epoch for every rank instead
+        of leaving the others waiting in a collective it never joins."""
+        stop, exhausted = distributed.any_ranks((self.requested, out_of_data), process)
+        if stop and not self.requested:
+            self.set("a stop request on another rank")
+        return stop, exhausted
 
 
 @dataclass

@@ -104,15 +104,23 @@ def post_png(base: str, digit, accept: str | None = None) -> requests.Response:
 # --- Pipe mode: a Ground Truth augmented manifest through FIFOs -------------------
 
 
+# Images 49, 51, ..., 59 of the training stream fall to rank 1 (image i goes to consumer
+# i mod 2) and cannot be decoded: rank 1's share ends 6 images (a batch) short of rank 0's.
+UNDECODABLE = tuple(range(49, 60, 2))
+
+
 def test_ground_truth_augmented_manifest_through_fifos_with_two_ranks(image, containers, tmp_path, digits):
     """SageMaker's AugmentedManifestFile channel: per manifest line, the image bytes then
     the label, each RecordIO-wrapped, a FIFO per pass. Two ranks (one loader worker each)
-    share every pass; the check reads each channel once first."""
+    share every pass; the check reads each channel once first. Undecodable images are
+    skipped and counted, and the rank whose share runs short ends each epoch for both
+    (no rank waits in a collective the other never joins: a short dist timeout would show it)."""
     train, valid = digits
     pipe = {"TrainingInputMode": "Pipe", "RecordWrapperType": "RecordIO", "ContentType": RECORDIO}
     hyperparameters = {"epochs": "2", "nproc_per_node": "2", "num_workers": "1", "attribute_names": "source-ref,class"}
+    hyperparameters |= {"max_bad_fraction": "0.2", "dist_timeout_s": "90"}
     root = job_root(tmp_path, hyperparameters, {"train": pipe, "validation": pipe})
-    streams = {"train": digits_data.augmented_stream(train), "validation": digits_data.augmented_stream(valid)}
+    streams = {"train": digits_data.augmented_stream(train, undecodable=UNDECODABLE), "validation": digits_data.augmented_stream(valid)}
     with feeding(root / "input/data", streams) as feeders:
         code, logs = run_job(containers, image, root)
     assert code == 0, logs
@@ -130,6 +138,8 @@ def test_ground_truth_augmented_manifest_through_fifos_with_two_ranks(image, con
     assert report["data"]["format"] == {"train": "groundtruth", "validation": "groundtruth"}
     assert report["data"]["classes"] == [str(i) for i in range(10)]
     assert report["data"]["check"]["images"] == {"train": 60, "validation": 20}
+    assert report["data"]["check"]["unreadable"] == 6  # found by the check's pass, met again in each epoch's
+    assert report["data"]["undecodable_images"] == 2 * 6
     for row in report["epochs"]:  # each validation image counted once, over both ranks' shares
         assert sum(c["support"] for c in row["val_per_class"].values()) == 20
     assert report["final"]["split"] == "valid"
