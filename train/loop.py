@@ -184,8 +184,9 @@ def evaluate(state: TrainState, split: SplitLoader) -> metrics.Evaluation:
 
 def finish(state: TrainState, run_data: RunData, loaders: Loaders, dirs: outputs.OutputDirs, prep: Preprocessing) -> Outcome:
     """The best epoch's weights evaluated on the test split (the validation split when
-    there is none), then the model, metrics and plots written by the main process.
-    Multi-label: each class's threshold is chosen on the validation split first."""
+    there is none), then the model, its monitoring baseline, metrics and plots written
+    by the main process. Multi-label: each class's threshold is chosen on the validation
+    split first."""
     config, process, progress = state.config, state.process, state.progress
     state.model_without_ddp.load_state_dict(progress.best_weights)
     validated = evaluate(state, loaders.valid) if state.multi_label or loaders.test is None else None
@@ -197,6 +198,7 @@ def finish(state: TrainState, run_data: RunData, loaders: Loaders, dirs: outputs
         outputs.report_final(config, progress, final_split, final)
         result = outputs.Final(final_split, final, evaluation, thresholds, undecodable)
         outputs.write_outputs(config, run_data, progress, result, dirs, prep, state.tracker.summary())
+        outputs.write_baseline(config, state.model_without_ddp, run_data.samples.get("validation"), dirs.model, process.device)
         state.tracker.finish({"split": final_split, **final}, dirs.output, dirs.model)
     # Other ranks wait here until the main process has written the model: SageMaker
     # local mode stops every container as soon as the first one exits.
