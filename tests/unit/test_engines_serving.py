@@ -31,7 +31,6 @@ from tests.support.asgi import request, wait_ready, with_lifespan
 from tests.support.payloads import png_bytes
 from train import synthetic
 from train.config import TrainConfig
-from train.data import ImageSamples
 from train.outputs import save_engine_files
 from vision import cpu, guard, scores
 from vision.artifact import INT8_FILE, ONNX_FILE, ModelSpec
@@ -54,10 +53,10 @@ def write_artifact(directory: Path, arch: str = "resnet18", **spec_fields) -> Mo
     return spec
 
 
-def shapes_samples(root: Path, per_class: int = 8) -> ImageSamples:
+def shapes_samples(root: Path, per_class: int = 8) -> list[tuple[str, int]]:
+    """A training split as the trainer's RunData holds it: (source, class index) pairs."""
     synthetic.make_shapes(root, {"train": per_class}, size=48, seed=0)
-    samples = [(str(path), CLASSES.index(path.parent.name)) for path in sorted((root / "train").glob("*/*.png"))]
-    return ImageSamples(samples, None)
+    return [(str(path), CLASSES.index(path.parent.name)) for path in sorted((root / "train").glob("*/*.png"))]
 
 
 @pytest.fixture(scope="module")
