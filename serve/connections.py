@@ -1,23 +1,48 @@
-"""Connection-level timeouts uvicorn lacks.
+"""Connection-level checks uvicorn lacks.
 
-uvicorn closes an idle keep-alive connection only after it has answered a request on
-it; a client that connects and sends nothing, or drips its request headers a byte at a
-time, holds the connection (and its buffers) forever: a few hundred such clients
-exhaust the server. `with_header_timeout` gives the HTTP protocol a deadline for
-receiving each request's headers, from connect (or the end of the previous answer).
+- Header timeout: uvicorn closes an idle keep-alive connection only after it has
+  answered a request on it; a client that connects and sends nothing, or drips its
+  request headers a byte at a time, holds the connection (and its buffers) forever: a
+  few hundred such clients exhaust the server. `with_header_timeout` gives the HTTP
+  protocol a deadline for receiving each request's headers, from connect (or the end
+  of the previous answer). (The body has its own deadline: serve.routes.BodyClock.)
+- Ambiguous framing: a request with both Content-Length and Transfer-Encoding is how
+  requests are smuggled past a proxy that reads the other header (RFC 9112 6.1: a
+  server may reject it, and must close the connection after it). h11 frames such a
+  request by Transfer-Encoding and would serve the bytes after the chunked body as a
+  second request; it is answered 400 here and the connection is closed, before the app
+  sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from container import ServeConfig
 
 
+class _UnambiguousConnection(h11.Connection):
+    """h11's server connection, refusing requests framed by both length headers."""
+
+    def next_event(self):
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            names = {name for name, _ in event.headers}  # h11 lowercases them
+            if b"content-length" in names and b"transfer-encoding" in names:
+                raise h11.RemoteProtocolError("both Content-Length and Transfer-Encoding", error_status_hint=400)
+        return event
+
+
 class HeaderTimeoutProtocol(H11Protocol):
     header_timeout_s: float = ServeConfig.header_timeout_s  # set per process by with_header_timeout
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # uvicorn answers a RemoteProtocolError from next_event with 400 and closes the connection.
+        self.conn = _UnambiguousConnection(h11.SERVER, self.conn._max_incomplete_event_size)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
