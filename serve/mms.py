@@ -32,6 +32,8 @@ from serve.errors import ServeError, reply
 
 log = logging.getLogger("serve.mms")
 
+MMS_MAX_PORT = 32767  # MMS 1.1.11 parses ports as Java shorts
+
 
 class Worker:
     """One MMS worker process: its model, its pools and the event loop `invoke` runs on."""
@@ -125,10 +127,16 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _free_local_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_local_port(after: int) -> int:
+    """A loopback port nothing listens on, below 32767 (MMS refuses larger ones)."""
+    for port in range(after + 1, MMS_MAX_PORT):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ConfigError(f"no free port on 127.0.0.1 between {after + 1} and {MMS_MAX_PORT} for MMS's management API")
 
 
 def start(config: ServeConfig) -> None:
@@ -153,7 +161,7 @@ def start(config: ServeConfig) -> None:
     install_requirements(config.model_path / "code")  # once, before the workers import the script
     mms_config = config.scratch_path / "mms.properties"
     mms_config.parent.mkdir(parents=True, exist_ok=True)
-    mms_config.write_text(properties(config, _free_local_port()))
+    mms_config.write_text(properties(config, _free_local_port(config.port)))
     command = [
         "multi-model-server",
         "--start",
