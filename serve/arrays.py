@@ -36,6 +36,7 @@ import json
 import math
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,7 +193,7 @@ def load_npz(body: bytes, limits: ArrayLimits) -> np.ndarray:
         try:
             with archive.open(member) as stream:
                 return _stream_member(stream, member, limits)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:  # CRC mismatch, corrupt deflate data
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as err:  # CRC mismatch, corrupt deflate data
             raise BadInput(f"body is not an .npz archive: {_short(err)}") from None
 
 
