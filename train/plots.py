@@ -57,3 +57,41 @@ def plot_learning_curves(history: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_reliability(before, after, path: Path, title: str) -> None:
+    """Reliability diagram (train.calibration.Reliability): each confidence bin's accuracy
+    (bars) and mean confidence (black ticks) against the diagonal a calibrated model
+    follows, before and after temperature scaling side by side with each one's ECE, and
+    below each how many answers fall in each bin."""
+    panels = [("before", before)] + ([("after", after)] if after is not None else [])
+    fig, axes = plt.subplots(2, len(panels), figsize=(5 * len(panels), 6), height_ratios=(3, 1), squeeze=False)
+    for column, (name, stats) in enumerate(panels):
+        curve_ax, count_ax = axes[0][column], axes[1][column]
+        left = stats.edges[:-1]
+        width = stats.edges[1] - stats.edges[0]
+        filled = [i for i, n in enumerate(stats.counts) if n]
+        curve_ax.bar(left, stats.accuracy, width=width, align="edge", edgecolor="black", color="tab:blue", alpha=0.8, label="accuracy")
+        curve_ax.hlines(
+            [stats.confidence[i] for i in filled],
+            [left[i] for i in filled],
+            [left[i] + width for i in filled],
+            colors="black",
+            linewidth=2.5,
+            label="mean confidence",
+        )
+        curve_ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="calibrated")
+        curve_ax.set_xlim(0, 1)
+        curve_ax.set_ylim(0, 1)
+        curve_ax.set_ylabel("accuracy")
+        curve_ax.set_title(f"{name}: ECE {stats.ece:.4f}")
+        curve_ax.legend(loc="upper left")
+        count_ax.bar(left, stats.counts, width=width, align="edge", edgecolor="black", color="grey")
+        count_ax.set_xlim(0, 1)
+        count_ax.set_yscale("log" if max(stats.counts, default=0) > 100 else "linear")
+        count_ax.set_xlabel("confidence (top-1 probability)")
+        count_ax.set_ylabel("answers")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,7 +1,15 @@
 """The train -> serve contract: what /opt/ml/model holds.
 
     model.pt         state_dict of the unwrapped model (loads with weights_only=True)
-    model_spec.json  ModelSpec: architecture, class names and preprocessing
+    model_spec.json  ModelSpec: architecture, class names, preprocessing and the
+                     softmax temperature (train.calibration)
+    monitoring/      the monitoring baseline (optional; vision.baseline writes and reads it):
+      baseline.json      summary: classes, label and confidence distributions, image
+                         statistics, the PCA and OOD calibration, a content hash
+      reference.npz      arrays: the PCA basis, the reference sample of projected features,
+                         the OOD calibration scores, per-image predictions and statistics
+      statistics.json    the same in Model Monitor's statistics.json shape
+      constraints.json   Model Monitor's constraints.json shape, with the monitor's thresholds
 
 Serving rebuilds the model with vision.models.build_model and its transforms with
 vision.presets.eval_transform_for(spec) from the spec alone. No torch import here, so
@@ -15,6 +23,7 @@ stays 1 (an older server reading a newer file ignores the fields it does not kno
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +32,7 @@ from container import ConfigError
 SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "model.pt"
 FORMAT_VERSION = 1
+UNCALIBRATED_TEMPERATURE = 1.0  # softmax(logits / 1.0): the logits as the network gives them
 
 # Which library's evaluation transform `preprocess` names: "torchvision" is
 # vision.presets.eval_transform (tensor resize, as the trainer has always done); "timm" is
@@ -30,6 +40,12 @@ FORMAT_VERSION = 1
 # the resize, crop and interpolation timm evaluates it with.
 PREPROCESS_LIBRARIES = ("torchvision", "timm")
 CROP_MODES = ("center", "squash", "border")  # timm's crop modes; torchvision's is "center"
+
+MONITORING_DIR = "monitoring"
+BASELINE_FILE = f"{MONITORING_DIR}/baseline.json"
+REFERENCE_FILE = f"{MONITORING_DIR}/reference.npz"
+BASELINE_STATISTICS_FILE = f"{MONITORING_DIR}/statistics.json"
+BASELINE_CONSTRAINTS_FILE = f"{MONITORING_DIR}/constraints.json"
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,10 @@ class ModelSpec:
     multi_label: bool = False  # independent sigmoid per class instead of one softmax
     thresholds: tuple[float, ...] = ()  # multi-label: per-class decision thresholds (empty: 0.5 each)
     dataset: dict = field(default_factory=dict)  # the training data's fingerprint and check summary
+    # Served probabilities are softmax(logits / temperature): the trainer fits it on the
+    # validation split (train.calibration). Specs written before it existed load with
+    # 1.0, which leaves the logits as they are; no value changes which class is on top.
+    temperature: float = UNCALIBRATED_TEMPERATURE
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +93,13 @@ class ModelSpec:
             raise ConfigError(f"{path} is not valid JSON: {err}") from None
         if data.get("format_version") != FORMAT_VERSION:
             raise ConfigError(f"{path}: format_version {data.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+        temperature = data.get("temperature", UNCALIBRATED_TEMPERATURE)
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or not (math.isfinite(temperature) and temperature > 0)
+        ):
+            raise ConfigError(f"{path}: temperature {temperature!r} must be a finite number above 0")
         try:
             spec = cls(
                 arch=data["arch"],
@@ -91,6 +118,7 @@ class ModelSpec:
                 multi_label=_boolean(data.get("multi_label", False)),
                 thresholds=tuple(float(t) for t in data.get("thresholds", ())),
                 dataset=dict(data.get("dataset", {})),
+                temperature=float(temperature),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"{path} is malformed: {err!r}") from None

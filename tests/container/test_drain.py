@@ -15,9 +15,8 @@ import numpy as np
 import requests
 from PIL import Image
 
-from tests.support.containers import opt_ml, wait_ping
-
-from .test_serve import model_root, model_store, start_server  # noqa: F401 (model_store is a fixture)
+from tests.support.containers import wait_ping
+from tests.support.endpoint import model_root, script_model_root, start_server
 
 CLIENTS = 16
 GRACE_S = 30
@@ -168,12 +167,7 @@ def test_an_inference_worker_process_killed_under_load_is_replaced(containers, i
     """SAGEMAKER_MODEL_SERVER_WORKERS=2 runs a user's model in two server processes:
     SIGKILL one under load; the other keeps answering and a new one takes its place.
     Only the requests the killed process held fail (their connection is reset)."""
-    root = opt_ml(tmp_path)
-    code = root / "model" / "code"
-    code.mkdir(parents=True)
-    (code / "inference.py").write_text(USER_MODEL)
-    for path in (root / "model", code):
-        path.chmod(0o755)
+    root = script_model_root(tmp_path, USER_MODEL)
     container, base = start_server(containers, image, root, env={"SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
     wait_ping(base, container)
 

@@ -20,35 +20,12 @@ import pytest
 import requests
 
 from tests.support import bombs
-from tests.support.containers import Containers, host_port, mount, opt_ml, wait_ping
+from tests.support.containers import Containers, host_port, mount, wait_ping
+from tests.support.endpoint import model_root, post, script_model_root, start_loopback_helper
 from tests.support.payloads import png_bytes
-
-from .test_serve import model_root, model_store, post  # noqa: F401 (model_store is a fixture)
 
 TIMEOUT_S = 4  # SAGEMAKER_MODEL_SERVER_TIMEOUT of the classifier server
 BODY_TIMEOUT_S = 2
-
-# Inside the classifier's container, on 127.0.0.1:9000 (allow-listed): an image, one that
-# takes 1.5 s (within the URL timeout, so a request of many only ends at its deadline),
-# and an answer whose Content-Length is not a number.
-HELPER = r"""
-import io, time, http.server
-from PIL import Image
-buf = io.BytesIO(); Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, "PNG"); PNG = buf.getvalue()
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        if self.path == "/slow.png":
-            time.sleep(1.5)
-        if self.path in ("/img.png", "/slow.png"):
-            self.send_response(200); self.send_header("Content-Length", str(len(PNG))); self.end_headers(); self.wfile.write(PNG)
-        elif self.path == "/odd-length":
-            self.send_response(200); self.send_header("Content-Length", "\u00b2"); self.end_headers(); self.wfile.write(PNG)
-        else:
-            self.send_response(404); self.send_header("Content-Length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", 9000), H).serve_forever()
-"""
 
 # A user's model whose requests take the tensor path (the default input_fn); predict_fn
 # answers the input's shape and logs a header the client chose.
@@ -69,16 +46,6 @@ def predict_fn(data, model, context):
 """
 
 
-def start_helper(container) -> None:
-    container.exec_run(["python", "-c", HELPER], detach=True)
-    probe = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/img.png', timeout=1)"
-    for _ in range(50):
-        if container.exec_run(["python", "-c", probe]).exit_code == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError("loopback helper did not start")
-
-
 @pytest.fixture(scope="module")
 def classifier(image, docker_client, model_store, tmp_path_factory):
     handle = Containers(docker_client)
@@ -95,7 +62,7 @@ def classifier(image, docker_client, model_store, tmp_path_factory):
         container = handle.run(image, ["serve"], volumes=mount(root), environment=env, ports={"8080/tcp": None}, nano_cpus=2_000_000_000)
         base = f"http://127.0.0.1:{host_port(container)}"
         wait_ping(base, container)
-        start_helper(container)
+        start_loopback_helper(container)
         yield base, container
     finally:
         handle.cleanup()
@@ -105,13 +72,7 @@ def classifier(image, docker_client, model_store, tmp_path_factory):
 def user_model(image, docker_client, tmp_path_factory):
     handle = Containers(docker_client)
     try:
-        root = opt_ml(tmp_path_factory.mktemp("user_model"))
-        code = root / "model" / "code"
-        code.mkdir(parents=True)
-        (code / "inference.py").write_text(USER_MODEL)
-        for path in (root / "model", code):
-            path.chmod(0o755)
-        (code / "inference.py").chmod(0o644)
+        root = script_model_root(tmp_path_factory.mktemp("user_model"), USER_MODEL)
         container = handle.run(image, ["serve"], volumes=mount(root), ports={"8080/tcp": None}, mem_limit="3g")
         base = f"http://127.0.0.1:{host_port(container)}"
         wait_ping(base, container)

@@ -23,41 +23,12 @@ import requests
 from PIL import Image
 
 from tests.support import bombs
-from tests.support.containers import Containers, host_port, mount, opt_ml, wait_ping
-from tests.support.payloads import jpeg_bytes, png_bytes
-
-from .test_serve import model_root, model_store, npy, post, start_server  # noqa: F401 (model_store is a fixture)
-
-HELPER = r"""
-import io, time, http.server
-from PIL import Image
-buf = io.BytesIO(); Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, "PNG"); PNG = buf.getvalue()
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        if self.path == "/img.png":
-            self.send_response(200); self.send_header("Content-Length", str(len(PNG))); self.end_headers(); self.wfile.write(PNG)
-        elif self.path == "/drip":
-            self.send_response(200); self.send_header("Content-Length", "600"); self.end_headers()
-            for _ in range(600):
-                self.wfile.write(b"x"); self.wfile.flush(); time.sleep(0.1)
-        else:
-            self.send_response(404); self.send_header("Content-Length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", 9000), H).serve_forever()
-"""
+from tests.support.bombs import blank_png
+from tests.support.containers import Containers, host_port, mount, wait_ping
+from tests.support.endpoint import model_root, post, script_model_root, start_loopback_helper, start_server
+from tests.support.payloads import jpeg_bytes, npy_bytes, png_bytes
 
 RED = Image.new("RGB", (80, 60), (200, 30, 30))
-
-
-def start_helper(container):
-    container.exec_run(["python", "-c", HELPER], detach=True)
-    probe = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/img.png', timeout=1)"
-    for _ in range(50):
-        if container.exec_run(["python", "-c", probe]).exit_code == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError("loopback helper did not start")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +50,7 @@ def server(image, docker_client, model_store, tmp_path_factory):
         )
         base = f"http://127.0.0.1:{host_port(container)}"
         wait_ping(base, container)
-        start_helper(container)
+        start_loopback_helper(container)
         yield base, container
     finally:
         handle.cleanup()
@@ -127,19 +98,13 @@ def test_a_dripping_url_is_cut_at_the_deadline(server):
 # --- 2, 12, 20: decoding ------------------------------------------------------------------
 
 
-def thin_png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("1", (width, height)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize(
     "body, ctype",
     [
-        (thin_png(16000, 1), "image/png"),
-        (thin_png(40_000_000, 1), "image/png"),
-        (json.dumps({"image": base64.b64encode(thin_png(16000, 1)).decode()}).encode(), "application/json"),
-        (npy(np.zeros((1, 20000, 3), np.uint8)), "application/x-npy"),
+        (blank_png(16000, 1), "image/png"),
+        (blank_png(40_000_000, 1), "image/png"),
+        (json.dumps({"image": base64.b64encode(blank_png(16000, 1)).decode()}).encode(), "application/json"),
+        (npy_bytes(np.zeros((1, 20000, 3), np.uint8)), "application/x-npy"),
     ],
     ids=["16000x1", "40Mx1", "json-b64", "npy"],
 )
@@ -238,13 +203,13 @@ def _fuzz_cases(seed: int, count: int):
         "image/jpeg": jpeg,
         "image/pjpeg": bombs.progressive_jpeg((80, 60)),  # decoded in the decode pool's processes
         "image/x-icon": bombs.ico_bomb(600),  # refused by format, before Pillow's ICO plugin reads it
-        "application/x-npy": npy(np.asarray(RED)),
+        "application/x-npy": npy_bytes(np.asarray(RED)),
         "application/json": json.dumps({"image": base64.b64encode(png).decode()}).encode(),
     }
     crafted = [
         ("image/jpeg", bombs.scan_bomb(300)),  # over the 100-scan cap: 413 from its markers
         ("image/jpeg", bombs.scan_bomb(60, (256, 256))),  # under it: a real multi-scan decode in the pool
-        ("image/x-icns", b"icns" + struct.pack(">I", 64) + b"ic08" + struct.pack(">I", 56) + bombs.blank_png(4000, 4000)[:48]),
+        ("image/x-icns", b"icns" + struct.pack(">I", 64) + b"ic08" + struct.pack(">I", 56) + blank_png(4000, 4000)[:48]),
     ]
     odd_json = [
         b"[" * 50_000,
@@ -336,12 +301,7 @@ def tensor_server(image, docker_client, tmp_path_factory):
     """A user's model with only a model_fn: requests take the default tensor input path."""
     handle = Containers(docker_client)
     try:
-        root = opt_ml(tmp_path_factory.mktemp("tensors"))
-        code = root / "model" / "code"
-        code.mkdir(parents=True)
-        (code / "inference.py").write_text(IDENTITY_MODEL)
-        for path in (root / "model", code):
-            path.chmod(0o755)
+        root = script_model_root(tmp_path_factory.mktemp("tensors"), IDENTITY_MODEL)
         container = handle.run(image, ["serve"], volumes=mount(root), ports={"8080/tcp": None}, mem_limit="3g")
         base = f"http://127.0.0.1:{host_port(container)}"
         wait_ping(base, container)
@@ -351,7 +311,7 @@ def tensor_server(image, docker_client, tmp_path_factory):
 
 
 def _npz(arrays: dict, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    return bombs.npz({f"{name}.npy": npy(array) for name, array in arrays.items()}, compression)
+    return bombs.npz({f"{name}.npy": npy_bytes(array) for name, array in arrays.items()}, compression)
 
 
 def _tensor_cases(seed: int, count: int):
@@ -359,13 +319,13 @@ def _tensor_cases(seed: int, count: int):
     numbers = np.random.default_rng(seed).random((8, 5)).astype(np.float32)
     seeds = {
         "application/x-npz": _npz({"x": numbers}),
-        "application/x-npy": npy(numbers),
+        "application/x-npy": npy_bytes(numbers),
         "text/csv": "\n".join(",".join(f"{v:.3f}" for v in row) for row in numbers).encode(),
         "application/json": json.dumps(numbers.tolist()).encode(),
     }
     crafted = [
         ("application/x-npz", bombs.bzip2_npz_bomb(64 << 20)),
-        ("application/x-npz", bombs.npz({"x.npy": npy(numbers)}, zipfile.ZIP_LZMA)),
+        ("application/x-npz", bombs.npz({"x.npy": npy_bytes(numbers)}, zipfile.ZIP_LZMA)),
         ("application/x-npz", bombs.deflate_npz_overrun(16, 32 << 20)),
         ("application/x-npz", _npz({"a": numbers, "b": numbers})),
         ("application/x-npz", _npz({"x": np.zeros((0, 3), np.float32)})),
@@ -419,7 +379,7 @@ def test_fuzz_tensor_payloads(tensor_server):
 
 
 def frames(count: int) -> bytes:
-    return npy(np.random.default_rng(0).integers(0, 255, (count, 64, 64, 3), dtype=np.uint8))
+    return npy_bytes(np.random.default_rng(0).integers(0, 255, (count, 64, 64, 3), dtype=np.uint8))
 
 
 def test_batcher_survives_timeouts(containers, image, model_store, tmp_path):
