@@ -29,6 +29,7 @@ from container import ConfigError, ServeConfig
 from container.serving import Machine
 from serve import archive
 from serve import metrics as server_metrics
+from serve.access_log import escape_every_log
 from serve.archive import ExtractLimits
 from serve.decode_pool import DecodePool
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, redact_paths
@@ -73,6 +74,8 @@ def load_handler(name: str, model_dir: Path, config: ServeConfig, pool: DecodePo
     """Everything start-up does for one model: find and import the script, model_fn, warm-up."""
     script = find_script(model_dir, config.program, config.code_dirs())
     hooks = UserHooks.load(script, safe_module_name(name)) if script else None
+    if hooks:
+        escape_every_log()  # log handlers the script added at import escape client text too
     return Handler.load(model_dir, hooks, Context(name, str(model_dir), config.gpu_id), config, pool)
 
 

@@ -28,12 +28,17 @@ TIMEOUT_S = 4  # SAGEMAKER_MODEL_SERVER_TIMEOUT of the classifier server
 BODY_TIMEOUT_S = 2
 
 # A user's model whose requests take the tensor path (the default input_fn); predict_fn
-# answers the input's shape and logs a header the client chose.
+# answers the input's shape and logs a header the client chose, through a log handler
+# of the script's own.
 USER_MODEL = r"""
-import logging
+import logging, sys
 import torch
 
 log = logging.getLogger("user_model")
+handler = logging.StreamHandler(sys.stdout)
+handler.setFormatter(logging.Formatter("user_model: %(message)s"))
+log.addHandler(handler)
+log.propagate = False
 
 def model_fn(model_dir):
     return torch.nn.Identity()
@@ -170,15 +175,16 @@ def test_image_bombs_are_refused_before_decoding(user_model):
 
 
 def test_client_text_in_the_log_is_escaped(user_model):
-    """What a client sends reaches the log through any logger (here a user hook's), with
-    its control characters escaped: C1 CSI (\\x9b) is ESC [ for many terminals."""
+    """What a client sends reaches the log through any logger (here a user hook's, with
+    its own handler), with its control characters escaped: C1 CSI (\\x9b) is ESC [
+    for many terminals."""
     base, container = user_model
     response = requests.post(
         base + "/invocations", data=b"1,2", headers={"Content-Type": "text/csv", "X-Note": b"\x9b2J\x9b31mcleared"}, timeout=30
     )
     assert response.status_code == 200, response.text
     logs = container.logs()
-    assert b"note from the client: \\x9b2J\\x9b31mcleared" in logs
+    assert b"user_model: note from the client: \\x9b2J\\x9b31mcleared" in logs  # the script's own handler, escaped
     assert b"\xc2\x9b" not in logs and b"\x9b2J" not in logs
 
 
