@@ -16,15 +16,19 @@ decoded:
   SOS markers are counted in the bytes first and more than max_jpeg_scans are refused.
   Encoders write far fewer: libjpeg's progressive script has 10 scans for colour and 6
   for grey, mozjpeg and jpegli about as many, baseline files 1 (3 when not interleaved).
-- decode bytes: the decoded frame as Pillow stores it (frame_bytes: 1, 2 or 4 bytes a
-  pixel by mode, RGB padded to 4), plus for a JPEG of more than one scan libjpeg's
-  coefficient buffer (2 bytes per sample of every component at its own sampling).
-  Multi-frame files have their first frame decoded and no other, so that frame is
-  counted. The default budget is what a max_pixels RGB image takes: no image costs
-  more than the largest plain photo the pixel limit lets in (a progressive 4:2:0
-  colour JPEG pays 7 bytes a pixel, so about 23 MP of it fit).
+- decode bytes: what the decoded frame occupies, width x height x bytes per pixel of
+  its mode as Pillow stores it (1 for 1/L/P, 2 for 16-bit grey, 4 for 32-bit int or
+  float and for every multi-band mode, RGB included), plus for a JPEG of more than one
+  scan libjpeg's coefficient buffer (2 bytes per sample of every component at its own
+  sampling). Multi-frame files (GIF, APNG, animated WebP, multi-page TIFF, MPO) have
+  their first frame decoded and no other, so the budget counts that frame. The
+  default budget is what a max_pixels RGB image takes (40 MP by default): no image
+  costs more than the largest plain photo the pixel limit lets in (a progressive 4:2:0
+  colour JPEG pays 7 bytes per pixel, so about 23 MP of it fit; a 16-bit grey image 2,
+  so the pixel limit decides).
 Then the pixels are decoded, converted and stood upright:
-- orientation: the EXIF Orientation tag is applied, so phone photos are upright.
+- orientation: the EXIF Orientation tag is applied (vision/orientation.py), so phone
+  photos are upright.
 - bit depth: 16-bit images are scaled to 8 bits (Pillow's convert clips them: a
   16-bit grayscale PNG would come out all white), float images must hold [0, 1] and
   are scaled by 255 (convert would round them to black); other values are refused.
@@ -49,6 +53,7 @@ import numpy as np
 from PIL import Image
 
 from container.serving import ServeConfig
+from vision.orientation import exif_orientation, upright
 
 # Pillow format names. MPO (a JPEG followed by more JPEGs: many phones write it) opens
 # through the JPEG plugin and is decoded as the JPEG it starts with.
@@ -307,11 +312,11 @@ def load_rgb(source, limits: ImageLimits) -> Image.Image:
             raise
         except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data, any decoder
             raise ImageUnreadable(f"cannot decode image: {type(err).__name__}") from None
-        orientation = _orientation(image)
+        orientation = exif_orientation(image)
         rgb = to_rgb(image)
     if rgb is not image:
         image.close()  # free the decoded frame before the transposed copy is made
-    return _transposed(rgb, orientation)
+    return upright(rgb, orientation)
 
 
 # --- conversion --------------------------------------------------------------------------
@@ -362,33 +367,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image.convert("RGB")
     except ValueError:
         raise ImageUnsupported(f"image mode {mode} cannot be converted to RGB") from None
-
-
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        return int(image.getexif().get(0x0112, 1))
-    except MemoryError:
-        raise
-    except Exception:  # noqa: BLE001 - malformed EXIF: keep the pixels as stored
-        return 1
-
-
-def _transposed(image: Image.Image, orientation: int) -> Image.Image:
-    """The image turned as its EXIF Orientation says (what ImageOps.exif_transpose
-    does, applied to the RGB result so only one frame is ever copied)."""
-    method = _TRANSPOSE.get(orientation)
-    return image if method is None else image.transpose(method)
 
 
 def array_to_rgb(frame: np.ndarray, limits: ImageLimits) -> Image.Image:
