@@ -172,6 +172,12 @@ def test_a_pool_that_cannot_start_workers_makes_ping_say_so(model_dir, serve_app
         pool.start()
         for pid in pool.pids():
             os.kill(pid, signal.SIGKILL)
+        # the forkserver reports a death a moment later; a request sent before that finds
+        # its worker gone mid-exchange (a 507, the path of a death during a decode)
+        gone_by = time.monotonic() + 10
+        while pool.pids() and time.monotonic() < gone_by:
+            await asyncio.sleep(0.01)
+        assert not pool.pids()
 
         def no_process(context):
             raise OSError(11, "Resource temporarily unavailable")
