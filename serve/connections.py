@@ -12,6 +12,12 @@
   request by Transfer-Encoding and would serve the bytes after the chunked body as a
   second request; it is answered 400 here and the connection is closed, before the app
   sees it.
+- Connections accepted as the server stops: on SIGTERM uvicorn closes its listener and
+  asks every connection it knows to finish (idle ones close, busy ones close after
+  their answer), then waits for all of them. asyncio creates a connection accepted
+  just before the listener closed a moment later, after that round, so uvicorn never
+  asks it: it answered with keep-alive and held the drain until the graceful-shutdown
+  timeout. Once any connection has been asked, a new one is asked at once too.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class _UnambiguousConnection(h11.Connection):
 
 class HeaderTimeoutProtocol(H11Protocol):
     header_timeout_s: float = ServeConfig.header_timeout_s  # set per process by with_header_timeout
+    draining = False  # this process's server has begun its graceful shutdown
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -48,6 +55,8 @@ class HeaderTimeoutProtocol(H11Protocol):
         self._header_timer: asyncio.TimerHandle | None = None
         super().connection_made(transport)
         self._arm()
+        if HeaderTimeoutProtocol.draining:
+            self.shutdown()  # accepted before the listener closed, made after uvicorn's round
 
     def _waiting_for_headers(self) -> bool:
         return self.cycle is None or self.cycle.response_complete
@@ -68,7 +77,13 @@ class HeaderTimeoutProtocol(H11Protocol):
         else:
             self._disarm()
 
+    def shutdown(self) -> None:
+        HeaderTimeoutProtocol.draining = True
+        super().shutdown()
+
     def on_response_complete(self) -> None:
+        if HeaderTimeoutProtocol.draining and not self.transport.is_closing():
+            self.transport.close()  # no keep-alive while draining (super() then stops here)
         super().on_response_complete()
         self._disarm()  # idle from here on: uvicorn's keep-alive timeout applies
 
@@ -89,4 +104,5 @@ def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
     reference to worker processes (SAGEMAKER_MODEL_SERVER_WORKERS); each worker sets its
     deadline again from the config it reads back (serve.cli.worker_app)."""
     HeaderTimeoutProtocol.header_timeout_s = seconds
+    HeaderTimeoutProtocol.draining = False  # a new server (tests start several in one process)
     return HeaderTimeoutProtocol

@@ -13,15 +13,18 @@ import shutil
 import signal
 import tarfile
 import time
+from unittest import mock
 
 import h11
 import numpy as np
 import pytest
 import torch
+import uvicorn
+from uvicorn.server import ServerState
 
 from container import ServeConfig
 from serve import arrays, codec, decode_pool, errors
-from serve.connections import _UnambiguousConnection
+from serve.connections import HeaderTimeoutProtocol, _UnambiguousConnection, with_header_timeout
 from serve.deadline import Deadline
 from serve.decode_pool import DecodePool
 from serve.handler import Call, requested_top_k
@@ -124,6 +127,37 @@ def test_a_request_framed_by_both_length_headers_is_refused():
     plain = _UnambiguousConnection(h11.SERVER)
     plain.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
     assert isinstance(plain.next_event(), h11.Request)
+
+
+def test_a_connection_made_after_the_drain_began_is_closed_too():
+    """uvicorn asks the connections it knows to close when SIGTERM comes; one accepted just
+    before the listener closed is made after that round and must not hold the drain."""
+
+    async def made_one_each():
+        async def app(scope, receive, send):  # never called: no request is sent
+            raise AssertionError(scope)
+
+        config = uvicorn.Config(app=app, http=with_header_timeout(5.0), lifespan="off")
+        config.load()
+        state = ServerState()
+
+        def connection() -> tuple[HeaderTimeoutProtocol, mock.Mock]:
+            protocol = config.http_protocol_class(config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop())
+            transport = mock.Mock(spec=asyncio.Transport, **{"get_extra_info.return_value": None, "is_closing.return_value": False})
+            protocol.connection_made(transport)
+            return protocol, transport
+
+        known, known_transport = connection()
+        known.shutdown()  # uvicorn's round
+        late, late_transport = connection()
+        closed = known_transport.close.called, late_transport.close.called
+        for protocol in (known, late):
+            protocol.connection_lost(None)
+        return closed
+
+    assert asyncio.run(made_one_each()) == (True, True)
+    with_header_timeout(5.0)  # the next server in this process starts undrained
+    assert not HeaderTimeoutProtocol.draining
 
 
 def test_unloaded_and_evicted_models_leave_no_files_modules_or_series(model_dir, tmp_path, serve_app):
