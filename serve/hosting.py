@@ -5,7 +5,8 @@ A HostedModel is one model directory made ready: model.tar.gz extracted, the use
 script found and imported, model_fn called once, warmed up. `invoke` is the one path
 of a request, for /invocations, batch transform and the MMS backend alike: decode
 (decode pool) -> forward (inference pool, directly or through the micro-batcher) ->
-encode, a chunk of items at a time (serve.handler).
+encode, a chunk of items at a time (serve.handler); the answered request is then
+offered to the capture (serve.capture), when it is on.
 
 Everything here reads the resolved ServeConfig (ServeConfig.resolve): no setting has a
 default of its own in this module.
@@ -31,6 +32,7 @@ from serve import archive
 from serve import metrics as server_metrics
 from serve.access_log import escape_every_log
 from serve.archive import ExtractLimits
+from serve.capture import Capture
 from serve.decode_pool import DecodePool
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, redact_paths
 from serve.handler import Call, Handler
@@ -51,18 +53,21 @@ def dir_bytes(path: Path) -> int:
 class Pools:
     """Bounded pools: decode threads (request side), the decode worker processes they
     hand multi-scan JPEGs and TIFFs to (killed at a request's deadline, replaced when
-    lost), inference threads (model side), and the metrics the models report to."""
+    lost), inference threads (model side), the metrics the models report their stages
+    to, and the capture's writer (serve.capture)."""
 
     def __init__(self, config: ServeConfig, machine: Machine, metrics=None):
         self.metrics = metrics or server_metrics.NoMetrics()
         self.decoders = concurrent.futures.ThreadPoolExecutor(machine.decode_threads, thread_name_prefix="decode")
         self.images = DecodePool(machine.decode_workers)  # workers start on first use, or with start()
         self.inference = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="infer")
+        self.capture = Capture.start(config, self.metrics)
 
     def close(self) -> None:
         self.inference.shutdown(wait=True)
         self.decoders.shutdown(wait=True)
         self.images.close()
+        self.capture.close()  # after the last answer: what it captured is written
 
     def problem(self) -> str | None:
         """Why the server cannot decode what needs a decode worker, or None (for /ping)."""
@@ -131,6 +136,7 @@ class HostedModel:
                 self.pools.metrics.stage("forward", self.name, forward_s)
         out = handler.encode(handler.join(outputs), request)
         self.pools.metrics.stage("encode", self.name, time.perf_counter() - started)
+        self.pools.capture.offer(self.name, body, request.content_type, request.context.request_headers, out)
         return out
 
     @property

@@ -159,7 +159,8 @@ def evaluate(state: TrainState, loader: DataLoader) -> tuple[float, torch.Tensor
 
 def finish(state: TrainState, datasets: build.SplitDatasets, loaders: build.Loaders, dirs: outputs.OutputDirs) -> Outcome:
     """The best epoch's weights evaluated on the test split (the validation split when
-    there is none), then the model, metrics and plots written by the main process."""
+    there is none), then the model, its monitoring baseline, metrics and plots written
+    by the main process."""
     config, process, progress = state.config, state.process, state.progress
     state.model_without_ddp.load_state_dict(progress.best_weights)
     final_split, final_loader = ("valid", loaders.valid) if loaders.test is None else ("test", loaders.test)
@@ -168,6 +169,7 @@ def finish(state: TrainState, datasets: build.SplitDatasets, loaders: build.Load
     if process.is_main:
         outputs.report_final(config, progress, final_split, final)
         outputs.write_outputs(config, datasets, progress, final_split, final, final_confusion, dirs, state.tracker.summary())
+        outputs.write_baseline(config, state.model_without_ddp, datasets.valid, dirs.model, process.device)
         state.tracker.finish({"split": final_split, **final}, dirs.output, dirs.model)
     # Other ranks wait here until the main process has written the model: SageMaker
     # local mode stops every container as soon as the first one exits.

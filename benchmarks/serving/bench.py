@@ -3,6 +3,7 @@
     python3 benchmarks/serving/bench.py                         # ResNet-18 and ResNet-50, c=1 and c=16
     python3 benchmarks/serving/bench.py --archs resnet50 --duration 60
     python3 benchmarks/serving/bench.py --quick                 # a short smoke run of every stack
+    python3 benchmarks/serving/bench.py --stacks ours --capture # what capture for monitoring costs
 
 Stacks (all on our image's base, Python, torch and JRE; the anchors are built from PyPI
 by benchmarks/serving/anchors/Dockerfile):
@@ -50,6 +51,10 @@ HERE = Path(__file__).resolve().parent
 LABEL = "sagemaker-vision-bench"
 STACKS = ("ours", "torchserve", "mms-toolkit")
 GOALS = {"resnet50": 2.0, "resnet18": 1.5}  # req/s ratio at concurrency 16 against each anchor
+# --capture: our server again, capturing every answered request (serve/capture.py) into a
+# folder in the container; the goal is at most 3% fewer req/s than without.
+CAPTURE_ENV = {"SM_VISION_CAPTURE_PERCENT": "100", "SM_VISION_CAPTURE_DIR": "/tmp/captures", "SM_VISION_CAPTURE_ENDPOINT": "bench"}
+CAPTURE_GOAL = 1.03  # ours / ours-capture req/s
 
 MAKE_MODEL = r"""
 import os, sys, torch
@@ -100,6 +105,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="also run our server as stack ours-NAME with this environment, e.g. fp32:SM_VISION_PRECISION=fp32 (repeatable)",
+    )
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="also run our server capturing 100%% of requests for monitoring (stack ours-capture; goal: <= 3%% fewer req/s)",
     )
     parser.add_argument(
         "--cpu-shares", type=int, default=None, help="docker CPU shares for every server (raise it on a host shared with other containers)"
@@ -423,6 +433,8 @@ def print_report(results: list[dict]) -> None:
                 if not other or not other["rps"]:
                     continue
                 goal = f" (goal >= {GOALS.get(arch, 1.5)}x req/s, <= 0.5x p99)" if load["concurrency"] >= 16 else ""
+                if anchor["stack"] == "ours-capture":
+                    goal = f" (goal <= {CAPTURE_GOAL}x req/s: capture costs at most 3%)"
                 print(
                     f"  vs {anchor['stack']:20} {name:12} req/s x{load['rps'] / other['rps']:.2f}, p99 x{load['p99_ms'] / other['p99_ms']:.2f}{goal}"
                 )
@@ -445,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.variant:
         name, _, assignments = spec.partition(":")
         variants[f"ours-{name}"] = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
+    if args.capture:
+        variants["ours-capture"] = dict(CAPTURE_ENV)
     stacks[1:1] = list(variants)  # variants right after ours, before the anchors
     anchors = build_anchors(args.image) if any(not is_ours(s) for s in stacks) else None
     bodies = photo_bodies()

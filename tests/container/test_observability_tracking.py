@@ -24,7 +24,7 @@ from tests.support.containers import mount, opt_ml, wait_exit
 from tests.support.net import free_port
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "images_per_s", "epoch_time_s")
-ARTIFACTS = ("classification_report.txt", "confusion_matrix.png", "learning_curves.png", "metrics.json", "model_spec.json")
+ARTIFACTS = ("baseline.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png", "metrics.json", "model_spec.json")
 
 
 def gateway(network) -> str:
