@@ -33,6 +33,10 @@ BATCHING = ("auto", "on", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ACCESS_LOG_FORMATS = ("log", "json", "off")  # serve.access_log.LOG_FORMATS
+# Our classifier's answer: labels = {"predicted_label", "confidence", "probabilities", "top_k"}
+# (multi-label: "predicted_labels" above each class's threshold); prediction = the built-in
+# Image Classification algorithm's {"prediction": [p0, p1, ...]} in class order.
+RESPONSE_SHAPES = ("labels", "prediction")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,14 @@ class ServeConfig:
     batch_strategy: str | None = setting("SAGEMAKER_BATCH_STRATEGY", None, "batch transform: MULTI_RECORD (default) or SINGLE_RECORD")
     # --- our classifier ---
     top_k: int = setting("SM_VISION_TOP_K", 5, "classes in top_k (per request: ?top_k= or X-Top-K)", "--top-k", minimum=1)
+    response_shape: str = setting(
+        "SM_VISION_RESPONSE_SHAPE",
+        "labels",
+        "our classifier's answer: labels, or the built-in algorithm's {\"prediction\": [p0, p1, ...]} (per request: Accept: "
+        "application/json; shape=prediction)",
+        "--response-shape",
+        RESPONSE_SHAPES,
+    )
     batching: str = setting(
         "SM_VISION_BATCHING",
         "auto",

@@ -6,6 +6,14 @@ Supported Content-Types (parameters such as charset are ignored):
                         where item is a base64 string, {"image"|"b64": b64} or {"url": u}
     application/jsonlines   one such JSON object per line (batch transform, SplitType=None)
     application/x-npy   uint8 HxWx3 / NxHxWx3 images, or float 3xHxW / Nx3xHxW model input
+
+Answers (Accept application/json, or application/jsonlines: one line per image), in the
+shape SM_VISION_RESPONSE_SHAPE names or Accept's `shape` parameter asks for
+(`application/json; shape=prediction`):
+    labels      {"predicted_label", "confidence", "probabilities", "top_k"}; a multi-label
+                model: {"predicted_labels" (each class at or above its threshold),
+                "probabilities" (sigmoid per class), "thresholds", "top_k"}
+    prediction  the built-in Image Classification algorithm's {"prediction": [p0, p1, ...]}
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import torch
 from PIL import Image
 
 from container import ServeConfig
+from container.serving import RESPONSE_SHAPES
 from serve import arrays
 from serve.deadline import Deadline
 from serve.decode_pool import DecodePool, needs_worker
@@ -252,6 +261,26 @@ def decode(body: bytes, content_type: str | None, preprocess: Callable, limits: 
     return Decoded(to_inputs(parsed, preprocess, limits), parsed.batch, parsed.lines)
 
 
+def response_shape(accept: str | None, default: str) -> str:
+    """The answer's shape: the `shape` parameter of Accept's JSON type (application/json;
+    shape=prediction), else `default` (SM_VISION_RESPONSE_SHAPE)."""
+    for part in (accept or "").split(","):
+        _, *params = part.split(";")
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "shape":
+                value = value.strip().strip('"').lower()
+                if value not in RESPONSE_SHAPES:
+                    raise NotAcceptable(f"Accept {accept!r}: shape={value!r} is not one of {', '.join(RESPONSE_SHAPES)}")
+                return value
+    return default
+
+
+def wants_json_lines(accept: str | None) -> bool:
+    """Whether Accept names JSON Lines (batch transform's answer: one line per image)."""
+    return any(media_type(part) in JSONLINES for part in (accept or "").split(","))
+
+
 def top_k_result(probs: torch.Tensor, classes: tuple[str, ...], k: int) -> dict:
     values = probs.tolist()
     order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
@@ -263,8 +292,27 @@ def top_k_result(probs: torch.Tensor, classes: tuple[str, ...], k: int) -> dict:
     }
 
 
-def encode(probs: torch.Tensor, classes: tuple[str, ...], k: int, decoded: Decoded) -> bytes:
-    results = [top_k_result(row, classes, k) for row in probs]
+def multi_label_result(probs: torch.Tensor, classes: tuple[str, ...], k: int, thresholds: tuple[float, ...]) -> dict:
+    """A multi-label model's answer: every class whose sigmoid reaches its threshold (the
+    ones chosen on the validation split, stored in the model spec), most probable first."""
+    values = probs.tolist()
+    order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
+    return {
+        "predicted_labels": [classes[i] for i in order if values[i] >= thresholds[i]],
+        "probabilities": {name: value for name, value in zip(classes, values, strict=False)},
+        "thresholds": {name: value for name, value in zip(classes, thresholds, strict=False)},
+        "top_k": [{"label": classes[i], "probability": values[i]} for i in order[:k]],
+    }
+
+
+def encode(probs: torch.Tensor, classes: tuple[str, ...], k: int, decoded: Decoded, shape: str = "labels", thresholds=None) -> bytes:
+    """The answer for each row of `probs`; `thresholds` (per class) makes it multi-label."""
+    if shape == "prediction":
+        results = [{"prediction": row.tolist()} for row in probs]
+    elif thresholds is not None:
+        results = [multi_label_result(row, classes, k, thresholds) for row in probs]
+    else:
+        results = [top_k_result(row, classes, k) for row in probs]
     if decoded.lines:
         return "".join(json.dumps(result) + "\n" for result in results).encode()
     return json.dumps(results if decoded.batch else results[0]).encode()

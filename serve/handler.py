@@ -69,6 +69,7 @@ class Call:
     context: Context
     top_k: int | None = None
     out_type: str = codec.JSON  # what the default output_fn will write
+    shape: str = "labels"  # our classifier's answer: labels or prediction (container.serving.RESPONSE_SHAPES)
     batch: bool = False  # the client sent a list: answer with a list (our classifier)
     lines: bool = False  # JSON Lines in, JSON Lines out (our classifier)
     items: codec.Parsed | None = None  # our default input: the request's items, decoded a chunk at a time
@@ -84,6 +85,7 @@ class Handler:
     hooks: dict[str, Callable]
     limits: codec.DecodeLimits
     top_k: int  # SM_VISION_TOP_K, unless the request names its own
+    shape: str  # SM_VISION_RESPONSE_SHAPE, unless the request's Accept names its own
     device: torch.device
     records: bool  # batch transform with our classifier alone: no cap on a request's items, decoded a chunk at a time
     pool: DecodePool | None = None  # where multi-scan JPEGs and TIFFs are decoded (killed at the deadline)
@@ -109,7 +111,16 @@ class Handler:
         # Draft decoding keeps at least twice what the preprocessing's resize needs.
         resize = model.spec.resize_size if ours else eval_resize_size(DEFAULT_IMAGE_SIZE)
         limits = codec.DecodeLimits.from_config(config, draft_min_side=2 * resize)
-        handler = cls(model, functions, limits, config.top_k, device, records=config.batch and ours and not functions, pool=pool)
+        handler = cls(
+            model,
+            functions,
+            limits,
+            config.top_k,
+            config.response_shape,
+            device,
+            records=config.batch and ours and not functions,
+            pool=pool,
+        )
         if ours:
             model.warm_up()
         if "model_warmup_fn" in functions:
@@ -145,6 +156,8 @@ class Handler:
         if "output_fn" not in self.hooks and "transform_fn" not in self.hooks:
             # Refuse an Accept we cannot produce before any work is done.
             request.out_type = codec.check_accept(request.accept) if self.classifier is not None else payloads.negotiate(request.accept)
+            if self.classifier is not None:
+                request.shape = codec.response_shape(request.accept, self.shape)
         if not self.hooks.keys() & {"input_fn", "transform_fn"}:
             return self.default_input_fn(body, request)
         # As AWS's toolkit: the hooks get a str for the UTF-8 types, bytes otherwise.
@@ -209,8 +222,9 @@ class Handler:
             codec.check_accept(request.accept)
             batch = request.batch or prediction.shape[0] > 1  # a user input_fn may batch too
             k = min(request.top_k or self.top_k, len(classes))
-            decoded = codec.Decoded(prediction, batch, request.lines)
-            return codec.encode(prediction, classes, k, decoded), "application/jsonlines" if request.lines else codec.JSON
+            lines = request.lines or codec.wants_json_lines(request.accept)
+            body = codec.encode(prediction, classes, k, codec.Decoded(prediction, batch, lines), request.shape, self.classifier.thresholds)
+            return body, "application/jsonlines" if lines else codec.JSON
         out_type = payloads.negotiate(request.accept)
         return payloads.encode(prediction, out_type), out_type
 

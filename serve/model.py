@@ -20,7 +20,7 @@ from serve.archive import ExtractLimits, extract_model_archive
 from vision import precision
 from vision.artifact import SPEC_FILE, ModelSpec
 from vision.models import build_model
-from vision.presets import eval_transform
+from vision.presets import eval_transform_for
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ class Classifier:
         self.spec = spec
         self.device = device
         self.classes = spec.classes
-        self.transform = eval_transform(spec.image_size, spec.resize_size, spec.mean, spec.std, spec.interpolation)
+        self.transform = eval_transform_for(spec)  # timm's own transform for a timm model
+        # A multi-label model's classes are independent: a sigmoid each, decided at its threshold.
+        self.thresholds = (spec.thresholds or (0.5,) * spec.num_classes) if spec.multi_label else None
         self.precision = chosen or precision.Precision("fp32", device.type)
         self.guard: precision.GuardResult | None = None
 
@@ -114,13 +116,14 @@ class Classifier:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax of the model on `batch`, in the served precision. The forward itself,
-        with nothing of ours between it and the caller (one frame)."""
+        """Softmax of the model on `batch` (multi-label: a sigmoid per class), in the served
+        precision. The forward itself, with nothing of ours between it and the caller (one frame)."""
         with self.precision.autocast():
             batch = batch.to(self.device, non_blocking=True)
             if batch.dim() == 4:
                 batch = batch.contiguous(memory_format=torch.channels_last)  # as the folded module's weights
-            return torch.softmax(self.module(batch).float(), dim=1).cpu()
+            logits = self.module(batch).float()
+            return (torch.sigmoid(logits) if self.spec.multi_label else torch.softmax(logits, dim=1)).cpu()
 
     def nbytes(self) -> int:
         return module_nbytes(self.module)

@@ -163,14 +163,15 @@ IN_IMAGE_EVALUATION = r"""
 import json, sys, torch
 from pathlib import Path
 from train import data, metrics
+from train.formats import imagefolder
 from vision import models, presets
 from vision.artifact import ModelSpec
 spec = ModelSpec.load(Path("/opt/ml/model"))
 model = models.build_model(spec.arch, spec.num_classes)
 model.load_state_dict(torch.load("/opt/ml/model/model.pt", map_location="cpu", weights_only=True))
 model.eval()
-_, samples, _ = data.scan_image_folder(Path(sys.argv[1]), list(spec.classes))
-dataset = data.ImageSamples(samples, presets.eval_transform(spec.image_size, spec.resize_size, spec.mean, spec.std, spec.interpolation))
+samples = [(s.source, spec.classes.index(s.labels[0])) for s in imagefolder.read(Path(sys.argv[1]))]
+dataset = data.ImageSamples(samples, presets.eval_transform_for(spec))
 confusion = torch.zeros((spec.num_classes, spec.num_classes), dtype=torch.int64)
 with torch.inference_mode():
     for start in range(0, len(dataset), 8):
