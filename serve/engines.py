@@ -112,7 +112,7 @@ def load_classifier(
     return torch_model.load(model_dir, spec, device, precision, cpu, calibration, workers)
 
 
-def load_default_model(model_dir: Path, config: ServeConfig, scratch: Path, hooks: bool):
+def load_default_model(model_dir: Path, config: ServeConfig, scratch: Path | None, hooks: bool):
     """The model when the user's script has no model_fn: ours (model_spec.json), else
     TorchScript (AWS's default model_fn). `config` is resolved."""
     if (model_dir / SPEC_FILE).exists():
@@ -123,7 +123,7 @@ def load_default_model(model_dir: Path, config: ServeConfig, scratch: Path, hook
             config.engine,
             threads=config.threads,
             workers=config.workers,
-            scratch=scratch / ENGINE_DIR,
+            scratch=None if scratch is None else scratch / ENGINE_DIR,
             hooks=hooks,
         )
     if not has_torch():

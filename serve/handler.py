@@ -32,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from container import ServeConfig
-from serve import codec, payloads
+from container import ConfigError, ServeConfig, parse_int
+from serve import arrays, codec, payloads
+from serve.deadline import Deadline
+from serve.decode_pool import DecodePool
 from serve.engines import load_default_model
 from serve.errors import BadInput, NotAcceptable
 from serve.hooks import UTF8_TYPES, Context, UserHooks, call, takes_context
@@ -45,12 +47,14 @@ DEFAULT_RESIZE = 256  # vision.presets.eval_resize_size(224): the short side the
 
 
 def requested_top_k(raw: str | None) -> int | None:
-    """A request's own top_k (?top_k= or X-Top-K), checked; None when it names none."""
+    """A request's own top_k (?top_k= or X-Top-K), through the one strict number parser
+    (ASCII digits, at most 40 characters); None when it names none."""
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadInput(f"top_k={raw!r}: expected a whole number >= 1")
-    return int(raw)
+    try:
+        return parse_int(raw, "top_k", minimum=1)
+    except ConfigError as err:
+        raise BadInput(str(err)) from None
 
 
 @dataclass
@@ -67,6 +71,9 @@ class Call:
     lines: bool = False  # JSON Lines in, JSON Lines out (our classifier)
     items: codec.Parsed | None = None  # our default input: the request's items, decoded a chunk at a time
     decoded: int = 0  # how many of them
+    # The request's one deadline (serve.deadline), from when its body was in; the route
+    # makes it, a Call made without one (MMS, tests) gets the default timeout from now.
+    deadline: Deadline = field(default_factory=lambda: Deadline(ServeConfig.timeout_s))
 
 
 @dataclass
@@ -78,6 +85,7 @@ class Handler:
     shape: str  # SM_VISION_RESPONSE_SHAPE, unless the request's Accept names its own
     device: str
     records: bool  # batch transform with our classifier alone: no cap on a request's items, decoded a chunk at a time
+    pool: DecodePool | None = None  # where multi-scan JPEGs and TIFFs are decoded (killed at the deadline)
     context_hooks: frozenset[str] = field(init=False)
 
     def __post_init__(self):
@@ -85,9 +93,18 @@ class Handler:
         self.context_hooks = frozenset(name for name, func in self.hooks.items() if takes_context(name, func))
 
     @classmethod
-    def load(cls, model_dir: Path, hooks: UserHooks | None, context: Context, config: ServeConfig, scratch: Path) -> Handler:
+    def load(
+        cls,
+        model_dir: Path,
+        hooks: UserHooks | None,
+        context: Context,
+        config: ServeConfig,
+        scratch: Path | None = None,
+        pool: DecodePool | None = None,
+    ) -> Handler:
         """model_fn (the user's or the default), then the model's warm-up. `config` is
-        resolved (a concrete device); `scratch` is the model's own scratch directory."""
+        resolved (a concrete device); `scratch` is the model's own scratch directory;
+        `pool` is the server process's decode pool."""
         functions = hooks.functions if hooks else {}
         if "model_fn" in functions:
             share_cores(config.device, config.threads)  # the user's model is a torch model
@@ -99,7 +116,14 @@ class Handler:
         resize = model.spec.resize_size if ours else DEFAULT_RESIZE
         limits = codec.DecodeLimits.from_config(config, draft_min_side=2 * resize)
         handler = cls(
-            model, functions, limits, config.top_k, config.response_shape, config.device, records=config.batch and ours and not functions
+            model,
+            functions,
+            limits,
+            config.top_k,
+            config.response_shape,
+            config.device,
+            records=config.batch and ours and not functions,
+            pool=pool,
         )
         if ours:
             model.warm_up()
@@ -181,7 +205,7 @@ class Handler:
         """The next chunk of the request's items as model input."""
         start = request.decoded
         request.decoded = min(start + self.limits.max_batch, len(request.items))
-        inputs = codec.to_inputs(request.items, self.preprocess, self.limits, start, request.decoded)
+        inputs = codec.to_inputs(request.items, self.preprocess, self.limits, start, request.decoded, request.deadline, self.pool)
         if self.plain:
             return inputs
         from serve.torch_model import as_tensor  # hooks and models that are not ours get torch tensors, as ever
@@ -203,9 +227,14 @@ class Handler:
 
     def default_input_fn(self, body: bytes, request: Call):
         ctype = codec.media_type(request.content_type)
-        if self.classifier is None and ctype in payloads.DECODES and not _image_json(body, ctype):
-            return payloads.decode(body, ctype).to(self.device)
-        request.items = codec.parse(body, request.content_type, self.limits, item_cap=not self.records)
+        value = arrays.load_json(body, self.limits.arrays) if ctype == payloads.JSON else None  # parsed once, here
+        if self.classifier is None and ctype in payloads.DECODES:
+            if ctype != payloads.JSON:
+                return payloads.decode(body, ctype, self.limits.arrays).to(self.device)
+            numbers = arrays.json_tensor(value, self.limits.arrays)
+            if numbers is not None:  # else an image request ({"url": ...}, base64)
+                return payloads.to_tensor(numbers).to(self.device)
+        request.items = codec.parse(body, request.content_type, self.limits, item_cap=not self.records, value=value)
         request.batch, request.lines = request.items.batch, request.items.lines
         return self.decode_more(request)
 
@@ -239,10 +268,3 @@ class Handler:
 def hook_accept(accept: str | None) -> str:
     """The Accept a user hook sees: missing or */* is application/json (AWS's default)."""
     return accept if accept and accept.strip() not in ("", "*/*") else codec.JSON
-
-
-def _image_json(body: bytes, ctype: str) -> bool:
-    """A JSON body that is an image request ({"url": ...}, base64) rather than numbers."""
-    if ctype != payloads.JSON:
-        return False
-    return payloads.numeric_array(payloads.parse_json(body)) is None

@@ -62,7 +62,7 @@ def share_cores(device: str, threads: int) -> None:
     threads, which stall whenever decoding takes a core from one of them). torch's pool
     is process-wide: this runs when a torch model is loaded, never in a process that
     serves ONNX Runtime alone (which then does not import torch at all)."""
-    if device == "cpu":
+    if device == "cpu" and threads:
         import torch
 
         torch.set_num_threads(threads)
