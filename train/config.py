@@ -48,6 +48,11 @@ class TrainConfig:
         0, "stop after this many epochs without improvement of the objective (0: never)", aliases=("patience",)
     )
     objective: str = _opt("val_macro_f1", "metric that picks the best epoch", choices=("val_macro_f1", "val_acc", "val_loss"))
+    calibrate: bool = _opt(
+        True,
+        "after training, fit temperature scaling on the validation split so the served probabilities are calibrated "
+        "(false: serve the network's own softmax; ECE is reported either way)",
+    )
     amp: str = _opt(
         "auto",
         "mixed precision: auto = bf16 (or fp16) on GPUs, bf16 on CPUs with AVX-512 BF16 or AMX, else off",

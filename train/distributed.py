@@ -117,6 +117,16 @@ def broadcast_from_main(obj, process: Process):
     return holder[0]
 
 
+def gather_to_main(obj, process: Process) -> list | None:
+    """Every rank's Python object, in rank order, on the main process (None elsewhere).
+    Over the gloo control group on GPUs: the objects are CPU tensors."""
+    if not process.distributed:
+        return [obj]
+    gathered = [None] * process.world_size if process.is_main else None
+    torch_dist.gather_object(obj, gathered, dst=0, group=process.control_group)
+    return gathered
+
+
 def barrier(process: Process) -> None:
     if process.distributed:
         torch_dist.barrier()

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from container import SageMakerPaths
-from train import build, distributed, metrics, outputs, tracking
+from train import build, calibration, distributed, metrics, outputs, tracking
 from train.checkpoint import resume, save_checkpoint
 from train.config import TrainConfig
 from train.progress import ProgressBar
@@ -26,6 +26,8 @@ from train.reporting import format_metrics
 from train.state import EpochResult, EpochSums, Outcome, Progress, StopRequest, TrainState
 
 log = logging.getLogger(__name__)
+
+Scores = tuple[torch.Tensor, torch.Tensor]  # a split's logits (N x classes, float32) and targets (N), on the main process
 
 
 def fit(config: TrainConfig, paths: SageMakerPaths, process: distributed.Process, stop: StopRequest) -> Outcome:
@@ -75,7 +77,7 @@ def fit(config: TrainConfig, paths: SageMakerPaths, process: distributed.Process
         trained = train_one_epoch(state, loaders.train, epoch)
         if trained.stopped:  # every rank agreed to stop mid-epoch; a checkpoint is saved
             return Outcome(True, epoch, trained.step, trained.checkpoint)
-        val_loss, confusion = evaluate(state, loaders.valid)
+        val_loss, confusion, _ = evaluate(state, loaders.valid)
         row = epoch_row(epoch, trained.metrics, val_loss, metrics.summarize(confusion, datasets.classes), optimizer, start)
         report_epoch(state, row)
         progress.record(row, objective_value(config, row), model_without_ddp)
@@ -139,12 +141,14 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int) -> EpochR
 
 
 @torch.inference_mode()
-def evaluate(state: TrainState, loader: DataLoader) -> tuple[float, torch.Tensor]:
-    """Loss and confusion matrix over the whole split, summed across ranks."""
+def evaluate(state: TrainState, loader: DataLoader, keep_logits: bool = False) -> tuple[float, torch.Tensor, Scores | None]:
+    """Loss and confusion matrix over the whole split, summed across ranks; with
+    keep_logits, also every image's logits and target, gathered on the main process."""
     state.model.eval()
     device, num_classes = state.process.device, len(state.classes)
     confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     for images, targets in loader:
         images, targets = state.to_device(images, targets)
         with state.autocast():
@@ -152,23 +156,44 @@ def evaluate(state: TrainState, loader: DataLoader) -> tuple[float, torch.Tensor
         # Plain cross-entropy (no smoothing or class weights): comparable across runs.
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").to(torch.float64)
         metrics.update_confusion(confusion, logits, targets)
+        if keep_logits:
+            kept.append((logits.float().cpu(), targets.cpu()))
     distributed.all_reduce_sum(confusion, state.process)
     distributed.all_reduce_sum(loss_sum, state.process)
-    return loss_sum.item() / max(1, int(confusion.sum())), confusion.cpu()
+    scores = gather_scores(kept, num_classes, state.process) if keep_logits else None
+    return loss_sum.item() / max(1, int(confusion.sum())), confusion.cpu(), scores
+
+
+def gather_scores(kept: list[tuple[torch.Tensor, torch.Tensor]], num_classes: int, process: distributed.Process) -> Scores | None:
+    """Every rank's (logits, targets) concatenated on the main process (None elsewhere).
+    Evaluation shards differ in size (ShardSampler does not pad them), so each rank sends
+    its own rows rather than taking part in a fixed-size collective."""
+    logits = torch.cat([row[0] for row in kept]) if kept else torch.zeros((0, num_classes))
+    targets = torch.cat([row[1] for row in kept]) if kept else torch.zeros((0,), dtype=torch.int64)
+    shards = distributed.gather_to_main((logits, targets), process)
+    if shards is None:
+        return None
+    return torch.cat([shard[0] for shard in shards]), torch.cat([shard[1] for shard in shards])
 
 
 def finish(state: TrainState, datasets: build.SplitDatasets, loaders: build.Loaders, dirs: outputs.OutputDirs) -> Outcome:
     """The best epoch's weights evaluated on the test split (the validation split when
-    there is none), then the model, metrics and plots written by the main process."""
+    there is none) and, unless turned off, temperature scaling fitted on the validation
+    split's logits (train.calibration); then the model, metrics and plots written by the
+    main process."""
     config, process, progress = state.config, state.process, state.progress
     state.model_without_ddp.load_state_dict(progress.best_weights)
     final_split, final_loader = ("valid", loaders.valid) if loaders.test is None else ("test", loaders.test)
-    final_loss, final_confusion = evaluate(state, final_loader)
+    final_loss, final_confusion, final_scores = evaluate(state, final_loader, keep_logits=True)
+    valid_scores = final_scores if final_split == "valid" else None
+    if config.calibrate and valid_scores is None:
+        valid_scores = evaluate(state, loaders.valid, keep_logits=True)[2]
     final = {**metrics.summarize(final_confusion, datasets.classes), "loss": final_loss}
     if process.is_main:
-        outputs.report_final(config, progress, final_split, final)
-        outputs.write_outputs(config, datasets, progress, final_split, final, final_confusion, dirs, state.tracker.summary())
-        state.tracker.finish({"split": final_split, **final}, dirs.output, dirs.model)
+        calibrated = calibration.report(final_scores, final_split, valid_scores if config.calibrate else None)
+        outputs.report_final(config, progress, final_split, final, calibrated)
+        outputs.write_outputs(config, datasets, progress, final_split, final, final_confusion, dirs, state.tracker.summary(), calibrated)
+        state.tracker.finish({"split": final_split, **final, "calibration": calibrated.metrics()}, dirs.output, dirs.model)
     # Other ranks wait here until the main process has written the model: SageMaker
     # local mode stops every container as soon as the first one exits.
     distributed.barrier(process)

@@ -16,6 +16,7 @@ import torchvision
 from container import SageMakerPaths
 from train import metrics, plots
 from train.build import SplitDatasets
+from train.calibration import Report as CalibrationReport
 from train.checkpoint import atomic_save
 from train.config import TrainConfig
 from train.reporting import format_metrics
@@ -42,26 +43,39 @@ class OutputDirs:
         )
 
 
-def report_final(config: TrainConfig, progress: Progress, final_split: str, final: dict) -> None:
+def report_final(config: TrainConfig, progress: Progress, final_split: str, final: dict, calibrated: CalibrationReport) -> None:
     # SageMaker tuning scores a job by the *last* value of its objective metric:
     # repeat the best epoch's validation metrics so that value is the saved model's.
     best_row = next(row for row in progress.history if row["epoch"] == progress.best_epoch)
     log.info(format_metrics({"best_epoch": progress.best_epoch}, {k: best_row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}))
     if final_split == "test":
         log.info(format_metrics({}, {"test_loss": final["loss"], "test_acc": final["acc"], "test_macro_f1": final["macro_f1"]}))
+    # Expected calibration error on the final split, before and after the temperature.
+    numbers = {key: value for key, value in calibrated.metrics().items() if key in ("temperature", "ece_before", "ece_after")}
+    log.info(format_metrics({"calibration_split": final_split}, numbers))
 
 
 def write_outputs(
-    config, datasets: SplitDatasets, progress: Progress, final_split, final, confusion, dirs: OutputDirs, tracking_info=None
+    config,
+    datasets: SplitDatasets,
+    progress: Progress,
+    final_split,
+    final,
+    confusion,
+    dirs: OutputDirs,
+    tracking_info=None,
+    calibrated: CalibrationReport | None = None,
 ) -> None:
     model_dir, output_dir = dirs.model, dirs.output
-    save_model(config, datasets.classes, progress.best_weights, model_dir)
+    temperature = calibrated.temperature if calibrated is not None else 1.0
+    save_model(config, datasets.classes, progress.best_weights, model_dir, temperature)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "objective": config.objective,
         "best_epoch": progress.best_epoch,
         "epochs": progress.history,
         "final": {"split": final_split, **final},
+        "calibration": calibrated.metrics() if calibrated is not None else None,
         "data": {
             "classes": datasets.classes,
             "train_images": len(datasets.train),
@@ -84,6 +98,13 @@ def write_outputs(
         f"confusion matrix ({final_split}, best epoch {progress.best_epoch})",
     )
     plots.plot_learning_curves(progress.history, output_dir / "learning_curves.png")
+    if calibrated is not None:
+        plots.plot_reliability(
+            calibrated.before,
+            calibrated.after,
+            output_dir / "reliability_diagram.png",
+            f"reliability ({final_split}, best epoch {progress.best_epoch}, temperature {calibrated.temperature:.3g})",
+        )
     log.info(
         "wrote model to %s and metrics/plots to %s (best epoch %d, %s macro-F1 %.4f)",
         model_dir,
@@ -94,8 +115,9 @@ def write_outputs(
     )
 
 
-def save_model(config: TrainConfig, classes: list[str], weights: dict, model_dir: Path) -> None:
-    """The model serving loads: its weights and model_spec.json (vision.artifact)."""
+def save_model(config: TrainConfig, classes: list[str], weights: dict, model_dir: Path, temperature: float = 1.0) -> None:
+    """The model serving loads: its weights and model_spec.json (vision.artifact), with the
+    softmax temperature the served probabilities are divided by (train.calibration)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_save(weights, model_dir / WEIGHTS_FILE)
     spec = ModelSpec(
@@ -106,5 +128,6 @@ def save_model(config: TrainConfig, classes: list[str], weights: dict, model_dir
         mean=presets.IMAGENET_MEAN,
         std=presets.IMAGENET_STD,
         versions={"torch": torch.__version__, "torchvision": torchvision.__version__},
+        temperature=temperature,
     )
     spec.save(model_dir)

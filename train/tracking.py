@@ -5,7 +5,7 @@ fit() makes four calls, on every rank (the others get a tracker that does nothin
     tracker = tracking.start(config, process, paths)  # one run per job, params logged
     tracker.log_epoch(row, train_images)              # per-epoch metrics, step = epoch
     tracker.summary()                                 # {"mlflow": {"run_id": ...}} for metrics.json
-    tracker.finish(final, output_dir, model_dir)      # final metrics, artifacts, end of run
+    tracker.finish(final, output_dir, model_dir)      # final metrics (calibration too), artifacts, end of run
 
 MLflow runs only when MLFLOW_TRACKING_URI is set (an http(s) URI, or a SageMaker
 tracking-server ARN that the sagemaker-mlflow plugin resolves); mlflow is not imported
@@ -55,7 +55,9 @@ EPOCH_SCALARS = {
     "epoch_time_s": "epoch_time_s",
 }
 # What write_outputs leaves in the output and model directories, logged as artifacts.
-OUTPUT_ARTIFACTS = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png")
+OUTPUT_ARTIFACTS = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png", "reliability_diagram.png")
+# The final split's calibration (train.calibration), logged with the final metrics.
+CALIBRATION_METRICS = ("temperature", "ece_before", "ece_after")
 MLFLOW_PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
 
 
@@ -102,6 +104,8 @@ class Tracker:
         split = final.get("split", "test")
         prefix = "test" if split == "test" else "final_val"
         metrics = {f"{prefix}_{key}": float(final[key]) for key in ("loss", "acc", "macro_f1") if numeric(final.get(key))}
+        calibration = final.get("calibration") or {}
+        metrics.update({key: float(calibration[key]) for key in CALIBRATION_METRICS if numeric(calibration.get(key))})
         files = [output_dir / name for name in OUTPUT_ARTIFACTS] + [model_dir / SPEC_FILE]
         for sink in self.sinks:
             sink.finish(metrics, [path for path in files if path.is_file()])

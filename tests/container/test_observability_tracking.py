@@ -24,7 +24,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tests.support.containers import mount, opt_ml, wait_exit
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "images_per_s", "epoch_time_s")
-ARTIFACTS = ("classification_report.txt", "confusion_matrix.png", "learning_curves.png", "metrics.json", "model_spec.json")
+ARTIFACTS = (
+    "classification_report.txt",
+    "confusion_matrix.png",
+    "learning_curves.png",
+    "metrics.json",
+    "model_spec.json",
+    "reliability_diagram.png",
+)
 
 
 def free_port(host: str) -> int:
