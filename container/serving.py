@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
+from container.attributes import RequestOptions, request_defaults
 from container.contract import DEFAULT_ROOT, ROOT_ENV_VAR, SageMakerPaths
 from container.parse import ConfigError, parse_bool, parse_float, parse_int
 
@@ -110,6 +111,12 @@ class ServeConfig:
         "--max-batch-delay-ms",
         minimum=0,
     )
+    custom_attributes: str | None = _setting(
+        "SM_VISION_CUSTOM_ATTRIBUTES",
+        None,
+        "X-Amzn-SageMaker-Custom-Attributes for every request that sends none (batch transform sends none), "
+        "e.g. explain=gradcam,overlay=false or abstain_below=0.6; a request's own header wins key by key",
+    )
     # --- request limits ---
     max_image_pixels: int = _setting("SM_VISION_MAX_IMAGE_PIXELS", 40_000_000, "largest image (width x height) decoded", minimum=1)
     max_batch_items: int = _setting("SM_VISION_MAX_BATCH_ITEMS", 64, "most images in one request", minimum=1)
@@ -152,6 +159,7 @@ class ServeConfig:
                 raise ConfigError(f"{meta['env']}={value!r}: expected true or false")
         if self.port > 65535:
             raise ConfigError(f"SAGEMAKER_BIND_TO_PORT={self.port}: not a TCP port")
+        self.request_defaults  # noqa: B018 - a bad SM_VISION_CUSTOM_ATTRIBUTES fails at start-up, naming it
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> ServeConfig:
@@ -230,6 +238,11 @@ class ServeConfig:
         if not submit.startswith("file://"):
             return ()  # s3://.../sourcedir.tar.gz: the SDK repacked it into model/code
         return tuple(dict.fromkeys(p for p in (Path(submit[len("file://") :]), self.paths.root / "code") if p.is_dir()))
+
+    @property
+    def request_defaults(self) -> RequestOptions:
+        """What SM_VISION_CUSTOM_ATTRIBUTES asks of every request (container.attributes)."""
+        return request_defaults(self.custom_attributes, "SM_VISION_CUSTOM_ATTRIBUTES")
 
     @property
     def micro_batching(self) -> bool:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from container import ServeConfig
+from container.attributes import RequestOptions
 from serve import codec, payloads
 from serve.errors import BadInput, NotAcceptable
 from serve.hooks import UTF8_TYPES, Context, UserHooks, call, takes_context
@@ -69,6 +70,8 @@ class Call:
     lines: bool = False  # JSON Lines in, JSON Lines out (our classifier)
     items: codec.Parsed | None = None  # our default input: the request's items, decoded a chunk at a time
     decoded: int = 0  # how many of them
+    options: RequestOptions = RequestOptions()  # what the custom attributes ask of our classifier (serve.extras)
+    fields: list[dict] | None = None  # extra answer fields per image (serve.extras)
 
 
 @dataclass
@@ -134,7 +137,10 @@ class Handler:
     def decode(self, body: bytes, request: Call):
         if "output_fn" not in self.hooks and "transform_fn" not in self.hooks:
             # Refuse an Accept we cannot produce before any work is done.
-            request.out_type = codec.check_accept(request.accept) if self.classifier is not None else payloads.negotiate(request.accept)
+            if self.classifier is not None:
+                request.out_type = codec.check_accept(request.accept, (codec.NPY,) if request.options.output == "embedding" else ())
+            else:
+                request.out_type = payloads.negotiate(request.accept)
         if not self.hooks.keys() & {"input_fn", "transform_fn"}:
             return self.default_input_fn(body, request)
         # As AWS's toolkit: the hooks get a str for the UTF-8 types, bytes otherwise.
@@ -195,7 +201,8 @@ class Handler:
             batch = request.batch or prediction.shape[0] > 1  # a user input_fn may batch too
             k = min(request.top_k or self.top_k, len(classes))
             decoded = codec.Decoded(prediction, batch, request.lines)
-            return codec.encode(prediction, classes, k, decoded), "application/jsonlines" if request.lines else codec.JSON
+            answer = codec.encode(prediction, classes, k, decoded, request.options.abstain_below, request.fields)
+            return answer, "application/jsonlines" if request.lines else codec.JSON
         out_type = payloads.negotiate(request.accept)
         return payloads.encode(prediction, out_type), out_type
 

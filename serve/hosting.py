@@ -24,12 +24,15 @@ from pathlib import Path
 from starlette.concurrency import run_in_threadpool
 
 from container import ConfigError, ServeConfig
+from container.attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
+from container.attributes import RequestOptions, parse_pairs
 from container.serving import Machine
 from serve import archive
 from serve import metrics as server_metrics
 from serve.archive import ExtractLimits
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, redact_paths
-from serve.handler import Call, Handler
+from serve.extras import Extras
+from serve.handler import Call, Handler, hook_accept
 from serve.hooks import Context, UserHooks, find_script, safe_module_name
 from serve.model import prepare_model_dir
 from serve.runner import BatchRunner
@@ -37,6 +40,8 @@ from serve.runner import BatchRunner
 log = logging.getLogger("serve")
 
 TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
+INFERENCE_ID_HEADER = "x-amzn-sagemaker-inference-id"
+SESSION_ID_HEADER = "x-amzn-sagemaker-session-id"
 
 
 def dir_bytes(path: Path) -> int:
@@ -85,6 +90,13 @@ class HostedModel:
                 concurrency=config.workers,
                 observe=pools.metrics.batch_rows(name),
             )
+        # Per-request options (custom attributes) for our classifier served without hooks;
+        # a user's hooks get the attributes in their context instead.
+        self.defaults = config.request_defaults if self.handler.plain else RequestOptions()
+        self.job_attributes = parse_pairs(config.custom_attributes, "SM_VISION_CUSTOM_ATTRIBUTES")
+        self.extras = Extras(name, self.handler.classifier, pools.inference, self.batcher) if self.handler.plain else None
+        if self.extras is not None:
+            self.extras.prepare(self.defaults)
         self.nbytes = self.handler.nbytes()
         self.load_seconds = time.perf_counter() - started  # read by serve.metrics.HostCollector
 
@@ -101,7 +113,9 @@ class HostedModel:
             while True:
                 decoded_at = time.perf_counter()
                 decode_s += decoded_at - started
-                if self.batcher is not None:
+                if not request.options.plain_forward:
+                    outputs.append(await self.extras.forward(data, request.options))
+                elif self.batcher is not None:
                     outputs.append(await self.batcher.run(data))
                 else:
                     outputs.append(await asyncio.wrap_future(self.pools.inference.submit(handler.predict, data, request)))
@@ -115,21 +129,49 @@ class HostedModel:
                 self.pools.metrics.stage("decode", self.name, decode_s)
             if forward_s:
                 self.pools.metrics.stage("forward", self.name, forward_s)
-        out = handler.encode(handler.join(outputs), request)
+        if request.options.extra_fields:  # a PNG, an embedding: off the event loop
+            out = await asyncio.wrap_future(decoders.submit(self.extras.encode, handler, outputs, request))
+        else:
+            out = handler.encode(handler.join(outputs), request)
         self.pools.metrics.stage("encode", self.name, time.perf_counter() - started)
         return out
 
     @property
     def healthy(self) -> bool:
         """False once the micro-batcher's thread has died (every request would time out)."""
-        return self.batcher is None or self.batcher.alive
+        return (self.batcher is None or self.batcher.alive) and (self.extras is None or self.extras.alive)
 
-    def context(self, headers: dict[str, str]) -> Context:
-        return Context(self.name, str(self.model_dir), self.config.gpu_id, headers)
+    def call(self, headers: dict[str, str], top_k: int | None = None, request_id: str | None = None) -> Call:
+        """A request as the steps carry it (`headers` with lower-case names): its types, the
+        context the user's hooks see, and the custom attributes, parsed once here: the
+        request's own over SM_VISION_CUSTOM_ATTRIBUTES, key by key."""
+        sent = headers.get(CUSTOM_ATTRIBUTES_HEADER.lower())
+        try:
+            pairs = parse_pairs(sent)
+            options = self.defaults.updated(pairs) if self.handler.plain else self.defaults
+        except ConfigError as err:
+            raise BadInput(str(err)) from None
+        context = Context(
+            self.name,
+            str(self.model_dir),
+            self.config.gpu_id,
+            headers,
+            custom_attributes=sent if sent is not None else self.config.custom_attributes,
+            attributes=dict(self.job_attributes + pairs),
+            inference_id=headers.get(INFERENCE_ID_HEADER),
+            target_model=headers.get(TARGET_MODEL_HEADER) or (self.name if self.config.multi_model else None),
+            session_id=headers.get(SESSION_ID_HEADER),
+            request_id=request_id,
+            content_type=headers.get("content-type"),
+            accept=hook_accept(headers.get("accept")),
+        )
+        return Call(headers.get("content-type"), headers.get("accept"), context, top_k, options=options)
 
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        if self.extras is not None:
+            self.extras.close()
 
 
 class SingleModel:

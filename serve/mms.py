@@ -54,7 +54,7 @@ class Worker:
 
     def answer(self, request: dict, context) -> list:
         """One request through HostedModel.invoke, under the server's deadline."""
-        from serve.handler import Call, requested_top_k
+        from serve.handler import requested_top_k
         from serve.runner import until_done_or_gone
 
         headers = {key.lower(): value for key, value in context.get_all_request_header(0).items()}
@@ -64,9 +64,7 @@ class Worker:
         if not isinstance(body, (bytes, bytearray)):  # MMS decoded it (MMS_DECODE_INPUT_REQUEST unset)
             body = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         try:
-            call = Call(
-                headers.get("content-type"), headers.get("accept"), self.model.context(headers), requested_top_k(headers.get("x-top-k"))
-            )
+            call = self.model.call(headers, requested_top_k(headers.get("x-top-k")), context.get_request_id(0))
             work = until_done_or_gone(self.model.invoke(bytes(body), call), None, self.config.timeout_s)
             out, out_type = self.loop.run_until_complete(work)
         except Exception as err:  # noqa: BLE001 - answered through the one mapping; a bug is logged, not sent
@@ -77,6 +75,8 @@ class Worker:
             context.set_response_content_type(0, "application/json")
             return [json.dumps(payload)]
         context.set_response_content_type(0, out_type)
+        for name, value in call.context.response_headers.items():  # set by the user's hooks
+            context.set_response_header(0, name, value)
         return [out]
 
 

@@ -18,7 +18,7 @@ from torch.fx.experimental.optimization import fuse
 from container import ConfigError
 from serve.archive import ExtractLimits, extract_model_archive
 from vision import precision
-from vision.artifact import SPEC_FILE, ModelSpec
+from vision.artifact import SPEC_FILE, UNCALIBRATED_TEMPERATURE, ModelSpec
 from vision.models import build_model
 from vision.presets import eval_transform
 
@@ -114,13 +114,23 @@ class Classifier:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Softmax of the model on `batch`, in the served precision. The forward itself,
-        with nothing of ours between it and the caller (one frame)."""
+        """Calibrated softmax of the model on `batch`, in the served precision."""
         with self.precision.autocast():
-            batch = batch.to(self.device, non_blocking=True)
-            if batch.dim() == 4:
-                batch = batch.contiguous(memory_format=torch.channels_last)  # as the folded module's weights
-            return torch.softmax(self.module(batch).float(), dim=1).cpu()
+            return self.calibrated(self.module(self.prepare(batch))).cpu()
+
+    def prepare(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch of model input on the device, channels-last as the folded module's weights."""
+        batch = batch.to(self.device, non_blocking=True)
+        return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """softmax(logits / T) in float32, T the spec's temperature (train.calibration).
+        T = 1 (every model trained before calibration existed) skips the division: the
+        answer is exactly what it always was."""
+        logits = logits.float()
+        if self.spec.temperature != UNCALIBRATED_TEMPERATURE:
+            logits = logits / self.spec.temperature
+        return torch.softmax(logits, dim=1)
 
     def nbytes(self) -> int:
         return module_nbytes(self.module)

@@ -14,8 +14,9 @@ from starlette.routing import Route
 
 from container import ServeConfig
 from serve import metrics as server_metrics
+from serve.access_log import REQUEST_ID_SCOPE_KEY
 from serve.errors import BadInput, NotFound, PayloadTooLarge
-from serve.handler import Call, requested_top_k
+from serve.handler import requested_top_k
 from serve.hosting import TARGET_MODEL_HEADER, MultiModel, SingleModel
 from serve.middleware import routing_error
 from serve.runner import Admission, ClientGone, until_done_or_gone
@@ -53,13 +54,13 @@ def invocation(config: ServeConfig, hosting: SingleModel | MultiModel, admission
             body = await read_body(request, config.max_payload_bytes)
             headers = {key.lower(): value for key, value in request.headers.items()}
             top_k = requested_top_k(request.query_params.get("top_k") or headers.get("x-top-k"))
-            call = Call(headers.get("content-type"), headers.get("accept"), model.context(headers), top_k)
+            call = model.call(headers, top_k, request.scope.get(REQUEST_ID_SCOPE_KEY))
             try:
                 # Work is cancelled when it times out or its client goes away.
                 out, out_type = await until_done_or_gone(model.invoke(body, call), request.receive, config.timeout_s)
             except ClientGone:
                 return Response(status_code=499)  # nobody reads it; the access log records the abandon
-        return Response(out, media_type=out_type)
+        return Response(out, media_type=out_type, headers=call.context.response_headers)  # headers a user hook set
 
     return invoke
 
