@@ -60,9 +60,23 @@ def serving_settings_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+def monitoring_settings_table() -> str:
+    from container.monitoring import MonitoringJob, MonitorSettings
+
+    rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
+    for cls in (MonitoringJob, MonitorSettings):
+        for field in dataclasses.fields(cls):
+            meta = field.metadata
+            flag = f"`{meta['flag']}`" if meta["flag"] else ""
+            default = "`endpointInput, endpointOutput`" if isinstance(field.default, tuple) else _code(field.default)
+            rows.append(f"| `{meta['env']}` | {flag} | {default} | {meta['help']} |")
+    return "\n".join(rows) + "\n"
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "hyperparameters": hyperparameters_table,
     "serving-settings": serving_settings_table,
+    "monitoring-settings": monitoring_settings_table,
 }
 
 

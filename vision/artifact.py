@@ -3,6 +3,13 @@
     model.pt         state_dict of the unwrapped model (loads with weights_only=True)
     model_spec.json  ModelSpec: architecture, class names, preprocessing and the
                      softmax temperature (train.calibration)
+    monitoring/      the monitoring baseline (optional; vision.baseline writes and reads it):
+      baseline.json      summary: classes, label and confidence distributions, image
+                         statistics, the PCA and OOD calibration, a content hash
+      reference.npz      arrays: the PCA basis, the reference sample of projected features,
+                         the OOD calibration scores, per-image predictions and statistics
+      statistics.json    the same in Model Monitor's statistics.json shape
+      constraints.json   Model Monitor's constraints.json shape, with the monitor's thresholds
 
 Serving rebuilds the model with vision.models.build_model and its transforms with
 vision.presets.eval_transform_for(spec) from the spec alone. No torch import here, so
@@ -33,6 +40,12 @@ UNCALIBRATED_TEMPERATURE = 1.0  # softmax(logits / 1.0): the logits as the netwo
 # the resize, crop and interpolation timm evaluates it with.
 PREPROCESS_LIBRARIES = ("torchvision", "timm")
 CROP_MODES = ("center", "squash", "border")  # timm's crop modes; torchvision's is "center"
+
+MONITORING_DIR = "monitoring"
+BASELINE_FILE = f"{MONITORING_DIR}/baseline.json"
+REFERENCE_FILE = f"{MONITORING_DIR}/reference.npz"
+BASELINE_STATISTICS_FILE = f"{MONITORING_DIR}/statistics.json"
+BASELINE_CONSTRAINTS_FILE = f"{MONITORING_DIR}/constraints.json"
 
 
 @dataclass(frozen=True)
