@@ -94,7 +94,10 @@ class HostedModel:
         # a user's hooks get the attributes in their context instead.
         self.defaults = config.request_defaults if self.handler.plain else RequestOptions()
         self.job_attributes = parse_pairs(config.custom_attributes, "SM_VISION_CUSTOM_ATTRIBUTES")
-        self.extras = Extras(name, self.handler.classifier, pools.inference, self.batcher) if self.handler.plain else None
+        self.extras = None
+        if self.handler.plain:
+            observe = pools.metrics.batch_rows(name)
+            self.extras = Extras(name, self.handler.classifier, self.model_dir, config, pools.inference, self.batcher, observe)
         if self.extras is not None:
             self.extras.prepare(self.defaults)
         self.nbytes = self.handler.nbytes()
@@ -151,6 +154,8 @@ class HostedModel:
             options = self.defaults.updated(pairs) if self.handler.plain else self.defaults
         except ConfigError as err:
             raise BadInput(str(err)) from None
+        if self.extras is not None:
+            self.extras.check(options)
         context = Context(
             self.name,
             str(self.model_dir),

@@ -11,6 +11,7 @@ import base64
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -22,6 +23,7 @@ from serve.model import load_classifier
 from tests.support.asgi import asgi_call, request, wait_ready, with_lifespan
 from tests.support.payloads import png_bytes
 from vision.artifact import ModelSpec
+from vision.features import Embedder, compute_baseline
 from vision.models import build_model
 
 HEADER = "X-Amzn-SageMaker-Custom-Attributes"
@@ -197,3 +199,54 @@ def test_a_model_grad_cam_cannot_explain_answers_400_and_fails_a_job_that_asks_f
 
     ready, (_, reason) = asyncio.run(with_lifespan(app, ping))
     assert ready == 500 and b"SM_VISION_CUSTOM_ATTRIBUTES: explain=gradcam is not available" in reason
+
+
+def add_baseline(model_dir, images: list[bytes]) -> None:
+    """monitoring/ in the model directory, as `monitor baseline` makes it (vision.features)."""
+    embedder = Embedder.load(model_dir, torch.device("cpu"))
+    samples = [(Image.open(io.BytesIO(png)).convert("RGB"), "PNG", None) for png in images]
+    compute_baseline(embedder, samples).save(model_dir)
+
+
+@pytest.mark.parametrize("batching", ["on", "off"])
+def test_embedding_and_ood_score_in_process(tmp_path, serve_app, batching):
+    model_dir = save_model(tmp_path / "model")
+    add_baseline(model_dir, [image(seed) for seed in range(100, 140)])
+    png = image(3)
+    npy = ((HEADER, "output=embedding"), ("Accept", "application/x-npy"))
+    answers = run_app(
+        serve_app,
+        model_dir,
+        [
+            ((), png),
+            (((HEADER, "output=embedding"),), png),
+            (((HEADER, "output=embedding"),), png),
+            (npy, png),
+            (((HEADER, "ood=true"),), png),
+            (((HEADER, "explain=gradcam,overlay=false,output=embedding,ood=true"),), png),
+        ],
+        batching=batching,
+        precision="fp32",
+    )
+    assert [status for status, _, _ in answers] == [200] * 6
+    plain, embedded, again = (json.loads(body) for _, _, body in answers[:3])
+    assert {k: v for k, v in embedded.items() if k != "embedding"} == plain
+    assert len(embedded["embedding"]) == 512 and embedded["embedding"] == again["embedding"]  # resnet18's fc reads 512
+    # The vector is the classification head's input, as the monitor's Embedder computes it (fp32 here).
+    expected = Embedder.load(model_dir, torch.device("cpu")).embed([Image.open(io.BytesIO(png)).convert("RGB")])[1][0]
+    assert torch.allclose(torch.tensor(embedded["embedding"]), torch.from_numpy(expected), atol=1e-4)
+    assert answers[3][1]["content-type"] == "application/x-npy"
+    array = np.load(io.BytesIO(answers[3][2]))
+    assert array.shape == (1, 512) and array.dtype == np.float32 and array[0].tolist() == embedded["embedding"]
+    scored, everything = json.loads(answers[4][2]), json.loads(answers[5][2])
+    ood = scored["ood"]
+    assert 0 <= ood["percentile"] <= 100 and 0 < ood["p_value"] <= 1 and len(ood["baseline_id"]) == 16
+    assert {k: v for k, v in scored.items() if k != "ood"} == plain
+    assert everything["ood"] == ood and everything["embedding"] == embedded["embedding"]
+    assert everything["explanation"]["class"] == plain["predicted_label"] and "overlay_png" not in everything["explanation"]
+
+
+def test_an_ood_score_needs_a_baseline(tmp_path, serve_app):
+    model_dir = save_model(tmp_path / "model")
+    ((status, _, body),) = run_app(serve_app, model_dir, [(((HEADER, "ood=true"),), image(4))])
+    assert status == 400 and "ood=true needs the model's monitoring baseline (monitoring/baseline.json)" in json.loads(body)["error"]
