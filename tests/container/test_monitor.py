@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageFilter
 
-from tests.support.containers import Containers, wait_exit
 from tests.support.captures import capture_record, iso, write_captures
+from tests.support.containers import Containers, wait_exit
 from tests.support.payloads import png_bytes
 from train import synthetic
 
