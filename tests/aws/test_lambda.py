@@ -20,7 +20,7 @@ import pytest
 from botocore.response import StreamingBody
 
 from tests.support.aws import LAMBDA_ENDPOINT, REPO
-from tests.support.net import Site, redirect, respond
+from tests.support.net import Site, drip, redirect, respond
 from tests.support.payloads import image_bytes
 from train.synthetic import make_image
 
@@ -484,20 +484,7 @@ def test_whole_fetch_has_one_deadline(call_bridge, bridge_config, site, allow_lo
     """A server dripping a byte at a time never trips a per-read timeout; the
     wall-clock deadline (FETCH_TIMEOUT_S=2) cuts it off anyway."""
     base = site.url
-
-    def drip(h):
-        h.send_response(200)
-        h.send_header("Content-Length", "1000")
-        h.end_headers()
-        for _ in range(1000):
-            try:
-                h.wfile.write(b"x")
-                h.wfile.flush()
-            except OSError:
-                return
-            time.sleep(0.1)
-
-    site.routes["/drip"] = drip
+    site.routes["/drip"] = drip(1000)
     start = time.monotonic()
     code, body = call_bridge({"url": f"{base}/drip"}, bridge_config)
     assert code == 504 and time.monotonic() - start < bridge_config.fetch_timeout_s + 1.5, body

@@ -21,7 +21,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # train.synthetic (Pillow only) makes the test data
 
-from tests.support.containers import LABEL, SESSION, Containers, mount, opt_ml, wait_exit  # noqa: E402 (after the path insert)
+from tests.support.containers import LABEL, SESSION, Containers, mount, opt_ml, run_to_completion  # noqa: E402 (after the path insert)
+from tests.support.net import free_port  # noqa: E402 (after the path insert)
+from tests.support.sdk_local import LOCAL_CONTAINER, NETWORK, TELEMETRY_OPT_OUT  # noqa: E402 (after the path insert)
 from train import synthetic  # noqa: E402 (importable only after the path insert above)
 
 DEFAULT_IMAGE = "sagemaker-vision:test"
@@ -84,13 +86,7 @@ def trained(image, docker_client, tmp_path_factory, shapes_data) -> TrainedRun:
     subprocess.run(["cp", "-r", str(shapes_data), str(root / "input/data/training")], check=True)
     hyperparameters = {"epochs": "3", "batch_size": "16", "learning_rate": "0.003", "image-size": "64", "freeze-backbone": "False"}
     (root / "input/config/hyperparameters.json").write_text(json.dumps(hyperparameters))
-    handle = Containers(docker_client)
-    try:
-        container = handle.run(image, ["train", "--epochs", "6", "--log-interval", "4"], volumes=mount(root))
-        code, logs = wait_exit(container, timeout=900)
-        assert code == 0, logs
-    finally:
-        handle.cleanup()
+    logs = run_to_completion(docker_client, image, ["train", "--epochs", "6", "--log-interval", "4"], timeout=900, volumes=mount(root))
     return TrainedRun(root, logs)
 
 
@@ -99,3 +95,80 @@ def trained_model(trained) -> Path:
     """A resnet18 trained on the shapes data (classes red_circle, green_square,
     blue_triangle; image size 64)."""
     return trained.model_dir
+
+
+# Writes random-init models in the artifact format (vision/artifact.py) inside the image:
+# argv: (out_dir, arch, num_classes)...
+MAKE_MODELS = r"""
+import os, sys, torch
+from pathlib import Path
+from vision.models import build_model
+from vision.artifact import ModelSpec
+args = sys.argv[1:]
+for out, arch, n in zip(args[0::3], args[1::3], args[2::3]):
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(build_model(arch, int(n)).state_dict(), out / "model.pt")
+    ModelSpec(arch, tuple(f"class_{i}" for i in range(int(n))), 64, 73,
+              (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).save(out)
+    for f in out.iterdir(): os.chmod(f, 0o666)
+    os.chmod(out, 0o777)
+"""
+
+
+@pytest.fixture(scope="session")
+def model_store(image, docker_client, tmp_path_factory) -> Path:
+    """store/{r18, r50}: random-init models in the trainer's artifact format, classes
+    tests.support.endpoint.CLASSES (serve one with tests.support.endpoint.model_root)."""
+    store = tmp_path_factory.mktemp("models")
+    os.chmod(store, 0o777)
+    command = ["python", "-c", MAKE_MODELS, "/store/r18", "resnet18", "3", "/store/r50", "resnet50", "3"]
+    run_to_completion(docker_client, image, command, timeout=300, volumes={str(store): {"bind": "/store", "mode": "rw"}})
+    return store
+
+
+# --- SageMaker SDK local mode (SDK 2.x and SDK 3 tests; run them under the flock) ---------
+
+
+@pytest.fixture
+def sdk_local_mode(monkeypatch, docker_client):
+    """What the SDK's local mode needs to start (a region and dummy credentials: it never
+    calls AWS); afterwards the sagemaker-local network is removed if this test's local
+    mode created it and nothing is left on it."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local-mode-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local-mode-test")
+    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    had_network = bool(docker_client.networks.list(names=[NETWORK]))
+    yield
+    if not had_network:  # the SDK's compose creates it; leave one that was there before
+        for network in docker_client.networks.list(names=[NETWORK]):
+            network.reload()
+            if not network.containers:
+                network.remove()
+
+
+@pytest.fixture
+def local_session(sdk_local_mode, docker_client, image):
+    """An SDK 2.x LocalSession with local code on a free serving port (never 8080: tests
+    share the machine). Its started_containers() are {name: container} of the local-mode
+    containers of the test image this test started; they are removed afterwards, also
+    on failure."""
+    import boto3
+    from sagemaker.local import LocalSession
+
+    def ours():
+        return {
+            c.name: c
+            for c in docker_client.containers.list(all=True)
+            if LOCAL_CONTAINER.match(c.name) and c.attrs["Config"]["Image"] == image
+        }
+
+    before = set(ours())
+    session = LocalSession(boto_session=boto3.Session(region_name="us-east-1"), sagemaker_config=TELEMETRY_OPT_OUT)
+    session.config = {"local": {"local_code": True, "serving_port": free_port()}}
+    session.started_containers = lambda: {name: c for name, c in ours().items() if name not in before}
+    yield session
+    for container in session.started_containers().values():
+        container.remove(force=True)

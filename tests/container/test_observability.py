@@ -13,9 +13,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.containers import opt_ml, wait_ping
+from tests.support.endpoint import IMG, model_root, post, start_server
 from tests.support.payloads import png_bytes
-
-from .test_serve import IMG, model_root, model_store, post, start_server  # noqa: F401 (model_store is a fixture)
 
 
 def scrape(base) -> dict[tuple, float]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.support.containers import mount, opt_ml, wait_exit
+from tests.support.net import free_port
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "images_per_s", "epoch_time_s")
 ARTIFACTS = (
@@ -32,12 +32,6 @@ ARTIFACTS = (
     "model_spec.json",
     "reliability_diagram.png",
 )
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def gateway(network) -> str:

@@ -13,83 +13,36 @@ exist before, and the sagemaker-local network if this test created it.
 from __future__ import annotations
 
 import math
-import re
-import socket
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.support.payloads import png_bytes
+from tests.support.sdk_local import LOCAL_CONTAINER, LOCAL_ROLE
 from train import synthetic
 
 pytestmark = pytest.mark.container
-NETWORK = "sagemaker-local"
-ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode never assumes it
-TELEMETRY_OPT_OUT = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
-LOCAL_CONTAINER = re.compile(r"^[a-z0-9]{10}-algo-(\d+)-[a-z0-9]{5}$")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def local_mode_env(monkeypatch, docker_client, image):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local-mode-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local-mode-test")
-    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-    def ours():
-        return {
-            c.name: c
-            for c in docker_client.containers.list(all=True)
-            if LOCAL_CONTAINER.match(c.name) and c.attrs["Config"]["Image"] == image
-        }
-
-    before = set(ours())
-    had_network = bool(docker_client.networks.list(names=[NETWORK]))
-    yield lambda: {name: c for name, c in ours().items() if name not in before}
-    for container in ours().values():
-        if container.name not in before:
-            container.remove(force=True)
-    if not had_network:
-        for network in docker_client.networks.list(names=[NETWORK]):
-            network.reload()
-            if not network.containers:
-                network.remove()
-
-
-def local_session(serving_port: int):
-    from sagemaker.local import LocalSession
-
-    session = LocalSession(sagemaker_config=TELEMETRY_OPT_OUT)
-    session.config = {"local": {"local_code": True, "serving_port": serving_port}}
-    return session
-
-
-def test_fit_two_hosts_then_deploy_predict_and_delete(image, local_mode_env, tmp_path):
+def test_fit_two_hosts_then_deploy_predict_and_delete(image, local_session, tmp_path):
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.estimator import Estimator
     from sagemaker.model import Model
     from sagemaker.predictor import Predictor
     from sagemaker.serializers import IdentitySerializer
 
-    new_containers = local_mode_env
+    new_containers = local_session.started_containers
     data = tmp_path / "shapes"
     synthetic.make_shapes(data, {"train": 16, "valid": 6, "test": 6}, size=64, seed=1)
     out = tmp_path / "output"
     out.mkdir()
-    session = local_session(_free_port())
+    session = local_session
 
     # --- fit on two hosts, as a notebook does ---
     estimator = Estimator(
         image_uri=image,
-        role=ROLE,
+        role=LOCAL_ROLE,
         instance_count=2,
         instance_type="local",
         hyperparameters={"epochs": 2, "image-size": 64, "batch-size": 8, "num-workers": 0, "lr": 0.003},
@@ -119,7 +72,7 @@ def test_fit_two_hosts_then_deploy_predict_and_delete(image, local_mode_env, tmp
         container.remove(force=True)
 
     # --- deploy the artifact, predict one image, delete model then endpoint ---
-    model = Model(image_uri=image, model_data=model_tar.as_uri(), role=ROLE, sagemaker_session=session, predictor_cls=Predictor)
+    model = Model(image_uri=image, model_data=model_tar.as_uri(), role=LOCAL_ROLE, sagemaker_session=session, predictor_cls=Predictor)
     predictor = model.deploy(
         initial_instance_count=1,
         instance_type="local",

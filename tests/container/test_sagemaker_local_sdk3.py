@@ -29,33 +29,22 @@ from sagemaker.core.training.configs import Compute, InputData, SourceCode
 from sagemaker.train.distributed import Torchrun
 from sagemaker.train.model_trainer import Mode, ModelTrainer
 
+from tests.support.sdk_local import LOCAL_ROLE
 from train import synthetic
 
 pytestmark = pytest.mark.container
 
-LOCAL_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode never assumes it
-NETWORK = "sagemaker-local"
 HPS = {"epochs": 1, "image-size": 64, "batch-size": 8, "num-workers": 0, "lr": 0.003}
 
 
 @pytest.fixture
-def local_root(monkeypatch, docker_client, tmp_path):
+def local_root(sdk_local_mode, docker_client, tmp_path):
     """The ModelTrainer's local_container_root; its folder name is the compose project."""
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local-mode-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local-mode-test")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     root = tmp_path / f"smv3{uuid.uuid4().hex[:10]}"
     root.mkdir()
-    had_network = bool(docker_client.networks.list(names=[NETWORK]))
     yield root
     for container in project_containers(docker_client, root):
         container.remove(force=True)
-    if not had_network:
-        for network in docker_client.networks.list(names=[NETWORK]):
-            network.reload()
-            if not network.containers:
-                network.remove()
 
 
 @pytest.fixture(scope="module")

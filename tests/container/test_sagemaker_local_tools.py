@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import tarfile
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from smvision_aws import cli, local_hosting, local_mode
 from smvision_aws.commands.endpoints import cmd_deploy, cmd_transform
 
+from tests.support.net import free_port
 from tests.support.payloads import png_bytes
 from train import synthetic
 
@@ -53,12 +53,6 @@ def leaves_nothing(docker_client, image):
     assert models_after - models_before == set(), "an extracted model was left behind"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def check_prediction(prediction: dict) -> None:
     assert prediction["predicted_label"] in synthetic.SHAPE_CLASSES, prediction
     probabilities = prediction["probabilities"]
@@ -69,7 +63,7 @@ def check_prediction(prediction: dict) -> None:
 def test_deploy_local_predicts_a_real_image_then_removes_everything(image, model_tar, leaves_nothing, tmp_path):
     picture = tmp_path / "red_circle.png"
     picture.write_bytes(png_bytes(synthetic.make_image("red_circle")))
-    port = _free_port()
+    port = free_port()
     args = cli.get_args_parser().parse_args(
         ["deploy", "--local", "--image", image, "--model-data", model_tar.as_uri(), "--endpoint-name", "shapes-local"]
         + ["--smoke-image", str(picture), "--serving-port", str(port)]
@@ -85,7 +79,7 @@ def test_a_failed_prediction_still_removes_the_container(image, model_tar, leave
     garbage.write_bytes(b"\x89PNG\r\n\x1a\n but not an image")
     args = cli.get_args_parser().parse_args(
         ["deploy", "--local", "--image", image, "--model-data", model_tar.as_uri(), "--endpoint-name", "e", "--smoke-image", str(garbage)]
-        + ["--serving-port", str(_free_port())]
+        + ["--serving-port", str(free_port())]
     )
     with pytest.raises(local_mode.LocalJobError, match="/invocations answered 4"):
         cmd_deploy(args)

@@ -21,41 +21,12 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.support.bombs import blank_png
 from tests.support.containers import Containers, host_port, wait_ping
-from tests.support.payloads import jpeg_bytes, png_bytes
-
-from .test_serve import model_root, model_store, npy, post, start_server  # noqa: F401 (model_store is a fixture)
-
-HELPER = r"""
-import io, time, http.server
-from PIL import Image
-buf = io.BytesIO(); Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, "PNG"); PNG = buf.getvalue()
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        if self.path == "/img.png":
-            self.send_response(200); self.send_header("Content-Length", str(len(PNG))); self.end_headers(); self.wfile.write(PNG)
-        elif self.path == "/drip":
-            self.send_response(200); self.send_header("Content-Length", "600"); self.end_headers()
-            for _ in range(600):
-                self.wfile.write(b"x"); self.wfile.flush(); time.sleep(0.1)
-        else:
-            self.send_response(404); self.send_header("Content-Length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", 9000), H).serve_forever()
-"""
+from tests.support.endpoint import model_root, post, start_loopback_helper, start_server
+from tests.support.payloads import jpeg_bytes, npy_bytes, png_bytes
 
 RED = Image.new("RGB", (80, 60), (200, 30, 30))
-
-
-def start_helper(container):
-    container.exec_run(["python", "-c", HELPER], detach=True)
-    probe = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/img.png', timeout=1)"
-    for _ in range(50):
-        if container.exec_run(["python", "-c", probe]).exit_code == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError("loopback helper did not start")
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +48,7 @@ def server(image, docker_client, model_store, tmp_path_factory):
         )
         base = f"http://127.0.0.1:{host_port(container)}"
         wait_ping(base, container)
-        start_helper(container)
+        start_loopback_helper(container)
         yield base, container
     finally:
         handle.cleanup()
@@ -125,19 +96,13 @@ def test_a_dripping_url_is_cut_at_the_deadline(server):
 # --- 2, 12, 20: decoding ------------------------------------------------------------------
 
 
-def thin_png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("1", (width, height)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize(
     "body, ctype",
     [
-        (thin_png(16000, 1), "image/png"),
-        (thin_png(40_000_000, 1), "image/png"),
-        (json.dumps({"image": base64.b64encode(thin_png(16000, 1)).decode()}).encode(), "application/json"),
-        (npy(np.zeros((1, 20000, 3), np.uint8)), "application/x-npy"),
+        (blank_png(16000, 1), "image/png"),
+        (blank_png(40_000_000, 1), "image/png"),
+        (json.dumps({"image": base64.b64encode(blank_png(16000, 1)).decode()}).encode(), "application/json"),
+        (npy_bytes(np.zeros((1, 20000, 3), np.uint8)), "application/x-npy"),
     ],
     ids=["16000x1", "40Mx1", "json-b64", "npy"],
 )
@@ -234,7 +199,7 @@ def _fuzz_cases(seed: int, count: int):
     seeds = {
         "image/png": png,
         "image/jpeg": jpeg,
-        "application/x-npy": npy(np.asarray(RED)),
+        "application/x-npy": npy_bytes(np.asarray(RED)),
         "application/json": json.dumps({"image": base64.b64encode(png).decode()}).encode(),
     }
     odd_json = [
@@ -319,7 +284,7 @@ def test_fuzz_decode_paths(server):
 
 
 def frames(count: int) -> bytes:
-    return npy(np.random.default_rng(0).integers(0, 255, (count, 64, 64, 3), dtype=np.uint8))
+    return npy_bytes(np.random.default_rng(0).integers(0, 255, (count, 64, 64, 3), dtype=np.uint8))
 
 
 def test_batcher_survives_timeouts(containers, image, model_store, tmp_path):

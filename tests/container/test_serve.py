@@ -20,51 +20,11 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.support.containers import Containers, host_port, mount, opt_ml, wait_exit, wait_ping
-from tests.support.payloads import jpeg_bytes, png_bytes
+from tests.support.bombs import blank_png
+from tests.support.containers import Containers, opt_ml, wait_exit, wait_ping
+from tests.support.endpoint import CLASSES, IMG, assert_prediction, model_root, post, start_loopback_helper, start_server
+from tests.support.payloads import jpeg_bytes, npy_bytes, png_bytes
 from train import synthetic
-
-CLASSES = ("class_0", "class_1", "class_2")
-
-# Writes random-init models in the artifact format (vision/artifact.py) inside the image:
-# argv: (out_dir, arch, num_classes)...
-MAKE_MODELS = r"""
-import os, sys, torch
-from pathlib import Path
-from vision.models import build_model
-from vision.artifact import ModelSpec
-args = sys.argv[1:]
-for out, arch, n in zip(args[0::3], args[1::3], args[2::3]):
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    torch.save(build_model(arch, int(n)).state_dict(), out / "model.pt")
-    ModelSpec(arch, tuple(f"class_{i}" for i in range(int(n))), 64, 73,
-              (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).save(out)
-    for f in out.iterdir(): os.chmod(f, 0o666)
-    os.chmod(out, 0o777)
-"""
-
-# A loopback-only HTTP helper started inside the server container: an image to fetch
-# and redirects to addresses the guard must refuse.
-LOOPBACK_HELPER = r"""
-import io, http.server
-from PIL import Image
-buf = io.BytesIO(); Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, "PNG"); PNG = buf.getvalue()
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path == "/img.png":
-            self.send_response(200); self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(PNG))); self.end_headers(); self.wfile.write(PNG)
-        elif self.path.startswith("/redirect"):
-            target = {"/redirect-metadata": "http://169.254.169.254/latest/meta-data/",
-                      "/redirect-private": "http://10.1.2.3/x.png",
-                      "/redirect-loopback": "http://127.0.0.1:8080/ping"}[self.path]
-            self.send_response(302); self.send_header("Location", target); self.end_headers()
-        else:
-            self.send_response(404); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", 9000), H).serve_forever()
-"""
 
 # A seed-style inference.py (as written for AWS's PyTorch images): torchvision model,
 # input_fn for image/jpeg bytes and {"url"} JSON (a str body), predict_fn taking
@@ -121,70 +81,11 @@ def make_wheel(folder: Path) -> str:
     return name
 
 
-@pytest.fixture(scope="session")
-def model_store(image, docker_client, tmp_path_factory) -> Path:
-    """store/{r18, r50}: random-init models in the trainer's artifact format."""
-    store = tmp_path_factory.mktemp("models")
-    os.chmod(store, 0o777)
-    handle = Containers(docker_client)
-    try:
-        container = handle.run(
-            image,
-            ["python", "-c", MAKE_MODELS, "/store/r18", "resnet18", "3", "/store/r50", "resnet50", "3"],
-            volumes={str(store): {"bind": "/store", "mode": "rw"}},
-        )
-        code, logs = wait_exit(container, timeout=300)
-        assert code == 0, logs
-    finally:
-        handle.cleanup()
-    return store
-
-
-def model_root(tmp_path: Path, store: Path, name: str = "r18") -> Path:
-    """An /opt/ml tree whose model/ holds a copy of store/name."""
-    root = opt_ml(tmp_path)
-    shutil.rmtree(root / "model")
-    shutil.copytree(store / name, root / "model")
-    os.chmod(root / "model", 0o777)
-    return root
-
-
 def write_user_script(root: Path, source: str, name: str = "inference.py") -> None:
     """A user's hook module in model/code/, where model.tar.gz would put it."""
     code = root / "model" / "code"
     code.mkdir(exist_ok=True)
     (code / name).write_text(source)
-
-
-def start_server(containers, image, root: Path, env: dict | None = None, command=("serve",), port="8080/tcp"):
-    container = containers.run(image, list(command), volumes=mount(root), environment=env or {}, ports={port: None})
-    base = f"http://127.0.0.1:{host_port(container, port)}"
-    return container, base
-
-
-def post(base, body, ctype, path="/invocations", **kwargs):
-    headers = {"Content-Type": ctype, **kwargs.pop("headers", {})}
-    return requests.post(base + path, data=body, headers=headers, timeout=30, **kwargs)
-
-
-def assert_prediction(result: dict, classes=CLASSES, k=3):
-    assert set(result) == {"predicted_label", "confidence", "probabilities", "top_k"}
-    assert set(result["probabilities"]) == set(classes)
-    assert abs(sum(result["probabilities"].values()) - 1) < 1e-4
-    assert result["predicted_label"] == result["top_k"][0]["label"]
-    assert result["confidence"] == max(result["probabilities"].values())
-    assert len(result["top_k"]) == k
-    probs = [entry["probability"] for entry in result["top_k"]]
-    assert probs == sorted(probs, reverse=True)
-
-
-def npy(array) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-IMG = Image.new("RGB", (80, 60), (200, 30, 30))
 
 
 def cpu_runs_bf16() -> bool:
@@ -211,17 +112,10 @@ def server(request, image, docker_client, model_store, tmp_path_factory):
         root = model_root(tmp_path_factory.mktemp("server"), model_store)
         env = {"SM_VISION_URL_ALLOW": "127.0.0.1:9000", "SM_VISION_PRECISION": request.param}
         container, base = start_server(handle, image, root, env=env)
-        container.exec_run(["python", "-c", LOOPBACK_HELPER], detach=True)
         wait_ping(base, container)
         expected = {"auto": "bf16" if cpu_runs_bf16() else "fp32"}.get(request.param, request.param)
         assert served_precision(container) == expected, container.logs().decode()[-2000:]
-        probe = "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9000/img.png', timeout=1)"
-        for _ in range(50):
-            if container.exec_run(["python", "-c", probe]).exit_code == 0:
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("loopback helper did not start")
+        start_loopback_helper(container)
         yield base, container
     finally:
         handle.cleanup()
@@ -238,8 +132,8 @@ def server(request, image, docker_client, model_store, tmp_path_factory):
         ("application/json", json.dumps({"image": base64.b64encode(png_bytes(IMG)).decode()}).encode()),
         ("application/json; charset=utf-8", json.dumps({"image": base64.b64encode(jpeg_bytes(IMG)).decode()}).encode()),
         ("application/json", json.dumps({"url": "http://127.0.0.1:9000/img.png"}).encode()),
-        ("application/x-npy", npy(np.asarray(IMG))),
-        ("application/x-npy", npy(np.random.rand(3, 64, 64).astype(np.float32))),
+        ("application/x-npy", npy_bytes(np.asarray(IMG))),
+        ("application/x-npy", npy_bytes(np.random.rand(3, 64, 64).astype(np.float32))),
     ],
     ids=["png", "jpeg", "x-image", "octet-stream", "webp", "json-b64", "json-charset", "json-url", "npy-uint8", "npy-float"],
 )
@@ -259,7 +153,7 @@ def test_red_image_same_answer_across_encodings(server):
     base, _ = server
     answers = {
         post(base, png_bytes(IMG), "image/png").json()["predicted_label"],
-        post(base, npy(np.asarray(IMG)), "application/x-npy").json()["predicted_label"],
+        post(base, npy_bytes(np.asarray(IMG)), "application/x-npy").json()["predicted_label"],
     }
     assert len(answers) == 1
 
@@ -278,7 +172,7 @@ def test_batches(server):
     # a bare JSON list and an N x H x W x 3 array are batches too
     listed = post(base, json.dumps([b64, b64]).encode(), "application/json").json()
     assert isinstance(listed, list) and len(listed) == 2
-    stacked = post(base, npy(np.stack([np.asarray(IMG)] * 4)), "application/x-npy").json()
+    stacked = post(base, npy_bytes(np.stack([np.asarray(IMG)] * 4)), "application/x-npy").json()
     assert len(stacked) == 4 and stacked[0]["probabilities"] == pytest.approx(results[0]["probabilities"], abs=1e-4)
     # jsonlines (batch transform): one answer line per record
     lines = (json.dumps({"image": b64}) + "\n" + json.dumps({"image": b64}) + "\n").encode()
@@ -313,12 +207,6 @@ def test_prediction_alias_and_unknown_route(server):
     assert missing.status_code == 404 and "error" in missing.json()
 
 
-def _bomb() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("1", (10_000, 10_000)).save(buffer, "PNG")  # tiny file, 100 megapixels
-    return buffer.getvalue()
-
-
 def _url(url):
     return json.dumps({"url": url}).encode()
 
@@ -328,15 +216,15 @@ BAD_INPUTS = {
     "truncated-jpeg": ("image/jpeg", GOOD_JPEG[: len(GOOD_JPEG) // 2], 400),
     "zero-bytes": ("image/jpeg", b"", 400),
     "text-as-image": ("image/png", b"this is not an image, honest", 400),
-    "bomb-10k": ("image/png", _bomb(), 413),
+    "bomb-10k": ("image/png", blank_png(10_000, 10_000), 413),  # tiny file, 100 megapixels
     "wrong-content-type": ("text/csv", b"1,2,3", 415),
     "no-content-type": ("", GOOD_JPEG, 415),
     "broken-json": ("application/json", b'{"image": "abc', 400),
     "broken-base64": ("application/json", b'{"image": "!!not*base64"}', 400),
     "json-no-image": ("application/json", b'{"pixels": 1}', 422),
     "empty-batch": ("application/json", b'{"instances": []}', 422),
-    "npy-wrong-shape": ("application/x-npy", npy(np.zeros((5,), dtype=np.uint8)), 422),
-    "npy-pickle": ("application/x-npy", npy(np.array([{"a": 1}], dtype=object)), 400),
+    "npy-wrong-shape": ("application/x-npy", npy_bytes(np.zeros((5,), dtype=np.uint8)), 422),
+    "npy-pickle": ("application/x-npy", npy_bytes(np.array([{"a": 1}], dtype=object), allow_pickle=True), 400),
     "over-6mb": ("image/jpeg", os.urandom(7 * 1024 * 1024), 413),
     "url-file": ("application/json", _url("file:///etc/passwd"), 400),
     "url-loopback": ("application/json", _url("http://127.0.0.1:8080/ping"), 400),
@@ -492,8 +380,7 @@ def test_user_inference_in_model_tar(containers, image, model_store, tmp_path):
     assert len(result["logits"][0]) == 3  # the user's output_fn, not ours
     assert result["model_dir"].endswith("model") or "/tmp/" in result["model_dir"]  # context arrived
     # the user's input_fn fetches the URL itself with requests and gets a str body
-    container.exec_run(["python", "-c", LOOPBACK_HELPER], detach=True)
-    time.sleep(1.5)
+    start_loopback_helper(container)
     response = post(base, json.dumps({"url": "http://127.0.0.1:9000/img.png"}), "application/json")
     assert response.status_code == 200, response.text
     assert response.json()["logits"][0] == pytest.approx(result["logits"][0], abs=0.05)  # PNG and JPEG of a flat colour agree

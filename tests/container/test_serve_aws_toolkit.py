@@ -19,22 +19,20 @@ import io
 import os
 import re
 import shutil
-import socket
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from tests.support.containers import Containers, host_port, mount, opt_ml, wait_exit, wait_ping
+from tests.support.containers import opt_ml, run_to_completion, wait_exit, wait_ping
+from tests.support.endpoint import start_server, until_ok
+from tests.support.payloads import npy_bytes
+from tests.support.sdk_local import LOCAL_ROLE
 
 DATA = Path(__file__).parent / "data"
 WHEEL = "inflection-0.5.1-py2.py3-none-any.whl"  # a tiny pure-Python PyPI package, vendored: no index at test time
-ROLE = "arn:aws:iam::111111111111:role/local-mode"
-TELEMETRY_OPT_OUT = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
-LOCAL_CONTAINER = re.compile(r"^[a-z0-9]{10}-algo-\d+-[a-z0-9]{5}$")
 BATCH = 32  # AWS's tests send 300 (their 5 MB body cap); fewer rows keep this quick on 2 CPUs
 
 NETS = r"""
@@ -145,13 +143,9 @@ def artifacts(image, docker_client, tmp_path_factory) -> Path:
     """mnist/model.pth, flat/model.pth, resnet18/model.pt and photo.jpg, made in the image."""
     out = tmp_path_factory.mktemp("aws-models")
     os.chmod(out, 0o777)
-    handle = Containers(docker_client)
-    try:
-        container = handle.run(image, ["python", "-c", MAKE_ARTIFACTS, "/out"], volumes={str(out): {"bind": "/out", "mode": "rw"}})
-        code, logs = wait_exit(container, timeout=300)
-        assert code == 0, logs
-    finally:
-        handle.cleanup()
+    run_to_completion(
+        docker_client, image, ["python", "-c", MAKE_ARTIFACTS, "/out"], timeout=300, volumes={str(out): {"bind": "/out", "mode": "rw"}}
+    )
     return out
 
 
@@ -161,49 +155,6 @@ def model_tar(folder: Path, target: Path) -> Path:
         for path in sorted(folder.iterdir()):
             archive.add(path, arcname=path.name)
     return target
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def local_session(monkeypatch, docker_client, image):
-    """A LocalSession on a free serving port (never 8080: tests share the machine);
-    removes the serving containers it started, also on failure."""
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "local-mode-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local-mode-test")
-    monkeypatch.setenv("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    import boto3
-    from sagemaker.local import LocalSession
-
-    def ours():
-        return {
-            c.name: c
-            for c in docker_client.containers.list(all=True)
-            if LOCAL_CONTAINER.match(c.name) and c.attrs["Config"]["Image"] == image
-        }
-
-    before = set(ours())
-    had_network = bool(docker_client.networks.list(names=[LOCAL_NETWORK]))
-    session = LocalSession(boto_session=boto3.Session(region_name="us-east-1"), sagemaker_config=TELEMETRY_OPT_OUT)
-    session.config = {"local": {"local_code": True, "serving_port": free_port()}}
-    session.started_containers = lambda: [c for name, c in ours().items() if name not in before]
-    yield session
-    for container in session.started_containers():
-        container.remove(force=True)
-    if not had_network:  # the SDK's compose creates it; leave one that was there before
-        for network in docker_client.networks.list(names=[LOCAL_NETWORK]):
-            network.reload()
-            if not network.containers:
-                network.remove()
-
-
-LOCAL_NETWORK = "sagemaker-local"
 
 
 class Deployed:
@@ -218,7 +169,7 @@ class Deployed:
             entry_point=entry_point,
             source_dir=source_dir,
             image_uri=image,
-            role=ROLE,
+            role=LOCAL_ROLE,
             framework_version="2.1",
             py_version="py310",
             sagemaker_session=session,
@@ -237,7 +188,7 @@ class Deployed:
         self.predictor.delete_endpoint()
 
     def logs(self) -> str:
-        return "".join(c.logs().decode(errors="replace") for c in self.session.started_containers())
+        return "".join(c.logs().decode(errors="replace") for c in self.session.started_containers().values())
 
 
 def predict(predictor, data, serializer, deserializer):
@@ -324,10 +275,7 @@ def test_mme_sequence_with_aws_style_models(containers, image, artifacts, tmp_pa
     (models / "mnist" / "code" / "inference.py").write_text(MNIST_INFERENCE)
     shutil.copy(DATA / WHEEL, models / "mnist" / "code" / WHEEL)
     (models / "mnist" / "code" / "requirements.txt").write_text("--no-index\n--find-links .\ninflection==0.5.1\n")
-    container = containers.run(
-        image, ["serve"], volumes=mount(root), environment={"SAGEMAKER_MULTI_MODEL": "true"}, ports={"8080/tcp": None}
-    )
-    base = f"http://127.0.0.1:{host_port(container, '8080/tcp')}"
+    container, base = start_server(containers, image, root, env={"SAGEMAKER_MULTI_MODEL": "true"})
     wait_ping(base, container)
 
     def load(name, url):
@@ -358,10 +306,8 @@ def test_mme_sequence_with_aws_style_models(containers, image, artifacts, tmp_pa
     probabilities = response.json()
     assert len(probabilities) == 1000 and abs(sum(probabilities) - 1) < 1e-3
 
-    buffer = io.BytesIO()
-    np.save(buffer, np.zeros((3, 1, 28, 28), dtype=np.float32))
     headers = {"Content-Type": "application/x-npy", "Accept": "application/json", "X-Amzn-SageMaker-Target-Model": "mnist"}
-    response = requests.post(base + "/invocations", data=buffer.getvalue(), headers=headers, timeout=60)
+    response = requests.post(base + "/invocations", data=npy_bytes(np.zeros((3, 1, 28, 28), dtype=np.float32)), headers=headers, timeout=60)
     assert response.status_code == 200, response.text
     assert np.array(response.json()).shape == (3, 10)
     container.kill(signal="SIGTERM")
@@ -375,16 +321,12 @@ def test_mms_backend_gives_a_user_model_the_same_defaults(containers, image, art
     (root / "model" / "code").mkdir()
     (root / "model" / "code" / "inference.py").write_text(ONCE_INFERENCE)
     environment = {"SM_VISION_SERVE_BACKEND": "mms", "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
-    container = containers.run(image, ["serve"], volumes=mount(root), environment=environment, ports={"8080/tcp": None})
-    base = f"http://127.0.0.1:{host_port(container, '8080/tcp')}"
+    container, base = start_server(containers, image, root, env=environment)
     wait_ping(base, container, timeout=180)
     rows = "\n".join(",".join(["0.5"] * 784) for _ in range(3))
-    deadline = time.monotonic() + 120
-    while True:  # MMS answers /ping before its worker has loaded the model
-        response = requests.post(base + "/invocations", data=rows, headers={"Content-Type": "text/csv", "Accept": "text/csv"}, timeout=30)
-        if response.status_code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    csv = {"Content-Type": "text/csv", "Accept": "text/csv"}
+    # MMS answers /ping before its worker has loaded the model
+    response = until_ok(lambda: requests.post(base + "/invocations", data=rows, headers=csv, timeout=30))
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/csv")
     answer = np.loadtxt(io.StringIO(response.text), delimiter=",")

@@ -10,9 +10,8 @@ import time
 import requests
 
 from tests.support.containers import opt_ml, wait_exit, wait_ping
+from tests.support.endpoint import CLASSES, IMG, assert_prediction, model_root, post, start_server, until_ok
 from tests.support.payloads import png_bytes
-
-from .test_serve import CLASSES, IMG, assert_prediction, model_root, model_store, post, start_server  # noqa: F401 (fixture)
 
 # A per-model transform_fn: AWS's toolkit ignores hooks on MME; we must not.
 HOOKED = (
@@ -92,12 +91,7 @@ def test_mms_backend_same_model_and_hooks(containers, image, model_store, tmp_pa
     container, base = start_server(containers, image, root, command=("serve", "--backend", "mms"))
     wait_ping(base, container, timeout=180)
     body = png_bytes(IMG)
-    deadline = time.monotonic() + 120
-    while True:  # MMS answers /ping before its worker has loaded the model
-        response = post(base, body, "image/png")
-        if response.status_code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    response = until_ok(lambda: post(base, body, "image/png"))  # MMS answers /ping before its worker has loaded the model
     assert response.status_code == 200, response.text
     assert_prediction(response.json(), CLASSES)
     assert post(base, body, "text/plain").status_code == 415  # (text/csv: MMS itself fails decoding to str, a 500)
@@ -109,12 +103,7 @@ def test_mms_backend_same_model_and_hooks(containers, image, model_store, tmp_pa
     (root2 / "model" / "code" / "inference.py").write_text(HOOKED)
     container2, base2 = start_server(containers, image, root2, env={"SM_VISION_SERVE_BACKEND": "mms"})
     wait_ping(base2, container2, timeout=180)
-    deadline = time.monotonic() + 120
-    while True:
-        response = post(base2, body, "image/png")
-        if response.status_code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    response = until_ok(lambda: post(base2, body, "image/png"))
     assert response.json() == {"hooked": True, "bytes": len(body)}
 
 

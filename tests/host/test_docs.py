@@ -1,7 +1,6 @@
 """The docs stay true to the code: generated reference tables are current, links
 resolve, the README keeps its two commands, and nothing points outside the repository."""
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -10,28 +9,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # docs/reference.py imports the torch-free config modules
 
-
-def _reference():
-    spec = importlib.util.spec_from_file_location("docs_reference", REPO / "docs" / "reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support.docs import docs_reference  # noqa: E402 (importable after the path insert)
 
 
 def test_generated_reference_tables_are_current():
-    stale = _reference().stale_pages()
+    stale = docs_reference().stale_pages()
     assert not stale, f"stale generated tables in {[str(p) for p in stale]}: run python3 docs/reference.py"
 
 
 def test_every_generated_block_names_a_known_table():
-    reference = _reference()
+    reference = docs_reference()
     names = {m.group("name") for page in (REPO / "docs").glob("*.md") for m in reference.BLOCK.finditer(page.read_text())}
     assert names, "no generated blocks found: the hyperparameter table must be generated"
     assert names <= set(reference.TABLES), names - set(reference.TABLES)
 
 
 def test_a_stale_table_is_detected():
-    reference = _reference()
+    reference = docs_reference()
     page = (REPO / "docs" / "training.md").read_text()
     assert "`batch-size` | `32`" in page
     assert reference.render(page.replace("`batch-size` | `32`", "`batch-size` | `33`")) == page

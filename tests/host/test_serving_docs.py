@@ -2,7 +2,6 @@
 torch-free) and fails this test when it is stale."""
 
 import dataclasses
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,19 +9,13 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from container.serving import ServeConfig  # noqa: E402 (importable after the path insert)
-
-
-def _reference():
-    spec = importlib.util.spec_from_file_location("docs_reference", REPO / "docs" / "reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support.docs import docs_reference  # noqa: E402
 
 
 def test_serving_doc_holds_the_generated_settings_table():
     page = (REPO / "docs" / "serving.md").read_text()
     assert "<!-- generated: serving-settings -->" in page
-    assert _reference().render(page) == page, "docs/serving.md is stale: run python3 docs/reference.py"
+    assert docs_reference().render(page) == page, "docs/serving.md is stale: run python3 docs/reference.py"
     for field in dataclasses.fields(ServeConfig):
         assert f"| `{field.metadata['env']}` |" in page, field.name
 
@@ -31,7 +24,7 @@ def test_a_changed_serving_default_makes_the_page_stale():
     page = (REPO / "docs" / "serving.md").read_text()
     row = "| `SM_VISION_TOP_K` | `--top-k` | `5` |"
     assert row in page
-    assert _reference().render(page.replace(row, row.replace("`5`", "`6`"))) == page
+    assert docs_reference().render(page.replace(row, row.replace("`5`", "`6`"))) == page
 
 
 def test_serving_doc_has_the_aws_migration_part_with_one_curl_per_payload_type():

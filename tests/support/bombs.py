@@ -75,9 +75,10 @@ def sixteen_bit_png(width: int, height: int) -> bytes:
 
 
 def npy_header(shape: tuple, descr: str = "<f4", fortran: bool = False) -> bytes:
-    """An .npy (1.0) preamble and header declaring shape and descr, with no data."""
+    """An .npy (1.0) preamble and header declaring shape and descr, with no data,
+    padded as numpy pads it (np.save writes these bytes for such an array)."""
     text = f"{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}"
-    text += " " * (63 - (10 + len(text)) % 64) + "\n"
+    text += " " * (64 - (10 + len(text) + 1) % 64) + "\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin-1")
 
 

@@ -1,6 +1,7 @@
-"""Driving the real image in tests: a fake /opt/ml to bind-mount, waiting for a container
-to exit, its published port, and its server's /ping. The docker fixtures (the client,
-the image, containers removed at teardown) are in tests/container/conftest.py."""
+"""Driving the real image in tests: a fake /opt/ml to bind-mount, one-off containers run
+to completion, waiting for a container to exit, its published port, and its server's
+/ping. The docker fixtures (the client, the image, containers removed at teardown) are
+in tests/container/conftest.py."""
 
 from __future__ import annotations
 
@@ -53,6 +54,18 @@ def wait_exit(container, timeout: float = 600) -> tuple[int, str]:
     """Exit code and combined logs of a container started detached."""
     result = container.wait(timeout=timeout)
     return result["StatusCode"], container.logs().decode(errors="replace")
+
+
+def run_to_completion(client, image, command, timeout: float = 600, **kwargs) -> str:
+    """Runs a one-off container, asserts that it exits 0 and removes it (also on
+    failure); its logs."""
+    handle = Containers(client)
+    try:
+        code, logs = wait_exit(handle.run(image, command, **kwargs), timeout=timeout)
+        assert code == 0, logs
+    finally:
+        handle.cleanup()
+    return logs
 
 
 def opt_ml(tmp_path: Path) -> Path:

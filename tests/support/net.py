@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -85,5 +86,24 @@ def redirect(location: str, status: int = 302) -> Route:
         handler.send_header("Location", location)
         handler.send_header("Content-Length", "0")
         handler.end_headers()
+
+    return route
+
+
+def drip(length: int, interval: float = 0.1) -> Route:
+    """A route answering 200 with a `length`-byte body, one byte every `interval`
+    seconds (no per-read timeout ever trips); it stops when the client hangs up."""
+
+    def route(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(length))
+        handler.end_headers()
+        for _ in range(length):
+            try:
+                handler.wfile.write(b"x")
+                handler.wfile.flush()
+            except OSError:
+                return
+            time.sleep(interval)
 
     return route

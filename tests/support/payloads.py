@@ -23,7 +23,8 @@ def jpeg_bytes(image: Image.Image, quality: int = 95) -> bytes:
     return image_bytes(image, "JPEG", quality=quality)
 
 
-def npy_bytes(array) -> bytes:
+def npy_bytes(array, allow_pickle: bool = False) -> bytes:
+    """`array` as an .npy file; allow_pickle=True writes object arrays (as pickles)."""
     buffer = io.BytesIO()
-    np.save(buffer, np.asarray(array), allow_pickle=False)
+    np.save(buffer, np.asarray(array), allow_pickle=allow_pickle)
     return buffer.getvalue()

@@ -15,6 +15,7 @@ from PIL import Image
 
 from container import ServeConfig
 from serve import codec, errors
+from tests.support.bombs import npy_header
 from tests.support.payloads import image_bytes as encoded
 from tests.support.payloads import npy_bytes as npy
 from train import data
@@ -136,19 +137,12 @@ def test_pixel_limit_names_the_limit():
         )
 
 
-def npy_claiming(shape, descr="|u1", payload=b"x" * 100) -> bytes:
-    import struct
-
-    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + payload
-
-
 @pytest.mark.parametrize("shape, descr", [((2**20, 2**20, 3), "|u1"), ((7000,), "<f4"), ((1, 2), "|O")])
 def test_npy_header_must_fit_the_body(shape, descr):
     """numpy allocates what the header declares before reading: a 100-byte body
     claiming 3 TiB was a MemoryError (500)."""
     with pytest.raises(errors.BadInput, match="header declares"):
-        codec.decode(npy_claiming(shape, descr), "application/x-npy", PRE, LIMITS)
+        codec.decode(npy_header(shape, descr) + b"x" * 100, "application/x-npy", PRE, LIMITS)
 
 
 def test_deeply_nested_json_is_400():

@@ -15,7 +15,7 @@ import pytest
 from container import ServeConfig
 from serve import errors, urlguard
 from serve.fetch import FetchPolicy, fetch_url
-from tests.support.net import Site, redirect
+from tests.support.net import Site, drip, redirect
 from tests.support.net import respond as body
 from tests.support.payloads import png_bytes
 from tests.support.serving import fetch_policy
@@ -169,20 +169,7 @@ def _drip_headers(h):
         time.sleep(0.1)
 
 
-def _drip_body(h):
-    h.send_response(200)
-    h.send_header("Content-Length", "200")
-    h.end_headers()
-    for _ in range(200):
-        try:
-            h.wfile.write(b"x")
-            h.wfile.flush()
-        except OSError:
-            return
-        time.sleep(0.1)
-
-
-@pytest.mark.parametrize("route", [_drip_headers, _drip_body], ids=["headers", "body"])
+@pytest.mark.parametrize("route", [_drip_headers, drip(200)], ids=["headers", "body"])
 def test_one_deadline_for_the_whole_fetch(sites, route):
     site = sites()
     site.routes["/slow"] = route

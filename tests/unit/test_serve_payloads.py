@@ -9,13 +9,7 @@ import pytest
 import torch
 
 from serve import errors, payloads
-
-
-def npy_v1(descr: str, shape: tuple, data: bytes) -> bytes:
-    """An .npy file written by hand (format 1.0): magic, header length, padded dict, data."""
-    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
-    header += " " * (64 - (10 + len(header) + 1) % 64) + "\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + data
+from tests.support.bombs import npy_header
 
 
 def test_json_nested_lists_become_float32():
@@ -32,9 +26,9 @@ def test_csv_rows_become_a_2d_float32_tensor():
 
 def test_npy_keeps_shape_and_dtype():
     data = struct.pack("<4f", 1.0, 2.0, 3.0, 4.0)
-    tensor = payloads.decode(npy_v1("<f4", (2, 1, 2), data), "application/x-npy")
+    tensor = payloads.decode(npy_header((2, 1, 2), "<f4") + data, "application/x-npy")
     assert tensor.dtype == torch.float32 and tensor.shape == (2, 1, 2) and tensor.flatten().tolist() == [1, 2, 3, 4]
-    ints = payloads.decode(npy_v1("<i8", (3,), struct.pack("<3q", 7, 8, 9)), "application/x-npy")
+    ints = payloads.decode(npy_header((3,), "<i8") + struct.pack("<3q", 7, 8, 9), "application/x-npy")
     assert ints.dtype == torch.int64 and ints.tolist() == [7, 8, 9]
 
 
@@ -57,7 +51,7 @@ def test_npz_with_one_array():
         (b"1,two\n", "text/csv", errors.BadInput),
         (b"1,2\n3\n", "text/csv", errors.Unprocessable),
         (b"\x93NUMPY junk", "application/x-npy", errors.BadInput),
-        (npy_v1("|O", (1,), b"\x80\x04N."), "application/x-npy", errors.BadInput),  # pickles refused
+        (npy_header((1,), "|O") + b"\x80\x04N.", "application/x-npy", errors.BadInput),  # pickles refused
         (b"PK junk", "application/x-npz", errors.BadInput),
         (b"abc", "text/plain", errors.UnsupportedMediaType),
     ],
@@ -73,7 +67,7 @@ def test_encoders_write_the_bytes_aws_writes():
     assert payloads.encode(prediction, "text/csv") == b"0.5,1.0\n2.0,-3.0\n"
     assert payloads.encode(torch.tensor([0.5, 1.0]), "text/csv") == b"0.5\n1.0\n"  # 1-D: one value per line, as np.savetxt
     assert payloads.encode(prediction, "application/jsonlines") == b"[0.5, 1.0]\n[2.0, -3.0]\n"
-    assert payloads.encode(prediction, "application/x-npy") == npy_v1("<f4", (2, 2), struct.pack("<4f", 0.5, 1.0, 2.0, -3.0))
+    assert payloads.encode(prediction, "application/x-npy") == npy_header((2, 2), "<f4") + struct.pack("<4f", 0.5, 1.0, 2.0, -3.0)
     assert payloads.encode({"label": "cat"}, "application/json") == b'{"label": "cat"}'
     with pytest.raises(errors.NotAcceptable):
         payloads.encode({"label": "cat"}, "text/csv")
