@@ -14,6 +14,12 @@ a local run sets with the same variables or `monitor` flags:
     baseline_constraints, baseline_statistics   optional local paths of a constraints.json
                          (its thresholds apply) and a statistics.json (must be this model's baseline)
 
+A scheduled Processing job (smvision-aws monitor) adds what Model Monitor does for its
+jobs: dataset_source may be s3://.../{endpoint}/{variant}, whose hour folders in the
+window are downloaded; --hours N makes the window the N whole hours before end_time
+(a schedule knows only its own time); SM_VISION_MONITOR_CLOUDWATCH_NAMESPACE publishes
+the CloudWatch records with PutMetricData.
+
 MonitorSettings: the model to load and the thresholds (SM_VISION_MONITOR_*), each with
 its default here; the reference table in docs/monitoring.md is generated from them.
 No torch here.
@@ -26,7 +32,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from container import settings
 from container.parse import ConfigError, parse_bool
@@ -81,10 +87,22 @@ def parse_dataset_format(text: str, name: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class MonitoringJob:
-    dataset_source: str | None = setting("dataset_source", None, "folder of Data Capture JSONL files (searched recursively)", "--captures")
+    dataset_source: str | None = setting(
+        "dataset_source",
+        None,
+        "folder of Data Capture JSONL files (searched recursively), or s3://bucket/prefix/{endpoint}/{variant} (the window's hour folders are downloaded)",
+        "--captures",
+    )
     output_path: str | None = setting("output_path", None, "folder for statistics.json, constraint_violations.json and the report", "--out")
     start_time: datetime | None = setting("start_time", None, "window start (ISO 8601, UTC; inclusive)", "--start", parse=parse_time)
     end_time: datetime | None = setting("end_time", None, "window end (ISO 8601, UTC; exclusive)", "--end", parse=parse_time)
+    hours: int | None = setting(
+        "SM_VISION_MONITOR_HOURS",
+        None,
+        "instead of start_time: the window is the N whole UTC hours before end_time (default: now), e.g. a schedule's last hour",
+        "--hours",
+        minimum=1,
+    )
     capture_indexes: tuple[str, ...] = setting(
         "dataset_format",
         (CAPTURE_INPUT, CAPTURE_OUTPUT),
@@ -110,6 +128,12 @@ class MonitoringJob:
     datacapture_prefix: str | None = setting(
         "sagemaker_endpoint_datacapture_prefix", None, "the endpoint's Data Capture S3 prefix (recorded)"
     )
+    cloudwatch_namespace: str | None = setting(
+        "SM_VISION_MONITOR_CLOUDWATCH_NAMESPACE",
+        None,
+        "also publish the CloudWatch records with PutMetricData in this namespace (a Processing job; Model Monitor publishes them itself)",
+        "--cloudwatch-namespace",
+    )
 
     def __post_init__(self):
         settings.check(self)
@@ -121,10 +145,23 @@ class MonitoringJob:
             raise ConfigError("output_path is not set: pass --out DIR or set output_path")
         if self.start_time and self.end_time and self.start_time >= self.end_time:
             raise ConfigError(f"start_time={self.start_time.isoformat()} is not before end_time={self.end_time.isoformat()}")
+        if self.hours and self.start_time:
+            raise ConfigError("give start_time (--start) or SM_VISION_MONITOR_HOURS (--hours), not both")
+        if self.dataset_source.startswith("s3://") and not (self.hours or (self.start_time and self.end_time)):
+            raise ConfigError(
+                f"dataset_source={self.dataset_source}: an S3 source needs a window (--start and --end, or --hours), so only its hours are read"
+            )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> MonitoringJob:
-        return settings.load(cls, os.environ if environ is None else environ, overrides)
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None, now: datetime | None = None
+    ) -> MonitoringJob:
+        """The job; with `hours`, its window made explicit: the whole hours before end_time (or now)."""
+        job = settings.load(cls, os.environ if environ is None else environ, overrides)
+        if not job.hours:
+            return job
+        end = (job.end_time or now or datetime.now(timezone.utc)).replace(minute=0, second=0, microsecond=0)
+        return dataclasses.replace(job, start_time=end - timedelta(hours=job.hours), end_time=end, hours=None)
 
     @property
     def captures_outputs(self) -> bool:

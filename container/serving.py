@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import get_type_hints
 
+from container import settings
 from container.attributes import RequestOptions, request_defaults
 from container.contract import DEFAULT_ROOT, ROOT_ENV_VAR, SageMakerPaths
-from container.parse import ConfigError, parse_bool, parse_float, parse_int
+from container.parse import ConfigError
+from container.settings import setting
 
 BACKENDS = ("asgi", "mms")
 BATCHING = ("auto", "on", "off")
@@ -35,33 +36,29 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ACCESS_LOG_FORMATS = ("log", "json", "off")  # serve.access_log.LOG_FORMATS
 
 
-def _setting(env: str, default, help: str, flag: str | None = None, choices=None, minimum=None):
-    return field(default=default, metadata={"env": env, "help": help, "flag": flag, "choices": choices, "minimum": minimum})
-
-
 @dataclass(frozen=True)
 class ServeConfig:
     # --- server ---
-    backend: str = _setting(
+    backend: str = setting(
         "SM_VISION_SERVE_BACKEND", "asgi", "asgi (our server) or mms (multi-model-server, as AWS's images)", "--backend", BACKENDS
     )
-    host: str = _setting("SM_VISION_BIND_HOST", "0.0.0.0", "address to listen on", "--host")
-    port: int = _setting("SAGEMAKER_BIND_TO_PORT", 8080, "TCP port to listen on", "--port", minimum=1)
-    log_level: str = _setting("SM_VISION_LOG_LEVEL", "info", "log level", "--log-level", LOG_LEVELS)
-    opt_ml: str = _setting(ROOT_ENV_VAR, DEFAULT_ROOT, "root of SageMaker's /opt/ml tree (moved for tests and local runs)")
-    model_dir: str | None = _setting("SM_VISION_MODEL_DIR", None, "model directory (default /opt/ml/model)", "--model-dir")
-    scratch_dir: str = _setting(
+    host: str = setting("SM_VISION_BIND_HOST", "0.0.0.0", "address to listen on", "--host")
+    port: int = setting("SAGEMAKER_BIND_TO_PORT", 8080, "TCP port to listen on", "--port", minimum=1, maximum=65535)
+    log_level: str = setting("SM_VISION_LOG_LEVEL", "info", "log level", "--log-level", LOG_LEVELS)
+    opt_ml: str = setting(ROOT_ENV_VAR, DEFAULT_ROOT, "root of SageMaker's /opt/ml tree (moved for tests and local runs)")
+    model_dir: str | None = setting("SM_VISION_MODEL_DIR", None, "model directory (default /opt/ml/model)", "--model-dir")
+    scratch_dir: str = setting(
         "SM_VISION_SCRATCH_DIR", "/tmp/sm-vision-models", "where model.tar.gz files are extracted, one folder per model"
     )
-    device: str = _setting("SM_VISION_DEVICE", "auto", "auto, cpu, cuda or cuda:N", "--device")
-    precision: str = _setting(
+    device: str = setting("SM_VISION_DEVICE", "auto", "auto, cpu, cuda or cuda:N", "--device")
+    precision: str = setting(
         "SM_VISION_PRECISION",
         "auto",
         "our classifier's forward precision; auto = what the device runs natively, kept only if it agrees with fp32 at warm-up",
         "--precision",
         PRECISIONS,
     )
-    workers: int | None = _setting(
+    workers: int | None = setting(
         "SAGEMAKER_MODEL_SERVER_WORKERS",
         None,
         "our classifier: concurrent forward passes (default min(CPUs, 4), 1 on GPU); a user's model: that many "
@@ -69,113 +66,124 @@ class ServeConfig:
         "--workers",
         minimum=1,
     )
-    timeout_s: int = _setting("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, "seconds one inference may take before a 504", minimum=1)
-    max_payload_mb: int = _setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, "largest request body in MiB (413 above)", minimum=1)
-    metrics: bool = _setting("SM_VISION_METRICS", True, "serve Prometheus metrics at GET /metrics")
-    access_log: str = _setting(
+    timeout_s: int = setting("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60, "seconds one inference may take before a 504", minimum=1)
+    max_payload_mb: int = setting("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, "largest request body in MiB (413 above)", minimum=1)
+    metrics: bool = setting("SM_VISION_METRICS", True, "serve Prometheus metrics at GET /metrics")
+    access_log: str = setting(
         "SM_VISION_ACCESS_LOG", "log", "one access-log line per request: a log line, a JSON line, or none", choices=ACCESS_LOG_FORMATS
     )
     # --- the user's inference script ---
-    program: str | None = _setting(
+    program: str | None = setting(
         "SAGEMAKER_PROGRAM", None, "the user's inference script (default inference.py), found in model/code or the submit directory"
     )
-    submit_directory: str | None = _setting(
+    submit_directory: str | None = setting(
         "SAGEMAKER_SUBMIT_DIRECTORY", None, "where the SDK put the user's code (file://DIR, or s3://... repacked into model/code)"
     )
     # --- endpoint kinds ---
-    multi_model: bool = _setting("SAGEMAKER_MULTI_MODEL", False, "multi-model endpoint: models loaded by name through /models")
-    mme_memory_mb: int | None = _setting(
+    multi_model: bool = setting("SAGEMAKER_MULTI_MODEL", False, "multi-model endpoint: models loaded by name through /models")
+    mme_memory_mb: int | None = setting(
         "SM_VISION_MME_MEMORY_MB", None, "multi-model memory budget in MiB (default 70% of the container's memory)", minimum=1
     )
-    batch: bool = _setting("SAGEMAKER_BATCH", False, "a batch transform job (reported by /execution-parameters)")
-    max_concurrent_transforms: int | None = _setting(
+    batch: bool = setting("SAGEMAKER_BATCH", False, "a batch transform job (reported by /execution-parameters)")
+    max_concurrent_transforms: int | None = setting(
         "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", None, "batch transform: parallel requests (default: the workers)", minimum=1
     )
-    batch_strategy: str | None = _setting("SAGEMAKER_BATCH_STRATEGY", None, "batch transform: MULTI_RECORD (default) or SINGLE_RECORD")
+    batch_strategy: str | None = setting("SAGEMAKER_BATCH_STRATEGY", None, "batch transform: MULTI_RECORD (default) or SINGLE_RECORD")
     # --- our classifier ---
-    top_k: int = _setting("SM_VISION_TOP_K", 5, "classes in top_k (per request: ?top_k= or X-Top-K)", "--top-k", minimum=1)
-    batching: str = _setting(
+    top_k: int = setting("SM_VISION_TOP_K", 5, "classes in top_k (per request: ?top_k= or X-Top-K)", "--top-k", minimum=1)
+    batching: str = setting(
         "SM_VISION_BATCHING",
         "auto",
         "dynamic micro-batching of concurrent requests into one forward; auto = on (CPU and GPU), off = one request per forward",
         "--batching",
         BATCHING,
     )
-    max_batch_size: int | None = _setting(
+    max_batch_size: int | None = setting(
         "SM_VISION_MAX_BATCH_SIZE", None, "micro-batch rows (default 4 on CPU, 16 on GPU)", "--max-batch-size", minimum=1
     )
-    max_batch_delay_ms: float | None = _setting(
+    max_batch_delay_ms: float | None = setting(
         "SM_VISION_MAX_BATCH_DELAY_MS",
         None,
         "how long a micro-batch waits to fill while a forward slot is free (default 0 on CPU, 5 on GPU)",
         "--max-batch-delay-ms",
         minimum=0,
     )
-    custom_attributes: str | None = _setting(
+    custom_attributes: str | None = setting(
         "SM_VISION_CUSTOM_ATTRIBUTES",
         None,
         "X-Amzn-SageMaker-Custom-Attributes for every request that sends none (batch transform sends none), "
         "e.g. explain=gradcam,overlay=false or abstain_below=0.6; a request's own header wins key by key",
     )
     # --- request limits ---
-    max_image_pixels: int = _setting("SM_VISION_MAX_IMAGE_PIXELS", 40_000_000, "largest image (width x height) decoded", minimum=1)
-    max_batch_items: int = _setting("SM_VISION_MAX_BATCH_ITEMS", 64, "most images in one request", minimum=1)
-    url_fetch: bool = _setting("SM_VISION_URL_FETCH", True, 'fetch {"url": ...} inputs (public addresses only)')
-    url_allow: str | None = _setting(
+    max_image_pixels: int = setting("SM_VISION_MAX_IMAGE_PIXELS", 40_000_000, "largest image (width x height) decoded", minimum=1)
+    max_batch_items: int = setting("SM_VISION_MAX_BATCH_ITEMS", 64, "most images in one request", minimum=1)
+    url_fetch: bool = setting("SM_VISION_URL_FETCH", True, 'fetch {"url": ...} inputs (public addresses only)')
+    url_allow: str | None = setting(
         "SM_VISION_URL_ALLOW", None, "comma-separated host, host:port or CIDR entries the URL guard lets through"
     )
-    url_timeout_s: float = _setting(
+    url_timeout_s: float = setting(
         "SM_VISION_URL_TIMEOUT_S", 5.0, "wall-clock deadline of one URL fetch in seconds (connect, redirects, body)", minimum=0.1
     )
-    jpeg_draft: bool = _setting(
+    jpeg_draft: bool = setting(
         "SM_VISION_JPEG_DRAFT",
         False,
         "decode JPEGs at the smallest DCT scale that keeps twice the model's resize size (faster on large photos; pixels differ slightly)",
     )
-    max_aspect_ratio: float = _setting(
+    max_aspect_ratio: float = setting(
         "SM_VISION_MAX_ASPECT_RATIO", 20.0, "long side / short side of an image; bounds what the short-side resize allocates", minimum=1.0
     )
-    max_pending: int = _setting(
+    max_pending: int = setting(
         "SM_VISION_MAX_PENDING", 64, "requests admitted at once; one more gets 503 with Retry-After before its body is read", minimum=1
     )
-    max_model_extract_mb: int = _setting(
+    max_model_extract_mb: int = setting(
         "SM_VISION_MAX_MODEL_EXTRACT_MB", 20 * 1024, "largest expanded size of a model.tar.gz in MiB", minimum=1
     )
-    header_timeout_s: float = _setting(
+    header_timeout_s: float = setting(
         "SM_VISION_HEADER_TIMEOUT_S", 15.0, "seconds a connection may take to send a request's headers before it is closed", minimum=0.1
+    )
+    # --- capture for monitoring (docs/monitoring.md): Data Capture's records, where SageMaker has none ---
+    capture_percent: float = setting(
+        "SM_VISION_CAPTURE_PERCENT",
+        0.0,
+        "share of answered requests captured for monitoring, as SageMaker Data Capture writes them (0: off)",
+        minimum=0.0,
+        maximum=100.0,
+    )
+    capture_dir: str | None = setting("SM_VISION_CAPTURE_DIR", None, "folder the captured requests are written to")
+    capture_s3_uri: str | None = setting(
+        "SM_VISION_CAPTURE_S3_URI", None, "s3://bucket/prefix the captured requests are uploaded to, with the endpoint's own role"
+    )
+    capture_endpoint: str = setting("SM_VISION_CAPTURE_ENDPOINT", "local", "the endpoint's name: the first folder of the capture layout")
+    capture_variant: str = setting(
+        "SM_VISION_CAPTURE_VARIANT", "AllTraffic", "the variant's name: the second folder (a multi-model endpoint: each model's name)"
+    )
+    capture_upload_s: float = setting(
+        "SM_VISION_CAPTURE_UPLOAD_S",
+        60.0,
+        "seconds between uploads of captured records to S3 (sooner when 8 MiB are waiting); local files are written every second",
+        minimum=1.0,
+    )
+    capture_queue_mb: int = setting(
+        "SM_VISION_CAPTURE_QUEUE_MB",
+        64,
+        "MiB of captured requests waiting for the writer; past it a sampled request is dropped (counted in /metrics), never slowed",
+        minimum=1,
     )
 
     def __post_init__(self):
-        hints = get_type_hints(type(self))
-        for spec in dataclasses.fields(self):
-            value, meta = getattr(self, spec.name), spec.metadata
-            if value is None:
-                continue
-            if meta["choices"] and value not in meta["choices"]:
-                raise ConfigError(f"{meta['env']}={value!r}: choose one of {', '.join(meta['choices'])}")
-            if meta["minimum"] is not None and value < meta["minimum"]:
-                raise ConfigError(f"{meta['env']}={value}: must be >= {meta['minimum']}")
-            if "bool" in str(hints[spec.name]) and not isinstance(value, bool):
-                raise ConfigError(f"{meta['env']}={value!r}: expected true or false")
-        if self.port > 65535:
-            raise ConfigError(f"SAGEMAKER_BIND_TO_PORT={self.port}: not a TCP port")
+        settings.check(self)
+        if self.capture_percent and not (self.capture_dir or self.capture_s3_uri):
+            raise ConfigError(
+                f"SM_VISION_CAPTURE_PERCENT={self.capture_percent:g}: set SM_VISION_CAPTURE_DIR and/or SM_VISION_CAPTURE_S3_URI"
+            )
+        if self.capture_s3_uri is not None and not (self.capture_s3_uri.startswith("s3://") and self.capture_s3_uri[5:].split("/")[0]):
+            raise ConfigError(f"SM_VISION_CAPTURE_S3_URI={self.capture_s3_uri!r}: expected s3://bucket/prefix")
         self.request_defaults  # noqa: B018 - a bad SM_VISION_CUSTOM_ATTRIBUTES fails at start-up, naming it
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> ServeConfig:
         """The environment, then `overrides` (flag values as text, by field name) on top."""
-        environ = os.environ if environ is None else environ
-        hints = get_type_hints(cls)
-        values = {}
-        for spec in dataclasses.fields(cls):
-            raw = (overrides or {}).get(spec.name)
-            source = spec.metadata["flag"] or spec.metadata["env"]
-            if raw is None:
-                raw, source = environ.get(spec.metadata["env"]), spec.metadata["env"]
-            if raw is None or not str(raw).strip():
-                continue
-            values[spec.name] = _parse(str(raw), hints[spec.name], source)
-        return cls(**values)
+        return settings.load(cls, os.environ if environ is None else environ, overrides)
 
     def to_env(self) -> dict[str, str]:
         """The settings as environment variables: what a worker process reads back."""
@@ -265,6 +273,10 @@ class ServeConfig:
         return self.max_model_extract_mb << 20
 
     @property
+    def capture_queue_bytes(self) -> int:
+        return self.capture_queue_mb << 20
+
+    @property
     def mme_budget_bytes(self) -> int | None:
         return None if self.mme_memory_mb is None else self.mme_memory_mb << 20
 
@@ -300,14 +312,3 @@ def container_memory_bytes() -> int:
             return int(limit)
         break
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _parse(raw: str, hint, name: str):
-    kind = str(hint)
-    if "bool" in kind:
-        return parse_bool(raw, name)
-    if "int" in kind:
-        return parse_int(raw, name)
-    if "float" in kind:
-        return parse_float(raw, name)
-    return raw.strip()

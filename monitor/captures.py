@@ -20,7 +20,8 @@ not reach out to clients' URLs) and float .npy tensors are already model input: 
 are counted as not evaluated. When the output was captured too, each item carries the
 label the endpoint answered, to check that the monitor runs the same model.
 
-No torch here: items are bytes or arrays; monitor.run decodes them with the server's
+Items are bytes or arrays, read by the server's own codec (serve.codec: its content
+types, JSON item keys and base64 rules); monitor.window decodes them with the server's
 decoder.
 """
 
@@ -34,21 +35,17 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
+from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from container import ConfigError
 from container.monitoring import parse_time
+from serve import codec
+from serve.errors import ServeError
 
 log = logging.getLogger(__name__)
-
-IMAGE_TYPES = {"application/x-image", "application/octet-stream"}
-JSON = "application/json"
-JSONLINES = {"application/jsonlines", "application/jsonl", "application/x-jsonlines"}
-NPY = "application/x-npy"
-ITEM_KEYS = ("image", "b64", "image_bytes", "data")  # serve.codec accepts these keys for a base64 image
 
 
 class BadBody(ValueError):
@@ -93,14 +90,59 @@ class WindowCounts:
     skipped: Counter = field(default_factory=Counter)  # reason -> items not evaluated
 
 
+def window_hours(start: datetime, end: datetime) -> list[str]:
+    """The yyyy/mm/dd/hh folders that may hold records of [start, end)."""
+    hour = start.replace(minute=0, second=0, microsecond=0)
+    folders = []
+    while hour < end:
+        folders.append(hour.strftime("%Y/%m/%d/%H"))
+        hour += timedelta(hours=1)
+    return folders
+
+
+def fetch_window(uri: str, start: datetime, end: datetime, destination: Path, client=None) -> Path:
+    """The capture files of the window's hours under s3://bucket/prefix (an endpoint's
+    {endpoint}/{variant} prefix, or a model's on a multi-model endpoint), downloaded with
+    the job's own credentials into destination, in the same layout. Model Monitor does
+    this for its jobs; a Processing job's inputs cannot name the hours of a schedule."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ConfigError(f"dataset_source={uri!r}: expected s3://bucket/prefix/ENDPOINT/VARIANT")
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = client or boto3.client("s3")
+    prefix = prefix.strip("/")
+    fetched = 0
+    try:
+        for hour in window_hours(start, end):
+            folder = f"{prefix}/{hour}/" if prefix else f"{hour}/"
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
+                for entry in page.get("Contents", []):
+                    key = entry["Key"]
+                    if not key.endswith(".jsonl"):
+                        continue
+                    relative = PurePosixPath(key).relative_to(prefix) if prefix else PurePosixPath(key)
+                    target = destination / relative
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+                    fetched += 1
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "error")
+        raise ConfigError(
+            f"cannot read the captures under {uri}: {code} (does the job's role have s3:ListBucket and s3:GetObject?)"
+        ) from None
+    except BotoCoreError as err:
+        raise ConfigError(f"cannot read the captures under {uri}: {err}") from None
+    log.info("downloaded %d capture files of %d hours under %s", fetched, len(window_hours(start, end)), uri)
+    destination.mkdir(parents=True, exist_ok=True)
+    return destination
+
+
 def capture_files(source: Path) -> list[Path]:
     if not source.is_dir():
         raise ConfigError(f"dataset_source {source} is not a directory")
     return sorted(path for path in source.rglob("*.jsonl") if path.is_file())
-
-
-def media_type(content_type: str | None) -> str:
-    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def body_bytes(part: dict) -> bytes:
@@ -115,40 +157,19 @@ def body_bytes(part: dict) -> bytes:
     return data.encode()
 
 
-def _b64(value) -> bytes:
-    if isinstance(value, dict) and "b64" in value:
-        value = value["b64"]
-    if not isinstance(value, str):
-        raise BadBody("base64 image is not a string")
-    if value.startswith("data:") and "," in value:
-        value = value.split(",", 1)[1]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadBody("image is not valid base64") from None
-
-
 def _json_item(item) -> Item:
     try:
-        if isinstance(item, str):
-            return _b64(item)
-        if isinstance(item, dict):
-            for key in ITEM_KEYS:
-                if key in item:
-                    return _b64(item[key])
-            if "url" in item:
-                return NotEvaluated("url input (not fetched)")
-    except BadBody as err:
-        return Broken(str(err))
-    return Broken("JSON item is neither base64 nor an image object")
+        data = codec.item_image(item)
+    except ServeError as err:
+        return Broken(err.message)
+    return NotEvaluated("url input (not fetched)") if data is None else data
 
 
 def _json_items(payload) -> list:
-    if isinstance(payload, list):
-        return payload
-    if isinstance(payload, dict):
-        return payload["instances"] if isinstance(payload.get("instances"), list) else [payload]
-    raise BadBody("JSON body is neither an object nor a list")
+    try:
+        return codec.json_items(payload)[0]
+    except ServeError as err:
+        raise BadBody(err.message) from None
 
 
 def _parse_json(text: bytes):
@@ -183,25 +204,25 @@ def _npy_frames(body: bytes) -> list[Item]:
 
 def input_items(body: bytes, content_type: str | None) -> list[Item]:
     """The request's items, in order. BadBody when the body itself is broken."""
-    kind = media_type(content_type)
-    if kind.startswith("image/") or kind in IMAGE_TYPES:
+    kind = codec.media_type(content_type)
+    if codec.is_image_type(kind):
         return [body]
-    if kind == NPY:
+    if kind == codec.NPY:
         return _npy_frames(body)
-    if kind == JSON:
+    if kind == codec.JSON:
         return [_json_item(item) for item in _json_items(_parse_json(body))]
-    if kind in JSONLINES:
+    if kind in codec.JSONLINES:
         return [_json_item(_parse_json(line)) for line in body.splitlines() if line.strip()]
     return [NotEvaluated(f"content type {kind or '(none)'} is not an image type")]
 
 
 def output_labels(part: dict | None) -> list[str] | None:
     """predicted_label of each answer in a captured JSON output, or None."""
-    if not part or "json" not in media_type(part.get("observedContentType")):
+    if not part or "json" not in codec.media_type(part.get("observedContentType")):
         return None
     try:
         text = body_bytes(part)
-        if media_type(part.get("observedContentType")) in JSONLINES:
+        if codec.media_type(part.get("observedContentType")) in codec.JSONLINES:
             answers = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             answers = json.loads(text)

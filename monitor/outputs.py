@@ -32,6 +32,7 @@ STATISTICS_FILE = "statistics.json"
 VIOLATIONS_FILE = "constraint_violations.json"
 CLOUDWATCH_FILE = "monitor.jsonl"
 NAMESPACE = "/aws/sagemaker/Endpoint/data-metrics"  # where Model Monitor publishes them (its default)
+METRICS_PER_CALL = 1000  # PutMetricData takes at most 1000 metrics per request
 MESSAGE_LIMIT = 1024  # a processing job's ExitMessage holds at most 1 KB
 
 
@@ -127,6 +128,26 @@ def cloudwatch_records(values: dict[str, float], job: MonitoringJob, when: datet
         }
         for name, value in values.items()
     ]
+
+
+def put_metrics(namespace: str, records: list[dict], client=None) -> None:
+    """The CloudWatch records, published with PutMetricData (a Processing job: Model Monitor
+    publishes the records file itself) with the job's own credentials."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = client or boto3.client("cloudwatch")
+    data = [{**record, "Timestamp": datetime.fromisoformat(record["Timestamp"].replace("Z", "+00:00"))} for record in records]
+    try:
+        for first in range(0, len(data), METRICS_PER_CALL):
+            client.put_metric_data(Namespace=namespace, MetricData=data[first : first + METRICS_PER_CALL])
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "error")
+        raise RuntimeError(
+            f"cannot publish the metrics to CloudWatch namespace {namespace}: {code} (does the job's role have cloudwatch:PutMetricData?)"
+        ) from None
+    except BotoCoreError as err:
+        raise RuntimeError(f"cannot publish the metrics to CloudWatch namespace {namespace}: {err}") from None
 
 
 def exit_message(checks: Sequence[Check]) -> str:

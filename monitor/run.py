@@ -115,21 +115,39 @@ def run(job: MonitoringJob, settings: MonitorSettings, paths: SageMakerPaths, sc
         job.end_time or "any",
     )
     counts = captures.WindowCounts()
-    items = captures.read_window(Path(job.dataset_source), job.start_time, job.end_time, counts, job.captures_outputs)
+    source = Path(job.dataset_source)
+    if job.dataset_source.startswith("s3://"):
+        source = captures.fetch_window(job.dataset_source, job.start_time, job.end_time, scratch / "captures")
+    items = captures.read_window(source, job.start_time, job.end_time, counts, job.captures_outputs)
     window = analyse(items, embedder, baseline, image_limits(settings), OUTLIERS_SHOWN if settings.report_images else 0)
     rng = np.random.default_rng(settings.seed)
     results = checks.statistical_checks(window, baseline, settings, rng) + checks.operational_checks(window, counts, settings)
+    result = Result(results, window, counts, Path(job.output_path))
+    write_results(job, settings, embedder, baseline, baseline_id, result)
+    message = publish(job, settings, paths, embedder.spec.arch, baseline, baseline_id, result, environ)
+    log.info(
+        "%d records, %d images (%d decode failures) in %.1f s, %.1f images/s; %s",
+        counts.records,
+        window.size,
+        window.failure_count,
+        time.perf_counter() - started,
+        window.throughput,
+        message,
+    )
+    return result
+
+
+def write_results(job: MonitoringJob, settings: MonitorSettings, embedder, baseline: Baseline, baseline_id: str, result: Result) -> None:
+    """statistics.json, constraint_violations.json and the report, into output_path."""
+    window, counts, results, out = result.window, result.counts, result.checks, result.output
     bandwidth = results[0].effect if results[0].effect else stats.median_bandwidth(baseline.reference)
     over_time = checks.drift_over_time(window, counts, baseline, job.start_time, job.end_time, bandwidth)
-    throughput = window.size / window.seconds if window.seconds > 0 else 0.0
-
-    out = Path(job.output_path)
     out.mkdir(parents=True, exist_ok=True)
     extra = {
         "model": {"arch": embedder.spec.arch, "classes": len(embedder.classes), "device": str(embedder.device)},
         "thresholds": settings.thresholds(),
         "drift_over_time": over_time,
-        "throughput": {"images": window.size, "seconds": round(window.seconds, 3), "images_per_second": round(throughput, 2)},
+        "throughput": {"images": window.size, "seconds": round(window.seconds, 3), "images_per_second": round(window.throughput, 2)},
     }
     outputs.write_json(
         out / outputs.STATISTICS_FILE, outputs.statistics_document(job, window, counts, baseline, baseline_id, results, extra)
@@ -149,15 +167,30 @@ def run(job: MonitoringJob, settings: MonitorSettings, paths: SageMakerPaths, sc
         "decoded images": str(window.size),
         "decode failures": ", ".join(f"{kind} {count}" for kind, count in sorted(window.failures.items())) or "none",
         "inputs not evaluated": ", ".join(f"{reason}: {count}" for reason, count in sorted(counts.skipped.items())) or "none",
-        "throughput": f"{throughput:.1f} images/s ({window.seconds:.1f} s for decoding, statistics and the model)",
+        "throughput": f"{window.throughput:.1f} images/s ({window.seconds:.1f} s for decoding, statistics and the model)",
     }
     report.write(out, header, results, window, baseline, over_time, volume, settings.report_images)
 
-    values = outputs.metric_values(window, counts, results, baseline, settings.ood_level)
+
+def publish(
+    job: MonitoringJob,
+    settings: MonitorSettings,
+    paths: SageMakerPaths,
+    arch: str,
+    baseline: Baseline,
+    baseline_id: str,
+    result: Result,
+    environ,
+) -> str:
+    """The CloudWatch records (a file for Model Monitor, PutMetricData for a Processing
+    job), the exit message and the MLflow run; returns the message."""
+    values = outputs.metric_values(result.window, result.counts, result.checks, baseline, settings.ood_level)
+    records = outputs.cloudwatch_records(values, job, job.end_time or datetime.now(timezone.utc))
     if job.publish_cloudwatch_metrics:
-        when = job.end_time or datetime.now(timezone.utc)
-        outputs.write_lines(outputs.cloudwatch_dir(paths) / outputs.CLOUDWATCH_FILE, outputs.cloudwatch_records(values, job, when))
-    message = outputs.exit_message(results)
+        outputs.write_lines(outputs.cloudwatch_dir(paths) / outputs.CLOUDWATCH_FILE, records)
+    if job.cloudwatch_namespace:
+        outputs.put_metrics(job.cloudwatch_namespace, records)
+    message = outputs.exit_message(result.checks)
     outputs.write_message(paths, message)
     params = {
         "endpoint": job.endpoint_name,
@@ -165,27 +198,11 @@ def run(job: MonitoringJob, settings: MonitorSettings, paths: SageMakerPaths, sc
         "start_time": job.start_time,
         "end_time": job.end_time,
         "baseline_id": baseline_id,
-        "arch": embedder.spec.arch,
+        "arch": arch,
         **settings.thresholds(),
     }
-    tags = {"sagemaker_vision.violations": str(len([c for c in results if c.violated]))}
-    tracking.log_run(
-        params,
-        values,
-        tags,
-        [out / outputs.STATISTICS_FILE, out / outputs.VIOLATIONS_FILE, out / report.REPORT_FILE, out / report.PLOTS_DIR],
-        job.schedule_name,
-        environ,
-    )
-
-    result = Result(results, window, counts, out)
-    log.info(
-        "%d records, %d images (%d decode failures) in %.1f s, %.1f images/s; %s",
-        counts.records,
-        window.size,
-        window.failure_count,
-        time.perf_counter() - started,
-        throughput,
-        message,
-    )
-    return result
+    tags = {"sagemaker_vision.violations": str(len(result.violations))}
+    out = result.output
+    files = [out / outputs.STATISTICS_FILE, out / outputs.VIOLATIONS_FILE, out / report.REPORT_FILE, out / report.PLOTS_DIR]
+    tracking.log_run(params, values, tags, files, job.schedule_name, environ)
+    return message

@@ -60,6 +60,11 @@ class Window:
         return len(self.labels)
 
     @property
+    def throughput(self) -> float:
+        """Images per second through decoding, statistics and the model."""
+        return self.size / self.seconds if self.seconds > 0 else 0.0
+
+    @property
     def failure_count(self) -> int:
         return sum(self.failures.values())
 

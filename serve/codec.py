@@ -97,28 +97,41 @@ def _image_error(err: images.ImageRejected) -> Exception:
     return BadInput(str(err))
 
 
-def _b64(text: object) -> bytes:
-    if not isinstance(text, str):
+# The keys of a JSON item that hold a base64 image (the monitor reads captured requests by them too).
+IMAGE_KEYS = ("image", "b64", "image_bytes", "data")
+
+
+def base64_image(value: object) -> bytes:
+    """A base64 image as a JSON item holds it: a string, a data URL, or {"b64": string}."""
+    if isinstance(value, dict) and "b64" in value:
+        value = value["b64"]
+    if not isinstance(value, str):
         raise BadInput("base64 image must be a string")
-    if text.startswith("data:") and "," in text:  # data URL
-        text = text.split(",", 1)[1]
+    if value.startswith("data:") and "," in value:  # data URL
+        value = value.split(",", 1)[1]
     try:
-        return base64.b64decode(text, validate=True)
+        return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise BadInput("image is not valid base64") from None
 
 
-def _item_bytes(item: object, limits: DecodeLimits) -> bytes:
+def item_image(item: object) -> bytes | None:
+    """The image bytes of one JSON item; None for a {"url": ...} item, which only the
+    server fetches (the monitor never does)."""
     if isinstance(item, str):
-        return _b64(item)
+        return base64_image(item)
     if isinstance(item, dict):
-        for key in ("image", "b64", "image_bytes", "data"):
+        for key in IMAGE_KEYS:
             if key in item:
-                value = item[key]
-                return _b64(value["b64"] if isinstance(value, dict) and "b64" in value else value)
+                return base64_image(item[key])
         if "url" in item:
-            return fetch_url(item["url"], limits.fetch)
+            return None
     raise Unprocessable('each input must be a base64 string, {"image": base64} or {"url": "https://..."}')
+
+
+def _item_bytes(item: object, limits: DecodeLimits) -> bytes:
+    data = item_image(item)
+    return fetch_url(item["url"], limits.fetch) if data is None else data
 
 
 def _parse_json(text: bytes) -> object:
@@ -130,7 +143,8 @@ def _parse_json(text: bytes) -> object:
         raise BadInput("body is not valid JSON: nested too deeply") from None
 
 
-def _json_items(payload: object) -> tuple[list, bool]:
+def json_items(payload: object) -> tuple[list, bool]:
+    """A JSON body's items, and whether the client sent a list."""
     if isinstance(payload, list):
         return payload, True
     if isinstance(payload, dict):
@@ -204,7 +218,7 @@ def parse(body: bytes, content_type: str | None, limits: DecodeLimits, item_cap:
         if ctype in JSONLINES:
             parsed = Parsed("json", [_parse_json(line) for line in body.splitlines() if line.strip()], batch=True, lines=True)
         else:
-            parsed = Parsed("json", *_json_items(_parse_json(body)))
+            parsed = Parsed("json", *json_items(_parse_json(body)))
     else:
         raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not supported; use one of: {SUPPORTED}")
     if len(parsed) == 0 or (item_cap and len(parsed) > limits.max_batch):

@@ -5,7 +5,8 @@ A HostedModel is one model directory made ready: model.tar.gz extracted, the use
 script found and imported, model_fn called once, warmed up. `invoke` is the one path
 of a request, for /invocations, batch transform and the MMS backend alike: decode
 (decode pool) -> forward (inference pool, directly or through the micro-batcher) ->
-encode, a chunk of items at a time (serve.handler).
+encode, a chunk of items at a time (serve.handler); the answered request is then
+offered to the capture (serve.capture), when it is on.
 
 Everything here reads the resolved ServeConfig (ServeConfig.resolve): no setting has a
 default of its own in this module.
@@ -30,6 +31,7 @@ from container.serving import Machine
 from serve import archive
 from serve import metrics as server_metrics
 from serve.archive import ExtractLimits
+from serve.capture import Capture
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, redact_paths
 from serve.extras import Extras
 from serve.handler import Call, Handler, hook_accept
@@ -50,17 +52,19 @@ def dir_bytes(path: Path) -> int:
 
 
 class Pools:
-    """Bounded thread pools: decoding (request side) and inference (model side), and
-    the metrics the models report their stages to."""
+    """Bounded thread pools: decoding (request side) and inference (model side), the
+    metrics the models report their stages to, and the capture's writer (serve.capture)."""
 
     def __init__(self, config: ServeConfig, machine: Machine, metrics=None):
         self.metrics = metrics or server_metrics.NoMetrics()
         self.decoders = concurrent.futures.ThreadPoolExecutor(machine.decode_threads, thread_name_prefix="decode")
         self.inference = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="infer")
+        self.capture = Capture.start(config, self.metrics)
 
     def close(self) -> None:
         self.inference.shutdown(wait=True)
         self.decoders.shutdown(wait=True)
+        self.capture.close()  # after the last answer: what it captured is written
 
 
 def load_handler(name: str, model_dir: Path, config: ServeConfig) -> Handler:
@@ -137,6 +141,7 @@ class HostedModel:
         else:
             out = handler.encode(handler.join(outputs), request)
         self.pools.metrics.stage("encode", self.name, time.perf_counter() - started)
+        self.pools.capture.offer(self.name, body, request.content_type, request.context.request_headers, out)
         return out
 
     @property

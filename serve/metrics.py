@@ -4,6 +4,7 @@ Three sources feed one exposition (docs/observability.md lists every metric):
 - per request, from serve.access_log.RequestLog (the outermost middleware): count by
   route, model and status class, whole-request latency, requests in flight;
 - per stage, from the model's invoke: decode, forward and encode latency, micro-batch sizes;
+- from the capture (serve.capture): requests captured or dropped, records written or failed;
 - at scrape time, read from the model host (HostCollector): model state and load time,
   loaded models and their memory, evictions, queue depths, GPU memory; plus the
   process's RSS and CPU from prometheus_client's ProcessCollector.
@@ -105,6 +106,18 @@ class ServerMetrics:
             )
         }
         self.batch_size = histogram("batch_size", "Rows per micro-batched forward pass", ["model"], BATCH_BUCKETS)
+        self.capture_records = Counter(
+            f"{PREFIX}_capture_records",
+            "Requests sampled for capture (SM_VISION_CAPTURE_PERCENT): captured (queued for the writer), or dropped (the queue was full)",
+            ["model", "outcome"],
+            registry=owner,
+        )
+        self.capture_writes = Counter(
+            f"{PREFIX}_capture_writes",
+            "Captured records by destination (local, s3): written, or failed (a full disk, S3 refusing)",
+            ["destination", "outcome"],
+            registry=owner,
+        )
         # labels() validates and locks on every call: keep the children it returns.
         self._children: dict[tuple, object] = {}
 
@@ -139,6 +152,13 @@ class ServerMetrics:
         """What the micro-batcher calls with the rows of each forward it runs."""
         return self._child(self.batch_size, model).observe
 
+    # --- capture (serve.capture) ---
+    def capture(self, model: str, outcome: str) -> None:
+        self._child(self.capture_records, model, outcome).inc()
+
+    def capture_write(self, destination: str, outcome: str, count: int) -> None:
+        self._child(self.capture_writes, destination, outcome).inc(count)
+
     # --- scrape ---
     def watch(self, collector: Collector) -> None:
         self.registry.register(collector)
@@ -164,6 +184,12 @@ class NoMetrics:
 
     def batch_rows(self, model: str) -> None:
         return None  # the batcher then records nothing
+
+    def capture(self, model: str, outcome: str) -> None:
+        pass
+
+    def capture_write(self, destination: str, outcome: str, count: int) -> None:
+        pass
 
     def watch(self, collector: Collector) -> None:
         pass

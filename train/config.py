@@ -84,6 +84,9 @@ class TrainConfig:
     model_dir: str | None = _opt(None, "where the model is written (default /opt/ml/model)")
     output_data_dir: str | None = _opt(None, "metrics and plots (default /opt/ml/output/data)")
     checkpoint_dir: str | None = _opt(None, "checkpoints (default /opt/ml/checkpoints)")
+    monitoring_baseline: int = _opt(
+        2000, "validation images (at most) the model's monitoring baseline is computed from, into model/monitoring/ (0: no baseline)"
+    )
     # --- tracking (docs/observability.md) ---
     mlflow_experiment: str | None = _opt(
         None, "MLflow experiment of this job's run when MLFLOW_TRACKING_URI is set (default: MLFLOW_EXPERIMENT_NAME, else sagemaker-vision)"
@@ -121,7 +124,15 @@ def _positive(name, value, zero_ok=False):
 def _validate(c: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "image_size", "log_interval", "keep_checkpoints", "step_size", "dist_timeout_s"):
         _positive(name, getattr(c, name))
-    for name in ("warmup_epochs", "early_stopping_patience", "checkpoint_every_steps", "nproc_per_node", "nnodes", "max_restarts"):
+    for name in (
+        "warmup_epochs",
+        "early_stopping_patience",
+        "checkpoint_every_steps",
+        "nproc_per_node",
+        "nnodes",
+        "max_restarts",
+        "monitoring_baseline",
+    ):
         _positive(name, getattr(c, name), zero_ok=True)
     if not c.lr > 0:
         raise ConfigError(f"lr={c.lr}: must be > 0")

@@ -179,8 +179,8 @@ def gather_scores(kept: list[tuple[torch.Tensor, torch.Tensor]], num_classes: in
 def finish(state: TrainState, datasets: build.SplitDatasets, loaders: build.Loaders, dirs: outputs.OutputDirs) -> Outcome:
     """The best epoch's weights evaluated on the test split (the validation split when
     there is none) and, unless turned off, temperature scaling fitted on the validation
-    split's logits (train.calibration); then the model, metrics and plots written by the
-    main process."""
+    split's logits (train.calibration); then the model, its monitoring baseline, metrics
+    and plots written by the main process."""
     config, process, progress = state.config, state.process, state.progress
     state.model_without_ddp.load_state_dict(progress.best_weights)
     final_split, final_loader = ("valid", loaders.valid) if loaders.test is None else ("test", loaders.test)
@@ -193,6 +193,7 @@ def finish(state: TrainState, datasets: build.SplitDatasets, loaders: build.Load
         calibrated = calibration.report(final_scores, final_split, valid_scores if config.calibrate else None)
         outputs.report_final(config, progress, final_split, final, calibrated)
         outputs.write_outputs(config, datasets, progress, final_split, final, final_confusion, dirs, state.tracker.summary(), calibrated)
+        outputs.write_baseline(config, state.model_without_ddp, datasets.valid, dirs.model, process.device)
         state.tracker.finish({"split": final_split, **final, "calibration": calibrated.metrics()}, dirs.output, dirs.model)
     # Other ranks wait here until the main process has written the model: SageMaker
     # local mode stops every container as soon as the first one exits.

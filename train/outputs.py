@@ -1,28 +1,39 @@
 """What a finished run leaves behind (main process only): the model for serving
-(weights and model_spec.json, the train -> serve contract), metrics.json, the
-classification report and plots, and the final log lines that SageMaker's metric
-definitions and tuning read."""
+(weights and model_spec.json, the train -> serve contract), its monitoring baseline
+(model/monitoring/, docs/monitoring.md), metrics.json, the classification report and
+plots, and the final log lines that SageMaker's metric definitions and tuning read."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import random
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torchvision
+from torch import nn
 
-from container import SageMakerPaths
+from container import SageMakerPaths, training_job_name
+from container.monitoring import MonitorSettings
 from train import metrics, plots
 from train.build import SplitDatasets
 from train.calibration import Report as CalibrationReport
 from train.checkpoint import atomic_save
 from train.config import TrainConfig
+from train.data import ImageSamples
+from train.formats.base import image_source
 from train.reporting import format_metrics
 from train.state import Progress
-from vision import presets
-from vision.artifact import WEIGHTS_FILE, ModelSpec
+from vision import images, imagestats, presets
+from vision.artifact import MONITORING_DIR, WEIGHTS_FILE, ModelSpec
+from vision.baseline import MIN_IMAGES
+from vision.features import Embedder, compute_baseline
 
 log = logging.getLogger(__name__)
 
@@ -131,3 +142,58 @@ def save_model(config: TrainConfig, classes: list[str], weights: dict, model_dir
         temperature=temperature,
     )
     spec.save(model_dir)
+
+
+def write_baseline(config: TrainConfig, model: nn.Module, valid: ImageSamples, model_dir: Path, device: torch.device) -> None:
+    """The monitoring baseline of the saved model (vision.baseline, written to
+    model_dir/monitoring/) from at most config.monitoring_baseline images of the
+    validation split: one more fp32 forward pass over them, on the main process, after
+    the model is saved. A baseline that cannot be made is logged and left out: the model
+    is what the job is for, and `monitor baseline` can add one later."""
+    if not config.monitoring_baseline:
+        return
+    indices = list(range(len(valid.samples)))
+    if len(indices) < MIN_IMAGES:
+        log.warning("no monitoring baseline: the validation split has %d images, a baseline needs %d", len(indices), MIN_IMAGES)
+        return
+    if len(indices) > config.monitoring_baseline:
+        indices = sorted(random.Random(config.seed).sample(indices, config.monitoring_baseline))
+    started, skipped = time.perf_counter(), []
+    source = f"train: validation split of {training_job_name() or 'a local job'}"
+    info = {"source": source, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    embedder = None
+    try:
+        embedder = Embedder(model.eval(), ModelSpec.load(model_dir), device, config.batch_size)
+        samples = labelled_images([valid.samples[i] for i in indices], valid.limits, skipped)
+        baseline = compute_baseline(embedder, samples, info, seed=config.seed)
+        baseline.info["skipped_files"] = len(skipped)
+        baseline_id = baseline.save(model_dir, MonitorSettings.from_env(os.environ).thresholds())
+    except Exception:  # noqa: BLE001 - any failure here must not cost the trained model
+        log.exception("no monitoring baseline (the model is saved; `monitor baseline` can make one)")
+        return
+    finally:
+        if embedder is not None:
+            embedder.tap.close()
+    accuracy = baseline.info.get("accuracy")
+    log.info(
+        "wrote the monitoring baseline %s to %s: %d validation images%s in %.1f s",
+        baseline_id,
+        model_dir / MONITORING_DIR,
+        baseline.size,
+        f" (top-1 {accuracy['top1']:.3f})" if accuracy else "",
+        time.perf_counter() - started,
+    )
+
+
+def labelled_images(samples, limits: images.ImageLimits, skipped: list[str]) -> Iterator:
+    """(RGB image, container format, class index or None) per sample, decoded as the
+    server decodes; a multi-label sample has no single class. Unreadable ones are skipped."""
+    for source, label in samples:
+        data = image_source(source)
+        try:
+            data = Path(data).read_bytes() if isinstance(data, str) else data
+            image = images.load_rgb(data, limits)
+        except (OSError, ValueError) as err:  # images.ImageRejected is a ValueError
+            skipped.append(f"{source}: {err}")
+            continue
+        yield image, imagestats.container_format(data), label if isinstance(label, int) else None

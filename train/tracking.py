@@ -7,12 +7,10 @@ fit() makes four calls, on every rank (the others get a tracker that does nothin
     tracker.summary()                                 # {"mlflow": {"run_id": ...}} for metrics.json
     tracker.finish(final, output_dir, model_dir)      # final metrics (calibration too), artifacts, end of run
 
-MLflow runs only when MLFLOW_TRACKING_URI is set (an http(s) URI, or a SageMaker
-tracking-server ARN that the sagemaker-mlflow plugin resolves); mlflow is not imported
-otherwise. Tracking is never worth a failed job: the first error from the tracking server
-logs one warning and MLflow stays off for the rest of the job. The client's retries and
-timeouts are bounded (MLFLOW_HTTP_REQUEST_MAX_RETRIES / _TIMEOUT, defaults below, a
-user's own values win) so a dead server costs seconds, not minutes.
+MLflow runs only when MLFLOW_TRACKING_URI is set, through the bounded client every
+command shares (container.tracking). Tracking is never worth a failed job: the first
+error from the tracking server logs one warning and MLflow stays off for the rest of
+the job.
 
 TensorBoard scalars go to config.tensorboard_dir, else the job's TensorBoardOutputConfig
 path, else /opt/ml/output/tensorboard when that directory exists, through tensorboardX
@@ -29,20 +27,12 @@ import time
 from pathlib import Path
 
 from container import SageMakerPaths, read_tensorboard_dir, training_job_name
-from vision.artifact import SPEC_FILE
+from container import tracking as mlflow_client
+from vision.artifact import BASELINE_FILE, SPEC_FILE
 
 log = logging.getLogger(__name__)
 
-TRACKING_URI_ENV_VAR = "MLFLOW_TRACKING_URI"
-EXPERIMENT_ENV_VAR = "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "sagemaker-vision"
-# Bounds on MLflow's HTTP client: 2 retries with a 1 s backoff factor and 10 s per
-# request, instead of MLflow's defaults (7 retries, factor 2, 120 s: minutes per call).
-CLIENT_LIMITS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
 # Per-epoch row keys (train.loop) logged as metrics, and their TensorBoard tags.
 EPOCH_SCALARS = {
     "train_loss": "loss/train",
@@ -58,7 +48,6 @@ EPOCH_SCALARS = {
 OUTPUT_ARTIFACTS = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png", "reliability_diagram.png")
 # The final split's calibration (train.calibration), logged with the final metrics.
 CALIBRATION_METRICS = ("temperature", "ece_before", "ece_after")
-MLFLOW_PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
 
 
 def start(config, process, paths: SageMakerPaths, environ=None) -> Tracker:
@@ -68,9 +57,9 @@ def start(config, process, paths: SageMakerPaths, environ=None) -> Tracker:
         return Tracker([])
     params = config.to_dict()
     sinks: list = []
-    uri = environ.get(TRACKING_URI_ENV_VAR, "").strip()
+    uri = mlflow_client.tracking_uri(environ)
     if uri:
-        experiment = config.mlflow_experiment or environ.get(EXPERIMENT_ENV_VAR) or DEFAULT_EXPERIMENT
+        experiment = config.mlflow_experiment or environ.get(mlflow_client.EXPERIMENT_ENV_VAR) or DEFAULT_EXPERIMENT
         sinks.append(MlflowSink(uri, experiment, training_job_name(environ), params))
     tensorboard_dir = Path(config.tensorboard_dir) if config.tensorboard_dir else read_tensorboard_dir(paths)
     if tensorboard_dir is not None:
@@ -106,7 +95,7 @@ class Tracker:
         metrics = {f"{prefix}_{key}": float(final[key]) for key in ("loss", "acc", "macro_f1") if numeric(final.get(key))}
         calibration = final.get("calibration") or {}
         metrics.update({key: float(calibration[key]) for key in CALIBRATION_METRICS if numeric(calibration.get(key))})
-        files = [output_dir / name for name in OUTPUT_ARTIFACTS] + [model_dir / SPEC_FILE]
+        files = [output_dir / name for name in OUTPUT_ARTIFACTS] + [model_dir / SPEC_FILE, model_dir / BASELINE_FILE]
         for sink in self.sinks:
             sink.finish(metrics, [path for path in files if path.is_file()])
 
@@ -115,31 +104,19 @@ class MlflowSink:
     """One MLflow run for the job, through MlflowClient (no global active run)."""
 
     def __init__(self, uri: str, experiment: str, run_name: str | None, params: dict):
-        for name, value in CLIENT_LIMITS.items():
-            os.environ.setdefault(name, value)
         self.uri, self.experiment = uri, experiment
         self.client = self.run_id = self.experiment_id = None
         self.last_step = 0
         try:
-            from mlflow.entities import Param
-            from mlflow.tracking import MlflowClient
-
-            # MLflow logs a warning per HTTP retry (urllib3) and per failing request-header
-            # plugin; one outage would be a dozen lines. Failures reach us as exceptions and
-            # become the single warning below.
-            for name in ("mlflow", "urllib3.connectionpool"):
-                logging.getLogger(name).setLevel(logging.ERROR)
-            client = MlflowClient(tracking_uri=uri)
-            found = client.get_experiment_by_name(experiment)
-            self.experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            # Failures reach us as exceptions and become the single warning below.
+            client = mlflow_client.open_client(uri)
+            self.experiment_id = mlflow_client.experiment_id(client, experiment)
             tags = {"mlflow.source.name": "sagemaker-vision train", "mlflow.source.type": "JOB"}
             self.run_id = client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
             self.client = client
             # A job that dies (exception, signal) leaves its run FAILED, not RUNNING forever.
             atexit.register(self._end, "FAILED")
-            items = [Param(key, str(value)[:MLFLOW_PARAM_LIMIT]) for key, value in sorted(params.items())]
-            for first in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-                client.log_batch(self.run_id, params=items[first : first + 100])
+            mlflow_client.log_params(client, self.run_id, params)
         except Exception as err:  # noqa: BLE001 - any failure of the tracking server or the plugin
             self._give_up(err)
             return

@@ -1,7 +1,9 @@
 """Delete an endpoint and what it was made of, by name or by tag; safe to repeat.
 
-Order: autoscaling registration (its scaling policies go with it), the scale-from-zero
-alarm of an async endpoint, then models, endpoint and endpoint config. The endpoint
+Order: what `monitor` made for it (Model Monitor schedules must go before the endpoint
+can; EventBridge schedules; alarms), autoscaling registration (its scaling policies go
+with it), the scale-from-zero alarm of an async endpoint, then models, endpoint and
+endpoint config. The endpoint
 config is described first, because it is the only record of which models the endpoint
 served. Deleting a model under a live endpoint is allowed on AWS. Anything already
 gone is reported and skipped.
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from smvision_aws.autoscaling import SCALABLE_DIMENSION, backlog_alarm_name, resource_id
+from smvision_aws.monitoring import monitor_name
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class CleanupClients:
     sagemaker: object
     autoscaling: object
     cloudwatch: object
+    scheduler: object
 
 
 _MISSING_MESSAGES = ("could not find", "does not exist", "not found")
@@ -57,10 +61,39 @@ def delete_backlog_alarm(report: list, cloudwatch_client, endpoint_name: str) ->
     _attempt(report, "alarm", name, cloudwatch_client.delete_alarms, AlarmNames=[name])
 
 
+def delete_monitoring(report: list, clients: CleanupClients, endpoint: str) -> None:
+    """What `monitor` made for an endpoint (smvision_aws.monitoring): its Model Monitor
+    schedules, its EventBridge schedules and its alarms, found by the endpoint and the
+    names monitor gives them ({endpoint}-monitor[-{variant}]). A caller without
+    EventBridge Scheduler permissions gets that in the report, not an error."""
+    listed = clients.sagemaker.list_monitoring_schedules(EndpointName=endpoint).get("MonitoringScheduleSummaries", [])
+    for name in (item["MonitoringScheduleName"] for item in listed):
+        _attempt(report, "monitoring-schedule", name, clients.sagemaker.delete_monitoring_schedule, MonitoringScheduleName=name)
+    prefix = monitor_name(endpoint)
+
+    def ours(name: str) -> bool:
+        return name == prefix or name.startswith(prefix + "-")
+
+    try:
+        schedules = [item["Name"] for item in clients.scheduler.list_schedules(NamePrefix=prefix).get("Schedules", [])]
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") not in ("AccessDeniedException", "AccessDenied"):
+            raise
+        report.append(("schedule", prefix, "not checked: no scheduler:ListSchedules permission"))
+        schedules = []
+    for name in filter(ours, schedules):
+        _attempt(report, "schedule", name, clients.scheduler.delete_schedule, Name=name)
+    alarms = clients.cloudwatch.describe_alarms(AlarmNamePrefix=prefix).get("MetricAlarms", [])
+    names = [alarm["AlarmName"] for alarm in alarms if ours(alarm["AlarmName"])]
+    if names:
+        _attempt(report, "alarm", ", ".join(names), clients.cloudwatch.delete_alarms, AlarmNames=names)
+
+
 def cleanup_endpoint(clients: CleanupClients, endpoint_name: str, delete_models: bool = True) -> list[tuple[str, str, str]]:
     """Returns (kind, name, 'deleted' | 'already gone') for everything touched."""
     sagemaker_client = clients.sagemaker
     report: list[tuple[str, str, str]] = []
+    delete_monitoring(report, clients, endpoint_name)
     config_name = None
     variants: list[str] = []
     models: list[str] = []

@@ -186,6 +186,45 @@ class AsyncSpec:
         return config
 
 
+# What Data Capture stores as JSON text rather than base64: our answers and JSON requests,
+# so captured answers stay readable (the monitor reads their labels either way).
+CAPTURE_JSON_CONTENT_TYPES = ["application/json", "application/jsonlines"]
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """Capture for monitoring: SageMaker's Data Capture on instance endpoints; the image's
+    own capture (serve/capture.py, the same records and layout) where SageMaker has none:
+    serverless endpoints, and multi-model endpoints (one folder per model)."""
+
+    percent: int
+    destination: str  # s3://bucket/prefix: captures land under {destination}/{endpoint}/{variant or model}/
+
+    def check(self) -> None:
+        if not 0 < self.percent <= 100:
+            raise UsageError(f"--capture {self.percent}: a percentage of requests, 1..100")
+        if not self.destination.startswith("s3://") or not self.destination[5:].split("/")[0]:
+            raise UsageError(f"--capture-uri {self.destination!r}: captures go to an s3://bucket/prefix")
+
+    def data_capture_config(self) -> dict:
+        """The endpoint config's DataCaptureConfig: requests and answers, JSON kept as JSON."""
+        return {
+            "EnableCapture": True,
+            "InitialSamplingPercentage": self.percent,
+            "DestinationS3Uri": self.destination,
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": {"JsonContentTypes": list(CAPTURE_JSON_CONTENT_TYPES)},
+        }
+
+    def server_env(self, endpoint: str) -> dict[str, str]:
+        """The serving container's settings for the image's own capture (container/serving.py)."""
+        return {
+            "SM_VISION_CAPTURE_PERCENT": str(self.percent),
+            "SM_VISION_CAPTURE_S3_URI": self.destination,
+            "SM_VISION_CAPTURE_ENDPOINT": endpoint,
+        }
+
+
 @dataclass(frozen=True)
 class EndpointSpec:
     """One endpoint of one variant: instances (instance_type, count, GPU host image,
@@ -199,6 +238,7 @@ class EndpointSpec:
     serverless: ServerlessSpec | None = None
     ami_version: str | None = None
     async_spec: AsyncSpec | None = None
+    data_capture: CaptureSpec | None = None  # SageMaker's Data Capture (instance endpoints)
     tags: list[dict[str, str]] = field(default_factory=list)
 
     def config_request(self) -> dict:
@@ -214,6 +254,8 @@ class EndpointSpec:
         request = {"EndpointConfigName": self.name, "ProductionVariants": [variant]}
         if self.async_spec is not None:
             request["AsyncInferenceConfig"] = self.async_spec.to_request()
+        if self.data_capture is not None:
+            request["DataCaptureConfig"] = self.data_capture.data_capture_config()
         if self.tags:
             request["Tags"] = self.tags
         return request

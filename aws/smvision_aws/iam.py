@@ -7,7 +7,8 @@ Three roles, each reading what it consumes and writing only what it produces:
   <prefix>/models/ (model artifacts, multi-model archives under models/ too),
   <prefix>/transform/ (batch input) and <prefix>/inference/ (async request bodies, the
   Lambda bridge's prefix), never training data or checkpoints; writes only
-  <prefix>/transform/ and <prefix>/async/, never models or checkpoints: a compromised
+  <prefix>/transform/, <prefix>/async/ and <prefix>/capture/ (the image's own capture
+  for monitoring), never models or checkpoints: a compromised
   endpoint can neither read the training set nor plant a checkpoint that the next
   training job would resume from;
 - the Lambda bridge: invoke one endpoint, read one S3 prefix, its own logs.

@@ -3,6 +3,7 @@
     python3 benchmarks/serving/bench.py                         # ResNet-18 and ResNet-50, c=1 and c=16
     python3 benchmarks/serving/bench.py --archs resnet50 --duration 60
     python3 benchmarks/serving/bench.py --quick                 # a short smoke run of every stack
+    python3 benchmarks/serving/bench.py --stacks ours --capture # what capture for monitoring costs
 
 Stacks (all on our image's base, Python, torch and JRE; the anchors are built from PyPI
 by benchmarks/serving/anchors/Dockerfile):
@@ -59,6 +60,10 @@ STACKS = ("ours", "torchserve", "mms-toolkit")
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 REQUEST_VARIANTS = ("explain:explain=gradcam", "embedding:output=embedding", "tta:tta=flip")
 GOALS = {"resnet50": 2.0, "resnet18": 1.5}  # req/s ratio at concurrency 16 against each anchor
+# --capture: our server again, capturing every answered request (serve/capture.py) into a
+# folder in the container; the goal is at most 3% fewer req/s than without.
+CAPTURE_ENV = {"SM_VISION_CAPTURE_PERCENT": "100", "SM_VISION_CAPTURE_DIR": "/tmp/captures", "SM_VISION_CAPTURE_ENDPOINT": "bench"}
+CAPTURE_GOAL = 1.03  # ours / ours-capture req/s
 
 MAKE_MODEL = r"""
 import os, sys, torch
@@ -119,6 +124,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "'none' for none)",
     )
     parser.add_argument("--no-mixed", action="store_true", help="skip the plain-under-variant loads (ours+plain|NAME)")
+    parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="also run our server capturing 100%% of requests for monitoring (stack ours-capture; goal: <= 3%% fewer req/s)",
+    )
     parser.add_argument(
         "--cpu-shares", type=int, default=None, help="docker CPU shares for every server (raise it on a host shared with other containers)"
     )
@@ -480,6 +490,8 @@ def print_report(results: list[dict]) -> None:
                 if not other or not other["rps"]:
                     continue
                 goal = f" (goal >= {GOALS.get(arch, 1.5)}x req/s, <= 0.5x p99)" if load["concurrency"] >= 16 else ""
+                if anchor["stack"] == "ours-capture":
+                    goal = f" (goal <= {CAPTURE_GOAL}x req/s: capture costs at most 3%)"
                 print(
                     f"  vs {anchor['stack']:20} {name:12} req/s x{load['rps'] / other['rps']:.2f}, p99 x{load['p99_ms'] / other['p99_ms']:.2f}{goal}"
                 )
@@ -502,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.variant:
         name, _, assignments = spec.partition(":")
         variants[f"ours-{name}"] = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
+    if args.capture:
+        variants["ours-capture"] = dict(CAPTURE_ENV)
     stacks[1:1] = list(variants)  # variants right after ours, before the anchors
     request_specs = [spec for spec in (args.request_variant or REQUEST_VARIANTS) if spec != "none"]
     anchors = build_anchors(args.image) if any(not is_ours(s) for s in stacks) else None

@@ -81,6 +81,7 @@ def test_training_and_hosting_write_scopes_are_separate():
     assert iam.can_write(training, key.format("checkpoints")) and iam.can_write(training, key.format("models"))
     assert not iam.can_write(hosting, key.format("checkpoints")) and not iam.can_write(hosting, key.format("models"))
     assert iam.can_write(hosting, key.format("transform")) and not iam.can_write(training, key.format("transform"))
+    assert iam.can_write(hosting, key.format("capture")) and not iam.can_write(training, key.format("capture"))  # serve/capture.py
     for document in (training, hosting):
         assert not iam.can_write(document, "arn:aws:s3:::smv-bucket/shapes/data/train/cat.jpg")
         assert not iam.can_write(document, "arn:aws:s3:::smv-bucket/other/x")

@@ -41,12 +41,14 @@ def writable(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def monitored_model(image, docker_client, trained_model, tmp_path_factory) -> Path:
-    """A copy of the session's model with a baseline from 120 fresh shapes, written by
-    `monitor baseline` in the image (the shared model stays as training left it)."""
+    """A copy of the session's model whose baseline (the trainer's, from 36 validation
+    images) is replaced by one from 120 fresh shapes, written by `monitor baseline` in
+    the image (the shared model stays as training left it)."""
     root = tmp_path_factory.mktemp("monitored")
-    model = writable(root / "model")
-    for path in trained_model.iterdir():
-        shutil.copy(path, model / path.name)
+    model = root / "model"
+    shutil.copytree(trained_model, model)
+    for path in (model, model / "monitoring"):
+        os.chmod(path, 0o777)
     synthetic.make_shapes(root / "data", {"baseline": 40}, size=64, seed=7)
     handle = Containers(docker_client)
     try:

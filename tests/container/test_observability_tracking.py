@@ -25,6 +25,7 @@ from tests.support.net import free_port
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "images_per_s", "epoch_time_s")
 ARTIFACTS = (
+    "baseline.json",
     "classification_report.txt",
     "confusion_matrix.png",
     "learning_curves.png",

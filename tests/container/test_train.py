@@ -24,7 +24,13 @@ def test_config_comes_from_hyperparameters_json_with_flags_overriding(trained):
 
 
 def test_model_artifact_is_the_serving_contract(trained):
-    assert sorted(p.name for p in trained.model_dir.iterdir()) == ["model.pt", "model_spec.json"]
+    # The weights and their spec (what serving reads), and the monitoring baseline of the validation split.
+    assert sorted(p.name for p in trained.model_dir.iterdir()) == ["model.pt", "model_spec.json", "monitoring"]
+    monitoring = trained.model_dir / "monitoring"
+    assert sorted(p.name for p in monitoring.iterdir()) == ["baseline.json", "constraints.json", "reference.npz", "statistics.json"]
+    baseline = json.loads((monitoring / "baseline.json").read_text())
+    assert baseline["images"] == 36 and baseline["accuracy"]["top1"] >= 0.9  # the 12 validation images per class
+    assert re.search(rf"wrote the monitoring baseline {baseline['baseline_id']} .*: 36 validation images .* in [0-9.]+ s", trained.logs)
     spec = json.loads((trained.model_dir / "model_spec.json").read_text())
     assert spec["arch"] == "resnet18"
     assert spec["classes"] == ["blue_triangle", "green_square", "red_circle"]

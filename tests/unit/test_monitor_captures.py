@@ -84,8 +84,8 @@ def test_broken_bodies_are_decode_failures_and_bad_lines_are_counted(tmp_path):
     items, counts = read(tmp_path)
     assert [item.failure for item in items if item.failure] == [
         "body is not valid JSON",
-        "image is not valid base64",
-        "JSON item is neither base64 nor an image object",
+        "image is not valid base64",  # the server's own messages (serve.codec)
+        'each input must be a base64 string, {"image": base64} or {"url": "https://..."}',
         "body is not a .npy array",
     ]
     assert counts.skipped == {"input not captured": 1}

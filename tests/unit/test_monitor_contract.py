@@ -90,3 +90,29 @@ def test_the_mmd_test_must_be_able_to_reach_its_level():
     check_permutations(MonitorSettings())  # 1/1001 <= 0.05/10
     with pytest.raises(ConfigError, match=f"alpha/{STATISTICAL_TESTS}"):
         check_permutations(MonitorSettings(alpha=0.01, permutations=500))  # 1/501 > 0.001
+
+
+def test_hours_make_the_window_the_whole_hours_before_the_end():
+    job = MonitoringJob.from_env(
+        {"dataset_source": "/c", "output_path": "/o", "end_time": "2026-12-01T16:05:00Z", "SM_VISION_MONITOR_HOURS": "2"}
+    )
+    assert (job.start_time, job.end_time) == (
+        datetime(2026, 12, 1, 14, tzinfo=timezone.utc),
+        datetime(2026, 12, 1, 16, tzinfo=timezone.utc),
+    )
+    now = datetime(2026, 12, 1, 9, 59, 59, tzinfo=timezone.utc)  # no end: the hours before now
+    job = MonitoringJob.from_env({"dataset_source": "/c", "output_path": "/o"}, {"hours": "1"}, now=now)
+    assert (job.start_time, job.end_time) == (datetime(2026, 12, 1, 8, tzinfo=timezone.utc), datetime(2026, 12, 1, 9, tzinfo=timezone.utc))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"hours": "1", "start_time": "2026-12-01T15:00:00Z"}, "give start_time (--start) or SM_VISION_MONITOR_HOURS (--hours), not both"),
+        ({"hours": "0"}, "SM_VISION_MONITOR_HOURS=0: must be >= 1"),
+        ({"dataset_source": "s3://bucket/capture/ep/AllTraffic"}, "an S3 source needs a window"),
+    ],
+)
+def test_bad_windows_fail_naming_the_setting(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        MonitoringJob.from_env({"dataset_source": "/c", "output_path": "/o"}, overrides)

@@ -319,3 +319,76 @@ def test_npy_and_json_batches_are_monitored_like_single_images(tmp_path, model_d
         ]
     }
     assert formats == {"PNG": 20, "NPY": 20}
+
+
+class Metrics:
+    """PutMetricData's MetricData: the run's records, Timestamp as a datetime (boto3 serializes it)."""
+
+    def __init__(self, when: datetime, dimensions: list[dict]):
+        self.when, self.dimensions, self.names = when, dimensions, set()
+
+    def __eq__(self, other) -> bool:
+        self.names = {datum["MetricName"] for datum in other}
+        return all(datum["Timestamp"] == self.when and datum["Dimensions"] == self.dimensions for datum in other)
+
+
+def test_a_scheduled_processing_job_reads_the_hours_from_s3_and_publishes_its_metrics(tmp_path, model_dir, monkeypatch):
+    """What `smvision-aws monitor` schedules for accounts without Model Monitor: the window
+    is the last whole hour before the schedule's time, its hour folder is listed and
+    downloaded from the capture prefix, and the records go to CloudWatch with PutMetricData."""
+    import io
+
+    import boto3
+    from botocore.response import StreamingBody
+    from botocore.stub import Stubber
+
+    records = window_records(traffic(seed=19, count=40))
+    [path] = write_captures(tmp_path / "bucket", "shapes-endpoint", records)
+    body = path.read_bytes()
+    clients = {
+        name: boto3.client(name, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x") for name in ("s3", "cloudwatch")
+    }
+    monkeypatch.setattr(boto3, "client", lambda name, **kwargs: clients[name])
+    prefix = "capture/shapes-endpoint/AllTraffic"
+    key = f"{prefix}/2026/12/01/15/{path.name}"
+    metrics = Metrics(
+        T0 + timedelta(hours=1),
+        [{"Name": "Endpoint", "Value": "shapes-endpoint"}, {"Name": "MonitoringSchedule", "Value": "shapes-hourly"}],
+    )
+    with Stubber(clients["s3"]) as s3, Stubber(clients["cloudwatch"]) as cloudwatch:
+        s3.add_response(
+            "list_objects_v2",
+            {"Contents": [{"Key": key, "Size": len(body)}, {"Key": f"{prefix}/2026/12/01/15/notes.txt", "Size": 1}], "KeyCount": 2},
+            {"Bucket": "captures", "Prefix": f"{prefix}/2026/12/01/15/"},
+        )
+        s3.add_response("get_object", {"Body": StreamingBody(io.BytesIO(body), len(body))}, {"Bucket": "captures", "Key": key})
+        cloudwatch.add_response("put_metric_data", {}, {"Namespace": "sagemaker-vision/monitoring", "MetricData": metrics})
+        monkeypatch.setenv("SM_VISION_OPT_ML", str(tmp_path / "opt_ml"))
+        argv = ["--captures", f"s3://captures/{prefix}", "--model", str(model_dir), "--out", str(tmp_path / "out"), "--hours", "1"]
+        argv += ["--end", "2026-12-01T16:04:31Z", "--cloudwatch-namespace", "sagemaker-vision/monitoring"]
+        assert cli.main([*argv, "--endpoint", "shapes-endpoint", "--schedule", "shapes-hourly"]) == 0
+        s3.assert_no_pending_responses()
+        cloudwatch.assert_no_pending_responses()
+    assert {"record_count", "violation_count", "embedding_drift_p_value"} <= metrics.names
+    section = json.loads((tmp_path / "out/statistics.json").read_text())["sagemaker_vision"]
+    assert section["window"] == {"start": "2026-12-01T15:00:00Z", "end": "2026-12-01T16:00:00Z"}
+    assert section["volume"]["records"] == 40 and section["volume"]["capture_files"] == 1
+    assert not (tmp_path / "opt_ml/output/metrics/cloudwatch").exists()  # the file is Model Monitor's; this job published itself
+
+
+def test_a_refused_put_metric_data_fails_the_job_naming_the_permission(tmp_path, model_dir, monkeypatch):
+    import boto3
+    from botocore.stub import Stubber
+
+    client = boto3.client("cloudwatch", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    monkeypatch.setattr(boto3, "client", lambda name, **kwargs: client)
+    with Stubber(client) as cloudwatch:
+        cloudwatch.add_client_error("put_metric_data", "AccessDenied", http_status_code=403)
+        code, out, opt_ml = run(
+            tmp_path, model_dir, window_records(traffic(seed=20, count=30)), "--cloudwatch-namespace", "smv", monkeypatch=monkeypatch
+        )
+    assert code == 1 and (out / "statistics.json").is_file()  # the results are written first
+    assert (
+        "cannot publish the metrics to CloudWatch namespace smv: AccessDenied (does the job's role have cloudwatch:PutMetricData?)"
+        in (opt_ml / "output/failure").read_text()
+    )

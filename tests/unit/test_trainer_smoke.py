@@ -35,6 +35,7 @@ def opt_ml(tmp_path, monkeypatch):
 
 def test_train_runs_one_epoch_then_resumes_from_its_checkpoint(opt_ml):
     assert cli.main([*FLAGS, "--epochs", "1"]) == 0
+    # 9 validation images: too few for a monitoring baseline (20), which is left out with a warning.
     assert sorted(p.name for p in (opt_ml / "model").iterdir()) == ["model.pt", "model_spec.json"]
     first = json.loads((opt_ml / "output/data/metrics.json").read_text())
     assert [row["epoch"] for row in first["epochs"]] == [1]
@@ -63,6 +64,27 @@ def test_calibration_can_be_turned_off(opt_ml):
     assert report["calibration"]["temperature"] == 1.0 and report["calibration"]["fitted_on"] is None
     assert "ece_before" in report["calibration"] and "ece_after" not in report["calibration"]
     assert report["config"]["calibrate"] is False
+
+
+def test_the_model_carries_a_monitoring_baseline_of_its_validation_split(opt_ml, capsys):
+    # 7 validation images per class (21): more than a baseline's 20; --monitoring-baseline caps them at 20.
+    synthetic.make_shapes(opt_ml / "input/data/training", {"valid": 7}, size=32, seed=1)
+    assert cli.main([*FLAGS, "--epochs", "1", "--monitoring-baseline", "20"]) == 0
+    monitoring = opt_ml / "model/monitoring"
+    assert sorted(p.name for p in monitoring.iterdir()) == ["baseline.json", "constraints.json", "reference.npz", "statistics.json"]
+    baseline = json.loads((monitoring / "baseline.json").read_text())
+    assert baseline["images"] == 20 and baseline["accuracy"]["images"] == 20
+    assert baseline["source"] == "train: validation split of a local job"
+    assert baseline["classes"] == json.loads((opt_ml / "model/model_spec.json").read_text())["classes"]
+    constraints = json.loads((monitoring / "constraints.json").read_text())
+    assert constraints["monitoring_config"]["sagemaker_vision"]["alpha"] == 0.05
+    assert f"wrote the monitoring baseline {baseline['baseline_id']}" in capsys.readouterr().out  # the trainer logs to stdout
+
+
+def test_no_baseline_when_asked_for_none(opt_ml):
+    synthetic.make_shapes(opt_ml / "input/data/training", {"valid": 7}, size=32, seed=1)
+    assert cli.main([*FLAGS, "--epochs", "1", "--monitoring-baseline", "0"]) == 0
+    assert sorted(p.name for p in (opt_ml / "model").iterdir()) == ["model.pt", "model_spec.json"]
 
 
 def test_a_bad_flag_fails_naming_it(opt_ml):

@@ -78,6 +78,9 @@ def _add_deploy(sub) -> None:
     p.add_argument("--serverless-memory", type=int, default=4096, help="MB: 1024..6144 in steps of 1024")
     p.add_argument("--serverless-max-concurrency", type=int, default=5)
     p.add_argument("--multi-model", action="store_true", help="multi-model endpoint over --model-data-prefix")
+    p.add_argument("--capture", type=int, metavar="PCT", help="capture PCT%% of requests for `monitor` (docs/monitoring.md): Data Capture "
+                   "on instance endpoints, the image's own capture on serverless and multi-model ones (per model)")  # fmt: skip
+    p.add_argument("--capture-uri", metavar="S3_URI", help="--capture: s3://bucket/prefix for the captures (the role writes there)")
     _ami_option(p, "inference")
     _async_options(p)
     p.add_argument("--env", action="append", metavar="NAME=VALUE", help="serving environment, repeatable")
@@ -145,6 +148,9 @@ def _content_type(path: Path) -> str:
 def cmd_deploy(args, session=None) -> dict:
     async_spec, autoscale, serverless = _deploy_specs(args)
     env = parse_pairs(args.env, "env")
+    capture = _capture_spec(args)
+    server_capture = capture if capture and (serverless or args.multi_model) else None  # where SageMaker has no Data Capture
+    env.update(server_capture.server_env(args.endpoint_name) if server_capture else {})
     if async_spec:
         env.setdefault(hosting.PAYLOAD_ENV, str(hosting.ASYNC_MAX_PAYLOAD_MB))
     if args.local:
@@ -166,6 +172,7 @@ def cmd_deploy(args, session=None) -> dict:
         serverless=serverless,
         ami_version=ami_version,
         async_spec=async_spec,
+        data_capture=None if server_capture else capture,
         tags=tags,
     )
     hosting.create_endpoint(session.sagemaker_client, hosting.model_request(name, role, container, tags), endpoint, wait=not args.no_wait)
@@ -180,6 +187,8 @@ def cmd_deploy(args, session=None) -> dict:
         result["inference_ami_version"] = ami_version
     if async_spec:
         result["async_output"] = async_spec.output_path
+    if capture:
+        result["capture"] = {"percent": capture.percent, "uri": capture.destination, "by": "image" if server_capture else "data-capture"}
     if args.autoscale:
         result.update(_register_autoscaling(args, session, autoscale, backlog=async_spec is not None))
     if args.smoke_image:
@@ -214,6 +223,20 @@ def _deploy_specs(args) -> tuple[hosting.AsyncSpec | None, autoscaling.Autoscali
     if serverless:
         serverless.check()
     return async_spec, autoscale, serverless
+
+
+def _capture_spec(args) -> hosting.CaptureSpec | None:
+    if args.capture is None:
+        if args.capture_uri:
+            raise UsageError("--capture-uri goes with --capture PCT")
+        return None
+    if args.local:
+        raise UsageError("--capture needs AWS; locally, run the image with SM_VISION_CAPTURE_DIR (docs/monitoring.md)")
+    if not args.capture_uri:
+        raise UsageError("--capture needs --capture-uri s3://bucket/prefix for the captures")
+    spec = hosting.CaptureSpec(args.capture, args.capture_uri.rstrip("/"))
+    spec.check()
+    return spec
 
 
 def _async_spec(args) -> hosting.AsyncSpec | None:
@@ -345,7 +368,9 @@ def cmd_cleanup(args, session=None) -> dict:
     if not args.endpoint_name and not args.by_tag:
         raise UsageError("give --endpoint-name NAME (repeatable) or --by-tag KEY[=VALUE]")
     session = client_session(args, session)
-    clients = cleanup.CleanupClients(session.sagemaker_client, session.client("application-autoscaling"), session.client("cloudwatch"))
+    clients = cleanup.CleanupClients(
+        session.sagemaker_client, session.client("application-autoscaling"), session.client("cloudwatch"), session.client("scheduler")
+    )
     report = []
     for endpoint in args.endpoint_name:
         report += cleanup.cleanup_endpoint(clients, endpoint, delete_models=not args.keep_models)

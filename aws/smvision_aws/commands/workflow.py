@@ -1,7 +1,8 @@
-"""process, register, pipeline and iam-policies: their flags and commands. A command
-of the image as a Processing job (processing.py), the model registry (registry.py),
-the seed workflow as a SageMaker Pipeline (pipeline.py) and the roles' policy
-documents (iam.py)."""
+"""process, register, pipeline, monitor and iam-policies: their flags and commands. A
+command of the image as a Processing job (processing.py), the model registry
+(registry.py), the seed workflow as a SageMaker Pipeline (pipeline.py), the image's
+`monitor` on a schedule with its alarm (monitoring.py) and the roles' policy documents
+(iam.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from smvision_aws import hosting, iam, processing, registry
+from smvision_aws import cleanup, hosting, iam, monitoring, processing, registry
 from smvision_aws.commands.common import add_image_and_role, add_region, client_session, require_image, require_role
 from smvision_aws.usage import UsageError, parse_pairs, parse_tags
 
@@ -33,6 +34,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(run=cmd_register)
 
     _add_pipeline(sub)
+    _add_monitor(sub)
 
     p = sub.add_parser("iam-policies", help="write least-privilege policy documents for the two roles")
     p.add_argument("--account-id", required=True)
@@ -92,6 +94,74 @@ def _add_pipeline(sub) -> None:
     p.add_argument("--parameter", action="append", metavar="NAME=VALUE", help="start: override a pipeline parameter for this execution")
     p.add_argument("--tag", action="append", metavar="KEY=VALUE")
     p.set_defaults(run=cmd_pipeline)
+
+
+def _add_monitor(sub) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="run the image's `monitor` on an endpoint's captures every hour, with a CloudWatch alarm on violations",
+        description="schedule: a Model Monitor schedule (--via model-monitor, accounts that have Model Monitor) or an "
+        "EventBridge Scheduler schedule starting a Processing job (--via processing, every account), and an alarm on "
+        "violation_count. delete: remove them (cleanup does too). docs/monitoring.md",
+    )
+    p.add_argument("action", choices=["schedule", "delete"])
+    add_region(p, local=False)
+    add_image_and_role(p)
+    p.add_argument("--endpoint-name", required=True)
+    p.add_argument("--variant", default=hosting.DEFAULT_VARIANT, help="the capture folder: the variant, or a multi-model endpoint's model")
+    p.add_argument("--via", choices=monitoring.VIA, default="processing", help="default processing (works in every account)")
+    p.add_argument("--model-data", help="s3://.../model.tar.gz of the model the endpoint serves (with its monitoring baseline)")
+    p.add_argument("--training-job", help="instead of --model-data: this Completed job's model.tar.gz")
+    p.add_argument("--capture-uri", help="--via processing: the endpoint's capture destination (deploy --capture-uri)")
+    p.add_argument("--scheduler-role", metavar="ARN", help="--via processing: the role EventBridge Scheduler assumes to start the job")
+    p.add_argument("--output", help="s3://bucket/prefix for each run's statistics, violations and report")
+    p.add_argument(
+        "--baseline-uri", help="--via model-monitor: s3:// prefix holding the model's monitoring/constraints.json and statistics.json"
+    )
+    p.add_argument("--schedule-expression", help="default: hourly (Model Monitor at :00, the Processing job at :10)")
+    p.add_argument("--alarm-topic", metavar="SNS_ARN", help="notify this SNS topic when the alarm fires")
+    p.add_argument("--instance-type", default="ml.m5.xlarge")
+    p.add_argument("--volume-size", type=int, default=30, help="GB of EBS")
+    p.add_argument("--max-run", type=int, default=3600, help="seconds at most (60..3600)")
+    p.add_argument("--env", action="append", metavar="NAME=VALUE", help="the monitor's settings, e.g. SM_VISION_MONITOR_ALPHA=0.01")
+    p.add_argument("--tag", action="append", metavar="KEY=VALUE")
+    p.set_defaults(run=cmd_monitor)
+
+
+def cmd_monitor(args, session=None) -> dict:
+    session = client_session(args, session)
+    if args.action == "delete":
+        clients = cleanup.CleanupClients(session.sagemaker_client, None, session.client("cloudwatch"), session.client("scheduler"))
+        report: list = []
+        cleanup.delete_monitoring(report, clients, args.endpoint_name)
+        return {"cleanup": [{"kind": k, "name": n, "result": r} for k, n, r in report]}
+    if args.training_job:
+        model_data = hosting.model_data_from_training_job(session.sagemaker_client, args.training_job)
+    elif args.model_data:
+        model_data = args.model_data
+    else:
+        raise UsageError("give --model-data s3://.../model.tar.gz or --training-job NAME: the model the endpoint serves")
+    spec = monitoring.MonitorSpec(
+        endpoint=args.endpoint_name,
+        image_uri=require_image(args),
+        role=require_role(args),
+        model_data=model_data,
+        output_uri=(args.output or "").rstrip("/"),
+        via=args.via,
+        variant=args.variant,
+        capture_uri=args.capture_uri.rstrip("/") if args.capture_uri else None,
+        scheduler_role=args.scheduler_role,
+        baseline_uri=args.baseline_uri.rstrip("/") if args.baseline_uri else None,
+        schedule_expression=args.schedule_expression,
+        instance_type=args.instance_type,
+        volume_size_gb=args.volume_size,
+        max_runtime_s=args.max_run,
+        alarm_topic=args.alarm_topic,
+        environment=parse_pairs(args.env, "env"),
+        tags=parse_tags(args.tag),
+    )
+    spec.check()
+    return monitoring.schedule(session, spec)
 
 
 def cmd_process(args, session=None) -> dict:
