@@ -71,9 +71,10 @@ def monitored_model(image, docker_client, trained_model, tmp_path_factory) -> Pa
     """A copy of the session's model with a monitoring baseline written by `monitor
     baseline` (for the OOD scores)."""
     tmp = tmp_path_factory.mktemp("monitored")
-    model = writable(tmp / "model")
-    for path in trained_model.iterdir():
-        shutil.copy(path, model / path.name)
+    model = tmp / "model"
+    shutil.copytree(trained_model, model)
+    for path in [model, *model.rglob("*")]:
+        os.chmod(path, 0o777 if path.is_dir() else 0o666)
     synthetic.make_shapes(tmp / "data", {"baseline": 16}, size=SIZE, seed=5)
     handle = Containers(docker_client)
     try:
@@ -232,12 +233,12 @@ def test_calibration_on_the_digits(containers, image, docker_client, tmp_path):
     spec = json.loads((root / "model/model_spec.json").read_text())
     assert spec["temperature"] == calibration["temperature"] != 1.0
 
-    uncalibrated = tmp_path / "uncalibrated"
+    uncalibrated = tmp_path / "uncalibrated_model"
     shutil.copytree(root / "model", uncalibrated)
     (uncalibrated / "model_spec.json").write_text(json.dumps({**spec, "temperature": 1.0}))
     answers = {}
     for name, model in (("calibrated", root / "model"), ("uncalibrated", uncalibrated)):
-        container, base = serve(containers, image, model, tmp_path / name, {})
+        container, base = serve(containers, image, model, tmp_path / f"serve_{name}", {})
         with requests.Session() as session:
             answers[name] = [
                 session.post(base + "/invocations", data=digit.png(), headers={"Content-Type": "image/png"}, timeout=30).json()
