@@ -190,8 +190,9 @@ def _channel_field(path: Path, name: str, spec: Mapping, key: str, allowed: tupl
 
 
 def read_input_data_config(paths: SageMakerPaths) -> dict[str, Channel]:
-    """Channels SageMaker declared, or the folders under input/data when there is no
-    inputdataconfig.json (plain `docker run -v data:/opt/ml/input/data/training`)."""
+    """Channels SageMaker declared, or, when there is no inputdataconfig.json (plain
+    `docker run -v data:/opt/ml/input/data/training`), the folders under input/data (File
+    mode) and the channels whose pass FIFOs (`<name>_0`) are there (Pipe mode)."""
     if paths.input_data_config_file.exists():
         file = paths.input_data_config_file
         raw = _read_json(file, "input data config")
@@ -214,7 +215,13 @@ def read_input_data_config(paths: SageMakerPaths) -> dict[str, Channel]:
         return channels
     if not paths.data_dir.is_dir():
         return {}
-    return {entry.name: Channel(entry.name, entry) for entry in sorted(paths.data_dir.iterdir()) if entry.is_dir()}
+    entries = sorted(paths.data_dir.iterdir())
+    channels = {entry.name: Channel(entry.name, entry) for entry in entries if entry.is_dir()}
+    for entry in entries:  # FIFOs <name>_0, <name>_1, ...: a Pipe-mode channel, as SageMaker lays one out
+        name, _, number = entry.name.rpartition("_")
+        if name and number.isdigit() and name not in channels and entry.is_fifo():
+            channels[name] = Channel(name, paths.channel_dir(name), input_mode="Pipe")
+    return channels
 
 
 def read_tensorboard_dir(paths: SageMakerPaths) -> Path | None:

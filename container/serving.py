@@ -34,6 +34,10 @@ BATCHING = ("auto", "on", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ACCESS_LOG_FORMATS = ("log", "json", "off")  # serve.access_log.LOG_FORMATS
+# Our classifier's answer: labels = {"predicted_label", "confidence", "probabilities", "top_k"}
+# (multi-label: "predicted_labels" above each class's threshold); prediction = the built-in
+# Image Classification algorithm's {"prediction": [p0, p1, ...]} in class order.
+RESPONSE_SHAPES = ("labels", "prediction")
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,14 @@ class ServeConfig:
     batch_strategy: str | None = setting("SAGEMAKER_BATCH_STRATEGY", None, "batch transform: MULTI_RECORD (default) or SINGLE_RECORD")
     # --- our classifier ---
     top_k: int = setting("SM_VISION_TOP_K", 5, "classes in top_k (per request: ?top_k= or X-Top-K)", "--top-k", minimum=1)
+    response_shape: str = setting(
+        "SM_VISION_RESPONSE_SHAPE",
+        "labels",
+        "our classifier's answer: labels, or the built-in algorithm's {\"prediction\": [p0, p1, ...]} (per request: Accept: "
+        "application/json; shape=prediction)",
+        "--response-shape",
+        RESPONSE_SHAPES,
+    )
     batching: str = setting(
         "SM_VISION_BATCHING",
         "auto",
@@ -119,7 +131,10 @@ class ServeConfig:
     max_batch_items: int = setting("SM_VISION_MAX_BATCH_ITEMS", 64, "most images in one request", minimum=1)
     url_fetch: bool = setting("SM_VISION_URL_FETCH", True, 'fetch {"url": ...} inputs (public addresses only)')
     url_allow: str | None = setting(
-        "SM_VISION_URL_ALLOW", None, "comma-separated host, host:port or CIDR entries the URL guard lets through"
+        "SM_VISION_URL_ALLOW",
+        None,
+        "comma-separated entries the URL guard lets through, each with its ports: host or CIDR alone covers 80 and 443; "
+        "host:port, CIDR:port, [v6]:port, host:* (docs/security.md)",
     )
     url_timeout_s: float = setting(
         "SM_VISION_URL_TIMEOUT_S", 5.0, "wall-clock deadline of one URL fetch in seconds (connect, redirects, body)", minimum=0.1
@@ -133,13 +148,51 @@ class ServeConfig:
         "SM_VISION_MAX_ASPECT_RATIO", 20.0, "long side / short side of an image; bounds what the short-side resize allocates", minimum=1.0
     )
     max_pending: int = setting(
-        "SM_VISION_MAX_PENDING", 64, "requests admitted at once; one more gets 503 with Retry-After before its body is read", minimum=1
+        "SM_VISION_MAX_PENDING",
+        64,
+        "requests admitted at once once their body is in (decoding, queued, running); one more gets 503 with Retry-After",
+        minimum=1,
     )
     max_model_extract_mb: int = setting(
         "SM_VISION_MAX_MODEL_EXTRACT_MB", 20 * 1024, "largest expanded size of a model.tar.gz in MiB", minimum=1
     )
     header_timeout_s: float = setting(
         "SM_VISION_HEADER_TIMEOUT_S", 15.0, "seconds a connection may take to send a request's headers before it is closed", minimum=0.1
+    )
+    body_timeout_s: float = setting(
+        "SM_VISION_BODY_TIMEOUT_S",
+        10.0,
+        "seconds a request body may take to arrive, plus one second per SM_VISION_BODY_MIN_RATE_KIB_S KiB received; "
+        "past it the answer is 408 and the connection closes",
+        minimum=0.1,
+    )
+    body_min_rate_kib_s: int = setting(
+        "SM_VISION_BODY_MIN_RATE_KIB_S",
+        64,
+        "the slowest a body may arrive (KiB per second) once SM_VISION_BODY_TIMEOUT_S is spent",
+        minimum=1,
+    )
+    max_decode_bytes: int | None = setting(
+        "SM_VISION_MAX_DECODE_BYTES",
+        None,
+        "bytes one decoded image may take (its frame as Pillow stores it, plus a multi-scan JPEG's coefficients); "
+        "default what a SM_VISION_MAX_IMAGE_PIXELS RGB image takes (4 bytes a pixel)",
+        minimum=1,
+    )
+    max_jpeg_scans: int = setting(
+        "SM_VISION_MAX_JPEG_SCANS", 100, "scans a JPEG may have (encoders write 1-10; each costs a pass over the image)", minimum=1
+    )
+    max_array_mb: int = setting(
+        "SM_VISION_MAX_ARRAY_MB",
+        64,
+        "largest array a .npy/.npz/CSV/JSON tensor body decodes to, in MiB (at least SAGEMAKER_MAX_PAYLOAD_IN_MB)",
+        minimum=1,
+    )
+    drain_timeout_s: float = setting(
+        "SM_VISION_DRAIN_TIMEOUT_S",
+        25.0,
+        "on SIGTERM, seconds in-flight requests may take to finish before the server exits (keep it below the stop grace)",
+        minimum=0.1,
     )
     # --- capture for monitoring (docs/monitoring.md): Data Capture's records, where SageMaker has none ---
     capture_percent: float = setting(
@@ -269,6 +322,11 @@ class ServeConfig:
         return self.max_payload_mb << 20
 
     @property
+    def max_array_bytes(self) -> int:
+        """A tensor body may always decode to what the payload cap lets in (async endpoints raise it)."""
+        return max(self.max_array_mb, self.max_payload_mb) << 20
+
+    @property
     def max_model_extract_bytes(self) -> int:
         return self.max_model_extract_mb << 20
 
@@ -295,6 +353,12 @@ class Machine:
     def decode_threads(self) -> int:
         # A few decodes at once, not one per request, so forwards keep the GIL and the cores.
         return max(2, self.cpus)
+
+    @property
+    def decode_workers(self) -> int:
+        # Processes for the decodes a thread cannot bound (serve.decode_pool): each holds
+        # one decoded frame at most; the threads wait for one until their deadline.
+        return min(4, self.decode_threads)
 
     def torch_threads(self, workers: int) -> int:
         """Intra-op threads of each of `workers` concurrent forwards: its share of the cores."""

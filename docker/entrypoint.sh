@@ -33,6 +33,7 @@ sagemaker-vision: PyTorch image classification for SageMaker, EC2 and local dock
 
   train [--flag value ...]   train a classifier (config: /opt/ml/input/config, flags override)
   train --help               every training flag with its default
+  train check-data ...       check a dataset: unreadable, tiny, duplicate, leaked images; class counts; fingerprint
   train prepare-bins ...     turn bin images + metadata JSONs into an ImageFolder split
   serve [--backend mms]      serve /opt/ml/model on port 8080 (/ping, /invocations)
   serve --help               serving options

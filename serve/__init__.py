@@ -21,9 +21,12 @@ model.py       loading /opt/ml/model (dir or model.tar.gz): our Classifier or To
 archive.py     model names and the checked model.tar.gz extraction
 codec.py       image requests -> input tensors, probabilities -> our JSON answer
 payloads.py    tensor requests and answers (JSON, CSV, NPY, NPZ, JSON Lines), as AWS's toolkit
+arrays.py      the one loader of array bodies (.npy, .npz, CSV, JSON), costs checked before they are paid
+decode_pool.py worker processes for the decodes a thread cannot bound, killed at a request's deadline
+deadline.py    a request's one deadline, which its work checks between items
 fetch.py       guarded fetching of {"url": ...} inputs (no private addresses), over urlguard.py
 urlguard.py    the URL guard itself, standard library only (the Lambda bridge ships it too)
 runner.py      admission, the deadline/hang-up watch, and dynamic micro-batching
-connections.py the header timeout uvicorn lacks
+connections.py what uvicorn lacks: the header timeout, refusing ambiguous framing (CL + TE)
 mms.py         the opt-in multi-model-server backend (same HostedModel.invoke)
 """

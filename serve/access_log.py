@@ -66,6 +66,17 @@ class PrintableFormatter(logging.Formatter):
         return printable(super().formatStack(stack_info), keep_newlines=True)
 
 
+def escape_every_log() -> None:
+    """PrintableFormatter on every handler of the root logger and of every logger with
+    handlers of its own, each keeping its format (the server's, or MMS's in its workers)."""
+    loggers = [logging.getLogger(), *(item for item in logging.Logger.manager.loggerDict.values() if isinstance(item, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            current = handler.formatter or logging.Formatter()
+            if not isinstance(current, PrintableFormatter):
+                handler.setFormatter(PrintableFormatter(current._fmt, current.datefmt))  # _fmt: the format it was made with
+
+
 def request_id(headers: list[tuple[bytes, bytes]]) -> bytes:
     for name, value in headers:
         if name in REQUEST_ID_HEADERS and value:

@@ -38,6 +38,7 @@ def create_app(config: ServeConfig, machine: Machine) -> Starlette:
     async def lifespan(app):
         if isinstance(hosting, SingleModel):
             threading.Thread(target=hosting.load, name="model-loader", daemon=True).start()
+        threading.Thread(target=pools.images.start, name="decode-pool", daemon=True).start()
         log.info(
             "serving on device %s with %d inference workers%s%s%s",
             config.device,

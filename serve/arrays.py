@@ -20,7 +20,8 @@ classifier) both read arrays through it.
   max_bytes / 4 of them; numpy's C reader (np.loadtxt) parses straight into float32.
 - JSON: parsed once (json.loads), after two byte counts: values (commas + 1) at most
   max_json_values, nesting depth at most max_json_depth (counted over the brackets
-  outside strings, only when there are more brackets than that).
+  outside strings, only when there are more brackets than that). JSON Lines: the
+  values of the whole body counted first, then each line the same way.
 
 Errors are the typed errors of serve.errors: 400 malformed, 413 over a size limit,
 422 well-formed but unusable.
@@ -35,10 +36,12 @@ import json
 import math
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from container import ServeConfig
 from serve.errors import BadInput, PayloadTooLarge, Unprocessable
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -52,7 +55,7 @@ _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 @dataclass(frozen=True)
 class ArrayLimits:
-    max_bytes: int = 64 * 1024 * 1024  # the decoded array; what an .npz member may inflate to
+    max_bytes: int = ServeConfig.max_array_mb << 20  # the decoded array; what an .npz member may inflate to (SM_VISION_MAX_ARRAY_MB)
     max_header_bytes: int = 10_000  # an .npy header (numpy's own reader stops there too)
     max_dims: int = 32
     max_json_values: int = 4_000_000  # numbers in a JSON body (each costs ~32 bytes as a Python object)
@@ -190,7 +193,7 @@ def load_npz(body: bytes, limits: ArrayLimits) -> np.ndarray:
         try:
             with archive.open(member) as stream:
                 return _stream_member(stream, member, limits)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:  # CRC mismatch, corrupt deflate data
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as err:  # CRC mismatch, corrupt deflate data
             raise BadInput(f"body is not an .npz archive: {_short(err)}") from None
 
 
@@ -257,11 +260,22 @@ def json_depth(body: bytes) -> int:
     return int(np.cumsum(steps).max())
 
 
-def load_json(body: bytes, limits: ArrayLimits) -> object:
-    """body parsed once, its value count and nesting depth checked from the bytes first."""
-    values = body.count(b",") + 1
+def _check_json_values(body: bytes, limits: ArrayLimits, values: int) -> None:
     if values > limits.max_json_values:
         raise PayloadTooLarge(f"JSON body has about {values:,} values, above the limit of {limits.max_json_values:,}")
+
+
+def load_json_lines(body: bytes, limits: ArrayLimits) -> list:
+    """One JSON value per non-blank line (JSON Lines), the values of the whole body
+    counted first, then each line as load_json reads it."""
+    lines = [line for line in body.splitlines() if line.strip()]
+    _check_json_values(body, limits, body.count(b",") + len(lines))
+    return [load_json(line, limits) for line in lines]
+
+
+def load_json(body: bytes, limits: ArrayLimits) -> object:
+    """body parsed once, its value count and nesting depth checked from the bytes first."""
+    _check_json_values(body, limits, body.count(b",") + 1)
     if body.count(b"[") + body.count(b"{") > limits.max_json_depth:
         depth = json_depth(body)
         if depth > limits.max_json_depth:
@@ -277,7 +291,10 @@ def load_json(body: bytes, limits: ArrayLimits) -> object:
 def json_tensor(value: object, limits: ArrayLimits) -> np.ndarray | None:
     """A parsed JSON value as a float32 array, or None when it is not nested numbers
     (an image request such as {"url": ...} or base64 strings, or nothing at all)."""
-    if isinstance(value, (dict, str)) or value is None:
+    first = value
+    while isinstance(first, list) and first:
+        first = first[0]
+    if not isinstance(first, (int, float)):  # base64 strings, {"url": ...}: never made an array of text
         return None
     try:
         array = np.asarray(value)

@@ -62,7 +62,8 @@ def server_options(config: ServeConfig) -> dict:
         "port": config.port,
         "log_level": config.log_level,
         "access_log": False,  # serve.access_log writes one structured line per request
-        "timeout_graceful_shutdown": config.timeout_s,
+        # On SIGTERM: stop accepting, let in-flight requests finish (up to this), then exit 0.
+        "timeout_graceful_shutdown": config.drain_timeout_s,
         "timeout_keep_alive": 75,  # above SageMaker's 60 s idle timeout, so it closes first
         # A connection that has not sent a request's headers in time is closed (uvicorn has no such timeout).
         "http": with_header_timeout(config.header_timeout_s),
@@ -121,9 +122,14 @@ def _claim(path: Path) -> bool:
 
 
 def configure_logging(config: ServeConfig) -> None:
+    """One log on stdout for every logger (uvicorn's propagate to it), its messages
+    escaped: a client's text cannot drive the reader's terminal or forge a line."""
+    from serve.access_log import escape_every_log
+
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
     )
+    escape_every_log()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,13 +6,20 @@ Supported Content-Types (parameters such as charset are ignored):
                         where item is a base64 string, {"image"|"b64": b64} or {"url": u}
     application/jsonlines   one such JSON object per line (batch transform, SplitType=None)
     application/x-npy   uint8 HxWx3 / NxHxWx3 images, or float 3xHxW / Nx3xHxW model input
+
+Answers (Accept application/json, or application/jsonlines: one line per image), in the
+shape SM_VISION_RESPONSE_SHAPE names or Accept's `shape` parameter asks for
+(`application/json; shape=prediction`):
+    labels      {"predicted_label", "confidence", "probabilities", "top_k"}; a multi-label
+                model: {"predicted_labels" (each class at or above its threshold),
+                "probabilities" (sigmoid per class), "thresholds", "top_k"}
+    prediction  the built-in Image Classification algorithm's {"prediction": [p0, p1, ...]}
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +29,10 @@ import torch
 from PIL import Image
 
 from container import ServeConfig
+from container.serving import RESPONSE_SHAPES
+from serve import arrays
+from serve.deadline import Deadline
+from serve.decode_pool import DecodePool, needs_worker
 from serve.errors import BadInput, NotAcceptable, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from serve.fetch import FetchPolicy, fetch_url
 from vision import images
@@ -38,16 +49,24 @@ class DecodeLimits:
     """What one request may ask of the decoder: ServeConfig's request limits (from_config)
     plus the JPEG draft size of the model being served."""
 
-    image: images.ImageLimits  # pixels, aspect ratio, JPEG draft size
+    image: images.ImageLimits  # pixels, aspect ratio, decode bytes, JPEG scans and draft size
     max_batch: int  # items in one request (SM_VISION_MAX_BATCH_ITEMS); batch transform decodes this many at a time
     fetch: FetchPolicy
+    arrays: arrays.ArrayLimits  # .npy bodies (and a model's tensor payloads: serve.payloads)
 
     @classmethod
     def from_config(cls, config: ServeConfig, draft_min_side: int) -> DecodeLimits:
         """draft_min_side: with SM_VISION_JPEG_DRAFT, the smallest side a JPEG is decoded at
         (twice the model's resize size)."""
-        image = images.ImageLimits(config.max_image_pixels, config.max_aspect_ratio, draft_min_side if config.jpeg_draft else 0)
-        return cls(image, config.max_batch_items, FetchPolicy.from_config(config))
+        image = images.ImageLimits(
+            max_pixels=config.max_image_pixels,
+            max_aspect_ratio=config.max_aspect_ratio,
+            draft_min_side=draft_min_side if config.jpeg_draft else 0,
+            max_decode_bytes=config.max_decode_bytes,
+            max_jpeg_scans=config.max_jpeg_scans,
+        )
+        array = arrays.ArrayLimits(max_bytes=config.max_array_bytes)
+        return cls(image, config.max_batch_items, FetchPolicy.from_config(config), array)
 
 
 @dataclass
@@ -79,10 +98,14 @@ def check_accept(accept: str | None, also: tuple[str, ...] = ()) -> str:
     raise NotAcceptable(f"cannot produce {accept!r}; this endpoint answers {', '.join((JSON, *also))}")
 
 
-def open_image(data: bytes, limits: DecodeLimits) -> Image.Image:
-    """Client bytes -> upright 8-bit RGB, by the decoder training uses (vision.images)."""
+def open_image(data: bytes, limits: DecodeLimits, deadline: Deadline | None = None, pool: DecodePool | None = None) -> Image.Image:
+    """Client bytes -> upright 8-bit RGB, by the decoder training uses (vision.images).
+    A decode whose cost is not bounded by its pixels (needs_worker: a multi-scan JPEG,
+    TIFF) runs in `pool`, killed at the deadline; the rest here, bounded by the limits."""
     if not data:
         raise BadInput("empty image body")
+    if pool is not None and deadline is not None and needs_worker(data):
+        return pool.decode(data, limits.image, deadline.at, deadline.gone)
     try:
         return images.load_rgb(data, limits.image)
     except images.ImageRejected as err:
@@ -129,18 +152,11 @@ def item_image(item: object) -> bytes | None:
     raise Unprocessable('each input must be a base64 string, {"image": base64} or {"url": "https://..."}')
 
 
-def _item_bytes(item: object, limits: DecodeLimits) -> bytes:
+def _item_bytes(item: object, limits: DecodeLimits, deadline: Deadline | None = None) -> bytes:
     data = item_image(item)
-    return fetch_url(item["url"], limits.fetch) if data is None else data
-
-
-def _parse_json(text: bytes) -> object:
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadInput(f"body is not valid JSON: {err}") from None
-    except RecursionError:  # thousands of nested brackets
-        raise BadInput("body is not valid JSON: nested too deeply") from None
+    if data is None:  # a URL fetch ends at the request's deadline too
+        return fetch_url(item["url"], limits.fetch, deadline=deadline.at if deadline is not None else None)
+    return data
 
 
 def json_items(payload: object) -> tuple[list, bool]:
@@ -185,40 +201,19 @@ def _parse_array(array: np.ndarray) -> Parsed:
     )
 
 
-def _load_npy(body: bytes) -> np.ndarray:
-    """np.load, after checking that the header's shape fits in the body: numpy
-    allocates the declared size before reading, so a 100-byte body claiming a
-    terabyte would be a MemoryError (500) or worse."""
-    buffer = io.BytesIO(body)
-    try:
-        version = np.lib.format.read_magic(buffer)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(buffer)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
-        else:
-            raise ValueError(f"unsupported .npy version {version}")
-        declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-        if dtype.hasobject or declared > len(body) - buffer.tell():
-            raise ValueError(f"the header declares {list(shape)} {dtype} ({declared} bytes) but the body holds {len(body) - buffer.tell()}")
-        return np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError, TypeError, SyntaxError) as err:
-        raise BadInput(f"body is not a .npy array: {str(err)[:200]}") from None
-
-
-def parse(body: bytes, content_type: str | None, limits: DecodeLimits, item_cap: bool = True) -> Parsed:
+def parse(body: bytes, content_type: str | None, limits: DecodeLimits, item_cap: bool = True, value: object = None) -> Parsed:
     """The request's items. item_cap=False (batch transform, decoded in chunks) accepts
-    as many items as the payload limit lets in."""
+    as many items as the payload limit lets in. `value`: a JSON body already parsed
+    (serve.handler tells images from numbers on it), so it is parsed once."""
     ctype = media_type(content_type)
     if is_image_type(ctype):
         return Parsed("image", [body], batch=False)
     if ctype == NPY:
-        parsed = _parse_array(_load_npy(body))
-    elif ctype == JSON or ctype in JSONLINES:
-        if ctype in JSONLINES:
-            parsed = Parsed("json", [_parse_json(line) for line in body.splitlines() if line.strip()], batch=True, lines=True)
-        else:
-            parsed = Parsed("json", *json_items(_parse_json(body)))
+        parsed = _parse_array(arrays.load_npy(body, limits.arrays))
+    elif ctype in JSONLINES:
+        parsed = Parsed("json", arrays.load_json_lines(body, limits.arrays), batch=True, lines=True)
+    elif ctype == JSON:
+        parsed = Parsed("json", *json_items(arrays.load_json(body, limits.arrays) if value is None else value))
     else:
         raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not supported; use one of: {SUPPORTED}")
     if len(parsed) == 0 or (item_cap and len(parsed) > limits.max_batch):
@@ -226,20 +221,40 @@ def parse(body: bytes, content_type: str | None, limits: DecodeLimits, item_cap:
     return parsed
 
 
-def to_inputs(parsed: Parsed, preprocess: Callable, limits: DecodeLimits, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """Items [start, stop) of a parsed request as an N x C x H x W model input."""
+def _checked(items, deadline: Deadline | None):
+    """items, the request's deadline checked before each: work stops between items once
+    the answer is due or gone."""
+    for item in items:
+        if deadline is not None:
+            deadline.check()
+        yield item
+
+
+def to_inputs(
+    parsed: Parsed,
+    preprocess: Callable,
+    limits: DecodeLimits,
+    start: int = 0,
+    stop: int | None = None,
+    deadline: Deadline | None = None,
+    pool: DecodePool | None = None,
+) -> torch.Tensor:
+    """Items [start, stop) of a parsed request as an N x C x H x W model input, each
+    decoded or fetched within what is left of `deadline`."""
     items = parsed.items[start:stop]
     if parsed.kind == "tensor":
         return torch.from_numpy(np.ascontiguousarray(items, dtype=np.float32))
     if parsed.kind == "frames":
         try:
-            rgb = [images.array_to_rgb(frame, limits.image) for frame in items]
+            rgb = [images.array_to_rgb(frame, limits.image) for frame in _checked(items, deadline)]
         except images.ImageRejected as err:
             raise _image_error(err) from None
         return torch.stack([preprocess(image) for image in rgb])
     if parsed.kind == "image":
-        return torch.stack([preprocess(open_image(data, limits)) for data in items])
-    return torch.stack([preprocess(open_image(_item_bytes(item, limits), limits)) for item in items])
+        return torch.stack([preprocess(open_image(data, limits, deadline, pool)) for data in _checked(items, deadline)])
+    return torch.stack(
+        [preprocess(open_image(_item_bytes(item, limits, deadline), limits, deadline, pool)) for item in _checked(items, deadline)]
+    )
 
 
 def decode(body: bytes, content_type: str | None, preprocess: Callable, limits: DecodeLimits) -> Decoded:
@@ -247,6 +262,26 @@ def decode(body: bytes, content_type: str | None, preprocess: Callable, limits: 
     Raises the typed errors of serve.errors."""
     parsed = parse(body, content_type, limits)
     return Decoded(to_inputs(parsed, preprocess, limits), parsed.batch, parsed.lines)
+
+
+def response_shape(accept: str | None, default: str) -> str:
+    """The answer's shape: the `shape` parameter of Accept's JSON type (application/json;
+    shape=prediction), else `default` (SM_VISION_RESPONSE_SHAPE)."""
+    for part in (accept or "").split(","):
+        _, *params = part.split(";")
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "shape":
+                value = value.strip().strip('"').lower()
+                if value not in RESPONSE_SHAPES:
+                    raise NotAcceptable(f"Accept {accept!r}: shape={value!r} is not one of {', '.join(RESPONSE_SHAPES)}")
+                return value
+    return default
+
+
+def wants_json_lines(accept: str | None) -> bool:
+    """Whether Accept names JSON Lines (batch transform's answer: one line per image)."""
+    return any(media_type(part) in JSONLINES for part in (accept or "").split(","))
 
 
 def top_k_result(probs: torch.Tensor, classes: tuple[str, ...], k: int, abstain_below: float | None = None) -> dict:
@@ -265,16 +300,37 @@ def top_k_result(probs: torch.Tensor, classes: tuple[str, ...], k: int, abstain_
     return result
 
 
+def multi_label_result(probs: torch.Tensor, classes: tuple[str, ...], k: int, thresholds: tuple[float, ...]) -> dict:
+    """A multi-label model's answer: every class whose sigmoid reaches its threshold (the
+    ones chosen on the validation split, stored in the model spec), most probable first."""
+    values = probs.tolist()
+    order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
+    return {
+        "predicted_labels": [classes[i] for i in order if values[i] >= thresholds[i]],
+        "probabilities": {name: value for name, value in zip(classes, values, strict=False)},
+        "thresholds": {name: value for name, value in zip(classes, thresholds, strict=False)},
+        "top_k": [{"label": classes[i], "probability": values[i]} for i in order[:k]],
+    }
+
+
 def encode(
     probs: torch.Tensor,
     classes: tuple[str, ...],
     k: int,
     decoded: Decoded,
+    shape: str = "labels",
+    thresholds=None,
     abstain_below: float | None = None,
     extras: list[dict] | None = None,
 ) -> bytes:
-    """The JSON (or JSON Lines) answer; `extras` adds fields to each image's answer."""
-    results = [top_k_result(row, classes, k, abstain_below) for row in probs]
+    """The answer for each row of `probs`; `thresholds` (per class) makes it multi-label;
+    `extras` adds fields to each image's answer (serve.extras)."""
+    if shape == "prediction":
+        results = [{"prediction": row.tolist()} for row in probs]
+    elif thresholds is not None:
+        results = [multi_label_result(row, classes, k, thresholds) for row in probs]
+    else:
+        results = [top_k_result(row, classes, k, abstain_below) for row in probs]
     for result, fields in zip(results, extras or (), strict=False):
         result.update(fields)
     if decoded.lines:

@@ -60,6 +60,7 @@ from vision import images
 log = logging.getLogger("serve.decode_pool")
 
 RELEASE_BYTES = 64 * 1024 * 1024  # results larger than this (~22 MP) give their shared pages back
+GONE_POLL_S = 0.05  # how often a decode checks whether its request's answer has gone
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL}
 _REJECTIONS = {
     "ImageTooLarge": PayloadTooLarge,
@@ -188,6 +189,7 @@ class PoolStatus:
     idle: int  # started and waiting for work
     busy: int  # decoding now
     replaced: int  # workers killed at a deadline or lost, and replaced, since start
+    failing: str | None = None  # why the last worker start failed; None once one starts again (/ping reports it)
 
 
 class DecodePool:
@@ -204,6 +206,7 @@ class DecodePool:
             self._free.put(None)  # a slot: started on first use (or by start())
         self._busy = 0
         self._replaced = 0
+        self._failing: str | None = None
         self._lock = threading.Lock()
         self._closed = False
 
@@ -213,6 +216,9 @@ class DecodePool:
         try:
             for index, slot in enumerate(slots):
                 if slot is None or not slot.alive():
+                    if slot is not None:
+                        slot.kill()
+                    slots[index] = None
                     slots[index] = self._spawn()
         finally:
             for slot in slots:
@@ -220,7 +226,14 @@ class DecodePool:
         return self
 
     def _spawn(self) -> _Worker:
-        return _Worker(self._context)
+        try:
+            worker = _Worker(self._context)
+        except Exception as err:  # noqa: BLE001 - out of processes, memory or fds: /ping says so
+            self._failing = f"{type(err).__name__}: {err}"
+            log.error("cannot start a decode worker: %s", self._failing)
+            raise
+        self._failing = None
+        return worker
 
     def _acquire(self, deadline: float) -> _Worker:
         try:
@@ -248,29 +261,30 @@ class DecodePool:
                 self._replaced += 1
         self._free.put(worker)  # None: the next decode starts a replacement
 
-    def decode(self, data: bytes, limits: images.ImageLimits, deadline: float) -> Image.Image:
+    def decode(self, data: bytes, limits: images.ImageLimits, deadline: float, gone: threading.Event | None = None) -> Image.Image:
         """The decoded pixels as a PIL RGB image (see decoded())."""
-        with self.decoded(data, limits, deadline) as pixels:
+        with self.decoded(data, limits, deadline, gone) as pixels:
             return Image.fromarray(pixels)
 
-    def decode_array(self, data: bytes, limits: images.ImageLimits, deadline: float) -> np.ndarray:
+    def decode_array(self, data: bytes, limits: images.ImageLimits, deadline: float, gone: threading.Event | None = None) -> np.ndarray:
         """The decoded pixels as an HxWx3 uint8 array the caller owns (see decoded())."""
-        with self.decoded(data, limits, deadline) as pixels:
+        with self.decoded(data, limits, deadline, gone) as pixels:
             return pixels.copy()
 
     @contextlib.contextmanager
-    def decoded(self, data: bytes, limits: images.ImageLimits, deadline: float):
+    def decoded(self, data: bytes, limits: images.ImageLimits, deadline: float, gone: threading.Event | None = None):
         """data decoded by vision.images.load_rgb in a worker, lent as an HxWx3 uint8
         array over the worker's shared memory until the block ends (copy what must
         outlive it); the typed errors of serve.errors otherwise: Timeout once
-        `deadline` (a time.monotonic() value) passes, and the worker is killed then."""
+        `deadline` (a time.monotonic() value) passes or `gone` is set (the request's
+        answer has gone, serve.deadline), and the worker is killed then."""
         if self._closed:
             raise ServeError("the decode pool is closed")
         if not data:
             raise BadInput("empty image body")
         worker = self._acquire(deadline)
         try:
-            reply = self._exchange(worker, data, limits, deadline)
+            reply = self._exchange(worker, data, limits, deadline, gone)
         except (EOFError, OSError):  # the worker died (its socket closed under us)
             self._release(None, lost=True)
             raise self._lost(worker) from None
@@ -302,13 +316,17 @@ class DecodePool:
             self._release(worker)
 
     @staticmethod
-    def _exchange(worker: _Worker, data: bytes, limits: images.ImageLimits, deadline: float):
+    def _exchange(worker: _Worker, data: bytes, limits: images.ImageLimits, deadline: float, gone: threading.Event | None):
         """The worker's reply (its shared buffer remapped if the worker grew it); None
-        when the deadline passed first."""
+        when the deadline passed (or the answer went) first."""
         worker.connection.send(limits)
         worker.connection.send_bytes(data)
-        if not worker.connection.poll(max(0.0, deadline - time.monotonic())):
-            return None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or (gone is not None and gone.is_set()):
+                return None
+            if worker.connection.poll(left if gone is None else min(left, GONE_POLL_S)):
+                break
         reply = worker.connection.recv()
         if reply[0] == "ok" and reply[2] != worker.shared.size:
             worker.shared.remap(reply[2])
@@ -327,7 +345,7 @@ class DecodePool:
     def status(self) -> PoolStatus:
         with self._lock:
             busy, replaced = self._busy, self._replaced
-        return PoolStatus(self.size, len(self.pids()), busy, replaced)
+        return PoolStatus(self.size, len(self.pids()), busy, replaced, self._failing)
 
     def pids(self) -> list[int]:
         """The pids of the idle workers (for tests and diagnostics)."""

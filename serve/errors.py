@@ -45,6 +45,11 @@ class Conflict(ServeError):
     status = 409  # model already loaded
 
 
+class RequestTimeout(ServeError):
+    status = 408  # the body arrived too slowly (SM_VISION_BODY_TIMEOUT_S): answered, and the connection closed
+    headers = {"Connection": "close"}
+
+
 class PayloadTooLarge(ServeError):
     status = 413  # body over the cap, or an image with too many pixels
 

@@ -11,11 +11,12 @@ resolution included.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from container import ConfigError, ServeConfig
 from serve import urlguard
-from serve.errors import BadInput, PayloadTooLarge
+from serve.errors import BadInput, PayloadTooLarge, Timeout
 
 
 def parse_allow(text: str | None) -> tuple[str, ...]:
@@ -55,5 +56,7 @@ def fetch_url(url: object, policy: FetchPolicy, deadline: float | None = None) -
     try:
         return urlguard.fetch(url, policy.guard(), deadline=deadline)
     except urlguard.FetchError as err:
+        if err.status == 504 and deadline is not None and time.monotonic() >= deadline:
+            raise Timeout(err.message) from None  # the request's own deadline, not the url's
         # The client named the url, so a refusal or a failing/slow upstream is bad input.
         raise (PayloadTooLarge if err.status == 413 else BadInput)(err.message) from None

@@ -32,9 +32,11 @@ from typing import Any
 
 import torch
 
-from container import ServeConfig
+from container import ConfigError, ServeConfig, parse_int
 from container.attributes import RequestOptions
-from serve import codec, payloads
+from serve import arrays, codec, payloads
+from serve.deadline import Deadline
+from serve.decode_pool import DecodePool
 from serve.errors import BadInput, NotAcceptable
 from serve.hooks import UTF8_TYPES, Context, UserHooks, call, takes_context
 from serve.model import Classifier, load_default_model, module_nbytes
@@ -49,12 +51,14 @@ def default_preprocess() -> Callable:
 
 
 def requested_top_k(raw: str | None) -> int | None:
-    """A request's own top_k (?top_k= or X-Top-K), checked; None when it names none."""
+    """A request's own top_k (?top_k= or X-Top-K), through the one strict number parser
+    (ASCII digits, at most 40 characters); None when it names none."""
     if raw is None:
         return None
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadInput(f"top_k={raw!r}: expected a whole number >= 1")
-    return int(raw)
+    try:
+        return parse_int(raw, "top_k", minimum=1)
+    except ConfigError as err:
+        raise BadInput(str(err)) from None
 
 
 @dataclass
@@ -66,12 +70,16 @@ class Call:
     context: Context
     top_k: int | None = None
     out_type: str = codec.JSON  # what the default output_fn will write
+    shape: str = "labels"  # our classifier's answer: labels or prediction (container.serving.RESPONSE_SHAPES)
     batch: bool = False  # the client sent a list: answer with a list (our classifier)
     lines: bool = False  # JSON Lines in, JSON Lines out (our classifier)
     items: codec.Parsed | None = None  # our default input: the request's items, decoded a chunk at a time
     decoded: int = 0  # how many of them
     options: RequestOptions = RequestOptions()  # what the custom attributes ask of our classifier (serve.extras)
     fields: list[dict] | None = None  # extra answer fields per image (serve.extras)
+    # The request's one deadline (serve.deadline), from when its body was in; the route
+    # makes it, a Call made without one (MMS, tests) gets the default timeout from now.
+    deadline: Deadline = field(default_factory=lambda: Deadline(ServeConfig.timeout_s))
 
 
 @dataclass
@@ -80,8 +88,10 @@ class Handler:
     hooks: dict[str, Callable]
     limits: codec.DecodeLimits
     top_k: int  # SM_VISION_TOP_K, unless the request names its own
+    shape: str  # SM_VISION_RESPONSE_SHAPE, unless the request's Accept names its own
     device: torch.device
     records: bool  # batch transform with our classifier alone: no cap on a request's items, decoded a chunk at a time
+    pool: DecodePool | None = None  # where multi-scan JPEGs and TIFFs are decoded (killed at the deadline)
     context_hooks: frozenset[str] = field(init=False)
 
     def __post_init__(self):
@@ -89,9 +99,11 @@ class Handler:
         self.context_hooks = frozenset(name for name, func in self.hooks.items() if takes_context(name, func))
 
     @classmethod
-    def load(cls, model_dir: Path, hooks: UserHooks | None, context: Context, config: ServeConfig) -> Handler:
+    def load(
+        cls, model_dir: Path, hooks: UserHooks | None, context: Context, config: ServeConfig, pool: DecodePool | None = None
+    ) -> Handler:
         """model_fn (the user's or the default), then the model's warm-up. `config` is
-        resolved (a concrete device)."""
+        resolved (a concrete device); `pool` is the server process's decode pool."""
         functions = hooks.functions if hooks else {}
         device = torch.device(config.device)
         if "model_fn" in functions:
@@ -102,7 +114,16 @@ class Handler:
         # Draft decoding keeps at least twice what the preprocessing's resize needs.
         resize = model.spec.resize_size if ours else eval_resize_size(DEFAULT_IMAGE_SIZE)
         limits = codec.DecodeLimits.from_config(config, draft_min_side=2 * resize)
-        handler = cls(model, functions, limits, config.top_k, device, records=config.batch and ours and not functions)
+        handler = cls(
+            model,
+            functions,
+            limits,
+            config.top_k,
+            config.response_shape,
+            device,
+            records=config.batch and ours and not functions,
+            pool=pool,
+        )
         if ours:
             model.warm_up()
         if "model_warmup_fn" in functions:
@@ -139,6 +160,7 @@ class Handler:
             # Refuse an Accept we cannot produce before any work is done.
             if self.classifier is not None:
                 request.out_type = codec.check_accept(request.accept, (codec.NPY,) if request.options.output == "embedding" else ())
+                request.shape = codec.response_shape(request.accept, self.shape)
             else:
                 request.out_type = payloads.negotiate(request.accept)
         if not self.hooks.keys() & {"input_fn", "transform_fn"}:
@@ -176,7 +198,7 @@ class Handler:
         """The next chunk of the request's items as model input."""
         start = request.decoded
         request.decoded = min(start + self.limits.max_batch, len(request.items))
-        inputs = codec.to_inputs(request.items, self.preprocess, self.limits, start, request.decoded)
+        inputs = codec.to_inputs(request.items, self.preprocess, self.limits, start, request.decoded, request.deadline, self.pool)
         return inputs if self.classifier is not None else inputs.to(self.device)
 
     @staticmethod
@@ -188,9 +210,14 @@ class Handler:
 
     def default_input_fn(self, body: bytes, request: Call):
         ctype = codec.media_type(request.content_type)
-        if self.classifier is None and ctype in payloads.DECODES and not _image_json(body, ctype):
-            return payloads.decode(body, ctype).to(self.device)
-        request.items = codec.parse(body, request.content_type, self.limits, item_cap=not self.records)
+        value = arrays.load_json(body, self.limits.arrays) if ctype == payloads.JSON else None  # parsed once, here
+        if self.classifier is None and ctype in payloads.DECODES:
+            if ctype != payloads.JSON:
+                return payloads.decode(body, ctype, self.limits.arrays).to(self.device)
+            numbers = arrays.json_tensor(value, self.limits.arrays)
+            if numbers is not None:  # else an image request ({"url": ...}, base64)
+                return payloads.to_tensor(numbers).to(self.device)
+        request.items = codec.parse(body, request.content_type, self.limits, item_cap=not self.records, value=value)
         request.batch, request.lines = request.items.batch, request.items.lines
         return self.decode_more(request)
 
@@ -200,9 +227,11 @@ class Handler:
             codec.check_accept(request.accept)
             batch = request.batch or prediction.shape[0] > 1  # a user input_fn may batch too
             k = min(request.top_k or self.top_k, len(classes))
-            decoded = codec.Decoded(prediction, batch, request.lines)
-            answer = codec.encode(prediction, classes, k, decoded, request.options.abstain_below, request.fields)
-            return answer, "application/jsonlines" if request.lines else codec.JSON
+            lines = request.lines or codec.wants_json_lines(request.accept)
+            decoded = codec.Decoded(prediction, batch, lines)
+            thresholds = self.classifier.thresholds
+            body = codec.encode(prediction, classes, k, decoded, request.shape, thresholds, request.options.abstain_below, request.fields)
+            return body, "application/jsonlines" if lines else codec.JSON
         out_type = payloads.negotiate(request.accept)
         return payloads.encode(prediction, out_type), out_type
 
@@ -224,10 +253,3 @@ class Handler:
 def hook_accept(accept: str | None) -> str:
     """The Accept a user hook sees: missing or */* is application/json (AWS's default)."""
     return accept if accept and accept.strip() not in ("", "*/*") else codec.JSON
-
-
-def _image_json(body: bytes, ctype: str) -> bool:
-    """A JSON body that is an image request ({"url": ...}, base64) rather than numbers."""
-    if ctype != payloads.JSON:
-        return False
-    return payloads.numeric_array(payloads.parse_json(body)) is None

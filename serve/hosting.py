@@ -18,6 +18,8 @@ import asyncio
 import concurrent.futures
 import gc
 import logging
+import shutil
+import sys
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -30,8 +32,10 @@ from container.attributes import RequestOptions, parse_pairs
 from container.serving import Machine
 from serve import archive
 from serve import metrics as server_metrics
+from serve.access_log import escape_every_log
 from serve.archive import ExtractLimits
 from serve.capture import Capture
+from serve.decode_pool import DecodePool
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, redact_paths
 from serve.extras import Extras
 from serve.handler import Call, Handler, hook_accept
@@ -52,26 +56,37 @@ def dir_bytes(path: Path) -> int:
 
 
 class Pools:
-    """Bounded thread pools: decoding (request side) and inference (model side), the
-    metrics the models report their stages to, and the capture's writer (serve.capture)."""
+    """Bounded pools: decode threads (request side), the decode worker processes they
+    hand multi-scan JPEGs and TIFFs to (killed at a request's deadline, replaced when
+    lost), inference threads (model side), the metrics the models report their stages
+    to, and the capture's writer (serve.capture)."""
 
     def __init__(self, config: ServeConfig, machine: Machine, metrics=None):
         self.metrics = metrics or server_metrics.NoMetrics()
         self.decoders = concurrent.futures.ThreadPoolExecutor(machine.decode_threads, thread_name_prefix="decode")
+        self.images = DecodePool(machine.decode_workers)  # workers start on first use, or with start()
         self.inference = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="infer")
         self.capture = Capture.start(config, self.metrics)
 
     def close(self) -> None:
         self.inference.shutdown(wait=True)
         self.decoders.shutdown(wait=True)
+        self.images.close()
         self.capture.close()  # after the last answer: what it captured is written
 
+    def problem(self) -> str | None:
+        """Why the server cannot decode what needs a decode worker, or None (for /ping)."""
+        failing = self.images.status().failing
+        return f"decode workers cannot start: {failing}" if failing else None
 
-def load_handler(name: str, model_dir: Path, config: ServeConfig) -> Handler:
+
+def load_handler(name: str, model_dir: Path, config: ServeConfig, pool: DecodePool | None = None) -> Handler:
     """Everything start-up does for one model: find and import the script, model_fn, warm-up."""
     script = find_script(model_dir, config.program, config.code_dirs())
     hooks = UserHooks.load(script, safe_module_name(name)) if script else None
-    return Handler.load(model_dir, hooks, Context(name, str(model_dir), config.gpu_id), config)
+    if hooks:
+        escape_every_log()  # log handlers the script added at import escape client text too
+    return Handler.load(model_dir, hooks, Context(name, str(model_dir), config.gpu_id), config, pool)
 
 
 class HostedModel:
@@ -81,9 +96,9 @@ class HostedModel:
         started = time.perf_counter()
         self.name, self.url, self.config, self.pools = name, url, config, pools
         # The name becomes a directory: SageMaker's model-name pattern only (serve.archive).
-        scratch = config.scratch_path / archive.check_model_name(name)
-        self.model_dir = prepare_model_dir(model_dir, scratch, ExtractLimits.from_config(config))
-        self.handler = load_handler(name, self.model_dir, config)
+        self.scratch = config.scratch_path / archive.check_model_name(name)
+        self.model_dir = prepare_model_dir(model_dir, self.scratch, ExtractLimits.from_config(config))
+        self.handler = load_handler(name, self.model_dir, config, pools.images)
         self.batcher = None
         if self.handler.plain and config.micro_batching:
             self.batcher = BatchRunner(
@@ -149,7 +164,16 @@ class HostedModel:
         """False once the micro-batcher's thread has died (every request would time out)."""
         return (self.batcher is None or self.batcher.alive) and (self.extras is None or self.extras.alive)
 
-    def call(self, headers: dict[str, str], top_k: int | None = None, request_id: str | None = None) -> Call:
+    def retire(self) -> None:
+        """Unloaded or evicted (multi-model): the batcher stops, and nothing of the model
+        stays behind: its extracted copy, its user module, its metric series."""
+        self.close()
+        if self.model_dir == self.scratch:  # extracted from model.tar.gz for this model only
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        sys.modules.pop(safe_module_name(self.name), None)
+        self.pools.metrics.forget(self.name)
+
+    def call(self, headers: dict[str, str], top_k: int | None = None, request_id: str | None = None, deadline=None) -> Call:
         """A request as the steps carry it (`headers` with lower-case names): its types, the
         context the user's hooks see, and the custom attributes, parsed once here: the
         request's own over SM_VISION_CUSTOM_ATTRIBUTES, key by key."""
@@ -175,7 +199,10 @@ class HostedModel:
             content_type=headers.get("content-type"),
             accept=hook_accept(headers.get("accept")),
         )
-        return Call(headers.get("content-type"), headers.get("accept"), context, top_k, options=options)
+        call = Call(headers.get("content-type"), headers.get("accept"), context, top_k, options=options)
+        if deadline is not None:
+            call.deadline = deadline
+        return call
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -217,10 +244,11 @@ class SingleModel:
         self.state = "ready" if self.model is not None else "failed"
 
     def ping(self) -> tuple[int, dict]:
-        if self.state == "ready" and self.model.healthy:
+        problem = self.pools.problem()
+        if self.state == "ready" and self.model.healthy and problem is None:
             return 200, {"status": "healthy"}
         if self.state == "ready":
-            return 500, {"status": "unhealthy", "error": "the micro-batcher has stopped"}
+            return 500, {"status": "unhealthy", "error": problem or "the micro-batcher has stopped"}
         if self.state == "loading":
             return 503, {"status": "loading"}
         return 500, {"status": "failed", "error": redact_paths(self.reason)}
@@ -247,7 +275,8 @@ class MultiModel:
         self.evictions = 0  # read by serve.metrics.HostCollector
 
     def ping(self) -> tuple[int, dict]:
-        return 200, {"status": "healthy"}
+        problem = self.pools.problem()
+        return (200, {"status": "healthy"}) if problem is None else (500, {"status": "unhealthy", "error": problem})
 
     def get(self, name: str | None) -> HostedModel:
         if not name:
@@ -293,18 +322,18 @@ class MultiModel:
             # Only a model that loaded makes room: a failed load unloads nothing.
             while self.models and self.used() + model.nbytes > budget:
                 evicted, old = self.models.popitem(last=False)
-                old.close()
+                await run_in_threadpool(old.retire)
                 self.evictions += 1
                 log.info("unloaded least recently used model %s to fit %s", evicted, name)
             gc.collect()
             self.models[name] = model
             log.info("loaded model %s from %s (~%d MiB)", name, url, model.nbytes >> 20)
 
-    def unload(self, name: str) -> None:
+    async def unload(self, name: str) -> None:
         model = self.models.pop(name, None)
         if model is None:
             raise NotFound(f"model {name!r} is not loaded")
-        model.close()
+        await run_in_threadpool(model.retire)  # removing its files may take a while: off the event loop
         gc.collect()
 
 

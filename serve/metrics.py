@@ -22,6 +22,7 @@ gauges then describe the process that answered the scrape.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -152,6 +153,16 @@ class ServerMetrics:
         """What the micro-batcher calls with the rows of each forward it runs."""
         return self._child(self.batch_size, model).observe
 
+    def forget(self, model: str) -> None:
+        """Drop every series labelled with `model` (unloaded from a multi-model endpoint),
+        so a stream of loads and unloads does not grow the exposition without bound."""
+        for metric in (self.requests, *self.stage_seconds.values(), self.batch_size, self.capture_records):
+            position = 1 + metric._labelnames.index("model")  # prometheus_client keeps the names there
+            for key in [key for key in self._children if key[0] == id(metric) and key[position] == model]:
+                with contextlib.suppress(KeyError):
+                    metric.remove(*key[1:])
+                del self._children[key]
+
     # --- capture (serve.capture) ---
     def capture(self, model: str, outcome: str) -> None:
         self._child(self.capture_records, model, outcome).inc()
@@ -184,6 +195,9 @@ class NoMetrics:
 
     def batch_rows(self, model: str) -> None:
         return None  # the batcher then records nothing
+
+    def forget(self, model: str) -> None:
+        pass
 
     def capture(self, model: str, outcome: str) -> None:
         pass

@@ -20,7 +20,7 @@ from serve.archive import ExtractLimits, extract_model_archive
 from vision import precision
 from vision.artifact import SPEC_FILE, UNCALIBRATED_TEMPERATURE, ModelSpec
 from vision.models import build_model
-from vision.presets import eval_transform
+from vision.presets import eval_transform_for
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ class Classifier:
         self.spec = spec
         self.device = device
         self.classes = spec.classes
-        self.transform = eval_transform(spec.image_size, spec.resize_size, spec.mean, spec.std, spec.interpolation)
+        self.transform = eval_transform_for(spec)  # timm's own transform for a timm model
+        # A multi-label model's classes are independent: a sigmoid each, decided at its threshold.
+        self.thresholds = (spec.thresholds or (0.5,) * spec.num_classes) if spec.multi_label else None
         self.precision = chosen or precision.Precision("fp32", device.type)
         self.guard: precision.GuardResult | None = None
 
@@ -114,7 +116,8 @@ class Classifier:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Calibrated softmax of the model on `batch`, in the served precision."""
+        """Calibrated softmax of the model on `batch` (multi-label: a sigmoid per class), in
+        the served precision."""
         with self.precision.autocast():
             return self.calibrated(self.module(self.prepare(batch))).cpu()
 
@@ -124,10 +127,12 @@ class Classifier:
         return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
 
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
-        """softmax(logits / T) in float32, T the spec's temperature (train.calibration).
-        T = 1 (every model trained before calibration existed) skips the division: the
-        answer is exactly what it always was."""
+        """softmax(logits / T) in float32, T the spec's temperature (train.calibration);
+        multi-label: a sigmoid per class. T = 1 (every model trained before calibration
+        existed) skips the division: the answer is exactly what it always was."""
         logits = logits.float()
+        if self.spec.multi_label:
+            return torch.sigmoid(logits)
         if self.spec.temperature != UNCALIBRATED_TEMPERATURE:
             logits = logits / self.spec.temperature
         return torch.softmax(logits, dim=1)

@@ -4,8 +4,10 @@ toolkit decodes and encodes them by default.
 Requests (Content-Type):
     application/json     nested lists of numbers -> float32 tensor
     text/csv             rows of numbers -> 2-D float32 tensor (one row: 1 x columns)
-    application/x-npy    one .npy array of any shape and dtype (no pickles)
-    application/x-npz    an .npz archive holding one array
+    application/x-npy    one non-empty .npy array of numbers (bool, int, float, complex; no pickles)
+    application/x-npz    an .npz archive holding one such array, stored or deflated (np.savez[_compressed])
+Each is read by serve.arrays: shape, dtype and size checked before the one allocation,
+within SM_VISION_MAX_ARRAY_MB.
 Answers (the first type of Accept we produce; none or */* -> JSON):
     application/json        nested lists               [[0.1, 0.9]]
     text/csv                one line per row            0.1,0.9
@@ -17,12 +19,12 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 
 import numpy as np
 import torch
 
-from serve.errors import BadInput, NotAcceptable, Unprocessable, UnsupportedMediaType
+from serve import arrays
+from serve.errors import NotAcceptable, Unprocessable, UnsupportedMediaType
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -39,57 +41,7 @@ def media_type(header: str | None) -> str:
 
 
 # --- requests -------------------------------------------------------------------
-
-
-def numeric_array(value: object) -> np.ndarray | None:
-    """A parsed JSON value as a float32 array, or None when it is not nested numbers
-    (an image request such as {"url": ...} or base64 strings)."""
-    if isinstance(value, (dict, str)) or value is None:
-        return None
-    try:
-        array = np.asarray(value)
-    except ValueError:  # ragged lists
-        raise Unprocessable("JSON arrays must be rectangular (every row the same length)") from None
-    if array.dtype.kind not in "biuf" or array.size == 0:
-        return None
-    return array.astype(np.float32)
-
-
-def parse_json(body: bytes) -> object:
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadInput(f"body is not valid JSON: {err}") from None
-
-
-def decode_csv(body: bytes) -> np.ndarray:
-    try:
-        rows = [[float(cell) for cell in line.split(",")] for line in body.decode("utf-8").splitlines() if line.strip()]
-    except UnicodeDecodeError:
-        raise BadInput("CSV body is not UTF-8 text") from None
-    except ValueError as err:
-        raise BadInput(f"CSV body must be rows of numbers: {err}") from None
-    if not rows or len({len(row) for row in rows}) != 1:
-        raise Unprocessable("CSV body must be non-empty rows with the same number of columns")
-    return np.array(rows, dtype=np.float32)
-
-
-def decode_npy(body: bytes) -> np.ndarray:
-    try:
-        return np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
-        raise BadInput(f"body is not a .npy array: {err}") from None
-
-
-def decode_npz(body: bytes) -> np.ndarray:
-    try:
-        with np.load(io.BytesIO(body), allow_pickle=False) as archive:
-            names = list(archive.files)
-            if len(names) != 1:
-                raise Unprocessable(f".npz holds arrays {names}; the default input_fn takes exactly one (write an input_fn for more)")
-            return archive[names[0]]
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-        raise BadInput(f"body is not an .npz archive: {err}") from None
+# Every array is read by serve.arrays, its size and dtype checked before it is allocated.
 
 
 def to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -99,20 +51,21 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
         raise Unprocessable(f"cannot make a tensor of dtype {array.dtype}: {err}") from None
 
 
-def decode(body: bytes, content_type: str | None) -> torch.Tensor:
-    """The body of a tensor Content-Type as a tensor (on the CPU)."""
-    ctype = media_type(content_type)
+def decode(body: bytes, content_type: str | None, limits: arrays.ArrayLimits | None = None, value: object = None) -> torch.Tensor:
+    """The body of a tensor Content-Type as a tensor (on the CPU), within `limits` (the
+    served defaults when None). `value`: a JSON body already parsed, so it is parsed once."""
+    ctype, limits = media_type(content_type), limits or arrays.ArrayLimits()
     if ctype == JSON:
-        array = numeric_array(parse_json(body))
+        array = arrays.json_tensor(arrays.load_json(body, limits) if value is None else value, limits)
         if array is None:
             raise Unprocessable("JSON body must be nested lists of numbers")
         return to_tensor(array)
     if ctype == CSV:
-        return to_tensor(decode_csv(body))
+        return to_tensor(arrays.load_csv(body, limits))
     if ctype == NPY:
-        return to_tensor(decode_npy(body))
+        return to_tensor(arrays.load_npy(body, limits))
     if ctype == NPZ:
-        return to_tensor(decode_npz(body))
+        return to_tensor(arrays.load_npz(body, limits))
     raise UnsupportedMediaType(f"Content-Type {content_type or '(none)'!r} is not supported; use one of: {', '.join(DECODES)}")
 
 

@@ -3,8 +3,10 @@ raised here are answered by serve.middleware.ErrorReplies (serve.errors.reply)."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
@@ -12,10 +14,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from container import ServeConfig
+from container import ConfigError, ServeConfig, parse_int
 from serve import metrics as server_metrics
 from serve.access_log import REQUEST_ID_SCOPE_KEY
-from serve.errors import BadInput, NotFound, PayloadTooLarge
+from serve.deadline import Deadline
+from serve.errors import BadInput, NotFound, PayloadTooLarge, RequestTimeout
 from serve.handler import requested_top_k
 from serve.hosting import TARGET_MODEL_HEADER, MultiModel, SingleModel
 from serve.middleware import routing_error
@@ -26,15 +29,57 @@ log = logging.getLogger("serve")
 DRAIN_LIMIT = 64 * 1024 * 1024  # read (and drop) over-cap bodies up to this, so clients see the 413
 
 
-async def read_body(request: Request, cap: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        if int(declared) <= DRAIN_LIMIT:
-            async for _ in request.stream():
-                pass
-        raise PayloadTooLarge(f"body is {declared} bytes; the limit is {cap} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
+class BodyClock:
+    """How long a request body may take: SM_VISION_BODY_TIMEOUT_S, plus one second per
+    SM_VISION_BODY_MIN_RATE_KIB_S KiB received. A client trickling its body slower than
+    that is answered 408 and its connection closed, however long it would go on."""
+
+    def __init__(self, config: ServeConfig):
+        self.started = time.monotonic()
+        self.grace_s, self.rate = config.body_timeout_s, config.body_min_rate_kib_s * 1024
+
+    def left(self, received: int) -> float:
+        return self.started + self.grace_s + received / self.rate - time.monotonic()
+
+
+async def _receive_chunks(request: Request, clock: BodyClock):
+    """The body's chunks as they arrive, each awaited no longer than the clock allows."""
+    received = 0
+    while True:
+        try:
+            async with asyncio.timeout(clock.left(received)):
+                message = await request.receive()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body arrived too slowly ({received:,} bytes in {time.monotonic() - clock.started:.0f} s; "
+                "SM_VISION_BODY_TIMEOUT_S, SM_VISION_BODY_MIN_RATE_KIB_S)"
+            ) from None
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        yield chunk
+        if not message.get("more_body", False):
+            return
+
+
+async def read_body(request: Request, config: ServeConfig) -> bytes:
+    """The whole body, before the request is admitted (so clients still sending hold no
+    admission slot), within the body clock and the payload cap."""
+    cap, clock = config.max_payload_bytes, BodyClock(config)
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = parse_int(declared, "Content-Length", minimum=0)
+        except ConfigError as err:
+            raise BadInput(str(err)) from None
+        if size > cap:
+            if size <= DRAIN_LIMIT:
+                async for _ in _receive_chunks(request, clock):
+                    pass
+            raise PayloadTooLarge(f"body is {size} bytes; the limit is {cap} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
     chunks, total = [], 0
-    async for chunk in request.stream():
+    async for chunk in _receive_chunks(request, clock):
         total += len(chunk)
         if total > cap:
             raise PayloadTooLarge(f"body exceeds the limit of {cap} bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB)")
@@ -48,16 +93,20 @@ def invocation(config: ServeConfig, hosting: SingleModel | MultiModel, admission
     model.invoke -> the forward, nothing in between but the deadline and hang-up watch."""
 
     async def invoke(request: Request) -> Response:
+        try:
+            body = await read_body(request, config)
+        except ClientGone:
+            return Response(status_code=499)
+        deadline = Deadline(config.timeout_s)  # the request's one deadline starts once its body is in
         with admission.slot():
             model = hosting.get(model_name(request))
             server_metrics.note_model(request.scope, model.name)  # metrics: label the request with its model
-            body = await read_body(request, config.max_payload_bytes)
             headers = {key.lower(): value for key, value in request.headers.items()}
             top_k = requested_top_k(request.query_params.get("top_k") or headers.get("x-top-k"))
-            call = model.call(headers, top_k, request.scope.get(REQUEST_ID_SCOPE_KEY))
+            call = model.call(headers, top_k, request.scope.get(REQUEST_ID_SCOPE_KEY), deadline)
             try:
-                # Work is cancelled when it times out or its client goes away.
-                out, out_type = await until_done_or_gone(model.invoke(body, call), request.receive, config.timeout_s)
+                # The work stops when its deadline passes or its client goes away.
+                out, out_type = await until_done_or_gone(model.invoke(body, call), request.receive, deadline)
             except ClientGone:
                 return Response(status_code=499)  # nobody reads it; the access log records the abandon
         return Response(out, media_type=out_type, headers=call.context.response_headers)  # headers a user hook set
@@ -119,7 +168,7 @@ def management(config: ServeConfig, hosting: SingleModel | MultiModel) -> list[t
         if request.method == "GET":
             return JSONResponse({"models": [describe(m) for m in models.loaded()]})
         try:
-            payload = json.loads(await read_body(request, config.max_payload_bytes))
+            payload = json.loads(await read_body(request, config))
             name, url = payload["model_name"], payload["url"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
             raise BadInput('load a model with {"model_name": NAME, "url": DIR}') from None
@@ -129,7 +178,7 @@ def management(config: ServeConfig, hosting: SingleModel | MultiModel) -> list[t
     async def one_model(request: Request) -> Response:
         models, name = registry(hosting), request.path_params["name"]
         if request.method == "DELETE":
-            models.unload(name)
+            await models.unload(name)
             return JSONResponse({"status": f"model {name} unloaded"})
         return JSONResponse(describe(models.get(name)))
 

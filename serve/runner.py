@@ -1,11 +1,13 @@
 """Admission and the micro-batcher.
 
-Admission bounds how many requests are inside the server at once (body read, decode,
-queued, forward): one over the bound gets 503 with Retry-After at once, before its
-body is read, instead of waiting in an unbounded queue with its body in memory.
-`until_done_or_gone` runs a request's work under its deadline and stops waiting when
-the client hangs up; either way the work's futures are cancelled, so stages not yet
-started (a queued decode, a queued forward, a batcher slot) are skipped.
+Admission bounds how many requests are being worked on at once (decode, queued,
+forward): a request is admitted once its body is in (the body read has its own
+deadline, serve.routes), and one over the bound gets 503 with Retry-After at once
+instead of waiting in an unbounded queue. `until_done_or_gone` runs a request's work
+under its deadline (serve.deadline) and stops waiting when the client hangs up;
+either way the work's futures are cancelled, so stages not yet started (a queued
+decode, a queued forward, a batcher slot) are skipped, and the deadline is abandoned,
+so a decode already running stops at its next item.
 
 The micro-batcher joins concurrent requests into forwards of up to max_batch_size
 rows, waiting at most max_delay_ms for a batch to fill. Cancelled work is dropped
@@ -25,6 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import torch
 
+from serve.deadline import Deadline
 from serve.errors import Overloaded, Timeout
 
 
@@ -57,20 +60,23 @@ async def _disconnected(receive: Callable[[], Awaitable[dict]]) -> None:
         pass
 
 
-async def until_done_or_gone(work: Awaitable, receive: Callable[[], Awaitable[dict]] | None, timeout_s: float):
-    """work's result; Timeout past timeout_s, ClientGone if the client hangs up first
-    (`receive` None: no client to watch, as under MMS). In both cases work is cancelled,
-    which cancels the futures it waits on."""
+async def until_done_or_gone(work: Awaitable, receive: Callable[[], Awaitable[dict]] | None, deadline: Deadline):
+    """work's result; Timeout once `deadline` passes, ClientGone if the client hangs up
+    first (`receive` None: no client to watch, as under MMS). In both cases the work is
+    cancelled (the futures it waits on: a queued decode, forward or batcher slot never
+    runs) and the deadline is abandoned, which stops what already runs between items."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
     try:
-        done, _ = await asyncio.wait({task, watcher} - {None}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({task, watcher} - {None}, timeout=deadline.left(), return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
         if watcher in done:
             raise ClientGone()
-        raise Timeout(f"inference took longer than {timeout_s:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT)")
+        raise Timeout(f"inference took longer than {deadline.seconds:g} s (SAGEMAKER_MODEL_SERVER_TIMEOUT)")
     finally:
+        if not task.done():
+            deadline.abandon()
         for pending in (task, watcher):
             if pending is not None:
                 pending.cancel()

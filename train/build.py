@@ -1,124 +1,34 @@
-"""Building a run from its config, one part per function, in the order fit calls them:
-the split datasets, each rank's loaders, the model (from pretrained weights if given),
-the loss, the mixed-precision dtype, the optimizer and the LR schedule."""
+"""Building a run from its config, one part per function, in the order fit calls them
+(after the data, train.datasets, and before the loaders, train.loaders): the model (from
+pretrained weights if given), the loss, the mixed-precision dtype, the optimizer and the
+LR schedule."""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 
-from container import ConfigError, SageMakerPaths, read_input_data_config
-from train import data, distributed
+from container import SageMakerPaths
+from train import distributed
 from train.config import TrainConfig
-from vision import models, precision, presets
+from train.datasets import RunData
+from vision import models, precision
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SplitDatasets:
-    """The run's data: the class names (sorted training folders) and one dataset per split."""
-
-    classes: list[str]
-    train: data.ImageSamples
-    valid: data.ImageSamples
-    test: data.ImageSamples | None
-    bad_files: list[str]  # skipped: not images, or unreadable
-
-
-def load_datasets(config: TrainConfig, paths: SageMakerPaths) -> SplitDatasets:
-    channels = read_input_data_config(paths)
-    splits = data.find_split_dirs(channels, config.train_dir, config.valid_dir, config.test_dir)
-    classes, train_samples, train_report = data.scan_image_folder(splits.train)
-    bad = list(train_report.bad)
-    if splits.valid is not None:
-        _, valid_samples, report = data.scan_image_folder(splits.valid, classes)
-        bad += report.bad
-    else:
-        train_samples, valid_samples = data.holdout_split(train_samples, config.val_fraction, config.seed)
-        log.info("no validation split found: holding out %.0f%% of %s", 100 * config.val_fraction, splits.train)
-    test_samples = None
-    if splits.test is not None:
-        _, test_samples, report = data.scan_image_folder(splits.test, classes)
-        bad += report.bad
-    if len(classes) < 2:
-        raise ConfigError(f"{splits.train} has {len(classes)} class folder(s); classification needs at least 2")
-    if not valid_samples:
-        raise ConfigError("the validation split is empty: add images to valid/ or raise val_fraction")
-    check_bad_files(config, bad, len(train_samples) + len(valid_samples) + len(test_samples or []) + len(bad))
-    mean, std = presets.IMAGENET_MEAN, presets.IMAGENET_STD
-    train_tf = presets.train_transform(config.image_size, mean, std)
-    eval_tf = presets.eval_transform(config.image_size, None, mean, std)
-    log.info(
-        "data: %d classes, %d train / %d valid / %s test images from %s",
-        len(classes),
-        len(train_samples),
-        len(valid_samples),
-        len(test_samples) if test_samples else "no",
-        splits.train,
-    )
-    return SplitDatasets(
-        classes,
-        data.ImageSamples(train_samples, train_tf),
-        data.ImageSamples(valid_samples, eval_tf),
-        data.ImageSamples(test_samples, eval_tf) if test_samples else None,
-        bad,
-    )
-
-
-def check_bad_files(config: TrainConfig, bad: list[str], total: int) -> None:
-    """Warn about skipped files; fail when more than max_bad_fraction of them are bad."""
-    if not bad:
-        return
-    log.warning("skipped %d unreadable or non-image files, e.g. %s", len(bad), bad[:3])
-    if len(bad) / total > config.max_bad_fraction:
-        raise ConfigError(
-            f"{len(bad)} of {total} files ({100 * len(bad) / total:.1f}%) are not readable images, more than "
-            f"max_bad_fraction={config.max_bad_fraction}; first: {bad[:3]}"
-        )
-
-
-@dataclass
-class Loaders:
-    train: DataLoader
-    valid: DataLoader
-    test: DataLoader | None
-    steps_per_epoch: int  # of a whole epoch, before any mid-epoch skip
-
-
-def make_loaders(config: TrainConfig, datasets: SplitDatasets, process: distributed.Process) -> Loaders:
-    """Each rank's shard of every split: training shuffled and padded so all ranks take
-    the same number of steps; evaluation unpadded, so every image counts once."""
-    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    workers = config.num_workers if config.num_workers >= 0 else data.default_num_workers(local_processes)
-    pin = process.device.type == "cuda"
-
-    def loader(split, shuffle: bool) -> DataLoader:
-        sampler = data.ShardSampler(len(split), process.rank, process.world_size, config.seed, shuffle=shuffle, pad=shuffle)
-        return data.make_loader(split, sampler, config.batch_size, workers, pin)
-
-    train = loader(datasets.train, shuffle=True)
-    test = loader(datasets.test, shuffle=False) if datasets.test is not None else None
-    return Loaders(train, loader(datasets.valid, shuffle=False), test, math.ceil(len(train.sampler) / config.batch_size))
-
-
 def pretrained_weights_path(config: TrainConfig, paths: SageMakerPaths) -> Path | None:
+    """The flag's file, else the weights file in the 'pretrained' channel (.safetensors
+    first, then .pth/.pt/.bin), else None: train from scratch."""
     if config.pretrained_weights:
         return Path(config.pretrained_weights)
-    channel = paths.channel_dir("pretrained")
-    if not channel.is_dir():
-        return None
-    files = sorted(p for p in channel.rglob("*") if p.suffix in (".pth", ".pt"))
-    if len(files) != 1:
-        raise ConfigError(f"the 'pretrained' channel must hold exactly one .pth/.pt file, found {[p.name for p in files]}")
-    return files[0]
+    return models.find_pretrained_file(paths.channel_dir("pretrained"))
 
 
 def make_model(config: TrainConfig, num_classes: int, weights_path: Path | None, device: torch.device) -> nn.Module:
@@ -131,12 +41,36 @@ def make_model(config: TrainConfig, num_classes: int, weights_path: Path | None,
     return model
 
 
-def make_criterion(config: TrainConfig, datasets: SplitDatasets, device: torch.device) -> nn.Module:
-    class_weight = None
-    if config.class_weighted_loss:
-        num_classes = len(datasets.classes)
-        counts = torch.bincount(torch.tensor([label for _, label in datasets.train.samples]), minlength=num_classes).float()
-        class_weight = (counts.sum() / (num_classes * counts.clamp(min=1))).to(device)
+def wrap_ddp(model: nn.Module, process: distributed.Process) -> nn.Module:
+    """The model the steps run through: DDP-wrapped when there is more than one process."""
+    if not process.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[process.local_rank] if process.device.type == "cuda" else None)
+
+
+class MultiLabelLoss(nn.Module):
+    """Binary cross-entropy per class on the logits (mean over images and classes);
+    label smoothing pulls each 0/1 target towards 0.5."""
+
+    def __init__(self, pos_weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.register_buffer("pos_weight", pos_weight)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if self.label_smoothing:
+            targets = targets * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.pos_weight)
+
+
+def make_criterion(config: TrainConfig, run_data: RunData, device: torch.device) -> nn.Module:
+    """Cross-entropy (single-label) or per-class BCE (multi-label); class_weighted_loss
+    weights each class by its inverse frequency (multi-label: positives by negatives/positives)."""
+    counts = torch.tensor(run_data.class_counts(), dtype=torch.float32)
+    if run_data.multi_label:
+        pos_weight = ((run_data.train_census.images - counts) / counts.clamp(min=1)).clamp(min=1e-3).to(device)
+        return MultiLabelLoss(pos_weight if config.class_weighted_loss else None, config.label_smoothing)
+    class_weight = (counts.sum() / (len(counts) * counts.clamp(min=1))).to(device) if config.class_weighted_loss else None
     return nn.CrossEntropyLoss(weight=class_weight, label_smoothing=config.label_smoothing)
 
 

@@ -6,7 +6,8 @@ loaded with `torch.load(weights_only=True)`. The folder is shared with S3 and re
 root on every restart, so nothing in it may run code when loaded; a file that would
 (a pickled object) is refused like a truncated one. Each checkpoint names the
 architecture and class list it was trained for, and resume takes the newest one that
-loads *and* belongs to this run, skipping (with a warning) those that do not.
+loads as plain data, belongs to this run *and* loads into its model, optimizer,
+scheduler and scaler, skipping (with a warning) those that do not.
 
 Files are written to a temporary name and renamed, so a job killed mid-write never
 leaves a half file under a real name.
@@ -14,10 +15,12 @@ leaves a half file under a real name.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,20 +81,48 @@ def save_checkpoint(state: TrainState, epoch: int, step: int, partial: tuple[flo
 
 
 def resume(state: TrainState) -> None:
-    """Continue from the newest checkpoint of this run, if any: rank 0 reads it (only
-    the master host has the checkpoint folder) and every rank gets the same state."""
+    """Continue from the newest checkpoint of this run that loads into it, if any: rank
+    0 reads the folder (only the master host has it) and tries each candidate into the
+    model, optimizer, scheduler and scaler, newest first; every rank gets the one that
+    loaded. A checkpoint whose state does not fit (a changed head, other parameters)
+    loses to an older one that does, instead of failing every restart."""
     process = state.process
-    found = load_latest(state.checkpoint_dir, state.config.arch, state.classes) if process.is_main else None
+    found = None
+    if process.is_main:
+        blank = copy.deepcopy(_states(state))  # what a candidate that fails half-way is undone to
+
+        def fits(snapshot: dict) -> None:
+            try:
+                _restore(state, snapshot)
+            except Exception:
+                _restore(state, blank)
+                raise
+
+        found = load_latest(state.checkpoint_dir, state.config.arch, state.classes, fits)
     found = distributed.broadcast_from_main(found, process)
     if found is None:
         return
-    state.model_without_ddp.load_state_dict(found["model"])
-    state.optimizer.load_state_dict(found["optimizer"])
-    state.scheduler.load_state_dict(found["scheduler"])
-    state.scaler.load_state_dict(found["scaler"])
+    if not process.is_main:
+        _restore(state, found)
     state.progress = Progress.from_dict(found["progress"])
     if process.is_main:
         log.info("resumed at epoch %d step %d from %s", state.progress.epoch + 1, state.progress.step, found["path"])
+
+
+def _states(state: TrainState) -> dict:
+    return {
+        "model": state.model_without_ddp.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict(),
+        "scaler": state.scaler.state_dict(),
+    }
+
+
+def _restore(state: TrainState, snapshot: dict) -> None:
+    state.model_without_ddp.load_state_dict(snapshot["model"])  # strict: every key, every shape
+    state.optimizer.load_state_dict(snapshot["optimizer"])
+    state.scheduler.load_state_dict(snapshot["scheduler"])
+    state.scaler.load_state_dict(snapshot["scaler"])
 
 
 def write_snapshot(snapshot: dict, directory: Path, epoch: int, step: int, keep: int) -> Path:
@@ -106,24 +137,34 @@ def write_snapshot(snapshot: dict, directory: Path, epoch: int, step: int, keep:
     return path
 
 
-def load_latest(directory: Path, arch: str, classes: list[str]) -> dict | None:
-    """The newest checkpoint that loads as plain data and was written for `arch` and
-    `classes`, with its `path` added; None when there is none."""
+def load_latest(directory: Path, arch: str, classes: list[str], fits: Callable[[dict], None] | None = None) -> dict | None:
+    """The newest checkpoint that loads as plain data, was written for `arch` and
+    `classes` and, when `fits` is given, loads into the run (`fits(snapshot)` raises
+    when it does not), with its `path` added; None when there is none."""
     for path in list_checkpoints(directory):
         try:
             snapshot = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - truncated, corrupt or not plain data: all mean "skip"
             # weights_only refuses pickled objects: such a file is skipped, never executed.
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            log.warning("skipping unreadable checkpoint %s: %s", path, reason)
+            log.warning("skipping unreadable checkpoint %s: %s", path, _first_line(err))
             continue
         mismatch = _mismatch(snapshot, arch, classes)
         if mismatch:
             log.warning("skipping checkpoint %s: %s", path, mismatch)
             continue
+        if fits is not None:
+            try:
+                fits(snapshot)
+            except Exception as err:  # noqa: BLE001 - missing keys, wrong shapes, another optimizer: all mean "skip"
+                log.warning("skipping checkpoint %s: it does not load into this run: %s", path, _first_line(err))
+                continue
         snapshot["path"] = str(path)
         return snapshot
     return None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def _mismatch(snapshot, arch: str, classes: list[str]) -> str | None:

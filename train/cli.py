@@ -1,6 +1,7 @@
 """`train`: the trainer's entry point, on PATH in the image.
 
     train [--flag value ...]          built-in trainer (hyperparameters.json + flags)
+    train check-data [...]            check a dataset (any format the trainer reads) and print its fingerprint
     train prepare-bins ...            bin-count metadata -> ImageFolder split
     (hyperparameters naming sagemaker_program run the user's script instead)
 
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         from train import prepare_bins
 
         return prepare_bins.main(argv[1:])
+    if argv[:1] == ["check-data"]:
+        from train import check_data
+
+        return check_data.main(argv[1:])
     setup_logging()
     paths = SageMakerPaths.from_env()
     if os.environ.get("RANK", "0") == "0":

@@ -15,21 +15,38 @@ from typing import Union, get_args, get_origin, get_type_hints
 
 from container import ConfigError, hyperparameters_to_argv
 from container import parse_bool as strict_bool
+from train.formats.base import DATA_FORMATS, LABEL_FORMATS, FormatOptions
 
 
-def _opt(default, help: str, choices=None, aliases=()):
-    return field(default=default, metadata={"help": help, "choices": choices, "aliases": aliases})
+def _opt(default, help: str, choices=None, aliases=(), parse=None):
+    return field(default=default, metadata={"help": help, "choices": choices, "aliases": aliases, "parse": parse})
+
+
+MULTI_LABEL_CHOICES = ("auto", "true", "false")
+
+
+def parse_tristate(text: str) -> str:
+    """auto, or a strict boolean spelled any way the project accepts ("True", "0", ...)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    return "true" if parse_bool(text) else "false"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- model ---
-    arch: str = _opt("resnet18", "torchvision classification architecture (resnet50, efficientnet_b0, convnext_tiny, vit_b_16, ...)")
+    arch: str = _opt(
+        "resnet18",
+        "torchvision classification architecture (resnet50, efficientnet_b0, convnext_tiny, vit_b_16, ...), or any timm model "
+        "as timm/<name> (timm/convnext_tiny, timm/efficientnetv2_rw_s, timm/deit_small_patch16_224, ...)",
+    )
     pretrained_weights: str | None = _opt(
-        None, "torchvision state-dict file to start from (default: a .pth/.pt file in the 'pretrained' channel, else train from scratch)"
+        None,
+        "weights file to start from: a torchvision state dict, or a timm .safetensors/.pth file (default: the weights file in "
+        "the 'pretrained' channel, else train from scratch)",
     )
     freeze_backbone: bool = _opt(False, "train only the classifier head")
-    image_size: int = _opt(224, "crop size in pixels for training and serving")
+    image_size: int | None = _opt(None, "crop size in pixels for training and serving (default: the model's: 224, or timm's input size)")
     channels_last: bool = _opt(False, "use channels-last memory format (faster convs under bf16/fp16 autocast, on GPUs and CPUs)")
     # --- optimisation ---
     epochs: int = _opt(10, "number of epochs")
@@ -47,11 +64,15 @@ class TrainConfig:
     early_stopping_patience: int = _opt(
         0, "stop after this many epochs without improvement of the objective (0: never)", aliases=("patience",)
     )
-    objective: str = _opt("val_macro_f1", "metric that picks the best epoch", choices=("val_macro_f1", "val_acc", "val_loss"))
+    objective: str = _opt(
+        "val_macro_f1",
+        "metric that picks the best epoch (val_map: multi-label only)",
+        choices=("val_macro_f1", "val_acc", "val_loss", "val_map"),
+    )
     calibrate: bool = _opt(
         True,
         "after training, fit temperature scaling on the validation split so the served probabilities are calibrated "
-        "(false: serve the network's own softmax; ECE is reported either way)",
+        "(false: serve the network's own softmax; ECE is reported either way; multi-label models are not calibrated)",
     )
     amp: str = _opt(
         "auto",
@@ -59,13 +80,36 @@ class TrainConfig:
         choices=("auto", "bf16", "fp16", "off"),
     )
     seed: int = _opt(42, "random seed")
-    # --- data ---
+    # --- data (docs/training.md#data-formats) ---
+    data_format: str = _opt("auto", "how the splits are stored (auto: from the input mode, content type and files)", choices=DATA_FORMATS)
+    label_format: str | None = _opt(
+        None,
+        "RecordIO and .lst labels: class ids or a 0/1 vector (default: the channel content type's label-format, else class-id)",
+        choices=LABEL_FORMATS,
+    )
+    label_attribute: str | None = _opt(None, "Ground Truth manifests: the label attribute (default: found from its -metadata)")
+    attribute_names: str | None = _opt(
+        None,
+        "Pipe-mode augmented manifests: the channel's AttributeNames, comma-separated (default: source-ref,<label-attribute or class>)",
+    )
+    label_separator: str | None = _opt(None, "plain CSV/JSON-lines manifests: split a label cell into several labels (e.g. ' ')")
+    num_classes: int | None = _opt(None, "class count for class-id labels (the built-in algorithm's; default: the largest id + 1)")
+    multi_label: str = _opt(
+        "auto",
+        "several labels per image (sigmoid per class); auto: when the data has images with several or no labels, or label-format=multi-hot",
+        choices=MULTI_LABEL_CHOICES,
+        parse=parse_tristate,
+    )
+    sampler: str = _opt(
+        "random", "training order: random, or balanced (classes drawn equally often; File mode)", choices=("random", "balanced")
+    )
+    check_data: bool = _opt(True, "check the data before training (unreadable, tiny, duplicate and leaked images, fingerprint)")
     num_workers: int = _opt(-1, "DataLoader workers per process (-1: from the CPU count)")
     val_fraction: float = _opt(0.1, "share of images held out for validation when the data has no validation split")
-    max_bad_fraction: float = _opt(0.05, "fail when more than this share of image files cannot be read")
-    train_dir: str | None = _opt(None, "training ImageFolder (default: from the SageMaker channels)")
-    valid_dir: str | None = _opt(None, "validation ImageFolder (default: from the channels)")
-    test_dir: str | None = _opt(None, "test ImageFolder (default: from the channels)")
+    max_bad_fraction: float = _opt(0.05, "fail when more than this share of images cannot be read or decoded")
+    train_dir: str | None = _opt(None, "training data in any format (default: from the SageMaker channels)")
+    valid_dir: str | None = _opt(None, "validation data (default: from the channels)")
+    test_dir: str | None = _opt(None, "test data (default: from the channels)")
     # --- run ---
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     log_interval: int = _opt(20, "steps between progress lines")
@@ -101,6 +145,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def format_options(self) -> FormatOptions:
+        """How train.formats reads the data."""
+        names = tuple(name.strip() for name in (self.attribute_names or "").split(",") if name.strip())
+        return FormatOptions(self.data_format, self.label_format, self.label_attribute, names, self.label_separator)
+
 
 # SageMaker/distribution switches users set on their estimators. They are accepted
 # so such jobs run; DDP is used whenever there is more than one process anyway.
@@ -122,8 +171,13 @@ def _positive(name, value, zero_ok=False):
 
 
 def _validate(c: TrainConfig) -> None:
-    for name in ("epochs", "batch_size", "image_size", "log_interval", "keep_checkpoints", "step_size", "dist_timeout_s"):
+    for name in ("epochs", "batch_size", "log_interval", "keep_checkpoints", "step_size", "dist_timeout_s"):
         _positive(name, getattr(c, name))
+    for name in ("image_size", "num_classes"):
+        if getattr(c, name) is not None:
+            _positive(name, getattr(c, name))
+    if c.attribute_names is not None and not c.format_options().attribute_names:
+        raise ConfigError(f"attribute_names={c.attribute_names!r}: name the channel's AttributeNames, e.g. source-ref,class")
     for name in (
         "warmup_epochs",
         "early_stopping_patience",
@@ -186,7 +240,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                 if "--" + spelling not in options:
                     options.append("--" + spelling)
         kwargs = dict(dest=f.name, default=f.default, help=f.metadata["help"])
-        if kind is bool:
+        if f.metadata["parse"]:
+            kwargs.update(type=f.metadata["parse"])
+        elif kind is bool:
             # `--freeze-backbone` alone means true; a tuner's "False" must mean false.
             kwargs.update(type=parse_bool, nargs="?", const=True, metavar="BOOL")
         else:

@@ -1,9 +1,10 @@
-"""Finding the splits, scanning ImageFolder trees, and the loaders.
+"""The datasets and samplers of File mode, and the DataLoader they make.
 
-Data arrives as SageMaker channels under /opt/ml/input/data: one `training` channel
-holding train/ valid/ [test/] (or a single class-folder tree, split here), or
-separate `train`, `validation`/`valid`, `test` channels. Class order is the sorted
-folder names of the training split and travels with the model.
+Which files make each split, in which format, is train.formats' (plan, readers) and
+train.datasets' (the check, classes, targets); here a split is a list of (source, target)
+pairs: decoded by `ImageSamples`, dealt to the ranks by `ShardSampler` (or
+`BalancedSampler`), and held out of training by `holdout_split` when the data has no
+validation split.
 """
 
 from __future__ import annotations
@@ -11,92 +12,16 @@ from __future__ import annotations
 import logging
 import os
 import random
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections import Counter
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from container import Channel, ConfigError, cpu_count
-from train.formats.base import image_source
-from train.formats.imagefolder import IMAGE_EXTENSIONS, TEST_NAMES, TRAIN_NAMES, VALID_NAMES, first_existing, list_image_folder
+from container import cpu_count
+from train.formats.recordio import image_source
 from vision import images
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SplitDirs:
-    train: Path
-    valid: Path | None  # None: hold out val_fraction of train
-    test: Path | None
-
-
-def find_split_dirs(channels: dict[str, Channel], train_dir=None, valid_dir=None, test_dir=None) -> SplitDirs:
-    """Explicit directories win; otherwise the channel layout decides."""
-    if train_dir:
-        return SplitDirs(Path(train_dir), Path(valid_dir) if valid_dir else None, Path(test_dir) if test_dir else None)
-
-    def channel(names):
-        return next((channels[n].path for n in names if n in channels), None)
-
-    separate_train = channel(("train",))
-    if separate_train is not None:
-        return SplitDirs(separate_train, channel(VALID_NAMES), channel(TEST_NAMES))
-    root = channel(("training",))
-    if root is None:
-        found = ", ".join(sorted(channels)) or "none"
-        raise ConfigError(
-            "no training data: expected a 'training' channel (/opt/ml/input/data/training) or a "
-            f"'train' channel; channels found: {found}. On EC2 mount your data with "
-            "-v $PWD/data:/opt/ml/input/data/training, or pass --train-dir."
-        )
-    if not root.is_dir():
-        raise ConfigError(f"channel directory {root} does not exist")
-    nested_train = first_existing(root, TRAIN_NAMES)
-    if nested_train is not None:
-        return SplitDirs(nested_train, first_existing(root, VALID_NAMES), first_existing(root, TEST_NAMES))
-    return SplitDirs(root, None, None)  # a plain class-folder tree
-
-
-@dataclass
-class ScanReport:
-    bad: list[str] = field(default_factory=list)  # files skipped: not images, unreadable
-
-
-def scan_image_folder(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[tuple[str, int]], ScanReport]:
-    """Sorted class folders and (path, label) samples; unreadable files are skipped and
-    reported. With `classes` given (validation/test), folders must be among them."""
-    found, files = list_image_folder(root, classes)
-    if classes is None:
-        classes = found
-    index = {name: i for i, name in enumerate(classes)}
-    samples: list[tuple[str, int]] = []
-    report = ScanReport()
-    counts = dict.fromkeys(found, 0)
-    for path, name in files:
-        if path.suffix.lower() not in IMAGE_EXTENSIONS or not _readable_image(path):
-            report.bad.append(str(path))
-            continue
-        samples.append((str(path), index[name]))
-        counts[name] += 1
-    for name, count in counts.items():
-        if count == 0:
-            raise ConfigError(f"class folder {root / name} contains no readable images")
-    return classes, samples, report
-
-
-def _readable_image(path: Path) -> bool:
-    # Opening reads only the header: cheap enough for ~10k files, and it catches
-    # non-images and zero-byte files. Truncated pixel data is caught at load time.
-    # What the decoder would refuse from the header (vision.images: formats outside its
-    # allow-list, sizes, decode bytes) is reported here, not mid-epoch.
-    try:
-        images.probe(path, images.ImageLimits())
-        return True
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return False
 
 
 def holdout_split(samples, fraction: float, seed: int):
@@ -168,12 +93,15 @@ class ShardSampler(Sampler):
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
+    def _order(self) -> list[int]:
+        """Every index of the epoch, in the order the ranks deal them."""
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
     def _indices(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.size, generator=generator).tolist()
-        else:
-            order = list(range(self.size))
+        order = self._order()
         if self.pad and self.size % self.world_size:
             order += order[: self.world_size - self.size % self.world_size]
         return order[self.rank :: self.world_size]
@@ -183,6 +111,36 @@ class ShardSampler(Sampler):
 
     def __len__(self):
         return len(self._indices()) - self.skip
+
+
+class BalancedSampler(ShardSampler):
+    """sampler=balanced: each epoch draws as many images as the split holds, with
+    replacement, image i with probability proportional to `weights[i]` (1 / the images of
+    its class: every class equally often). The draw is the same on every rank for a given
+    (seed, epoch), and each rank deals its share of it, so it shards and resumes
+    mid-epoch exactly like ShardSampler."""
+
+    def __init__(self, weights: list[float], rank: int, world_size: int, seed: int):
+        super().__init__(len(weights), rank, world_size, seed, shuffle=True, pad=True)
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+
+    def _order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist()
+
+
+def balance_weights(samples) -> list[float]:
+    """1 / (images of the sample's class) for each (source, target); a multi-label image
+    counts for each of its classes and takes its rarest class's weight (an image with no
+    label: 1 / the images with none)."""
+    counts = Counter()
+    for _, target in samples:
+        counts.update(target if isinstance(target, tuple) and target else [target])
+    weights = []
+    for _, target in samples:
+        labels = target if isinstance(target, tuple) and target else [target]
+        weights.append(max(1.0 / counts[label] for label in labels))
+    return weights
 
 
 def default_num_workers(local_world_size: int) -> int:

@@ -101,11 +101,16 @@ def any_rank(flag: bool, process: Process) -> bool:
     """True on every rank when it is true on any: a SIGTERM reaches hosts (and the
     processes of one host) at different moments, so each rank voting alone would leave
     some in a collective that the others have left."""
+    return any_ranks((flag,), process)[0]
+
+
+def any_ranks(flags: tuple[bool, ...], process: Process) -> tuple[bool, ...]:
+    """`any_rank` of several flags in one collective."""
     if not process.distributed:
-        return flag
-    vote = torch.tensor([int(flag)], dtype=torch.int32)
-    torch_dist.all_reduce(vote, op=torch_dist.ReduceOp.MAX, group=process.control_group)
-    return bool(vote.item())
+        return tuple(flags)
+    votes = torch.tensor([int(flag) for flag in flags], dtype=torch.int32)
+    torch_dist.all_reduce(votes, op=torch_dist.ReduceOp.MAX, group=process.control_group)
+    return tuple(bool(vote) for vote in votes.tolist())
 
 
 def broadcast_from_main(obj, process: Process):
@@ -117,13 +122,13 @@ def broadcast_from_main(obj, process: Process):
     return holder[0]
 
 
-def gather_to_main(obj, process: Process) -> list | None:
-    """Every rank's Python object, in rank order, on the main process (None elsewhere).
-    Over the gloo control group on GPUs: the objects are CPU tensors."""
+def all_gather_objects(obj, process: Process) -> list:
+    """Every rank's Python object, in rank order, on every rank (over the CPU control
+    group: multi-label evaluation gathers every image's scores this way)."""
     if not process.distributed:
         return [obj]
-    gathered = [None] * process.world_size if process.is_main else None
-    torch_dist.gather_object(obj, gathered, dst=0, group=process.control_group)
+    gathered = [None] * process.world_size
+    torch_dist.all_gather_object(gathered, obj, group=process.control_group)
     return gathered
 
 

@@ -1,8 +1,9 @@
-"""One training run, read top to bottom in `fit`: data, model, loss, optimizer,
+"""One training run, read top to bottom in `fit`: data, model, loaders, loss, optimizer,
 schedule, resume, the epoch loop, then the final evaluation and outputs (as in
-torchvision's references/classification/train.py). The parts come from train.build,
-what the loop carries from train.state, checkpoints from train.checkpoint and the
-files a run leaves from train.outputs. Every process of a DDP job runs `fit`; only
+torchvision's references/classification/train.py). The data comes from train.datasets,
+the loaders from train.loaders, the other parts from train.build, what the loop carries
+from train.state, checkpoints from train.checkpoint and the files a run leaves from
+train.outputs. Every process of a DDP job runs `fit`; only
 the main process writes files.
 """
 
@@ -14,16 +15,18 @@ import time
 
 import torch
 from torch.nn import functional as F
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from container import SageMakerPaths
-from train import build, calibration, distributed, metrics, outputs, tracking
+from train import build, calibration, datasets, distributed, metrics, outputs, tracking
 from train.checkpoint import resume, save_checkpoint
 from train.config import TrainConfig
+from train.datasets import RunData
+from train.loaders import Loaders, SplitLoader, make_loaders
 from train.progress import ProgressBar
 from train.reporting import format_metrics
 from train.state import EpochResult, EpochSums, Outcome, Progress, StopRequest, TrainState
+from vision import presets
+from vision.presets import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +38,15 @@ def fit(config: TrainConfig, paths: SageMakerPaths, process: distributed.Process
     random.seed(config.seed)
     torch.manual_seed(config.seed)
 
-    # --- data ---
-    datasets = build.load_datasets(config, paths)
-    loaders = build.make_loaders(config, datasets, process)
+    # --- data: its format, the check, the classes every rank agrees on ---
+    run_data = datasets.load(config, paths, process, dirs.output)
 
-    # --- model (DDP-wrapped for the steps; saved and loaded unwrapped, keys without "module.") ---
+    # --- model (DDP-wrapped for the steps; saved and loaded unwrapped, keys without "module."),
+    #     its preprocessing (timm's pretrained config, else the ImageNet presets), the loaders ---
     weights = build.pretrained_weights_path(config, paths)
-    model = model_without_ddp = build.make_model(config, len(datasets.classes), weights, process.device)
-    if process.distributed:
-        model = DistributedDataParallel(model, device_ids=[process.local_rank] if process.device.type == "cuda" else None)
+    model_without_ddp = build.make_model(config, len(run_data.classes), weights, process.device)
+    prep = presets.preprocessing_for(config.arch, model_without_ddp, config.image_size)
+    loaders = make_loaders(config, run_data, prep, process)
 
     # --- loss, optimizer, schedule, precision; resume ---
     optimizer = build.make_optimizer(config, model_without_ddp)
@@ -53,17 +56,19 @@ def fit(config: TrainConfig, paths: SageMakerPaths, process: distributed.Process
         config=config,
         process=process,
         stop=stop,
-        model=model,
+        model=build.wrap_ddp(model_without_ddp, process),
         model_without_ddp=model_without_ddp,
-        criterion=build.make_criterion(config, datasets, process.device),
+        criterion=build.make_criterion(config, run_data, process.device),
         optimizer=optimizer,
         scheduler=build.make_scheduler(config, optimizer, loaders.steps_per_epoch),
         scaler=torch.amp.GradScaler(process.device.type, enabled=autocast_dtype == torch.float16),
         autocast_dtype=autocast_dtype,
-        classes=datasets.classes,
+        classes=run_data.classes,
         checkpoint_dir=dirs.checkpoints,
-        train_images=len(datasets.train),
-        tracker=tracking.start(config, process, paths),  # MLflow / TensorBoard, main process only
+        train_images=loaders.train_images,
+        tracker=tracking.start(config, process, paths, run_data.summary()),  # MLflow / TensorBoard, main process only
+        bad_images=loaders.bad,
+        multi_label=run_data.multi_label,
     )
     if config.resume:  # from the newest checkpoint of this run
         resume(state)
@@ -73,12 +78,10 @@ def fit(config: TrainConfig, paths: SageMakerPaths, process: distributed.Process
     for epoch in range(progress.epoch, config.epochs):
         start = time.perf_counter()
         seed_epoch(config, epoch, process)
-        loaders.train.sampler.set_epoch(epoch, skip=progress.step * config.batch_size)
         trained = train_one_epoch(state, loaders.train, epoch)
         if trained.stopped:  # every rank agreed to stop mid-epoch; a checkpoint is saved
             return Outcome(True, epoch, trained.step, trained.checkpoint)
-        val_loss, confusion, _ = evaluate(state, loaders.valid)
-        row = epoch_row(epoch, trained.metrics, val_loss, metrics.summarize(confusion, datasets.classes), optimizer, start)
+        row = epoch_row(epoch, trained.metrics, evaluate(state, loaders.valid), run_data.classes, optimizer, start)
         report_epoch(state, row)
         progress.record(row, objective_value(config, row), model_without_ddp)
         saved = save_checkpoint(state, epoch + 1, 0)
@@ -87,7 +90,7 @@ def fit(config: TrainConfig, paths: SageMakerPaths, process: distributed.Process
         if should_stop_early(config, progress, process):
             break
 
-    return finish(state, datasets, loaders, dirs)  # the final evaluation with the best weights, outputs
+    return finish(state, run_data, loaders, dirs, prep)  # the final evaluation with the best weights, outputs
 
 
 def seed_epoch(config: TrainConfig, epoch: int, process: distributed.Process) -> None:
@@ -96,21 +99,26 @@ def seed_epoch(config: TrainConfig, epoch: int, process: distributed.Process) ->
     torch.manual_seed(hash((config.seed, epoch, process.rank)) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int) -> EpochResult:
+def train_one_epoch(state: TrainState, split: SplitLoader, epoch: int) -> EpochResult:
     config, process = state.config, state.process
     state.model.train()
     step = state.progress.step  # > 0 when resuming mid-epoch
     sums = EpochSums(process, state.progress.partial if step else None)
-    steps = step + len(loader)
+    loader, steps = split.begin(epoch, skip_batches=step), split.steps
     window_start, window_images = time.perf_counter(), 0
     # A terminal (docker run -t on EC2) gets a progress bar; logs keep a line per event.
     bar = ProgressBar.for_terminal(f"epoch {epoch + 1}", steps, step) if process.is_main else None
-    for images, targets in loader:
-        if state.stop.agreed(process):
+    batches = iter(loader)
+    while True:
+        batch = next(batches, None)
+        stop, out_of_data = state.stop.vote(process, batch is None)
+        if stop:
             if bar is not None:
                 bar.close()
             return EpochResult(step, stopped=True, checkpoint=save_checkpoint(state, epoch, step, sums.reduced(process)))
-        images, targets = state.to_device(images, targets)
+        if out_of_data:  # on any rank: every rank ends the epoch here
+            break
+        images, targets = state.to_device(*batch)
         with state.autocast():
             logits = state.model(images)
             loss = state.criterion(logits, targets)
@@ -122,6 +130,8 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int) -> EpochR
         step += 1
         sums.add(loss, logits, targets)
         window_images += targets.shape[0]
+        if step % config.log_interval == 0:
+            state.bad_images.check()  # too many undecodable images fail the job, naming the first few
         if process.is_main and (step % config.log_interval == 0 or step == steps):
             rate = window_images * process.world_size / max(time.perf_counter() - window_start, 1e-9)
             line = format_metrics({"epoch": epoch + 1, "step": f"{step}/{steps}"}, {"step_loss": loss.item(), "images_per_s": rate})
@@ -136,81 +146,103 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int) -> EpochR
             save_checkpoint(state, epoch, step, sums.reduced(process))
     if bar is not None:
         bar.close()
+    state.bad_images.check()
     loss, correct, seen = sums.reduced(process)
     return EpochResult(step, {"train_loss": loss / max(1.0, seen), "train_acc": correct / max(1.0, seen)})
 
 
 @torch.inference_mode()
-def evaluate(state: TrainState, loader: DataLoader, keep_logits: bool = False) -> tuple[float, torch.Tensor, Scores | None]:
-    """Loss and confusion matrix over the whole split, summed across ranks; with
-    keep_logits, also every image's logits and target, gathered on the main process."""
-    state.model.eval()
-    device, num_classes = state.process.device, len(state.classes)
-    confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for images, targets in loader:
+def evaluate(state: TrainState, split: SplitLoader, keep_logits: bool = False) -> metrics.Evaluation:
+    """Loss and confusion matrix (multi-label: every image's scores) over the whole split,
+    from all ranks. Through the unwrapped model: evaluation shards are not padded, so
+    ranks may take different numbers of batches, and DDP's forward must not wait. With
+    keep_logits (single-label), also every image's logits and target (for calibration)."""
+    model, process, num_classes = state.model_without_ddp, state.process, len(state.classes)
+    model.eval()
+    confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=process.device)
+    totals = torch.zeros(2, dtype=torch.float64, device=process.device)  # loss sum, terms
+    scores, truths = [torch.zeros((0, num_classes))], [torch.zeros((0, num_classes))]
+    kept, kept_targets = [torch.zeros((0, num_classes))], [torch.zeros((0,), dtype=torch.int64)]
+    for images, targets in split.begin():
         images, targets = state.to_device(images, targets)
         with state.autocast():
-            logits = state.model(images)
-        # Plain cross-entropy (no smoothing or class weights): comparable across runs.
-        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").to(torch.float64)
-        metrics.update_confusion(confusion, logits, targets)
-        if keep_logits:
-            kept.append((logits.float().cpu(), targets.cpu()))
-    distributed.all_reduce_sum(confusion, state.process)
-    distributed.all_reduce_sum(loss_sum, state.process)
-    scores = gather_scores(kept, num_classes, state.process) if keep_logits else None
-    return loss_sum.item() / max(1, int(confusion.sum())), confusion.cpu(), scores
+            logits = model(images).float()
+        # Plain losses (no smoothing or class weights): comparable across runs.
+        if state.multi_label:
+            totals[0] += F.binary_cross_entropy_with_logits(logits, targets, reduction="sum").to(torch.float64)
+            totals[1] += targets.numel()
+            scores.append(torch.sigmoid(logits).cpu())
+            truths.append(targets.cpu())
+        else:
+            totals[0] += F.cross_entropy(logits, targets, reduction="sum").to(torch.float64)
+            totals[1] += targets.shape[0]
+            metrics.update_confusion(confusion, logits, targets)
+            if keep_logits:
+                kept.append(logits.cpu())
+                kept_targets.append(targets.cpu())
+    distributed.all_reduce_sum(totals, process)
+    loss = totals[0].item() / max(1.0, totals[1].item())
+    if not state.multi_label:
+        distributed.all_reduce_sum(confusion, process)
+        logits = None
+        if keep_logits:  # shards differ in size: every rank's own rows
+            gathered = distributed.all_gather_objects((torch.cat(kept), torch.cat(kept_targets)), process)
+            logits = (torch.cat([s for s, _ in gathered]), torch.cat([t for _, t in gathered]))
+        return metrics.Evaluation(loss, confusion=confusion.cpu(), logits=logits)
+    gathered = distributed.all_gather_objects((torch.cat(scores), torch.cat(truths)), process)
+    return metrics.Evaluation(loss, scores=torch.cat([s for s, _ in gathered]), targets=torch.cat([t for _, t in gathered]))
 
 
-def gather_scores(kept: list[tuple[torch.Tensor, torch.Tensor]], num_classes: int, process: distributed.Process) -> Scores | None:
-    """Every rank's (logits, targets) concatenated on the main process (None elsewhere).
-    Evaluation shards differ in size (ShardSampler does not pad them), so each rank sends
-    its own rows rather than taking part in a fixed-size collective."""
-    logits = torch.cat([row[0] for row in kept]) if kept else torch.zeros((0, num_classes))
-    targets = torch.cat([row[1] for row in kept]) if kept else torch.zeros((0,), dtype=torch.int64)
-    shards = distributed.gather_to_main((logits, targets), process)
-    if shards is None:
-        return None
-    return torch.cat([shard[0] for shard in shards]), torch.cat([shard[1] for shard in shards])
-
-
-def finish(state: TrainState, datasets: build.SplitDatasets, loaders: build.Loaders, dirs: outputs.OutputDirs) -> Outcome:
+def finish(state: TrainState, run_data: RunData, loaders: Loaders, dirs: outputs.OutputDirs, prep: Preprocessing) -> Outcome:
     """The best epoch's weights evaluated on the test split (the validation split when
     there is none) and, unless turned off, temperature scaling fitted on the validation
-    split's logits (train.calibration); then the model, its monitoring baseline, metrics
-    and plots written by the main process."""
+    split's logits (train.calibration; single-label only); then the model, its monitoring
+    baseline, metrics and plots written by the main process. Multi-label: each class's
+    threshold is chosen on the validation split first."""
     config, process, progress = state.config, state.process, state.progress
     state.model_without_ddp.load_state_dict(progress.best_weights)
-    final_split, final_loader = ("valid", loaders.valid) if loaders.test is None else ("test", loaders.test)
-    final_loss, final_confusion, final_scores = evaluate(state, final_loader, keep_logits=True)
-    valid_scores = final_scores if final_split == "valid" else None
-    if config.calibrate and valid_scores is None:
-        valid_scores = evaluate(state, loaders.valid, keep_logits=True)[2]
-    final = {**metrics.summarize(final_confusion, datasets.classes), "loss": final_loss}
+    single = not state.multi_label
+    calibrate = config.calibrate and single
+    needs_valid = state.multi_label or loaders.test is None or calibrate
+    validated = evaluate(state, loaders.valid, keep_logits=single) if needs_valid else None
+    thresholds = metrics.tune_thresholds(validated.scores, validated.targets) if state.multi_label else None
+    final_split, evaluation = ("valid", validated) if loaders.test is None else ("test", evaluate(state, loaders.test, keep_logits=single))
+    final = {**evaluation.summary(run_data.classes, thresholds), "loss": evaluation.loss}
+    undecodable = bad_image_counts(state)
     if process.is_main:
-        calibrated = calibration.report(final_scores, final_split, valid_scores if config.calibrate else None)
+        calibrated = calibration.report(evaluation.logits, final_split, validated.logits if calibrate else None) if single else None
         outputs.report_final(config, progress, final_split, final, calibrated)
-        outputs.write_outputs(config, datasets, progress, final_split, final, final_confusion, dirs, state.tracker.summary(), calibrated)
-        outputs.write_baseline(config, state.model_without_ddp, datasets.valid, dirs.model, process.device)
-        state.tracker.finish({"split": final_split, **final, "calibration": calibrated.metrics()}, dirs.output, dirs.model)
+        result = outputs.Final(final_split, final, evaluation, thresholds, undecodable, calibrated)
+        outputs.write_outputs(config, run_data, progress, result, dirs, prep, state.tracker.summary())
+        outputs.write_baseline(config, state.model_without_ddp, run_data.samples.get("validation"), dirs.model, process.device)
+        summary = {"split": final_split, **final, "calibration": calibrated.metrics() if calibrated is not None else None}
+        state.tracker.finish(summary, dirs.output, dirs.model)
     # Other ranks wait here until the main process has written the model: SageMaker
     # local mode stops every container as soon as the first one exits.
     distributed.barrier(process)
     return Outcome(False, progress.epoch, 0, final={"split": final_split, **final})
 
 
+def bad_image_counts(state: TrainState) -> dict:
+    """Undecodable images skipped during the run, summed over the ranks (each counts its own)."""
+    bad = state.bad_images
+    totals = torch.tensor([bad.count, bad.seen], dtype=torch.float64, device=state.process.device)
+    distributed.all_reduce_sum(totals, state.process)
+    return {"undecodable_images": int(totals[0]), "images_decoded": int(totals[1]), "undecodable_examples": bad.examples()}
+
+
 # --- after each epoch ----------------------------------------------------------------
 
 
-def epoch_row(epoch: int, train_metrics: dict, val_loss: float, summary: dict, optimizer, start: float) -> dict:
+def epoch_row(epoch: int, train_metrics: dict, validated: metrics.Evaluation, classes: list[str], optimizer, start: float) -> dict:
+    summary = validated.summary(classes)  # multi-label: at threshold 0.5 (the tuned ones come at the end)
     return {
         "epoch": epoch + 1,
         **train_metrics,
-        "val_loss": val_loss,
+        "val_loss": validated.loss,
         "val_acc": summary["acc"],
         "val_macro_f1": summary["macro_f1"],
+        **({"val_map": summary["map"]} if "map" in summary else {}),
         "lr": optimizer.param_groups[0]["lr"],
         "epoch_time_s": time.perf_counter() - start,
         "val_per_class": summary["per_class"],  # precision/recall/F1/support per class
@@ -222,8 +254,8 @@ def report_epoch(state: TrainState, row: dict) -> None:
     reports). The single place where per-epoch metrics leave the loop: the log line
     SageMaker's metric definitions parse, and any other metrics sink."""
     if state.process.is_main:
-        keys = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "epoch_time_s")
-        log.info(format_metrics({"epoch": row["epoch"]}, {k: row[k] for k in keys}))
+        keys = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_map", "lr", "epoch_time_s")
+        log.info(format_metrics({"epoch": row["epoch"]}, {k: row[k] for k in keys if k in row}))
     state.tracker.log_epoch(row, state.train_images)
 
 

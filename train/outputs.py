@@ -1,7 +1,9 @@
 """What a finished run leaves behind (main process only): the model for serving
 (weights and model_spec.json, the train -> serve contract), its monitoring baseline
 (model/monitoring/, docs/monitoring.md), metrics.json, the classification report and
-plots, and the final log lines that SageMaker's metric definitions and tuning read."""
+plots, and the final log lines that SageMaker's metric definitions and tuning read. (The
+data check's full report, data_check.json, is written when the check runs, at the
+start: train.datasets.)"""
 
 from __future__ import annotations
 
@@ -22,18 +24,19 @@ from torch import nn
 from container import SageMakerPaths, training_job_name
 from container.monitoring import MonitorSettings
 from train import metrics, plots
-from train.build import SplitDatasets
 from train.calibration import Report as CalibrationReport
 from train.checkpoint import atomic_save
 from train.config import TrainConfig
-from train.data import ImageSamples
-from train.formats.base import image_source
+from train.datasets import RunData
+from train.formats import image_source
+from train.metrics import Evaluation
 from train.reporting import format_metrics
 from train.state import Progress
-from vision import images, imagestats, presets
+from vision import images, imagestats, models
 from vision.artifact import MONITORING_DIR, WEIGHTS_FILE, ModelSpec
 from vision.baseline import MIN_IMAGES
 from vision.features import Embedder, compute_baseline
+from vision.presets import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -54,97 +57,137 @@ class OutputDirs:
         )
 
 
-def report_final(config: TrainConfig, progress: Progress, final_split: str, final: dict, calibrated: CalibrationReport) -> None:
+@dataclass(frozen=True)
+class Final:
+    """The final evaluation: its split, its metrics, the evaluation itself (for the plots),
+    the tuned thresholds (multi-label) and the undecodable images of the whole run."""
+
+    split: str  # "test", else "valid"
+    metrics: dict
+    evaluation: Evaluation
+    thresholds: list[float] | None
+    undecodable: dict
+    calibrated: CalibrationReport | None = None  # temperature scaling (single-label)
+
+
+def report_final(
+    config: TrainConfig, progress: Progress, final_split: str, final: dict, calibrated: CalibrationReport | None = None
+) -> None:
     # SageMaker tuning scores a job by the *last* value of its objective metric:
     # repeat the best epoch's validation metrics so that value is the saved model's.
     best_row = next(row for row in progress.history if row["epoch"] == progress.best_epoch)
-    log.info(format_metrics({"best_epoch": progress.best_epoch}, {k: best_row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}))
+    keys = ("val_loss", "val_acc", "val_macro_f1", "val_map")
+    log.info(format_metrics({"best_epoch": progress.best_epoch}, {k: best_row[k] for k in keys if k in best_row}))
     if final_split == "test":
-        log.info(format_metrics({}, {"test_loss": final["loss"], "test_acc": final["acc"], "test_macro_f1": final["macro_f1"]}))
-    # Expected calibration error on the final split, before and after the temperature.
-    numbers = {key: value for key, value in calibrated.metrics().items() if key in ("temperature", "ece_before", "ece_after")}
-    log.info(format_metrics({"calibration_split": final_split}, numbers))
+        test = {"test_loss": final["loss"], "test_acc": final["acc"], "test_macro_f1": final["macro_f1"]}
+        log.info(format_metrics({}, test | ({"test_map": final["map"]} if "map" in final else {})))
+    if calibrated is not None:  # expected calibration error on the final split, before and after the temperature
+        numbers = {key: value for key, value in calibrated.metrics().items() if key in ("temperature", "ece_before", "ece_after")}
+        log.info(format_metrics({"calibration_split": final_split}, numbers))
 
 
 def write_outputs(
-    config,
-    datasets: SplitDatasets,
-    progress: Progress,
-    final_split,
-    final,
-    confusion,
-    dirs: OutputDirs,
-    tracking_info=None,
-    calibrated: CalibrationReport | None = None,
+    config, run_data: RunData, progress: Progress, final: Final, dirs: OutputDirs, prep: Preprocessing, tracking_info=None
 ) -> None:
     model_dir, output_dir = dirs.model, dirs.output
+    calibrated = final.calibrated
     temperature = calibrated.temperature if calibrated is not None else 1.0
-    save_model(config, datasets.classes, progress.best_weights, model_dir, temperature)
+    save_model(config, run_data, progress.best_weights, model_dir, prep, final.thresholds, temperature)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "objective": config.objective,
         "best_epoch": progress.best_epoch,
         "epochs": progress.history,
-        "final": {"split": final_split, **final},
+        "final": {"split": final.split, **final.metrics},
         "calibration": calibrated.metrics() if calibrated is not None else None,
-        "data": {
-            "classes": datasets.classes,
-            "train_images": len(datasets.train),
-            "valid_images": len(datasets.valid),
-            "test_images": len(datasets.test) if datasets.test else 0,
-            "skipped_files": len(datasets.bad_files),
-            "skipped_examples": datasets.bad_files[:20],
-        },
+        "data": data_summary(run_data, final.undecodable),
         "config": config.to_dict(),
         "tracking": tracking_info or {},  # e.g. the MLflow run id
     }
     (output_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (output_dir / "classification_report.txt").write_text(
-        f"{final_split} split, best epoch {progress.best_epoch} by {config.objective}\n\n" + metrics.per_class_report(final)
+        f"{final.split} split, best epoch {progress.best_epoch} by {config.objective}\n\n" + metrics.per_class_report(final.metrics)
     )
-    plots.plot_confusion(
-        confusion,
-        datasets.classes,
-        output_dir / "confusion_matrix.png",
-        f"confusion matrix ({final_split}, best epoch {progress.best_epoch})",
-    )
+    if final.evaluation.confusion is not None:  # single-label; a multi-label run's per-class table is above
+        plots.plot_confusion(
+            final.evaluation.confusion,
+            run_data.classes,
+            output_dir / "confusion_matrix.png",
+            f"confusion matrix ({final.split}, best epoch {progress.best_epoch})",
+        )
     plots.plot_learning_curves(progress.history, output_dir / "learning_curves.png")
     if calibrated is not None:
         plots.plot_reliability(
             calibrated.before,
             calibrated.after,
             output_dir / "reliability_diagram.png",
-            f"reliability ({final_split}, best epoch {progress.best_epoch}, temperature {calibrated.temperature:.3g})",
+            f"reliability ({final.split}, best epoch {progress.best_epoch}, temperature {calibrated.temperature:.3g})",
         )
     log.info(
         "wrote model to %s and metrics/plots to %s (best epoch %d, %s macro-F1 %.4f)",
         model_dir,
         output_dir,
         progress.best_epoch,
-        final_split,
-        final["macro_f1"],
+        final.split,
+        final.metrics["macro_f1"],
     )
 
 
-def save_model(config: TrainConfig, classes: list[str], weights: dict, model_dir: Path, temperature: float = 1.0) -> None:
-    """The model serving loads: its weights and model_spec.json (vision.artifact), with the
-    softmax temperature the served probabilities are divided by (train.calibration)."""
+def data_summary(run_data: RunData, undecodable: dict) -> dict:
+    """metrics.json's "data": each split's format and input mode, the classes and image
+    counts, the check's summary (the dataset fingerprint and counts of each problem; the
+    full report is data_check.json), the unreadable files left out, and the images
+    skipped as undecodable while training."""
+    splits, samples, streamed = run_data.plan.splits(), run_data.samples, run_data.stream_images
+    summary = {
+        "format": {name: source.format for name, source in splits.items()},
+        "input_mode": {name: "Pipe" if source.pipe else "File" for name, source in splits.items()},
+        "classes": run_data.classes,
+        "multi_label": run_data.multi_label,
+        **{f"{short}_images": streamed.get(name, len(samples.get(name, []))) for short, name in IMAGE_COUNTS},
+        "fingerprint": None,
+        "skipped_files": 0,
+        "skipped_examples": [],
+    }
+    if run_data.report is not None:
+        unreadable = [example for split in run_data.report.splits.values() for example in split.unreadable.examples]
+        summary["fingerprint"] = run_data.report.fingerprint
+        summary["check"] = run_data.report.summary()
+        summary["skipped_files"] = summary["check"]["unreadable"]
+        summary["skipped_examples"] = unreadable[:20]
+    return {**summary, **undecodable}
+
+
+IMAGE_COUNTS = (("train", "train"), ("valid", "validation"), ("test", "test"))
+
+
+def save_model(
+    config: TrainConfig, run_data: RunData, weights: dict, model_dir: Path, prep: Preprocessing, thresholds=None, temperature: float = 1.0
+) -> None:
+    """The model serving loads: its weights and model_spec.json (vision.artifact), with
+    the model's preprocessing, the tuned thresholds (multi-label), the data's check summary
+    and the softmax temperature the served probabilities are divided by (train.calibration)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_save(weights, model_dir / WEIGHTS_FILE)
+    versions = {"torch": torch.__version__, "torchvision": torchvision.__version__}
+    if models.is_timm(config.arch):
+        import timm
+
+        versions["timm"] = timm.__version__
     spec = ModelSpec(
         arch=config.arch,
-        classes=tuple(classes),
-        image_size=config.image_size,
-        resize_size=presets.eval_resize_size(config.image_size),
-        mean=presets.IMAGENET_MEAN,
-        std=presets.IMAGENET_STD,
-        versions={"torch": torch.__version__, "torchvision": torchvision.__version__},
+        classes=tuple(run_data.classes),
+        **prep.spec_fields(),
+        versions=versions,
+        multi_label=run_data.multi_label,
+        thresholds=tuple(thresholds or ()),
+        dataset=run_data.summary(),
         temperature=temperature,
     )
     spec.save(model_dir)
 
 
-def write_baseline(config: TrainConfig, model: nn.Module, valid: ImageSamples, model_dir: Path, device: torch.device) -> None:
+def write_baseline(config: TrainConfig, model: nn.Module, valid: list[tuple] | None, model_dir: Path, device: torch.device) -> None:
     """The monitoring baseline of the saved model (vision.baseline, written to
     model_dir/monitoring/) from at most config.monitoring_baseline images of the
     validation split: one more fp32 forward pass over them, on the main process, after
@@ -152,7 +195,10 @@ def write_baseline(config: TrainConfig, model: nn.Module, valid: ImageSamples, m
     is what the job is for, and `monitor baseline` can add one later."""
     if not config.monitoring_baseline:
         return
-    indices = list(range(len(valid.samples)))
+    if valid is None:
+        log.info("no monitoring baseline: the validation split is streamed (Pipe mode); `monitor baseline` can make one")
+        return
+    indices = list(range(len(valid)))
     if len(indices) < MIN_IMAGES:
         log.warning("no monitoring baseline: the validation split has %d images, a baseline needs %d", len(indices), MIN_IMAGES)
         return
@@ -164,7 +210,7 @@ def write_baseline(config: TrainConfig, model: nn.Module, valid: ImageSamples, m
     embedder = None
     try:
         embedder = Embedder(model.eval(), ModelSpec.load(model_dir), device, config.batch_size)
-        samples = labelled_images([valid.samples[i] for i in indices], valid.limits, skipped)
+        samples = labelled_images([valid[i] for i in indices], images.ImageLimits(), skipped)
         baseline = compute_baseline(embedder, samples, info, seed=config.seed)
         baseline.info["skipped_files"] = len(skipped)
         baseline_id = baseline.save(model_dir, MonitorSettings.from_env(os.environ).thresholds())

@@ -15,8 +15,9 @@ EPOCH_METRICS = (
     "val_loss",
     "val_acc",
     "val_macro_f1",
+    "val_map",  # multi-label runs only
 )
-TEST_METRICS = ("test_loss", "test_acc", "test_macro_f1")
+TEST_METRICS = ("test_loss", "test_acc", "test_macro_f1", "test_map")
 CALIBRATION_METRICS = ("temperature", "ece_before", "ece_after")  # on the final split (train.calibration)
 PROGRESS_METRICS = ("step_loss", "images_per_s")
 

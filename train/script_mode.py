@@ -23,7 +23,9 @@ True)`. So users get the toolkit's own behaviour, unchanged:
 
 Outside SageMaker (plain `docker run -v dir:/opt/ml`), resourceconfig.json and
 inputdataconfig.json may be absent; the toolkit cannot start without them, so we write
-the single-host / folder-per-channel files it would otherwise assume.
+the single-host / channel-per-folder files it would otherwise assume, each channel in the
+input mode its files show (a folder: File; pass FIFOs `<name>_0`, ...: Pipe). A job's own
+inputdataconfig.json (SageMaker's, with Pipe or FastFile channels) is left as it is.
 """
 
 from __future__ import annotations
@@ -134,14 +136,15 @@ def _truthy(value: object) -> bool:
 def _complete_config(paths: SageMakerPaths) -> None:
     """Write the resourceconfig.json / inputdataconfig.json SageMaker writes, when a
     plain `docker run` did not: one host (this one), one channel per folder under
-    input/data. Existing files are never touched."""
+    input/data (File mode) or per set of pass FIFOs `<name>_0, ...` (Pipe mode). An
+    existing file is never touched, so a job's own input modes reach the script as declared."""
     wanted = []
     if not paths.resource_config_file.exists():
         host = socket.gethostname()
         wanted.append((paths.resource_config_file, {"current_host": host, "hosts": [host]}))
     if not paths.input_data_config_file.exists():
-        channels = read_input_data_config(paths)  # the folders under input/data
-        wanted.append((paths.input_data_config_file, {name: {"TrainingInputMode": "File"} for name in channels}))
+        channels = read_input_data_config(paths)  # the folders (File) and pass FIFOs (Pipe) under input/data
+        wanted.append((paths.input_data_config_file, {name: {"TrainingInputMode": c.input_mode} for name, c in channels.items()}))
     for path, content in wanted:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

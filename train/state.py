@@ -15,6 +15,7 @@ from torch import nn
 
 from train import distributed, tracking
 from train.config import TrainConfig
+from train.formats import BadImages
 
 
 class StopRequest:
@@ -36,11 +37,17 @@ class StopRequest:
     def agreed(self, process: distributed.Process) -> bool:
         """Whether any rank was asked to stop, decided together so that all ranks leave
         at the same step (one collective per call)."""
-        if distributed.any_rank(self.requested, process):
-            if not self.requested:
-                self.set("a stop request on another rank")
-            return True
-        return False
+        return self.vote(process, False)[0]
+
+    def vote(self, process: distributed.Process, out_of_data: bool) -> tuple[bool, bool]:
+        """(stop, out of data) on every rank when true on any, in one collective: a step
+        is taken by all ranks or by none. A rank whose stream ran short (undecodable
+        images at the end of its Pipe-mode share) ends the epoch for every rank instead
+        of leaving the others waiting in a collective it never joins."""
+        stop, exhausted = distributed.any_ranks((self.requested, out_of_data), process)
+        if stop and not self.requested:
+            self.set("a stop request on another rank")
+        return stop, exhausted
 
 
 @dataclass
@@ -99,6 +106,8 @@ class TrainState:
     checkpoint_dir: Path
     train_images: int
     tracker: tracking.Tracker
+    bad_images: BadImages  # undecodable images this rank's loaders skipped (train.formats)
+    multi_label: bool = False
     progress: Progress = field(default_factory=Progress)
 
     def autocast(self) -> AbstractContextManager:
@@ -124,7 +133,10 @@ class EpochSums:
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
         self.loss += loss.detach().to(torch.float64) * targets.shape[0]
-        self.correct += (logits.argmax(1) == targets).sum()
+        if targets.ndim == 2:  # multi-label (0/1 per class): every class's decision right
+            self.correct += ((logits > 0) == (targets > 0.5)).all(1).sum()
+        else:
+            self.correct += (logits.argmax(1) == targets).sum()
         self.seen += targets.shape[0]
 
     def reduced(self, process: distributed.Process) -> tuple[float, float, float]:

@@ -2,7 +2,7 @@
 
 fit() makes four calls, on every rank (the others get a tracker that does nothing):
 
-    tracker = tracking.start(config, process, paths)  # one run per job, params logged
+    tracker = tracking.start(config, process, paths, dataset)  # one run per job, params logged
     tracker.log_epoch(row, train_images)              # per-epoch metrics, step = epoch
     tracker.summary()                                 # {"mlflow": {"run_id": ...}} for metrics.json
     tracker.finish(final, output_dir, model_dir)      # final metrics (calibration too), artifacts, end of run
@@ -40,31 +40,55 @@ EPOCH_SCALARS = {
     "train_acc": "accuracy/train",
     "val_acc": "accuracy/val",
     "val_macro_f1": "macro_f1/val",
+    "val_map": "map/val",
     "lr": "learning_rate",
     "images_per_s": "images_per_s",
     "epoch_time_s": "epoch_time_s",
 }
 # What write_outputs leaves in the output and model directories, logged as artifacts.
-OUTPUT_ARTIFACTS = ("metrics.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png", "reliability_diagram.png")
+OUTPUT_ARTIFACTS = (
+    "metrics.json",
+    "data_check.json",
+    "classification_report.txt",
+    "confusion_matrix.png",
+    "learning_curves.png",
+    "reliability_diagram.png",
+)
 # The final split's calibration (train.calibration), logged with the final metrics.
 CALIBRATION_METRICS = ("temperature", "ece_before", "ece_after")
 
 
-def start(config, process, paths: SageMakerPaths, environ=None) -> Tracker:
-    """The job's tracker: MLflow and/or TensorBoard on the main process, nothing elsewhere."""
+def start(config, process, paths: SageMakerPaths, dataset: dict | None = None, environ=None) -> Tracker:
+    """The job's tracker: MLflow and/or TensorBoard on the main process, nothing elsewhere.
+    `dataset` is the data check's summary (train.data_report): logged as `data.*` params,
+    and the fingerprint also as the run's `dataset_fingerprint` tag, to find every run of
+    one dataset version."""
     environ = os.environ if environ is None else environ
     if not process.is_main:
         return Tracker([])
-    params = config.to_dict()
+    params = {**config.to_dict(), **dataset_params(dataset or {})}
     sinks: list = []
     uri = mlflow_client.tracking_uri(environ)
     if uri:
         experiment = config.mlflow_experiment or environ.get(mlflow_client.EXPERIMENT_ENV_VAR) or DEFAULT_EXPERIMENT
-        sinks.append(MlflowSink(uri, experiment, training_job_name(environ), params))
+        tags = {"dataset_fingerprint": dataset["fingerprint"]} if dataset else {}
+        sinks.append(MlflowSink(uri, experiment, training_job_name(environ), params, tags))
     tensorboard_dir = Path(config.tensorboard_dir) if config.tensorboard_dir else read_tensorboard_dir(paths)
     if tensorboard_dir is not None:
         sinks.append(TensorBoardSink(tensorboard_dir))
     return Tracker(sinks)
+
+
+def dataset_params(summary: dict) -> dict:
+    """{"data.fingerprint": ..., "data.images.train": ..., "data.leakage": ...}: the check
+    summary flattened into MLflow params."""
+    flat = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            flat.update({f"data.{key}.{name}": item for name, item in value.items()})
+        else:
+            flat[f"data.{key}"] = value
+    return flat
 
 
 def numeric(value) -> bool:
@@ -103,7 +127,7 @@ class Tracker:
 class MlflowSink:
     """One MLflow run for the job, through MlflowClient (no global active run)."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str | None, params: dict):
+    def __init__(self, uri: str, experiment: str, run_name: str | None, params: dict, tags: dict | None = None):
         self.uri, self.experiment = uri, experiment
         self.client = self.run_id = self.experiment_id = None
         self.last_step = 0
@@ -111,7 +135,7 @@ class MlflowSink:
             # Failures reach us as exceptions and become the single warning below.
             client = mlflow_client.open_client(uri)
             self.experiment_id = mlflow_client.experiment_id(client, experiment)
-            tags = {"mlflow.source.name": "sagemaker-vision train", "mlflow.source.type": "JOB"}
+            tags = {"mlflow.source.name": "sagemaker-vision train", "mlflow.source.type": "JOB", **(tags or {})}
             self.run_id = client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
             self.client = client
             # A job that dies (exception, signal) leaves its run FAILED, not RUNNING forever.

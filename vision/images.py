@@ -22,12 +22,13 @@ decoded:
   scan libjpeg's coefficient buffer (2 bytes per sample of every component at its own
   sampling). Multi-frame files (GIF, APNG, animated WebP, multi-page TIFF, MPO) have
   their first frame decoded and no other, so the budget counts that frame. The
-  default budget is what a 40-megapixel RGB image takes: no image costs more than the
-  largest plain photo the pixel limit lets in (a progressive 4:2:0 colour JPEG pays 7
-  bytes per pixel, so about 23 MP of it fit; a 16-bit grey image 2, so the pixel limit
-  decides).
+  default budget is what a max_pixels RGB image takes (40 MP by default): no image
+  costs more than the largest plain photo the pixel limit lets in (a progressive 4:2:0
+  colour JPEG pays 7 bytes per pixel, so about 23 MP of it fit; a 16-bit grey image 2,
+  so the pixel limit decides).
 Then the pixels are decoded, converted and stood upright:
-- orientation: the EXIF Orientation tag is applied, so phone photos are upright.
+- orientation: the EXIF Orientation tag is applied (vision/orientation.py), so phone
+  photos are upright.
 - bit depth: 16-bit images are scaled to 8 bits (Pillow's convert clips them: a
   16-bit grayscale PNG would come out all white), float images must hold [0, 1] and
   are scaled by 255 (convert would round them to black); other values are refused.
@@ -52,6 +53,7 @@ import numpy as np
 from PIL import Image
 
 from container.serving import ServeConfig
+from vision.orientation import exif_orientation, upright
 
 # Pillow format names. MPO (a JPEG followed by more JPEGs: many phones write it) opens
 # through the JPEG plugin and is decoded as the JPEG it starts with.
@@ -88,18 +90,22 @@ _ROWS_PER_BAND_PIXELS = 1 << 20  # bit-depth scaling works on bands of about a m
 
 @dataclass(frozen=True)
 class ImageLimits:
-    # The defaults are the serving settings' (SM_VISION_MAX_IMAGE_PIXELS, SM_VISION_MAX_ASPECT_RATIO),
-    # written once in container/serving.py; training decodes under the same caps.
+    # The defaults are the serving settings' (SM_VISION_MAX_IMAGE_PIXELS, _MAX_ASPECT_RATIO, _MAX_DECODE_BYTES,
+    # _MAX_JPEG_SCANS), written once in container/serving.py; training decodes under the same caps.
     max_pixels: int = ServeConfig.max_image_pixels  # width * height; a 10k x 10k image is refused before decoding
     max_aspect_ratio: float = ServeConfig.max_aspect_ratio  # long side / short side
     # JPEG only: decode at the smallest DCT scale (1/2, 1/4, 1/8) that keeps both sides at
     # least this many pixels (0: full size). Serving sets twice the model's resize size.
     draft_min_side: int = 0
-    # Bytes the decoded frame (and a multi-scan JPEG's coefficient buffer) may take: by
-    # default what a max_pixels RGB image takes (40 MP x 4 bytes, Pillow pads RGB to 4).
-    max_decode_bytes: int = 160_000_000
-    max_jpeg_scans: int = 100  # SOS markers; encoders write 1-3 (baseline) or about 10 (progressive)
+    # Bytes the decoded frame (and a multi-scan JPEG's coefficient buffer) may take; None:
+    # what a max_pixels RGB frame takes (frame_bytes("RGB", ...)), set in __post_init__.
+    max_decode_bytes: int | None = ServeConfig.max_decode_bytes
+    max_jpeg_scans: int = ServeConfig.max_jpeg_scans  # SOS markers; encoders write 1-3 (baseline) or about 10 (progressive)
     formats: tuple[str, ...] = ALLOWED_FORMATS  # Pillow format names that are opened at all
+
+    def __post_init__(self):
+        if self.max_decode_bytes is None:
+            object.__setattr__(self, "max_decode_bytes", frame_bytes("RGB", self.max_pixels, 1))
 
 
 class ImageRejected(ValueError):
@@ -216,14 +222,20 @@ def _jpeg_coefficient_bytes(image: Image.Image) -> int:
 # --- opening ---------------------------------------------------------------------------
 
 
-def _head(source) -> bytes:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source[:16])
+def _read(source, count: int = -1) -> bytes:
+    """The first `count` bytes of source (all: -1), a file's position kept."""
+    if isinstance(source, bytes):
+        return source if count < 0 else source[:count]
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as file:
-            return file.read(16)
+            return file.read(count)
+    if not hasattr(source, "seek"):
+        return bytes(source if count < 0 else source[:count])  # bytearray, memoryview
+    position = source.seek(0, os.SEEK_CUR)
     source.seek(0)  # Image.open read from it, and formats are recognised by their first bytes
-    return source.read(16)
+    data = source.read(count)
+    source.seek(position)
+    return data
 
 
 def _refused_format(head: bytes) -> str | None:
@@ -254,7 +266,7 @@ def _open(source, limits: ImageLimits) -> Image.Image:
     except Exception:  # noqa: BLE001 - every decoder failure on foreign bytes means the same
         pass
     try:
-        refused = _refused_format(_head(source))
+        refused = _refused_format(_read(source, 16))
     except OSError:
         refused = None
     if refused:
@@ -279,19 +291,6 @@ def probe(source, limits: ImageLimits) -> ImageInfo:
         return _header_checks(image, limits)
 
 
-def _jpeg_bytes(source, image: Image.Image) -> bytes:
-    if isinstance(source, (bytes, bytearray)):
-        return bytes(source)
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as file:
-            return file.read()
-    position = image.fp.tell()
-    image.fp.seek(0)
-    data = image.fp.read()
-    image.fp.seek(position)
-    return data
-
-
 def load_rgb(source, limits: ImageLimits) -> Image.Image:
     """Open source (bytes, a path or a binary file), check format, size, JPEG scans and
     decode bytes from the header, decode it, stand it upright and return it as 8-bit
@@ -301,7 +300,7 @@ def load_rgb(source, limits: ImageLimits) -> Image.Image:
     with _open(source, limits) as image:
         info = _header_checks(image, limits)
         if info.format in JPEG_FORMATS:
-            scans = count_jpeg_scans(_jpeg_bytes(source, image), limits.max_jpeg_scans)
+            scans = count_jpeg_scans(_read(source), limits.max_jpeg_scans)
             if limits.draft_min_side:
                 image.draft("RGB", (limits.draft_min_side, limits.draft_min_side))
             if scans > 1:
@@ -313,11 +312,11 @@ def load_rgb(source, limits: ImageLimits) -> Image.Image:
             raise
         except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data, any decoder
             raise ImageUnreadable(f"cannot decode image: {type(err).__name__}") from None
-        orientation = _orientation(image)
+        orientation = exif_orientation(image)
         rgb = to_rgb(image)
     if rgb is not image:
         image.close()  # free the decoded frame before the transposed copy is made
-    return _transposed(rgb, orientation)
+    return upright(rgb, orientation)
 
 
 # --- conversion --------------------------------------------------------------------------
@@ -368,33 +367,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image.convert("RGB")
     except ValueError:
         raise ImageUnsupported(f"image mode {mode} cannot be converted to RGB") from None
-
-
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        return int(image.getexif().get(0x0112, 1))
-    except MemoryError:
-        raise
-    except Exception:  # noqa: BLE001 - malformed EXIF: keep the pixels as stored
-        return 1
-
-
-def _transposed(image: Image.Image, orientation: int) -> Image.Image:
-    """The image turned as its EXIF Orientation says (what ImageOps.exif_transpose
-    does, applied to the RGB result so only one frame is ever copied)."""
-    method = _TRANSPOSE.get(orientation)
-    return image if method is None else image.transpose(method)
 
 
 def array_to_rgb(frame: np.ndarray, limits: ImageLimits) -> Image.Image:

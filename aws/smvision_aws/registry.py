@@ -1,6 +1,7 @@
 """Model registry: a model package version in a group from a Completed training job,
-its metrics.json as the package's model-quality metrics, and an approval status that
-gates `deploy --model-package`.
+its metrics.json as the package's model-quality metrics, the training data's fingerprint
+and check summary as customer metadata, and an approval status that gates
+`deploy --model-package`.
 
 The trainer writes metrics.json to /opt/ml/output/data, which SageMaker ships inside
 the job's output.tar.gz; the registry needs the file itself at an S3 URI, so `register`
@@ -24,8 +25,9 @@ DEFAULT_APPROVAL = "PendingManualApproval"
 OBJECTIVE = "val_macro_f1"
 # What the image's server accepts and answers (serve/codec.py).
 CONTENT_TYPES = ["image/jpeg", "image/png", "application/json", "application/x-image"]
-RESPONSE_TYPES = ["application/json"]
+RESPONSE_TYPES = ["application/json", "application/jsonlines"]
 METRICS_LIMIT = 1 << 20  # metrics.json is a few KB; refuse anything absurd inside the archive
+METADATA_VALUE_LIMIT = 256  # characters of a CustomerMetadataProperties value (the API's limit)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,25 @@ def objective_value(metrics: dict) -> float | None:
     return None
 
 
+def dataset_metadata(metrics: dict) -> dict[str, str]:
+    """The training data's version and check summary from metrics.json's "data" (the
+    trainer's check-data): its fingerprint, each split's format and image count, and how
+    many problems, unreadable, duplicate and leaked images the check found."""
+    data = metrics.get("data") or {}
+    check = data.get("check") or {}
+    found = {}
+    if data.get("fingerprint"):
+        found["dataset_fingerprint"] = str(data["fingerprint"])
+    if data.get("format"):
+        found["dataset_format"] = ",".join(f"{split}={name}" for split, name in data["format"].items())
+    if check.get("images"):
+        found["dataset_images"] = ",".join(f"{split}={count}" for split, count in check["images"].items())
+    for key in ("problems", "unreadable", "duplicates", "leakage"):
+        if key in check:
+            found[f"dataset_{key}"] = str(check[key])
+    return {key: value[:METADATA_VALUE_LIMIT] for key, value in found.items()}
+
+
 def ensure_group(sagemaker_client, group: str, tags=None) -> None:
     try:
         sagemaker_client.describe_model_package_group(ModelPackageGroupName=group)
@@ -111,6 +132,7 @@ def package_request(spec: PackageSpec, job: dict, metrics_uri: str, metrics: dic
     value = objective_value(metrics)
     if value is not None:
         metadata[OBJECTIVE] = f"{value:.6f}"
+    metadata.update(dataset_metadata(metrics))  # the dataset version this model was trained on
     request = {
         "ModelPackageGroupName": spec.group,
         "ModelPackageDescription": spec.description or f"trained by {job['TrainingJobName']}",

@@ -284,7 +284,7 @@ def inside(root: Path) -> None:
         "detection": detection,
         "throughput": {
             "per_image_pass_images_per_second": round(pass_rate, 1),
-            "images": analysed,
+            "pool_images": analysed,
             **whole_run(root / "whole", root / "pools/in-distribution", size),
         },
     }

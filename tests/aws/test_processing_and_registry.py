@@ -92,6 +92,12 @@ METRICS = {
     "best_epoch": 2,
     "epochs": [{"epoch": 1, "val_macro_f1": 0.5}, {"epoch": 2, "val_macro_f1": 0.875}, {"epoch": 3, "val_macro_f1": 0.8}],
     "final": {"split": "test", "macro_f1": 0.86},
+    "data": {  # what the trainer's check-data wrote (train/outputs.py data_summary)
+        "format": {"train": "groundtruth", "validation": "groundtruth"},
+        "fingerprint": "5" * 64,
+        "check": {"fingerprint": "5" * 64, "images": {"train": 900, "validation": 100}, "unreadable": 1, "duplicates": 2, "leakage": 3}
+        | {"tiny": 0, "conflicting_labels": 0, "imbalance_ratio": 1.5, "problems": 3},
+    },
 }
 
 
@@ -149,7 +155,7 @@ def test_register_creates_a_pending_package_with_metrics(session, sm_stub, s3_st
             "InferenceSpecification": {
                 "Containers": [{"Image": IMAGE, "ModelDataUrl": MODEL_DATA}],
                 "SupportedContentTypes": ["image/jpeg", "image/png", "application/json", "application/x-image"],
-                "SupportedResponseMIMETypes": ["application/json"],
+                "SupportedResponseMIMETypes": ["application/json", "application/jsonlines"],
                 "SupportedRealtimeInferenceInstanceTypes": ["ml.m5.xlarge", "ml.g4dn.xlarge"],
                 "SupportedTransformInstanceTypes": ["ml.m5.xlarge", "ml.g4dn.xlarge"],
             },
@@ -161,7 +167,18 @@ def test_register_creates_a_pending_package_with_metrics(session, sm_stub, s3_st
                     }
                 }
             },
-            "CustomerMetadataProperties": {"training_job": "smv-1", "val_macro_f1": "0.875000"},
+            "CustomerMetadataProperties": {
+                "training_job": "smv-1",
+                "val_macro_f1": "0.875000",
+                # the dataset version and its check summary, from metrics.json's "data"
+                "dataset_fingerprint": "5" * 64,
+                "dataset_format": "train=groundtruth,validation=groundtruth",
+                "dataset_images": "train=900,validation=100",
+                "dataset_problems": "3",
+                "dataset_unreadable": "1",
+                "dataset_duplicates": "2",
+                "dataset_leakage": "3",
+            },
         },
     )
     result = cmd_register(args, session=session)
@@ -199,7 +216,7 @@ def test_register_into_an_existing_group_approved_with_other_instance_types(sess
             "InferenceSpecification": {
                 "Containers": [{"Image": IMAGE, "ModelDataUrl": MODEL_DATA}],
                 "SupportedContentTypes": ANY,
-                "SupportedResponseMIMETypes": ["application/json"],
+                "SupportedResponseMIMETypes": ["application/json", "application/jsonlines"],
                 "SupportedRealtimeInferenceInstanceTypes": ["ml.g5.xlarge"],
                 "SupportedTransformInstanceTypes": ["ml.c5.xlarge"],
             },

@@ -9,7 +9,8 @@ checked is the behaviour the issue asks for, not accuracy:
 - SIGTERM mid-run (alone and through the in-image launcher) checkpoints, exits 143 with
   a stop message, and the restarted container resumes and finishes; SIGTERM on one
   host of two stops every rank at the same step;
-- a truncated newest checkpoint is skipped with a warning;
+- a truncated newest checkpoint, and a newer one whose state dict does not fit the
+  model, are skipped with a warning;
 - a dead or frozen peer fails the job within a bound, with a failure file naming it;
 - torchrun as the outer launcher starts the trainer once per process; a worker killed
   once with max_restarts=1 restarts from the last checkpoint and finishes.
@@ -162,14 +163,15 @@ IN_IMAGE_EVALUATION = r"""
 import json, sys, torch
 from pathlib import Path
 from train import data, metrics
+from train.formats import imagefolder
 from vision import models, presets
 from vision.artifact import ModelSpec
 spec = ModelSpec.load(Path("/opt/ml/model"))
 model = models.build_model(spec.arch, spec.num_classes)
 model.load_state_dict(torch.load("/opt/ml/model/model.pt", map_location="cpu", weights_only=True))
 model.eval()
-_, samples, _ = data.scan_image_folder(Path(sys.argv[1]), list(spec.classes))
-dataset = data.ImageSamples(samples, presets.eval_transform(spec.image_size, spec.resize_size, spec.mean, spec.std, spec.interpolation))
+samples = [(s.source, spec.classes.index(s.labels[0])) for s in imagefolder.read(Path(sys.argv[1]))]
+dataset = data.ImageSamples(samples, presets.eval_transform_for(spec))
 confusion = torch.zeros((spec.num_classes, spec.num_classes), dtype=torch.int64)
 with torch.inference_mode():
     for start in range(0, len(dataset), 8):
@@ -298,16 +300,40 @@ def test_sigterm_on_one_host_stops_every_rank_at_the_same_step(image, containers
     assert follower_failure.startswith("stopped by a signal on host algo-2"), follower_failure
 
 
-def test_truncated_newest_checkpoint_is_skipped(image, containers, tmp_path, small_shapes):
+# A checkpoint of this run's arch and classes whose classifier head has another shape:
+# it reads as plain data and passes the arch and class checks, and only loading it
+# into the model can tell.
+MISFIT = """
+import sys, torch
+good, out = sys.argv[1:]
+snapshot = torch.load(good, weights_only=True)
+head = next(name for name in snapshot["model"] if name.endswith("fc.weight"))
+snapshot["model"][head] = torch.zeros(snapshot["model"][head].shape[0], 7)
+torch.save(snapshot, out)
+"""
+
+
+def test_unusable_newer_checkpoints_are_skipped(image, containers, tmp_path, small_shapes):
+    """A truncated newest checkpoint, and a newer one whose state dict does not fit the
+    model (which every restart used to choose, and fail on), both lose to the older good one."""
     root = sagemaker_root(tmp_path, small_shapes, dict(BASE_HYPERPARAMETERS, epochs="1", checkpoint_every_steps="0"))
     train_to_completion(containers, image, root)
     assert checkpoints(root) == [(1, 0)]
     good = root / "checkpoints/checkpoint-e0001-s00000000.pt"
     # What an interrupted S3 sync leaves: the start of a real checkpoint, under a newer name.
-    newest = root / "checkpoints/checkpoint-e0002-s00000000.pt"
-    newest.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    truncated = root / "checkpoints/checkpoint-e0002-s00000000.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 3])
+    misfit = containers.run(
+        image,
+        ["python", "-c", MISFIT, "/opt/ml/checkpoints/checkpoint-e0001-s00000000.pt", "/opt/ml/checkpoints/checkpoint-e0003-s00000000.pt"],
+        volumes=mount(root),
+    )
+    assert wait_exit(misfit, 120)[0] == 0
 
     logs = train_to_completion(containers, image, root, ["--epochs", "2"])
+    assert re.search(
+        r"WARNING .*skipping checkpoint /opt/ml/checkpoints/checkpoint-e0003-s00000000\.pt: it does not load into this run", logs
+    ), logs
     assert re.search(r"WARNING .*skipping unreadable checkpoint /opt/ml/checkpoints/checkpoint-e0002-s00000000\.pt", logs), logs
     assert "resumed at epoch 2 step 0 from /opt/ml/checkpoints/checkpoint-e0001-s00000000.pt" in logs, logs
     assert [row["epoch"] for row in read_metrics(root)["epochs"]] == [1, 2]

@@ -28,6 +28,7 @@ ARTIFACTS = (
     "baseline.json",
     "classification_report.txt",
     "confusion_matrix.png",
+    "data_check.json",
     "learning_curves.png",
     "metrics.json",
     "model_spec.json",
@@ -121,7 +122,13 @@ def test_mlflow_run_has_params_history_and_artifacts(containers, image, shapes_d
     assert client.get_experiment(run.info.experiment_id).name == "shapes-ci"
     params = run.data.params
     assert (params["epochs"], params["batch_size"], params["image_size"], params["arch"]) == ("2", "16", "32", "resnet18")
-    assert set(params) == set(report["config"])  # every resolved hyperparameter
+    # every resolved hyperparameter, and the data check's summary beside them
+    assert {name for name in params if not name.startswith("data.")} == set(report["config"])
+    fingerprint = report["data"]["fingerprint"]
+    assert params["data.fingerprint"] == fingerprint and run.data.tags["dataset_fingerprint"] == fingerprint
+    assert params["data.images.train"] == str(report["data"]["train_images"]) and params["data.leakage"] == str(
+        report["data"]["check"]["leakage"]
+    )
     for name in EPOCH_METRICS:
         history = sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)
         assert [m.step for m in history] == [1, 2], name

@@ -13,6 +13,7 @@ import stat
 import struct
 import tarfile
 import time
+import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,9 +22,10 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.support import bombs
 from tests.support.bombs import blank_png
-from tests.support.containers import Containers, host_port, wait_ping
-from tests.support.endpoint import model_root, post, start_loopback_helper, start_server
+from tests.support.containers import Containers, host_port, mount, wait_ping
+from tests.support.endpoint import model_root, post, script_model_root, start_loopback_helper, start_server
 from tests.support.payloads import jpeg_bytes, npy_bytes, png_bytes
 
 RED = Image.new("RGB", (80, 60), (200, 30, 30))
@@ -199,9 +201,16 @@ def _fuzz_cases(seed: int, count: int):
     seeds = {
         "image/png": png,
         "image/jpeg": jpeg,
+        "image/pjpeg": bombs.progressive_jpeg((80, 60)),  # decoded in the decode pool's processes
+        "image/x-icon": bombs.ico_bomb(600),  # refused by format, before Pillow's ICO plugin reads it
         "application/x-npy": npy_bytes(np.asarray(RED)),
         "application/json": json.dumps({"image": base64.b64encode(png).decode()}).encode(),
     }
+    crafted = [
+        ("image/jpeg", bombs.scan_bomb(300)),  # over the 100-scan cap: 413 from its markers
+        ("image/jpeg", bombs.scan_bomb(60, (256, 256))),  # under it: a real multi-scan decode in the pool
+        ("image/x-icns", b"icns" + struct.pack(">I", 64) + b"ic08" + struct.pack(">I", 56) + blank_png(4000, 4000)[:48]),
+    ]
     odd_json = [
         b"[" * 50_000,
         b'{"instances": {"a": 1}}',
@@ -219,6 +228,8 @@ def _fuzz_cases(seed: int, count: int):
         if kind < 0.55:
             ctype = rng.choice(list(seeds))
             yield ctype, _mutate(rng, seeds[ctype])
+        elif kind < 0.62:
+            yield rng.choice(crafted)
         elif kind < 0.7:
             yield (
                 rng.choice(["image/png", "application/octet-stream"]),
@@ -278,6 +289,90 @@ def test_fuzz_decode_paths(server):
     assert _peak_memory(container) < 3 * 1024**3
     response = post(base, png_bytes(RED), "image/png")
     assert response.status_code == 200 and response.json()["predicted_label"]
+
+
+# --- fuzz over a user model's tensor payloads (.npy, .npz members, CSV, JSON) ----------------
+
+IDENTITY_MODEL = "import torch\n\ndef model_fn(model_dir):\n    return torch.nn.Identity()\n"
+
+
+@pytest.fixture(scope="module")
+def tensor_server(image, docker_client, tmp_path_factory):
+    """A user's model with only a model_fn: requests take the default tensor input path."""
+    handle = Containers(docker_client)
+    try:
+        root = script_model_root(tmp_path_factory.mktemp("tensors"), IDENTITY_MODEL)
+        container = handle.run(image, ["serve"], volumes=mount(root), ports={"8080/tcp": None}, mem_limit="3g")
+        base = f"http://127.0.0.1:{host_port(container)}"
+        wait_ping(base, container)
+        yield base, container
+    finally:
+        handle.cleanup()
+
+
+def _npz(arrays: dict, compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    return bombs.npz({f"{name}.npy": npy_bytes(array) for name, array in arrays.items()}, compression)
+
+
+def _tensor_cases(seed: int, count: int):
+    rng = random.Random(seed)
+    numbers = np.random.default_rng(seed).random((8, 5)).astype(np.float32)
+    seeds = {
+        "application/x-npz": _npz({"x": numbers}),
+        "application/x-npy": npy_bytes(numbers),
+        "text/csv": "\n".join(",".join(f"{v:.3f}" for v in row) for row in numbers).encode(),
+        "application/json": json.dumps(numbers.tolist()).encode(),
+    }
+    crafted = [
+        ("application/x-npz", bombs.bzip2_npz_bomb(64 << 20)),
+        ("application/x-npz", bombs.npz({"x.npy": npy_bytes(numbers)}, zipfile.ZIP_LZMA)),
+        ("application/x-npz", bombs.deflate_npz_overrun(16, 32 << 20)),
+        ("application/x-npz", _npz({"a": numbers, "b": numbers})),
+        ("application/x-npz", _npz({"x": np.zeros((0, 3), np.float32)})),
+        ("application/x-npz", bombs.npz({"x.npy": bombs.npy_header((2**40,))})),
+        ("application/x-npz", bombs.npz({"x.npy": bombs.npy_header((4,), "|O") + b"\x80" * 32})),
+        ("text/csv", b"1,2\n3\n"),
+        ("text/csv", ("1," * 400_000 + "1\n").encode()),
+        ("text/csv", b"nan,inf,-1e999\n1e999,2,3\n"),
+        ("text/csv", "\u00b2,\u0663\n".encode()),
+        ("application/json", b"[" * 20_000 + b"]" * 20_000),
+        ("application/json", b"[[1, 2], [3]]"),
+    ]
+    for _ in range(count):
+        kind = rng.random()
+        if kind < 0.6:
+            ctype = rng.choice(list(seeds))
+            yield ctype, _mutate(rng, seeds[ctype])
+        elif kind < 0.85:
+            yield rng.choice(crafted)
+        else:
+            yield rng.choice(list(seeds)), rng.randbytes(rng.randint(0, 2048))
+
+
+def test_fuzz_tensor_payloads(tensor_server):
+    base, container = tensor_server
+    failures = []
+
+    def one(case):
+        ctype, body = case
+        try:
+            response = requests.post(base + "/invocations", data=body, headers={"Content-Type": ctype}, timeout=30)
+        except requests.RequestException as err:
+            return ctype, body[:60], f"no answer: {type(err).__name__}"
+        if not (200 <= response.status_code < 300 or 400 <= response.status_code < 500):
+            return ctype, body[:60], f"status {response.status_code}: {response.text[:200]}"
+        if "Traceback" in response.text or 'File "' in response.text:
+            return ctype, body[:60], f"traceback in body: {response.text[:200]}"
+        return None
+
+    cases = list(_tensor_cases(seed=22, count=160))
+    with ThreadPoolExecutor(4) as pool:
+        for offset in range(0, len(cases), 20):
+            failures += [f for f in pool.map(one, cases[offset : offset + 20]) if f]
+            assert requests.get(base + "/ping", timeout=10).status_code == 200, failures
+    assert failures == []
+    assert _peak_memory(container) < 2 * 1024**3
+    assert requests.post(base + "/invocations", json=[[1, 2]], timeout=30).json() == [[1.0, 2.0]]
 
 
 # --- 3, 11: the micro-batcher and back-pressure ---------------------------------------------

@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from tests.support.containers import opt_ml, wait_exit, wait_ping
+from tests.support.containers import mount, opt_ml, wait_exit, wait_ping
 from tests.support.endpoint import CLASSES, IMG, assert_prediction, model_root, post, start_server, until_ok
 from tests.support.payloads import png_bytes
 
@@ -129,3 +129,90 @@ def test_mms_backend_honours_the_model_extract_cap(containers, image, model_stor
     except requests.Timeout:
         status = None  # MMS holds the request while it restarts the worker that failed
     assert status != 200
+
+
+def scratch_bytes(container) -> int:
+    """Bytes of model files extracted under the scratch dir (SM_VISION_SCRATCH_DIR)."""
+    script = "import os; print(sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk('/tmp/sm-vision-models') for f in fs))"
+    return int(container.exec_run(["python", "-c", script]).output.decode().strip() or 0)
+
+
+def model_series(base: str) -> list[str]:
+    """The /metrics lines labelled with a model name."""
+    text = requests.get(base + "/metrics", timeout=10).text
+    return [line for line in text.splitlines() if 'model="m' in line and not line.startswith("#")]
+
+
+def test_mme_unload_and_eviction_leave_no_files_or_metric_series(containers, image, model_store, tmp_path):
+    """Each model.tar.gz is extracted for its model; a model unloaded or evicted used to
+    leave that copy (~45 MB here) and all its metric series behind: 20 cycles left
+    855 MB and 321 series."""
+    root = opt_ml(tmp_path)
+    archive = root / "models" / "m" / "model" / "model.tar.gz"
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in (model_store / "r18").iterdir():
+            tar.add(path, arcname=path.name)
+    for folder in (root / "models", root / "models" / "m", archive.parent):
+        folder.chmod(0o755)
+    archive.chmod(0o644)
+    # Room for one resnet18 (~45 MB): each load evicts the model before it.
+    container, base = start_server(containers, image, root, env={"SAGEMAKER_MULTI_MODEL": "true", "SM_VISION_MME_MEMORY_MB": "70"})
+    wait_ping(base, container)
+    names = [f"m{i}" for i in range(4)]
+    for name in names:
+        assert load(base, name, "/opt/ml/models/m/model").status_code == 200
+        assert post(base, png_bytes(IMG), "image/png", path=f"/models/{name}/invoke").status_code == 200
+        assert 0 < scratch_bytes(container) < 60 << 20  # this model's copy only
+        assert model_series(base)
+    assert container.logs().decode().count("unloaded least recently used model") == len(names) - 1
+    assert requests.delete(base + f"/models/{names[-1]}", timeout=30).status_code == 200
+    assert scratch_bytes(container) == 0
+    assert model_series(base) == []
+
+
+def in_container_get(container, url: str, method: str = "GET") -> int | str:
+    """The status of a request made from inside the container (its loopback), or the error."""
+    script = (
+        "import sys, urllib.request, urllib.error\n"
+        "try:\n"
+        f"    print(urllib.request.urlopen(urllib.request.Request({url!r}, method={method!r}), timeout=5).status)\n"
+        "except urllib.error.HTTPError as err:\n"
+        "    print(err.code)\n"
+        "except Exception as err:\n"
+        "    print(type(err).__name__)\n"
+    )
+    output = container.exec_run(["python", "-c", script]).output.decode().strip()
+    return int(output) if output.isdigit() else output
+
+
+def test_mms_listens_where_it_is_told_and_keeps_its_management_api_local(containers, image, model_store, tmp_path):
+    """MMS's management API (which loads a model from any URL, its handler then run
+    in the container) used to listen on 0.0.0.0:8080, and SM_VISION_BIND_HOST was ignored."""
+    root = model_root(tmp_path, model_store)
+    env = {"SM_VISION_SERVE_BACKEND": "mms", "SM_VISION_BIND_HOST": "127.0.0.1", "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
+    container, base = start_server(containers, image, root, env=env)
+    deadline = time.monotonic() + 180
+    while in_container_get(container, "http://127.0.0.1:8080/ping") != 200:
+        assert time.monotonic() < deadline, container.logs().decode(errors="replace")[-3000:]
+        time.sleep(2)
+    try:
+        reached = requests.get(base + "/ping", timeout=5).status_code
+    except requests.ConnectionError:
+        reached = None
+    assert reached is None, "MMS answered on the container's external address"
+    assert in_container_get(container, "http://127.0.0.1:8080/models") == 404  # the inference API only
+    loaded = in_container_get(container, "http://127.0.0.1:8080/models?url=http://127.0.0.1:9/evil.mar", "POST")
+    assert loaded in (404, 405), loaded
+    properties = container.exec_run(["cat", "/tmp/sm-vision-models/mms.properties"]).output.decode()
+    management = next(line.split("=", 1)[1] for line in properties.splitlines() if line.startswith("management_address="))
+    assert management.startswith("http://127.0.0.1:") and not management.endswith(":8080"), properties
+    assert in_container_get(container, management + "/models") == 200  # where it is, it works
+
+
+def test_mms_backend_refuses_multi_model_endpoints(containers, image, tmp_path):
+    root = opt_ml(tmp_path)
+    (root / "models").mkdir()
+    container = containers.run(image, ["serve", "--backend", "mms"], volumes=mount(root), environment={"SAGEMAKER_MULTI_MODEL": "true"})
+    code, logs = wait_exit(container, timeout=120)
+    assert code == 2 and "use the default backend" in logs, logs

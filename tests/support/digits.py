@@ -168,15 +168,17 @@ def write_manifest(path: Path, lines: list[dict]) -> None:
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
 
 
-def augmented_stream(digits: list[Digit], attribute_names=("source-ref", "class"), multi_label: bool = False) -> bytes:
+def augmented_stream(digits: list[Digit], attribute_names=("source-ref", "class"), multi_label: bool = False, undecodable=()) -> bytes:
     """What SageMaker streams for an AugmentedManifestFile channel with
     RecordWrapperType=RecordIO: per manifest line, each attribute of AttributeNames in
-    order as one record; "-ref" attributes as the object's bytes, the others as JSON text."""
+    order as one record; "-ref" attributes as the object's bytes, the others as JSON text.
+    The images at the positions in `undecodable` are bytes no decoder reads."""
     out = io.BytesIO()
-    for digit in digits:
+    for position, digit in enumerate(digits):
         line = ground_truth_line(digit, f"s3://bucket/digits/{digit.index:04d}.png", "class", multi_label)
         for name in attribute_names:
-            data = digit.png() if name.endswith("-ref") else json.dumps(line[name]).encode()
+            image = b"not a PNG %d" % position if position in undecodable else digit.png()
+            data = image if name.endswith("-ref") else json.dumps(line[name]).encode()
             recordio_writer.write_record(out, data)
     return out.getvalue()
 

@@ -28,6 +28,19 @@ def model_root(tmp_path: Path, store: Path, name: str = "r18") -> Path:
     return root
 
 
+def script_model_root(tmp_path: Path, source: str) -> Path:
+    """An /opt/ml tree whose model is a user's script alone (model/code/inference.py
+    holding `source`), readable by the unprivileged user `serve` runs as."""
+    root = opt_ml(tmp_path)
+    code = root / "model" / "code"
+    code.mkdir(parents=True)
+    (code / "inference.py").write_text(source)
+    for path in (root / "model", code):
+        path.chmod(0o755)
+    (code / "inference.py").chmod(0o644)
+    return root
+
+
 def start_server(containers, image, root: Path, env: dict | None = None, command=("serve",), port="8080/tcp"):
     container = containers.run(image, list(command), volumes=mount(root), environment=env or {}, ports={port: None})
     base = f"http://127.0.0.1:{host_port(container, port)}"
@@ -69,8 +82,10 @@ def assert_prediction(result: dict, classes=CLASSES, k=3):
 
 
 # A loopback-only HTTP server run inside the server's container (allow-list it with
-# SM_VISION_URL_ALLOW=127.0.0.1:9000): an image to fetch, a body dripping a byte every
-# 0.1 s, and redirects to addresses the URL guard must refuse.
+# SM_VISION_URL_ALLOW=127.0.0.1:9000): an image to fetch, the same image after 1.5 s
+# (a request of many only ends at its deadline), one whose Content-Length is not a
+# number, a body dripping a byte every 0.1 s, and redirects to addresses the URL guard
+# must refuse.
 LOOPBACK_HELPER = r"""
 import io, time, http.server
 from PIL import Image
@@ -81,9 +96,13 @@ REDIRECTS = {"/redirect-metadata": "http://169.254.169.254/latest/meta-data/",
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        if self.path == "/img.png":
+        if self.path == "/slow.png":
+            time.sleep(1.5)
+        if self.path in ("/img.png", "/slow.png"):
             self.send_response(200); self.send_header("Content-Type", "image/png")
             self.send_header("Content-Length", str(len(PNG))); self.end_headers(); self.wfile.write(PNG)
+        elif self.path == "/odd-length":
+            self.send_response(200); self.send_header("Content-Length", "\u00b2"); self.end_headers(); self.wfile.write(PNG)
         elif self.path == "/drip":
             self.send_response(200); self.send_header("Content-Length", "600"); self.end_headers()
             for _ in range(600):

@@ -213,3 +213,12 @@ def test_json_tensor():
     assert arrays.json_tensor([], LIMITS) is None
     with pytest.raises(errors.Unprocessable, match="rectangular"):
         arrays.json_tensor([[1, 2], [3]], LIMITS)
+
+
+def test_corrupt_deflate_data_is_a_400():
+    """zlib.error is not an OSError: a flipped byte in a deflated member was a 500 (fuzz)."""
+    body = bytearray(bombs.npz({"x.npy": npy_bytes(np.arange(64, dtype=np.float32))}, zipfile.ZIP_DEFLATED))
+    start = 30 + len("x.npy")  # the local header, then the deflate stream
+    body[start + 2 : start + 6] = b"\xff\xff\xff\xff"
+    with pytest.raises(errors.BadInput, match="not an .npz"):
+        arrays.load_npz(bytes(body), arrays.ArrayLimits())

@@ -1,11 +1,13 @@
 """Checkpoints are plain data, loaded with weights_only=True; resume takes the newest one
-that loads and belongs to this run (architecture and class list)."""
+that loads, belongs to this run (architecture and class list) and loads into its model."""
 
 import logging
+from types import SimpleNamespace
 
 import torch
 
-from train.checkpoint import list_checkpoints, load_latest, write_snapshot
+from train.checkpoint import list_checkpoints, load_latest, resume, write_snapshot
+from train.state import Progress
 
 CLASSES = ["cat", "dog"]
 
@@ -84,3 +86,59 @@ def test_pruning_never_counts_another_runs_newer_checkpoints(tmp_path):
     names = [p.name for p in list_checkpoints(tmp_path)]
     assert names == [f"checkpoint-e000{e}-s00000000.pt" for e in (8, 7, 3, 2)]
     assert load_latest(tmp_path, "resnet18", CLASSES)["model"]["w"].item() == 3
+
+
+# --- resume loads a candidate into the run before choosing it (issue 22) ------------------
+
+
+def run_state(directory, inputs: int = 4):
+    """What resume reads and fills: a small model with its optimizer, scheduler and scaler."""
+    model = torch.nn.Linear(inputs, len(CLASSES))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    return SimpleNamespace(
+        process=SimpleNamespace(is_main=True, distributed=False),
+        model_without_ddp=model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.StepLR(optimizer, 1),
+        scaler=torch.amp.GradScaler("cpu", enabled=False),
+        config=SimpleNamespace(arch="resnet18"),
+        classes=CLASSES,
+        checkpoint_dir=directory,
+        progress=Progress(),
+    )
+
+
+def save_run(run, directory, epoch: int, fill: float) -> None:
+    torch.nn.init.constant_(run.model_without_ddp.weight, fill)
+    snapshot = {
+        "arch": "resnet18",
+        "classes": CLASSES,
+        "model": run.model_without_ddp.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "progress": Progress(epoch=epoch).to_dict(),
+    }
+    write_snapshot(snapshot, directory, epoch, 0, keep=5)
+
+
+def test_a_newer_checkpoint_that_does_not_fit_loses_to_an_older_one_that_does(tmp_path, caplog):
+    save_run(run_state(tmp_path), tmp_path, epoch=1, fill=1.0)
+    save_run(run_state(tmp_path, inputs=8), tmp_path, epoch=2, fill=2.0)  # same arch and classes, other parameters
+    run = run_state(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        resume(run)
+    assert run.progress.epoch == 1 and torch.all(run.model_without_ddp.weight == 1.0)
+    assert "checkpoint-e0002-s00000000.pt: it does not load into this run" in caplog.text
+
+
+def test_a_candidate_that_loads_half_way_is_undone(tmp_path):
+    """load_state_dict copies the parameters that fit before it raises: with no candidate
+    left the run starts from its own weights, not half of a foreign checkpoint's."""
+    other = run_state(tmp_path)
+    other.model_without_ddp.bias = torch.nn.Parameter(torch.zeros(5))  # the weight fits, the bias does not
+    save_run(other, tmp_path, epoch=3, fill=7.0)
+    run = run_state(tmp_path)
+    before = run.model_without_ddp.weight.detach().clone()
+    resume(run)
+    assert run.progress.epoch == 0 and torch.equal(run.model_without_ddp.weight, before)

@@ -18,7 +18,8 @@ from serve import codec, errors
 from tests.support.bombs import npy_header
 from tests.support.payloads import image_bytes as encoded
 from tests.support.payloads import npy_bytes as npy
-from train import data
+from train import check_data, data
+from train.formats import imagefolder
 from vision import images
 from vision.presets import eval_transform
 
@@ -121,13 +122,15 @@ def test_training_and_serving_see_the_same_pixels(tmp_path, body):
     assert torch.equal(trained, served)
 
 
-def test_training_scan_reports_extreme_aspect_ratios(tmp_path):
+def test_training_check_reports_extreme_aspect_ratios(tmp_path):
+    """The decoder's header limits are the training check's too: such an image is reported
+    unreadable before training, not met mid-epoch."""
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "ok.png").write_bytes(encoded(Image.new("RGB", (10, 10))))
     (tmp_path / "a" / "thin.png").write_bytes(THIN)
-    _, samples, report = data.scan_image_folder(tmp_path)
-    assert [p.rsplit("/", 1)[-1] for p, _ in samples] == ["ok.png"]
-    assert report.bad == [str(tmp_path / "a" / "thin.png")]
+    report = check_data.check({"train": imagefolder.read(tmp_path)}, min_side=1)
+    assert report.splits["train"].unreadable_keys == {"a/thin.png"}
+    assert "aspect ratio" in report.splits["train"].unreadable.examples[0]["reason"]
 
 
 def test_pixel_limit_names_the_limit():

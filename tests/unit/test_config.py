@@ -67,3 +67,35 @@ def test_every_field_has_a_flag_with_help():
     help_text = get_args_parser().format_help()
     for name in TrainConfig.__dataclass_fields__:
         assert "--" + name.replace("_", "-") in help_text
+
+
+def test_data_format_settings_become_format_options():
+    config = resolve_config({"data-format": "groundtruth", "label_attribute": "species", "attribute_names": "source-ref, species"}, [])
+    options = config.format_options()
+    assert (options.data_format, options.label_attribute, options.attribute_names) == ("groundtruth", "species", ("source-ref", "species"))
+    assert resolve_config({}, []).format_options().attribute_names == ()
+    with pytest.raises(ConfigError, match="invalid choice: 'coco'"):
+        resolve_config({"data_format": "coco"}, [])
+    with pytest.raises(ConfigError, match="invalid choice: 'one-hot'"):
+        resolve_config({"label_format": "one-hot"}, [])
+    with pytest.raises(ConfigError, match="attribute_names=' , ': name the channel's AttributeNames"):
+        resolve_config({"attribute_names": " , "}, [])
+
+
+@pytest.mark.parametrize("text, expected", [("auto", "auto"), ("True", "true"), ("0", "false"), ("no", "false")])
+def test_multi_label_is_auto_or_a_boolean(text, expected):
+    assert resolve_config({"multi_label": text}, []).multi_label == expected
+
+
+def test_multi_label_refuses_other_words():
+    with pytest.raises(ConfigError, match="multi_label|multi-label"):
+        resolve_config({"multi_label": "perhaps"}, [])
+
+
+def test_image_size_and_num_classes_are_optional_but_positive():
+    config = resolve_config({}, [])
+    assert config.image_size is None and config.num_classes is None and config.check_data is True
+    assert resolve_config({"image_size": "64", "num_classes": "12"}, []).num_classes == 12
+    for name in ("image_size", "num_classes"):
+        with pytest.raises(ConfigError, match=f"{name}=0: must be > 0"):
+            resolve_config({name: "0"}, [])

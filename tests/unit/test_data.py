@@ -1,66 +1,6 @@
-from pathlib import Path
-
-import pytest
 from PIL import Image
 
-from container import Channel, ConfigError
 from train import data
-from train.synthetic import make_shapes
-
-
-def channel(root: Path, name: str) -> Channel:
-    (root / name).mkdir(parents=True, exist_ok=True)
-    return Channel(name, root / name)
-
-
-def test_training_channel_with_split_folders(tmp_path):
-    root = channel(tmp_path, "training").path
-    for split in ("train", "validation", "test"):
-        (root / split).mkdir()
-    splits = data.find_split_dirs({"training": Channel("training", root)})
-    assert (splits.train.name, splits.valid.name, splits.test.name) == ("train", "validation", "test")
-
-
-def test_separate_channels_as_sagemaker_users_name_them(tmp_path):
-    channels = {name: channel(tmp_path, name) for name in ("train", "valid", "test")}
-    splits = data.find_split_dirs(channels)
-    assert splits == data.SplitDirs(tmp_path / "train", tmp_path / "valid", tmp_path / "test")
-
-
-def test_plain_class_tree_is_split_later(tmp_path):
-    root = channel(tmp_path, "training").path
-    (root / "cat").mkdir()
-    splits = data.find_split_dirs({"training": Channel("training", root)})
-    assert splits == data.SplitDirs(root, None, None)
-
-
-def test_missing_channel_lists_what_exists(tmp_path):
-    with pytest.raises(ConfigError, match="no training data.*channels found: other"):
-        data.find_split_dirs({"other": channel(tmp_path, "other")})
-
-
-def test_scan_skips_unreadable_files_and_orders_classes(tmp_path):
-    make_shapes(tmp_path, {"train": 3}, size=16)
-    root = tmp_path / "train"
-    (root / "red_circle" / "broken.jpg").write_bytes(b"not an image")
-    (root / "red_circle" / "notes.txt").write_text("hello")
-    classes, samples, report = data.scan_image_folder(root)
-    assert classes == ["blue_triangle", "green_square", "red_circle"]
-    assert len(samples) == 9
-    assert sorted(Path(p).name for p in report.bad) == ["broken.jpg", "notes.txt"]
-
-
-def test_empty_class_folder_is_an_error_naming_it(tmp_path):
-    make_shapes(tmp_path, {"train": 2}, size=16)
-    (tmp_path / "train" / "empty_class").mkdir()
-    with pytest.raises(ConfigError, match="empty_class contains no readable images"):
-        data.scan_image_folder(tmp_path / "train")
-
-
-def test_validation_classes_must_exist_in_training(tmp_path):
-    make_shapes(tmp_path, {"valid": 2}, size=16)
-    with pytest.raises(ConfigError, match="classes the training split lacks"):
-        data.scan_image_folder(tmp_path / "valid", ["red_circle"])
 
 
 def test_holdout_split_is_deterministic_and_stratified():

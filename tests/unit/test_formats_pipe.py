@@ -19,7 +19,8 @@ from container import Channel
 from tests.support import digits as digits_data
 from tests.support import recordio_writer
 from train.formats import BadImages, DataFormatError, FormatOptions, MultiHot, Targets, TooManyBadImages, census, pipe, plan
-from train.formats.pipe import PipeReader, PipeTimeout, PipeTopology, StreamSamples
+from train.formats.pipe import PipeReader, PipeTimeout, PipeTopology
+from train.formats.pipe_dataset import StreamSamples
 
 TIMEOUT_S = 30.0
 

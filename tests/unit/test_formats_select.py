@@ -103,3 +103,18 @@ def test_content_type_parameters():
     assert parse_content_type(None) == ("", {})
     with pytest.raises(ConfigError, match="label_format='one-hot'"):
         plan({"train": Channel("train", "/nonexistent", content_type="application/x-recordio;label-format=one-hot", input_mode="Pipe")})
+
+
+def test_separate_channels_as_sagemaker_users_name_them_and_a_plain_class_tree(tmp_path):
+    digits = digits_data.load(6)
+    for name in ("train", "valid", "test"):
+        digits_data.write_image_folder(tmp_path / name, digits)
+    data = plan({name: Channel(name, tmp_path / name) for name in ("train", "valid", "test")})
+    assert [(split, source.root.name) for split, source in data.splits().items()] == [
+        ("train", "train"),
+        ("validation", "valid"),
+        ("test", "test"),
+    ]
+    digits_data.write_image_folder(tmp_path / "training", digits)
+    tree = plan({"training": Channel("training", tmp_path / "training")})
+    assert (tree.train.root, tree.validation, tree.test) == (tmp_path / "training", None, None)  # validation held out later

@@ -40,19 +40,26 @@ def test_no_submit_directory_and_no_code_is_a_config_error(train, sm_paths):
     assert "sagemaker_submit_directory" in failure and "source_dir" in failure
 
 
-def test_missing_config_files_are_written_for_one_host_and_folder_channels(sm_paths):
+def test_missing_config_files_are_written_for_one_host_and_each_channel_in_its_input_mode(sm_paths):
     for channel in ("train", "test"):
         (sm_paths.data_dir / channel).mkdir()
+    os.mkfifo(sm_paths.data_dir / "validation_0")  # a Pipe-mode channel's first pass, as SageMaker lays it out
+    (sm_paths.data_dir / "notes_1").write_text("a file, not a FIFO: no channel")
     script_mode._complete_config(sm_paths)
     resource = json.loads(sm_paths.resource_config_file.read_text())
     assert resource == {"current_host": socket.gethostname(), "hosts": [socket.gethostname()]}
     channels = json.loads(sm_paths.input_data_config_file.read_text())
-    assert channels == {"test": {"TrainingInputMode": "File"}, "train": {"TrainingInputMode": "File"}}
+    assert channels == {
+        "test": {"TrainingInputMode": "File"},
+        "train": {"TrainingInputMode": "File"},
+        "validation": {"TrainingInputMode": "Pipe"},
+    }
 
 
 def test_existing_config_files_are_left_alone(sm_paths):
+    """A job's own inputdataconfig.json (here a Pipe-mode channel) reaches the script as declared."""
     sm_paths.resource_config_file.write_text(json.dumps({"current_host": "algo-2", "hosts": ["algo-1", "algo-2"]}))
-    sm_paths.input_data_config_file.write_text(json.dumps({"training": {}}))
+    sm_paths.input_data_config_file.write_text(json.dumps({"training": {"TrainingInputMode": "Pipe", "RecordWrapperType": "RecordIO"}}))
     before = (sm_paths.resource_config_file.read_text(), sm_paths.input_data_config_file.read_text())
     script_mode._complete_config(sm_paths)
     assert (sm_paths.resource_config_file.read_text(), sm_paths.input_data_config_file.read_text()) == before

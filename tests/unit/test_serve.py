@@ -239,3 +239,37 @@ def test_app_timeout_and_user_hook_error(model_dir, serve_app):
         assert status == 500 and json.loads(out) == {"error": "internal error: ValueError: only one image, please"}
 
     asyncio.run(with_lifespan(app, body))
+
+
+def test_answer_shapes_ours_multi_label_and_the_built_in_algorithms():
+    probs = torch.tensor([[0.9, 0.2, 0.6]])
+    classes, decoded = ("cat", "dog", "outdoor"), codec.Decoded(probs, batch=False)
+    multi = json.loads(codec.encode(probs, classes, 2, decoded, thresholds=(0.5, 0.1, 0.7)))
+    assert multi["predicted_labels"] == ["cat", "dog"]  # at or above each class's own threshold, most probable first
+    assert multi["thresholds"] == {"cat": 0.5, "dog": 0.1, "outdoor": 0.7}
+    assert [entry["label"] for entry in multi["top_k"]] == ["cat", "outdoor"]
+    builtin = json.loads(codec.encode(probs, classes, 2, decoded, shape="prediction"))
+    assert builtin == {"prediction": pytest.approx([0.9, 0.2, 0.6])}
+    lines = codec.encode(torch.cat([probs, probs]), classes, 2, codec.Decoded(probs, batch=True, lines=True), shape="prediction")
+    assert lines.decode().splitlines() == [json.dumps({"prediction": torch.tensor([0.9, 0.2, 0.6]).tolist()})] * 2
+
+
+@pytest.mark.parametrize(
+    "accept, expected",
+    [
+        (None, "labels"),
+        ("application/json", "labels"),
+        ("application/json; shape=prediction", "prediction"),
+        ('application/jsonlines;shape="Prediction"', "prediction"),
+        ("text/html, application/json; q=0.9; shape=labels", "labels"),
+    ],
+)
+def test_the_answer_shape_comes_from_accept_else_the_setting(accept, expected):
+    assert codec.response_shape(accept, "labels") == expected
+    assert codec.response_shape("application/json", "prediction") == "prediction"
+
+
+def test_an_unknown_shape_is_not_acceptable():
+    with pytest.raises(errors.NotAcceptable, match="shape='scores' is not one of labels, prediction"):
+        codec.response_shape("application/json; shape=scores", "labels")
+    assert codec.wants_json_lines("application/jsonlines") and not codec.wants_json_lines("application/json")

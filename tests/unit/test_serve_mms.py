@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import tarfile
 
 import pytest
 import torch
 
-from container import ConfigError
+from container import ConfigError, ServeConfig
 from serve import mms
 from tests.support.payloads import png_bytes
 
@@ -120,3 +121,35 @@ def test_batch_transform_records_run_a_chunk_at_a_time(environ, worker, model_di
     context = FakeContext(model_dir, {"Content-Type": "application/jsonlines"})
     (out,) = served.answer({"body": ("\n".join([record] * 5) + "\n").encode()}, context)
     assert context.status is None and len(out.decode().splitlines()) == 5
+
+
+def test_mms_is_configured_from_serve_config_alone():
+    """The inference API where our server would listen; the management API (which loads
+    models from any URL) on the loopback only, on a port MMS accepts (below 32767)."""
+    config = ServeConfig(host="127.0.0.1", port=9090, timeout_s=30, max_payload_mb=2, workers=3)
+    lines = dict(line.split("=", 1) for line in mms.properties(config, mms._free_local_port(config.port)).splitlines())
+    assert lines["inference_address"] == "http://127.0.0.1:9090"
+    management = lines["management_address"]
+    assert management.startswith("http://127.0.0.1:") and 9090 < int(management.rsplit(":", 1)[1]) < mms.MMS_MAX_PORT
+    assert (lines["default_response_timeout"], lines["max_request_size"], lines["default_workers_per_model"]) == ("30", str(2 << 20), "3")
+    assert lines["default_service_handler"] == "serve.mms:handle" and lines["decode_input_request"] == "false"
+    assert mms.properties(ServeConfig(host="::"), 8081).startswith("inference_address=http://[::]:8080\n")
+
+
+def test_multi_model_endpoints_are_refused_before_mms_starts(tmp_path):
+    with pytest.raises(ConfigError, match="SAGEMAKER_MULTI_MODEL=true cannot be served by the MMS backend"):
+        mms.start(ServeConfig(multi_model=True, scratch_dir=str(tmp_path)))
+    assert not (tmp_path / "mms.properties").exists()
+
+
+def test_worker_logs_escape_client_text(environ, worker, model_dir, capsys):
+    """MMS's workers log through their own handler: the adapter escapes it too."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger().addHandler(handler)
+    try:
+        worker(model_dir)
+        logging.getLogger("user").warning("from the client: %s", "\x1b[2Jgone\nforged line")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert "from the client: \\x1b[2Jgone\\nforged line" in capsys.readouterr().err

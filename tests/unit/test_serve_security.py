@@ -22,9 +22,10 @@ import torch
 
 from container import ConfigError, ServeConfig
 from serve import archive, codec, errors
+from serve.deadline import Deadline
 from serve.model import Classifier, prepare_model_dir
 from serve.runner import Admission, BatchRunner, ClientGone, until_done_or_gone
-from tests.support.asgi import http_scope, request, wait_ready, with_lifespan
+from tests.support.asgi import asgi_call, http_scope, request, wait_ready, with_lifespan
 from tests.support.payloads import png_bytes as png
 
 # --- the micro-batcher ------------------------------------------------------------------
@@ -207,45 +208,78 @@ def test_overload_is_503_with_retry_after(model_dir, serve_app, monkeypatch):
     assert statuses.count(200) >= 2 and statuses.count(503) >= 1 and set(statuses) <= {200, 503}
 
 
-def test_retry_after_header_is_sent(model_dir, serve_app):
-    app = serve_app(model_dir, max_pending=1)
-    sent = []
+def test_retry_after_header_is_sent(model_dir, serve_app, monkeypatch):
+    app = serve_app(model_dir, max_pending=1, batching="off")
+    release = threading.Event()
 
     async def body():
         assert await wait_ready(app) == 200
-        # Fill the one slot with a request whose body is still arriving.
-        hold = asyncio.Event()
-        messages = [{"type": "http.request", "body": b"", "more_body": True}]
+        real = Classifier.probabilities
+        monkeypatch.setattr(Classifier, "probabilities", lambda self, batch: (release.wait(30), real(self, batch))[1])
+        held = asyncio.ensure_future(request(app, "POST", "/invocations", png(), [("content-type", "image/png")]))
+        await asyncio.sleep(0.3)  # admitted, its forward waiting for `release`
+        refused = await asgi_call(app, "POST", "/invocations", png(), [("content-type", "image/png")])
+        release.set()
+        return refused, await held
 
-        async def slow_receive():
-            if messages:
-                return messages.pop(0)
-            if not hold.is_set():
-                await hold.wait()
-                return {"type": "http.request", "body": png(), "more_body": False}
-            await asyncio.Event().wait()  # body complete: connected until the answer
+    (status, headers, _), (held_status, _) = asyncio.run(with_lifespan(app, body))
+    assert status == 503 and headers.get("retry-after") == "1"
+    assert held_status == 200
 
+
+def trickling(body: bytes, pause_s: float):
+    """An ASGI receive sending `body` a byte at a time, `pause_s` apart."""
+    chunks = [body[i : i + 1] for i in range(len(body))]
+
+    async def receive():
+        if chunks:
+            await asyncio.sleep(pause_s)
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+        await asyncio.Event().wait()
+
+    return receive
+
+
+def test_a_body_still_arriving_holds_no_admission_slot(model_dir, serve_app):
+    app = serve_app(model_dir, max_pending=1)
+
+    async def body():
+        assert await wait_ready(app) == 200
         scope = http_scope("POST", "/invocations", [("content-type", "image/png")])
+        sent = []
 
-        async def ignore(message):
-            pass
-
-        held = asyncio.ensure_future(app(scope, slow_receive, ignore))
-        await asyncio.sleep(0.1)
-
-        async def receive():
-            return {"type": "http.request", "body": png(), "more_body": False}
-
-        async def send(message):
+        async def keep(message):
             sent.append(message)
 
-        await app(dict(scope), receive, send)
-        hold.set()
-        await held
+        slow = asyncio.ensure_future(app(scope, trickling(png(), 0.05), keep))
+        await asyncio.sleep(0.2)  # still sending
+        status, _ = await request(app, "POST", "/invocations", png(), [("content-type", "image/png")])
+        await slow
+        return status, sent[0]["status"]
 
-    asyncio.run(with_lifespan(app, body))
-    assert sent[0]["status"] == 503
-    assert (b"retry-after", b"1") in sent[0]["headers"]
+    assert asyncio.run(with_lifespan(app, body)) == (200, 200)
+
+
+def test_a_body_slower_than_the_minimum_rate_is_408_and_closes(model_dir, serve_app):
+    app = serve_app(model_dir, body_timeout_s=0.3, body_min_rate_kib_s=1)
+
+    async def body():
+        assert await wait_ready(app) == 200
+        scope = http_scope("POST", "/invocations", [("content-type", "image/png")])
+        sent = []
+
+        async def keep(message):
+            sent.append(message)
+
+        started = time.monotonic()
+        await app(scope, trickling(png(), 0.5), keep)  # 2 bytes a second: under 1 KiB/s, past the 0.3 s grace
+        return sent, time.monotonic() - started
+
+    sent, took = asyncio.run(with_lifespan(app, body))
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert "SM_VISION_BODY_TIMEOUT_S" in json.loads(sent[1]["body"])["error"]
+    assert took < 2
 
 
 def test_until_done_or_gone_cancels_work_when_the_client_leaves():
@@ -258,17 +292,22 @@ def test_until_done_or_gone_cancels_work_when_the_client_leaves():
             cancelled.append(True)
             raise
 
+    deadline = Deadline(5)
+
     async def body():
         async def receive():
             await asyncio.sleep(0.1)
             return {"type": "http.disconnect"}
 
         with pytest.raises(ClientGone):
-            await until_done_or_gone(work(), receive, timeout_s=5)
+            await until_done_or_gone(work(), receive, deadline)
         await asyncio.sleep(0)
 
     asyncio.run(body())
     assert cancelled == [True]
+    assert deadline.passed  # the answer has gone: work still running stops at its next item
+    with pytest.raises(errors.Timeout):
+        deadline.check()
 
 
 def test_work_queued_for_a_departed_client_is_skipped(model_dir, serve_app, monkeypatch):

@@ -51,20 +51,6 @@ class FormatOptions:
         return self.attribute_names or ("source-ref", self.label_attribute or "class")
 
 
-@dataclass(frozen=True, order=True)
-class RecordRef:
-    """One record inside a RecordIO file, read on demand (File mode random access)."""
-
-    path: str
-    offset: int  # byte offset of the record's first header
-    index: int  # position in the file, from 0
-
-    def read_image(self) -> bytes:
-        from train.formats import recordio
-
-        return recordio.read_image_at(self)
-
-
 @dataclass(frozen=True)
 class Sample:
     """One labelled image as a reader found it.
@@ -79,16 +65,11 @@ class Sample:
     for error messages.
     """
 
-    source: str | RecordRef | bytes
+    source: str | bytes | object  # a path, the encoded image, or a recordio.RecordRef
     labels: tuple[int, ...] | tuple[str, ...]
     key: str
     where: str
     names: tuple[str, ...] = ()
-
-
-def image_source(source: str | RecordRef | bytes) -> str | bytes:
-    """What vision.images.load_rgb takes: a path as is, a record's image bytes."""
-    return source.read_image() if isinstance(source, RecordRef) else source
 
 
 def inside(root: Path, relative: str, where: str) -> Path:

@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import torch
-
 from train.formats.base import DataFormatError, Sample
 
 
@@ -155,7 +153,9 @@ class MultiHot:
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
 
-    def __call__(self, indices: tuple[int, ...]) -> torch.Tensor:
+    def __call__(self, indices: tuple[int, ...]):
+        import torch  # here, so the readers and train.config stay importable without torch (docs/reference.py)
+
         target = torch.zeros(self.num_classes, dtype=torch.float32)
         if indices:
             target[list(indices)] = 1.0

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from train.formats.base import DataFormatError, RecordRef, Sample, class_ids
+from train.formats.base import DataFormatError, Sample, class_ids
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -36,6 +36,23 @@ IR_HEADER = struct.Struct("<IfQQ")  # flag, label, id, id2
 LENGTH_BITS = 29
 LENGTH_MASK = (1 << LENGTH_BITS) - 1
 WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3  # cflag values
+
+
+@dataclass(frozen=True, order=True)
+class RecordRef:
+    """One record inside a RecordIO file, read on demand (File mode random access)."""
+
+    path: str
+    offset: int  # byte offset of the record's first header
+    index: int  # position in the file, from 0
+
+    def read_image(self) -> bytes:
+        return read_image_at(self)
+
+
+def image_source(source: str | RecordRef | bytes) -> str | bytes:
+    """What vision.images.load_rgb takes: a path as is, a record's image bytes."""
+    return source.read_image() if isinstance(source, RecordRef) else source
 
 
 @dataclass(frozen=True)
