@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from container import settings
+from container.attributes import RequestOptions, request_defaults
 from container.contract import DEFAULT_ROOT, ROOT_ENV_VAR, SageMakerPaths
 from container.parse import ConfigError
 from container.settings import setting
@@ -33,8 +34,7 @@ BATCHING = ("auto", "on", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENGINES = ("auto", "torch", "onnxruntime")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-# What each engine runs (docs/serving.md, "Engines and precision"); auto is the engine's own choice.
-ENGINE_PRECISIONS = {"torch": ("auto", "fp32", "bf16", "fp16"), "onnxruntime": ("auto", "fp32", "int8")}
+ENGINE_PRECISIONS = {"torch": ("auto", "fp32", "bf16", "fp16"), "onnxruntime": ("auto", "fp32", "int8")}  # docs/serving.md
 ACCESS_LOG_FORMATS = ("log", "json", "off")  # serve.access_log.LOG_FORMATS
 # Our classifier's answer: labels = {"predicted_label", "confidence", "probabilities", "top_k"}
 # (multi-label: "predicted_labels" above each class's threshold); prediction = the built-in
@@ -137,6 +137,12 @@ class ServeConfig:
         "how long a micro-batch waits to fill while a forward slot is free (default 0 on CPU, 5 on GPU)",
         "--max-batch-delay-ms",
         minimum=0,
+    )
+    custom_attributes: str | None = setting(
+        "SM_VISION_CUSTOM_ATTRIBUTES",
+        None,
+        "X-Amzn-SageMaker-Custom-Attributes for every request that sends none (batch transform sends none), "
+        "e.g. explain=gradcam,overlay=false or abstain_below=0.6; a request's own header wins key by key",
     )
     # --- request limits ---
     max_image_pixels: int = setting("SM_VISION_MAX_IMAGE_PIXELS", 40_000_000, "largest image (width x height) decoded", minimum=1)
@@ -246,6 +252,7 @@ class ServeConfig:
         if self.engine in ENGINE_PRECISIONS and self.precision not in ENGINE_PRECISIONS[self.engine]:
             runs = ", ".join(ENGINE_PRECISIONS[self.engine][1:])
             raise ConfigError(f"SM_VISION_PRECISION={self.precision} with SM_VISION_ENGINE={self.engine}: {self.engine} runs {runs}")
+        self.request_defaults  # noqa: B018 - a bad SM_VISION_CUSTOM_ATTRIBUTES fails at start-up, naming it
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None) -> ServeConfig:
@@ -314,6 +321,11 @@ class ServeConfig:
         if not submit.startswith("file://"):
             return ()  # s3://.../sourcedir.tar.gz: the SDK repacked it into model/code
         return tuple(dict.fromkeys(p for p in (Path(submit[len("file://") :]), self.paths.root / "code") if p.is_dir()))
+
+    @property
+    def request_defaults(self) -> RequestOptions:
+        """What SM_VISION_CUSTOM_ATTRIBUTES asks of every request (container.attributes)."""
+        return request_defaults(self.custom_attributes, "SM_VISION_CUSTOM_ATTRIBUTES")
 
     @property
     def micro_batching(self) -> bool:

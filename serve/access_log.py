@@ -3,7 +3,8 @@ for every HTTP request.
 
 The request id is the client's X-Amzn-RequestId (what SageMaker's front end sends) or
 X-Request-Id, else a new one; the response carries it under both names, so a client,
-the access log and SageMaker's own logs can be joined on it.
+the access log, SageMaker's own logs and a user hook's `context.request_id` can be
+joined on it.
 
 Access-log formats (SM_VISION_ACCESS_LOG):
     log    (default) a `serve.access` log record whose message is
@@ -38,6 +39,7 @@ access_log = logging.getLogger("serve.access")
 LOG_FORMATS = ("log", "json", "off")
 REQUEST_ID_HEADERS = (b"x-amzn-requestid", b"x-request-id")
 MAX_REQUEST_ID = 128  # a client's id is echoed back: keep a hostile one short
+REQUEST_ID_SCOPE_KEY = "sm_vision.request_id"  # the id, for the routes (a user hook's context.request_id)
 
 
 def printable(text: str, keep_newlines: bool = False) -> str:
@@ -94,6 +96,7 @@ class RequestLog:
             return await self.app(scope, receive, send)
         start, status = time.perf_counter(), 500
         rid = request_id(scope["headers"])
+        scope[REQUEST_ID_SCOPE_KEY] = rid.decode("latin-1")
 
         async def send_with_id(message):
             nonlocal status

@@ -85,15 +85,18 @@ def is_image_type(ctype: str) -> bool:
     return ctype.startswith("image/") or ctype in IMAGE_TYPES
 
 
-def check_accept(accept: str | None) -> str:
-    """The answer's type: JSON unless Accept rules it out (then 406)."""
+def check_accept(accept: str | None, also: tuple[str, ...] = ()) -> str:
+    """The answer's type: JSON unless Accept rules it out (then 406), or one of `also`
+    when Accept names it first (an embedding request may ask for application/x-npy)."""
     if not accept or not accept.strip():
         return JSON
     for part in accept.split(","):
         kind = media_type(part)
         if kind in (JSON, "application/*", "*/*", "*") or kind in JSONLINES:
             return JSON
-    raise NotAcceptable(f"cannot produce {accept!r}; this endpoint answers application/json")
+        if kind in also:
+            return kind
+    raise NotAcceptable(f"cannot produce {accept!r}; this endpoint answers {', '.join((JSON, *also))}")
 
 
 def open_image(data: bytes, limits: DecodeLimits, deadline: Deadline | None = None, pool: DecodePool | None = None) -> Image.Image:
@@ -288,15 +291,20 @@ def wants_json_lines(accept: str | None) -> bool:
     return any(media_type(part) in JSONLINES for part in (accept or "").split(","))
 
 
-def top_k_result(probs: np.ndarray, classes: tuple[str, ...], k: int) -> dict:
+def top_k_result(probs: np.ndarray, classes: tuple[str, ...], k: int, abstain_below: float | None = None) -> dict:
+    """One image's answer; `"abstained": true` when its top-1 probability is below
+    `abstain_below` (the answer still names the label and carries the top k)."""
     values = probs.tolist()
     order = sorted(range(len(values)), key=values.__getitem__, reverse=True)
-    return {
+    result = {
         "predicted_label": classes[order[0]],
         "confidence": values[order[0]],
         "probabilities": {name: value for name, value in zip(classes, values, strict=False)},
         "top_k": [{"label": classes[i], "probability": values[i]} for i in order[:k]],
     }
+    if abstain_below is not None and values[order[0]] < abstain_below:
+        result["abstained"] = True
+    return result
 
 
 def multi_label_result(probs: np.ndarray, classes: tuple[str, ...], k: int, thresholds: tuple[float, ...]) -> dict:
@@ -312,14 +320,26 @@ def multi_label_result(probs: np.ndarray, classes: tuple[str, ...], k: int, thre
     }
 
 
-def encode(probs: np.ndarray, classes: tuple[str, ...], k: int, decoded: Decoded, shape: str = "labels", thresholds=None) -> bytes:
-    """The answer for each row of `probs`; `thresholds` (per class) makes it multi-label."""
+def encode(
+    probs: np.ndarray,
+    classes: tuple[str, ...],
+    k: int,
+    decoded: Decoded,
+    shape: str = "labels",
+    thresholds=None,
+    abstain_below: float | None = None,
+    extras: list[dict] | None = None,
+) -> bytes:
+    """The answer for each row of `probs`; `thresholds` (per class) makes it multi-label;
+    `extras` adds fields to each image's answer (serve.extras)."""
     if shape == "prediction":
         results = [{"prediction": row.tolist()} for row in probs]
     elif thresholds is not None:
         results = [multi_label_result(row, classes, k, thresholds) for row in probs]
     else:
-        results = [top_k_result(row, classes, k) for row in probs]
+        results = [top_k_result(row, classes, k, abstain_below) for row in probs]
+    for result, fields in zip(results, extras or (), strict=False):
+        result.update(fields)
     if decoded.lines:
         return "".join(json.dumps(result) + "\n" for result in results).encode()
     return json.dumps(results if decoded.batch else results[0]).encode()

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from container import ConfigError, ServeConfig, parse_int
+from container.attributes import RequestOptions
 from serve import arrays, codec, payloads
 from serve.deadline import Deadline
 from serve.decode_pool import DecodePool
@@ -71,6 +72,8 @@ class Call:
     lines: bool = False  # JSON Lines in, JSON Lines out (our classifier)
     items: codec.Parsed | None = None  # our default input: the request's items, decoded a chunk at a time
     decoded: int = 0  # how many of them
+    options: RequestOptions = RequestOptions()  # what the custom attributes ask of our classifier (serve.extras)
+    fields: list[dict] | None = None  # extra answer fields per image (serve.extras)
     # The request's one deadline (serve.deadline), from when its body was in; the route
     # makes it, a Call made without one (MMS, tests) gets the default timeout from now.
     deadline: Deadline = field(default_factory=lambda: Deadline(ServeConfig.timeout_s))
@@ -165,9 +168,11 @@ class Handler:
     def decode(self, body: bytes, request: Call):
         if "output_fn" not in self.hooks and "transform_fn" not in self.hooks:
             # Refuse an Accept we cannot produce before any work is done.
-            request.out_type = codec.check_accept(request.accept) if self.classifier is not None else payloads.negotiate(request.accept)
             if self.classifier is not None:
+                request.out_type = codec.check_accept(request.accept, (codec.NPY,) if request.options.output == "embedding" else ())
                 request.shape = codec.response_shape(request.accept, self.shape)
+            else:
+                request.out_type = payloads.negotiate(request.accept)
         if not self.hooks.keys() & {"input_fn", "transform_fn"}:
             return self.default_input_fn(body, request)
         # As AWS's toolkit: the hooks get a str for the UTF-8 types, bytes otherwise.
@@ -245,7 +250,9 @@ class Handler:
             batch = request.batch or prediction.shape[0] > 1  # a user input_fn may batch too
             k = min(request.top_k or self.top_k, len(classes))
             lines = request.lines or codec.wants_json_lines(request.accept)
-            body = codec.encode(prediction, classes, k, codec.Decoded(prediction, batch, lines), request.shape, self.classifier.thresholds)
+            decoded = codec.Decoded(prediction, batch, lines)
+            thresholds = self.classifier.thresholds
+            body = codec.encode(prediction, classes, k, decoded, request.shape, thresholds, request.options.abstain_below, request.fields)
             return body, "application/jsonlines" if lines else codec.JSON
         out_type = payloads.negotiate(request.accept)
         return payloads.encode(prediction, out_type), out_type

@@ -4,7 +4,9 @@ The script is MODEL_DIR/code/$SAGEMAKER_PROGRAM (falling back to code/inference.
 code/requirements.txt is pip-installed first. Any of model_fn(model_dir),
 input_fn(body, content_type), predict_fn(data, model), output_fn(prediction, accept)
 or transform_fn(model, body, content_type, accept) overrides the default, and each
-may take one more argument, `context`. As in AWS's toolkit the body is a str for
+may take one more argument, `context` (AWS's rule: detected from the signature, so
+scripts without it run unchanged): the request's custom attributes, ids, target model,
+session and types, and the response headers a hook sets. As in AWS's toolkit the body is a str for
 JSON/CSV and bytes otherwise, and output_fn may return body or (body, content_type).
 """
 
@@ -23,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from container import ConfigError
+from container.attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +108,34 @@ def load_script(path: Path, module_name: str) -> ModuleType:
     return module
 
 
+# Response headers a hook may set (Context.set_response_header): X- headers such as
+# X-Amzn-SageMaker-Custom-Attributes, which boto3 returns as the response's
+# CustomAttributes. The status, content type, framing and request ids stay the server's.
+RESPONSE_HEADER_NAME = re.compile(r"[Xx]-[A-Za-z0-9-]+")
+SERVER_HEADERS = frozenset({"x-amzn-requestid", "x-request-id"})
+MAX_RESPONSE_HEADER = 1024  # as InvokeEndpoint's CustomAttributes
+
+
 @dataclass
 class Context:
-    """The subset of MMS's Context that inference scripts use."""
+    """What a hook's optional last argument gets: the subset of MMS's Context that
+    inference scripts use, and the request it is called for. The request fields are
+    None in the context model_fn and model_warmup_fn get (there is no request yet)."""
 
     model_name: str
     model_dir: str
     gpu_id: int | None
-    request_headers: dict[str, str] = field(default_factory=dict)
+    request_headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    # --- the request ---
+    custom_attributes: str | None = None  # X-Amzn-SageMaker-Custom-Attributes, else SM_VISION_CUSTOM_ATTRIBUTES
+    attributes: dict[str, str] = field(default_factory=dict)  # its key=value entries (the request's over the job's)
+    inference_id: str | None = None  # X-Amzn-SageMaker-Inference-Id
+    target_model: str | None = None  # X-Amzn-SageMaker-Target-Model, or the multi-model endpoint's model name
+    session_id: str | None = None  # X-Amzn-SageMaker-Session-Id
+    request_id: str | None = None  # as in the access log and the X-Amzn-RequestId response header
+    content_type: str | None = None
+    accept: str | None = None  # as the hooks see it: missing or */* is application/json
+    response_headers: dict[str, str] = field(default_factory=dict)  # set by the hooks, sent with the answer
 
     @property
     def system_properties(self) -> dict[str, Any]:
@@ -123,6 +146,23 @@ class Context:
 
     def get_all_request_header(self, idx: int = 0) -> dict[str, str]:
         return dict(self.request_headers)
+
+    def get_request_id(self, idx: int = 0) -> str | None:
+        return self.request_id
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        """Send `key: value` with the answer (MMS's signature). Only X- headers, not the
+        request-id ones; the value at most 1024 visible US-ASCII characters."""
+        if not isinstance(key, str) or not RESPONSE_HEADER_NAME.fullmatch(key) or key.lower() in SERVER_HEADERS:
+            raise ValueError(f"response header {key!r}: a hook may set X- headers such as {CUSTOM_ATTRIBUTES_HEADER}, not the request ids")
+        value = str(value)
+        if len(value) > MAX_RESPONSE_HEADER or not all(" " <= char <= "~" for char in value):
+            raise ValueError(f"response header {key}: the value must be at most {MAX_RESPONSE_HEADER} visible US-ASCII characters")
+        self.response_headers[key] = value
+
+    def set_custom_attributes(self, value: str) -> None:
+        """The response's custom attributes (boto3: response["CustomAttributes"])."""
+        self.set_response_header(0, CUSTOM_ATTRIBUTES_HEADER, value)
 
 
 def call(func: Callable, *args, context: Context | None = None):

@@ -27,6 +27,8 @@ from pathlib import Path
 from starlette.concurrency import run_in_threadpool
 
 from container import ConfigError, ServeConfig
+from container.attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
+from container.attributes import RequestOptions, parse_pairs
 from container.serving import Machine
 from serve import archive
 from serve import metrics as server_metrics
@@ -35,15 +37,17 @@ from serve.archive import ExtractLimits
 from serve.capture import Capture
 from serve.decode_pool import DecodePool
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, redact_paths
-from serve.handler import Call, Handler
+from serve.handler import Call, Handler, hook_accept
 from serve.hooks import Context, UserHooks, find_script, safe_module_name
-from serve.machine import has_torch, torch_missing
+from serve.machine import FULL_IMAGE, has_torch, torch_missing
 from serve.model import prepare_model_dir
 from serve.runner import BatchRunner
 
 log = logging.getLogger("serve")
 
 TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
+INFERENCE_ID_HEADER = "x-amzn-sagemaker-inference-id"
+SESSION_ID_HEADER = "x-amzn-sagemaker-session-id"
 
 
 def dir_bytes(path: Path) -> int:
@@ -87,6 +91,12 @@ def load_handler(name: str, model_dir: Path, config: ServeConfig, scratch: Path,
     return Handler.load(model_dir, hooks, Context(name, str(model_dir), config.gpu_id), config, scratch, pool)
 
 
+def extras_need_torch(classifier) -> str:
+    """Why a model on ONNX Runtime answers no explain, embedding, OOD score or TTA."""
+    fix = "set SM_VISION_ENGINE=torch" if has_torch() else f"serve it with {FULL_IMAGE}"
+    return f"explain, output=embedding, ood and tta run on the torch engine, and this model is served on {classifier.engine}: {fix}"
+
+
 class HostedModel:
     """One loaded model and the pools that run it."""
 
@@ -107,6 +117,20 @@ class HostedModel:
                 concurrency=config.workers,
                 observe=pools.metrics.batch_rows(name),
             )
+        # Per-request options (custom attributes) for our classifier served without hooks;
+        # a user's hooks get the attributes in their context instead.
+        self.defaults = config.request_defaults if self.handler.plain else RequestOptions()
+        self.job_attributes = parse_pairs(config.custom_attributes, "SM_VISION_CUSTOM_ATTRIBUTES")
+        self.extras = None
+        if self.handler.plain and self.handler.classifier.engine == "torch":
+            from serve.extras import Extras  # Grad-CAM and the penultimate features: the torch module's
+
+            observe = pools.metrics.batch_rows(name)
+            self.extras = Extras(name, self.handler.classifier, self.model_dir, config, pools.inference, self.batcher, observe)
+        if self.extras is not None:
+            self.extras.prepare(self.defaults)
+        elif not self.defaults.plain_forward:
+            raise ConfigError(f"SM_VISION_CUSTOM_ATTRIBUTES: {extras_need_torch(self.handler.classifier)}")
         self.nbytes = self.handler.nbytes()
         self.load_seconds = time.perf_counter() - started  # read by serve.metrics.HostCollector
 
@@ -123,7 +147,9 @@ class HostedModel:
             while True:
                 decoded_at = time.perf_counter()
                 decode_s += decoded_at - started
-                if self.batcher is not None:
+                if not request.options.plain_forward:
+                    outputs.append(await self.extras.forward(data, request.options))
+                elif self.batcher is not None:
                     outputs.append(await self.batcher.run(data))
                 else:
                     outputs.append(await asyncio.wrap_future(self.pools.inference.submit(handler.predict, data, request)))
@@ -137,7 +163,10 @@ class HostedModel:
                 self.pools.metrics.stage("decode", self.name, decode_s)
             if forward_s:
                 self.pools.metrics.stage("forward", self.name, forward_s)
-        out = handler.encode(handler.join(outputs), request)
+        if request.options.extra_fields:  # a PNG, an embedding: off the event loop
+            out = await asyncio.wrap_future(decoders.submit(self.extras.encode, handler, outputs, request))
+        else:
+            out = handler.encode(handler.join(outputs), request)
         self.pools.metrics.stage("encode", self.name, time.perf_counter() - started)
         self.pools.capture.offer(self.name, body, request.content_type, request.context.request_headers, out)
         return out
@@ -145,7 +174,7 @@ class HostedModel:
     @property
     def healthy(self) -> bool:
         """False once the micro-batcher's thread has died (every request would time out)."""
-        return self.batcher is None or self.batcher.alive
+        return (self.batcher is None or self.batcher.alive) and (self.extras is None or self.extras.alive)
 
     def retire(self) -> None:
         """Unloaded or evicted (multi-model): the batcher stops, and nothing of the model
@@ -156,12 +185,44 @@ class HostedModel:
         sys.modules.pop(safe_module_name(self.name), None)
         self.pools.metrics.forget(self.name)
 
-    def context(self, headers: dict[str, str]) -> Context:
-        return Context(self.name, str(self.model_dir), self.config.gpu_id, headers)
+    def call(self, headers: dict[str, str], top_k: int | None = None, request_id: str | None = None, deadline=None) -> Call:
+        """A request as the steps carry it (`headers` with lower-case names): its types, the
+        context the user's hooks see, and the custom attributes, parsed once here: the
+        request's own over SM_VISION_CUSTOM_ATTRIBUTES, key by key."""
+        sent = headers.get(CUSTOM_ATTRIBUTES_HEADER.lower())
+        try:
+            pairs = parse_pairs(sent)
+            options = self.defaults.updated(pairs) if self.handler.plain else self.defaults
+        except ConfigError as err:
+            raise BadInput(str(err)) from None
+        if self.extras is not None:
+            self.extras.check(options)
+        elif not options.plain_forward:
+            raise BadInput(extras_need_torch(self.handler.classifier))
+        context = Context(
+            self.name,
+            str(self.model_dir),
+            self.config.gpu_id,
+            headers,
+            custom_attributes=sent if sent is not None else self.config.custom_attributes,
+            attributes=dict(self.job_attributes + pairs),
+            inference_id=headers.get(INFERENCE_ID_HEADER),
+            target_model=headers.get(TARGET_MODEL_HEADER) or (self.name if self.config.multi_model else None),
+            session_id=headers.get(SESSION_ID_HEADER),
+            request_id=request_id,
+            content_type=headers.get("content-type"),
+            accept=hook_accept(headers.get("accept")),
+        )
+        call = Call(headers.get("content-type"), headers.get("accept"), context, top_k, options=options)
+        if deadline is not None:
+            call.deadline = deadline
+        return call
 
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        if self.extras is not None:
+            self.extras.close()
 
 
 class SingleModel:

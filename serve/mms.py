@@ -64,7 +64,7 @@ class Worker:
     def answer(self, request: dict, context) -> list:
         """One request through HostedModel.invoke, under the server's deadline."""
         from serve.deadline import Deadline
-        from serve.handler import Call, requested_top_k
+        from serve.handler import requested_top_k
         from serve.runner import until_done_or_gone
 
         headers = {key.lower(): value for key, value in context.get_all_request_header(0).items()}
@@ -76,7 +76,7 @@ class Worker:
         try:
             deadline = Deadline(self.config.timeout_s)
             top_k = requested_top_k(headers.get("x-top-k"))
-            call = Call(headers.get("content-type"), headers.get("accept"), self.model.context(headers), top_k, deadline=deadline)
+            call = self.model.call(headers, top_k, context.get_request_id(0), deadline)
             work = until_done_or_gone(self.model.invoke(bytes(body), call), None, deadline)
             out, out_type = self.loop.run_until_complete(work)
         except Exception as err:  # noqa: BLE001 - answered through the one mapping; a bug is logged, not sent
@@ -87,6 +87,8 @@ class Worker:
             context.set_response_content_type(0, "application/json")
             return [json.dumps(payload)]
         context.set_response_content_type(0, out_type)
+        for name, value in call.context.response_headers.items():  # set by the user's hooks
+            context.set_response_header(0, name, value)
         return [out]
 
 

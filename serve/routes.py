@@ -16,9 +16,10 @@ from starlette.routing import Route
 
 from container import ConfigError, ServeConfig, parse_int
 from serve import metrics as server_metrics
+from serve.access_log import REQUEST_ID_SCOPE_KEY
 from serve.deadline import Deadline
 from serve.errors import BadInput, NotFound, PayloadTooLarge, RequestTimeout
-from serve.handler import Call, requested_top_k
+from serve.handler import requested_top_k
 from serve.hosting import TARGET_MODEL_HEADER, MultiModel, SingleModel
 from serve.middleware import routing_error
 from serve.runner import Admission, ClientGone, until_done_or_gone
@@ -102,13 +103,13 @@ def invocation(config: ServeConfig, hosting: SingleModel | MultiModel, admission
             server_metrics.note_model(request.scope, model.name)  # metrics: label the request with its model
             headers = {key.lower(): value for key, value in request.headers.items()}
             top_k = requested_top_k(request.query_params.get("top_k") or headers.get("x-top-k"))
-            call = Call(headers.get("content-type"), headers.get("accept"), model.context(headers), top_k, deadline=deadline)
+            call = model.call(headers, top_k, request.scope.get(REQUEST_ID_SCOPE_KEY), deadline)
             try:
                 # The work stops when its deadline passes or its client goes away.
                 out, out_type = await until_done_or_gone(model.invoke(body, call), request.receive, deadline)
             except ClientGone:
                 return Response(status_code=499)  # nobody reads it; the access log records the abandon
-        return Response(out, media_type=out_type)
+        return Response(out, media_type=out_type, headers=call.context.response_headers)  # headers a user hook set
 
     return invoke
 

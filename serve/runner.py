@@ -82,6 +82,14 @@ async def until_done_or_gone(work: Awaitable, receive: Callable[[], Awaitable[di
                 pending.cancel()
 
 
+def rows(outputs: np.ndarray | tuple, start: int, stop: int):
+    """Rows [start, stop) of a forward's output: a tensor, or a tuple of them (e.g.
+    probabilities and features)."""
+    if isinstance(outputs, tuple):
+        return tuple(output[start:stop] for output in outputs)
+    return outputs[start:stop]
+
+
 class BatchRunner:
     """Joins queued requests into batches and runs up to `concurrency` batch forwards at
     once on `executor` (the endpoint's inference pool, so a multi-model endpoint's
@@ -97,7 +105,7 @@ class BatchRunner:
 
     def __init__(
         self,
-        forward: Callable[[np.ndarray], np.ndarray],
+        forward: Callable[[np.ndarray], np.ndarray | tuple],
         max_batch_size: int,
         max_delay_ms: float,
         max_queued: int = 256,
@@ -167,7 +175,7 @@ class BatchRunner:
                 self.observe(batch.shape[0])
                 outputs, start = self.forward(batch), 0
                 for inputs, future in group:
-                    future.set_result(outputs[start : start + inputs.shape[0]])
+                    future.set_result(rows(outputs, start, start + inputs.shape[0]))
                     start += inputs.shape[0]
             except Exception as err:  # noqa: BLE001 - handed to each waiting request
                 for _, future in group:

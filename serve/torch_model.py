@@ -104,6 +104,11 @@ class TorchClassifier(Classifier):
         with torch.inference_mode():
             return self.module(self.prepare(batch)).float().cpu().numpy()
 
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """The served probabilities of a forward's `logits` tensor (serve.extras' forwards),
+        by the answer rules every engine's logits go through."""
+        return torch.from_numpy(self.scores(logits.detach().float().cpu().numpy()))
+
     def fall_back(self) -> None:
         self.precision, self.autocast = "fp32", precision.Precision("fp32", self.torch_device.type).autocast
 

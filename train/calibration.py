@@ -161,3 +161,60 @@ def calibrate(logits: torch.Tensor, targets: torch.Tensor, bins: int = DEFAULT_B
         before=before,
         after=after,
     )
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a finished run reports about calibration: T (fitted on the validation split,
+    or 1.0 when calibration is off) and ECE / NLL before and after it on the final split
+    (the test split when there is one: T was not fitted on it, so that is the honest number)."""
+
+    temperature: float
+    split: str  # the final split
+    images: int
+    before: Reliability  # the final split at T = 1
+    after: Reliability | None  # the final split at T (None: calibration off)
+    nll_before: float
+    nll_after: float | None
+    fitted: Calibration | None  # the fit on the validation split (None: calibration off)
+    fitted_images: int = 0
+
+    def metrics(self) -> dict:
+        """metrics.json's "calibration" object; its top-level numbers are the final split's."""
+        out = {
+            "temperature": self.temperature,
+            "fitted_on": "valid" if self.fitted is not None else None,
+            "split": self.split,
+            "images": self.images,
+            "ece_bins": len(self.before.counts),
+            "ece_before": self.before.ece,
+            "nll_before": self.nll_before,
+        }
+        if self.after is not None:
+            out.update(ece_after=self.after.ece, nll_after=self.nll_after)
+        if self.fitted is not None:
+            out["fit"] = {**self.fitted.metrics(), "split": "valid", "images": self.fitted_images}
+        return out
+
+
+def report(
+    final: tuple[torch.Tensor, torch.Tensor], split: str, fit_on: tuple[torch.Tensor, torch.Tensor] | None, bins: int = DEFAULT_BINS
+) -> Report:
+    """Fit T on `fit_on` (validation logits and targets; None leaves T = 1) and measure it
+    on `final` (the final split's logits and targets)."""
+    if fit_on is not None and not len(fit_on[1]):
+        fit_on = None  # no validation rows: nothing to fit on
+    fitted = calibrate(*fit_on, bins=bins) if fit_on is not None else None
+    temperature = fitted.temperature if fitted is not None else 1.0
+    logits, targets = final
+    return Report(
+        temperature=temperature,
+        split=split,
+        images=len(targets),
+        before=reliability(scaled_probabilities(logits, 1.0), targets, bins),
+        after=reliability(scaled_probabilities(logits, temperature), targets, bins) if fitted is not None else None,
+        nll_before=nll(logits, targets) if len(targets) else 0.0,
+        nll_after=nll(logits, targets, temperature) if fitted is not None and len(targets) else None,
+        fitted=fitted,
+        fitted_images=len(fit_on[1]) if fit_on is not None else 0,
+    )

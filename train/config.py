@@ -69,6 +69,11 @@ class TrainConfig:
         "metric that picks the best epoch (val_map: multi-label only)",
         choices=("val_macro_f1", "val_acc", "val_loss", "val_map"),
     )
+    calibrate: bool = _opt(
+        True,
+        "after training, fit temperature scaling on the validation split so the served probabilities are calibrated "
+        "(false: serve the network's own softmax; ECE is reported either way; multi-label models are not calibrated)",
+    )
     amp: str = _opt(
         "auto",
         "mixed precision: auto = bf16 (or fp16) on GPUs, bf16 on CPUs with AVX-512 BF16 or AMX, else off",

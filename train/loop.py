@@ -17,7 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from container import SageMakerPaths
-from train import build, datasets, distributed, metrics, outputs, tracking
+from train import build, calibration, datasets, distributed, metrics, outputs, tracking
 from train.checkpoint import resume, save_checkpoint
 from train.config import TrainConfig
 from train.datasets import RunData
@@ -29,6 +29,8 @@ from vision import presets
 from vision.presets import Preprocessing
 
 log = logging.getLogger(__name__)
+
+Scores = tuple[torch.Tensor, torch.Tensor]  # a split's logits (N x classes, float32) and targets (N), on the main process
 
 
 def fit(config: TrainConfig, paths: SageMakerPaths, process: distributed.Process, stop: StopRequest) -> Outcome:
@@ -150,15 +152,17 @@ def train_one_epoch(state: TrainState, split: SplitLoader, epoch: int) -> EpochR
 
 
 @torch.inference_mode()
-def evaluate(state: TrainState, split: SplitLoader) -> metrics.Evaluation:
+def evaluate(state: TrainState, split: SplitLoader, keep_logits: bool = False) -> metrics.Evaluation:
     """Loss and confusion matrix (multi-label: every image's scores) over the whole split,
     from all ranks. Through the unwrapped model: evaluation shards are not padded, so
-    ranks may take different numbers of batches, and DDP's forward must not wait."""
+    ranks may take different numbers of batches, and DDP's forward must not wait. With
+    keep_logits (single-label), also every image's logits and target (for calibration)."""
     model, process, num_classes = state.model_without_ddp, state.process, len(state.classes)
     model.eval()
     confusion = torch.zeros((num_classes, num_classes), dtype=torch.int64, device=process.device)
     totals = torch.zeros(2, dtype=torch.float64, device=process.device)  # loss sum, terms
     scores, truths = [torch.zeros((0, num_classes))], [torch.zeros((0, num_classes))]
+    kept, kept_targets = [torch.zeros((0, num_classes))], [torch.zeros((0,), dtype=torch.int64)]
     for images, targets in split.begin():
         images, targets = state.to_device(images, targets)
         with state.autocast():
@@ -173,33 +177,46 @@ def evaluate(state: TrainState, split: SplitLoader) -> metrics.Evaluation:
             totals[0] += F.cross_entropy(logits, targets, reduction="sum").to(torch.float64)
             totals[1] += targets.shape[0]
             metrics.update_confusion(confusion, logits, targets)
+            if keep_logits:
+                kept.append(logits.cpu())
+                kept_targets.append(targets.cpu())
     distributed.all_reduce_sum(totals, process)
     loss = totals[0].item() / max(1.0, totals[1].item())
     if not state.multi_label:
         distributed.all_reduce_sum(confusion, process)
-        return metrics.Evaluation(loss, confusion=confusion.cpu())
+        logits = None
+        if keep_logits:  # shards differ in size: every rank's own rows
+            gathered = distributed.all_gather_objects((torch.cat(kept), torch.cat(kept_targets)), process)
+            logits = (torch.cat([s for s, _ in gathered]), torch.cat([t for _, t in gathered]))
+        return metrics.Evaluation(loss, confusion=confusion.cpu(), logits=logits)
     gathered = distributed.all_gather_objects((torch.cat(scores), torch.cat(truths)), process)
     return metrics.Evaluation(loss, scores=torch.cat([s for s, _ in gathered]), targets=torch.cat([t for _, t in gathered]))
 
 
 def finish(state: TrainState, run_data: RunData, loaders: Loaders, dirs: outputs.OutputDirs, prep: Preprocessing) -> Outcome:
     """The best epoch's weights evaluated on the test split (the validation split when
-    there is none), then the model, its monitoring baseline, metrics and plots written
-    by the main process. Multi-label: each class's threshold is chosen on the validation
-    split first."""
+    there is none) and, unless turned off, temperature scaling fitted on the validation
+    split's logits (train.calibration; single-label only); then the model, its monitoring
+    baseline, metrics and plots written by the main process. Multi-label: each class's
+    threshold is chosen on the validation split first."""
     config, process, progress = state.config, state.process, state.progress
     state.model_without_ddp.load_state_dict(progress.best_weights)
-    validated = evaluate(state, loaders.valid) if state.multi_label or loaders.test is None else None
+    single = not state.multi_label
+    calibrate = config.calibrate and single
+    needs_valid = state.multi_label or loaders.test is None or calibrate
+    validated = evaluate(state, loaders.valid, keep_logits=single) if needs_valid else None
     thresholds = metrics.tune_thresholds(validated.scores, validated.targets) if state.multi_label else None
-    final_split, evaluation = ("valid", validated) if loaders.test is None else ("test", evaluate(state, loaders.test))
+    final_split, evaluation = ("valid", validated) if loaders.test is None else ("test", evaluate(state, loaders.test, keep_logits=single))
     final = {**evaluation.summary(run_data.classes, thresholds), "loss": evaluation.loss}
     undecodable = bad_image_counts(state)
     if process.is_main:
-        outputs.report_final(config, progress, final_split, final)
-        result = outputs.Final(final_split, final, evaluation, thresholds, undecodable)
+        calibrated = calibration.report(evaluation.logits, final_split, validated.logits if calibrate else None) if single else None
+        outputs.report_final(config, progress, final_split, final, calibrated)
+        result = outputs.Final(final_split, final, evaluation, thresholds, undecodable, calibrated)
         outputs.write_outputs(config, run_data, progress, result, dirs, prep, state.tracker.summary())
         outputs.write_baseline(config, state.model_without_ddp, run_data.samples.get("validation"), dirs.model, process.device)
-        state.tracker.finish({"split": final_split, **final}, dirs.output, dirs.model)
+        summary = {"split": final_split, **final, "calibration": calibrated.metrics() if calibrated is not None else None}
+        state.tracker.finish(summary, dirs.output, dirs.model)
     # Other ranks wait here until the main process has written the model: SageMaker
     # local mode stops every container as soon as the first one exits.
     distributed.barrier(process)

@@ -148,6 +148,7 @@ class Evaluation:
     confusion: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    logits: tuple[torch.Tensor, torch.Tensor] | None = None  # single-label, when kept: every image's logits and target
 
     def summary(self, classes: list[str], thresholds=None) -> dict:
         if self.confusion is not None:

@@ -26,6 +26,7 @@ from torch import nn
 from container import SageMakerPaths, training_job_name
 from container.monitoring import MonitorSettings
 from train import metrics, plots
+from train.calibration import Report as CalibrationReport
 from train.checkpoint import atomic_save
 from train.config import TrainConfig
 from train.data import ImageSamples
@@ -71,9 +72,12 @@ class Final:
     evaluation: Evaluation
     thresholds: list[float] | None
     undecodable: dict
+    calibrated: CalibrationReport | None = None  # temperature scaling (single-label)
 
 
-def report_final(config: TrainConfig, progress: Progress, final_split: str, final: dict) -> None:
+def report_final(
+    config: TrainConfig, progress: Progress, final_split: str, final: dict, calibrated: CalibrationReport | None = None
+) -> None:
     # SageMaker tuning scores a job by the *last* value of its objective metric:
     # repeat the best epoch's validation metrics so that value is the saved model's.
     best_row = next(row for row in progress.history if row["epoch"] == progress.best_epoch)
@@ -82,13 +86,18 @@ def report_final(config: TrainConfig, progress: Progress, final_split: str, fina
     if final_split == "test":
         test = {"test_loss": final["loss"], "test_acc": final["acc"], "test_macro_f1": final["macro_f1"]}
         log.info(format_metrics({}, test | ({"test_map": final["map"]} if "map" in final else {})))
+    if calibrated is not None:  # expected calibration error on the final split, before and after the temperature
+        numbers = {key: value for key, value in calibrated.metrics().items() if key in ("temperature", "ece_before", "ece_after")}
+        log.info(format_metrics({"calibration_split": final_split}, numbers))
 
 
 def write_outputs(
     config, run_data: RunData, progress: Progress, final: Final, dirs: OutputDirs, prep: Preprocessing, tracking_info=None
 ) -> None:
     model_dir, output_dir = dirs.model, dirs.output
-    save_model(config, run_data, progress.best_weights, model_dir, prep, final.thresholds)
+    calibrated = final.calibrated
+    temperature = calibrated.temperature if calibrated is not None else 1.0
+    save_model(config, run_data, progress.best_weights, model_dir, prep, final.thresholds, temperature)
     if config.export_onnx:
         save_engine_files(config, run_data.samples.get("train"), model_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +106,7 @@ def write_outputs(
         "best_epoch": progress.best_epoch,
         "epochs": progress.history,
         "final": {"split": final.split, **final.metrics},
+        "calibration": calibrated.metrics() if calibrated is not None else None,
         "data": data_summary(run_data, final.undecodable),
         "config": config.to_dict(),
         "tracking": tracking_info or {},  # e.g. the MLflow run id
@@ -113,6 +123,13 @@ def write_outputs(
             f"confusion matrix ({final.split}, best epoch {progress.best_epoch})",
         )
     plots.plot_learning_curves(progress.history, output_dir / "learning_curves.png")
+    if calibrated is not None:
+        plots.plot_reliability(
+            calibrated.before,
+            calibrated.after,
+            output_dir / "reliability_diagram.png",
+            f"reliability ({final.split}, best epoch {progress.best_epoch}, temperature {calibrated.temperature:.3g})",
+        )
     log.info(
         "wrote model to %s and metrics/plots to %s (best epoch %d, %s macro-F1 %.4f)",
         model_dir,
@@ -151,9 +168,12 @@ def data_summary(run_data: RunData, undecodable: dict) -> dict:
 IMAGE_COUNTS = (("train", "train"), ("valid", "validation"), ("test", "test"))
 
 
-def save_model(config: TrainConfig, run_data: RunData, weights: dict, model_dir: Path, prep: Preprocessing, thresholds=None) -> None:
+def save_model(
+    config: TrainConfig, run_data: RunData, weights: dict, model_dir: Path, prep: Preprocessing, thresholds=None, temperature: float = 1.0
+) -> None:
     """The model serving loads: its weights and model_spec.json (vision.artifact), with
-    the model's preprocessing, the tuned thresholds (multi-label) and the data's check summary."""
+    the model's preprocessing, the tuned thresholds (multi-label), the data's check summary
+    and the softmax temperature the served probabilities are divided by (train.calibration)."""
     model_dir.mkdir(parents=True, exist_ok=True)
     atomic_save(weights, model_dir / WEIGHTS_FILE)
     versions = {"torch": torch.__version__, "torchvision": torchvision.__version__}
@@ -169,6 +189,7 @@ def save_model(config: TrainConfig, run_data: RunData, weights: dict, model_dir:
         multi_label=run_data.multi_label,
         thresholds=tuple(thresholds or ()),
         dataset=run_data.summary(),
+        temperature=temperature,
     )
     spec.save(model_dir)
 

@@ -18,12 +18,13 @@ EPOCH_METRICS = (
     "val_map",  # multi-label runs only
 )
 TEST_METRICS = ("test_loss", "test_acc", "test_macro_f1", "test_map")
+CALIBRATION_METRICS = ("temperature", "ece_before", "ece_after")  # on the final split (train.calibration)
 PROGRESS_METRICS = ("step_loss", "images_per_s")
 
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 METRIC_DEFINITIONS: list[dict[str, str]] = [
-    {"Name": name, "Regex": f"{name}={_NUMBER}"} for name in EPOCH_METRICS + TEST_METRICS + PROGRESS_METRICS
+    {"Name": name, "Regex": f"{name}={_NUMBER}"} for name in EPOCH_METRICS + TEST_METRICS + CALIBRATION_METRICS + PROGRESS_METRICS
 ]
 
 

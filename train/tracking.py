@@ -5,7 +5,7 @@ fit() makes four calls, on every rank (the others get a tracker that does nothin
     tracker = tracking.start(config, process, paths, dataset)  # one run per job, params logged
     tracker.log_epoch(row, train_images)              # per-epoch metrics, step = epoch
     tracker.summary()                                 # {"mlflow": {"run_id": ...}} for metrics.json
-    tracker.finish(final, output_dir, model_dir)      # final metrics, artifacts, end of run
+    tracker.finish(final, output_dir, model_dir)      # final metrics (calibration too), artifacts, end of run
 
 MLflow runs only when MLFLOW_TRACKING_URI is set, through the bounded client every
 command shares (container.tracking). Tracking is never worth a failed job: the first
@@ -46,7 +46,16 @@ EPOCH_SCALARS = {
     "epoch_time_s": "epoch_time_s",
 }
 # What write_outputs leaves in the output and model directories, logged as artifacts.
-OUTPUT_ARTIFACTS = ("metrics.json", "data_check.json", "classification_report.txt", "confusion_matrix.png", "learning_curves.png")
+OUTPUT_ARTIFACTS = (
+    "metrics.json",
+    "data_check.json",
+    "classification_report.txt",
+    "confusion_matrix.png",
+    "learning_curves.png",
+    "reliability_diagram.png",
+)
+# The final split's calibration (train.calibration), logged with the final metrics.
+CALIBRATION_METRICS = ("temperature", "ece_before", "ece_after")
 
 
 def start(config, process, paths: SageMakerPaths, dataset: dict | None = None, environ=None) -> Tracker:
@@ -108,6 +117,8 @@ class Tracker:
         split = final.get("split", "test")
         prefix = "test" if split == "test" else "final_val"
         metrics = {f"{prefix}_{key}": float(final[key]) for key in ("loss", "acc", "macro_f1") if numeric(final.get(key))}
+        calibration = final.get("calibration") or {}
+        metrics.update({key: float(calibration[key]) for key in CALIBRATION_METRICS if numeric(calibration.get(key))})
         files = [output_dir / name for name in OUTPUT_ARTIFACTS] + [model_dir / SPEC_FILE, model_dir / BASELINE_FILE]
         for sink in self.sinks:
             sink.finish(metrics, [path for path in files if path.is_file()])

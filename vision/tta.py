@@ -12,21 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
+import numpy as np
 
 
-def with_mirrors(batch: torch.Tensor) -> torch.Tensor:
-    """The 2N rows [batch, batch mirrored left to right] (N x C x H x W in, 2N out)."""
+def with_mirrors(batch):
+    """The 2N rows [batch, batch mirrored left to right] (N x C x H x W in, 2N out): a
+    numpy batch (what serving forwards, on every engine) or a torch tensor."""
+    if isinstance(batch, np.ndarray):
+        return np.concatenate([batch, batch[..., ::-1]])
+    import torch  # a tensor's caller has torch loaded
+
     return torch.cat([batch, batch.flip(-1)])
 
 
-def mean_of_mirrors(probabilities: torch.Tensor) -> torch.Tensor:
+def mean_of_mirrors(probabilities):
     """The N averaged rows from the 2N rows of probabilities of `with_mirrors(batch)`."""
     rows = probabilities.shape[0] // 2
     return (probabilities[:rows] + probabilities[rows:]) / 2
 
 
-def flip_averaged(probabilities: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+def flip_averaged(probabilities: Callable, batch):
     """probabilities(batch) averaged with probabilities(batch mirrored left to right),
     from one call on the 2N rows. `probabilities` is the plain path's (softmax of the
     model's logits, in its precision), so TTA changes nothing else. A server whose

@@ -15,6 +15,13 @@ by benchmarks/serving/anchors/Dockerfile):
 The anchors run "tuned" (OMP_NUM_THREADS=1 per worker, as an expert sets it); with
 --as-shipped they also run with torch's default thread count, as the DLC shipped.
 
+Request variants (--request-variant, default explain, embedding and tta) send our server
+the same photos with a custom attribute (X-Amzn-SageMaker-Custom-Attributes, e.g.
+explain=gradcam) and report beside `ours` as `ours+NAME`: what an explained, embedding or
+flip-TTA request costs against a plain one, on the same server. `ours+plain|NAME` is plain
+requests measured while as many clients send NAME requests at once: whether those hold
+plain ones up.
+
 Per arch and stack: cold start (container start -> /ping 200, and -> first successful
 prediction; TorchServe answers /ping before its workers are up), the bare forward pass
 of our model (same threads and precision) and our overhead over it, then closed loops of
@@ -50,6 +57,8 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 LABEL = "sagemaker-vision-bench"
 STACKS = ("ours", "torchserve", "mms-toolkit")
+CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
+REQUEST_VARIANTS = ("explain:explain=gradcam", "embedding:output=embedding", "tta:tta=flip")
 GOALS = {"resnet50": 2.0, "resnet18": 1.5}  # req/s ratio at concurrency 16 against each anchor
 # --capture: our server again, capturing every answered request (serve/capture.py) into a
 # folder in the container; the goal is at most 3% fewer req/s than without.
@@ -106,6 +115,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="also run our server as stack ours-NAME with this environment, e.g. fp32:SM_VISION_PRECISION=fp32 (repeatable)",
     )
+    parser.add_argument(
+        "--request-variant",
+        action="append",
+        default=None,
+        metavar="NAME:ATTRIBUTES",
+        help=f"also send our server requests with these custom attributes, as ours+NAME (repeatable; default {' '.join(REQUEST_VARIANTS)}; "
+        "'none' for none)",
+    )
+    parser.add_argument("--no-mixed", action="store_true", help="skip the plain-under-variant loads (ours+plain|NAME)")
     parser.add_argument(
         "--capture",
         action="store_true",
@@ -178,35 +196,45 @@ class RssSampler:
         return max(self.samples or [0])
 
 
-def post(url: str, body: bytes, session=requests) -> bool:
+def post(url: str, body: bytes, session=requests, attributes: str | None = None) -> bool:
+    headers = {"Content-Type": "image/jpeg"}
+    if attributes:
+        headers[CUSTOM_ATTRIBUTES] = attributes
     try:
-        return session.post(url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=60).status_code == 200
+        return session.post(url, data=body, headers=headers, timeout=60).status_code == 200
     except requests.RequestException:
         return False
 
 
-def load_loop(url: str, bodies: list[bytes], concurrency: int, duration: float) -> tuple[list[float], int, float]:
-    """Closed loop: each client posts, waits for the answer, posts the next body."""
+def load_loop(
+    url: str, bodies: list[bytes], concurrency: int, duration: float, attributes: str | None = None, background: str | None = None
+) -> tuple[list[float], int, float]:
+    """Closed loop: each client posts, waits for the answer, posts the next body. With
+    `background`, as many more clients send requests with those attributes meanwhile
+    (not measured)."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     deadline = time.monotonic() + duration
 
-    def client(offset: int):
+    def client(offset: int, attributes: str | None, measured: bool):
         session = requests.Session()
         own, bad, i = [], 0, offset
         while time.monotonic() < deadline:
             start = time.perf_counter()
-            if post(url, bodies[i % len(bodies)], session):
+            if post(url, bodies[i % len(bodies)], session, attributes):
                 own.append(time.perf_counter() - start)
             else:
                 bad += 1
             i += 1
-        with lock:
-            latencies.extend(own)
-            errors[0] += bad
+        if measured:
+            with lock:
+                latencies.extend(own)
+                errors[0] += bad
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
+    threads = [threading.Thread(target=client, args=(n, attributes, True)) for n in range(concurrency)]
+    if background:
+        threads += [threading.Thread(target=client, args=(n, background, False)) for n in range(concurrency)]
     start = time.monotonic()
     for thread in threads:
         thread.start()
@@ -241,10 +269,31 @@ class Server:
     p50_c1_ms: float
     loads: dict = field(default_factory=dict)  # (concurrency, body set) -> accumulated samples
     peak_rss_mb: float = 0.0
+    attributes: str | None = None  # a request variant: custom attributes of every measured request
+    background: str | None = None  # ... and of the unmeasured clients sent meanwhile
 
 
 def is_ours(stack: str) -> bool:
     return stack == "ours" or stack.startswith("ours-")
+
+
+def request_variants(server: Server, specs: list[str], photo: bytes, mixed: bool) -> list[Server]:
+    """Pseudo-stacks on `server`'s container: ours+NAME (every request with the attributes)
+    and ours+plain|NAME (plain requests while as many NAME requests run)."""
+    variants = []
+    for spec in specs:
+        name, _, attributes = spec.partition(":")
+        assert post(server.url, photo, attributes=attributes), f"{name}: {attributes} was refused"
+        sequential = []
+        for _ in range(20):
+            start = time.perf_counter()
+            post(server.url, photo, attributes=attributes)
+            sequential.append(time.perf_counter() - start)
+        common = dict(container=server.container, url=server.url, cold_start_ping_s=0.0, cold_start_first_prediction_s=0.0)
+        variants.append(Server(f"{server.stack}+{name}", p50_c1_ms=statistics.median(sequential) * 1000, attributes=attributes, **common))
+        if mixed:
+            variants.append(Server(f"{server.stack}+plain|{name}", p50_c1_ms=server.p50_c1_ms, background=attributes, **common))
+    return variants
 
 
 def start_server(client, image: str, stack: str, model_root: Path, env: dict, bodies: list[bytes], cpu_shares: int | None) -> Server:
@@ -352,7 +401,9 @@ def run_loads(servers: list[Server], bodies: dict[str, list[bytes]], args) -> No
             for _ in range(args.rounds):
                 for server in servers:
                     with RssSampler(server.container) as rss:
-                        lat, err, elapsed = load_loop(server.url, bodies[body_set], concurrency, args.duration / args.rounds)
+                        lat, err, elapsed = load_loop(
+                            server.url, bodies[body_set], concurrency, args.duration / args.rounds, server.attributes, server.background
+                        )
                     slot = server.loads.setdefault((concurrency, body_set), {"latencies": [], "errors": 0, "elapsed": 0.0})
                     slot["latencies"] += lat
                     slot["errors"] += err
@@ -402,6 +453,8 @@ def summarise(server: Server, arch: str, bare_ms: float, precision: str) -> dict
     }
     if server.stack == "ours":
         summary.update(bare_forward_ms=bare_ms, precision=precision, overhead_pct=(server.p50_c1_ms / bare_ms - 1) * 100)
+    if server.attributes or server.background:
+        summary.update(attributes=server.attributes, background_attributes=server.background)
     return summary
 
 
@@ -427,6 +480,10 @@ def print_report(results: list[dict]) -> None:
             f"{arch} ours: {ours['precision']}, bare forward {ours['bare_forward_ms']:.1f} ms, c=1 p50 {ours['p50_c1_ms']:.1f} ms: "
             f"server overhead {ours['overhead_pct']:+.1f}% (goal <= 10%)"
         )
+        for variant in (r for r in results if r["arch"] == arch and r.get("attributes")):
+            print(
+                f"  {variant['stack']:22} c=1 p50 {variant['p50_c1_ms']:.1f} ms: x{variant['p50_c1_ms'] / ours['p50_c1_ms']:.2f} a plain request"
+            )
         for anchor in (r for r in results if r["arch"] == arch and r["stack"] != "ours"):  # anchors and our variants
             for name, load in sorted(ours["loads"].items()):
                 other = anchor["loads"].get(name)
@@ -460,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.capture:
         variants["ours-capture"] = dict(CAPTURE_ENV)
     stacks[1:1] = list(variants)  # variants right after ours, before the anchors
+    request_specs = [spec for spec in (args.request_variant or REQUEST_VARIANTS) if spec != "none"]
     anchors = build_anchors(args.image) if any(not is_ours(s) for s in stacks) else None
     bodies = photo_bodies()
     ours_env = dict(kv.split("=", 1) for kv in args.ours_env)
@@ -480,10 +538,13 @@ def main(argv: list[str] | None = None) -> int:
                         env = stack_env(stack, ours_env, variants)
                         servers.append(start_server(client, image, stack, root, env, bodies["photos"], args.cpu_shares))
                         print(f"  {stack}: first prediction after {servers[-1].cold_start_first_prediction_s:.1f} s", flush=True)
+                        if stack == "ours" and request_specs:
+                            servers += request_variants(servers[-1], request_specs, bodies["photos"][0], not args.no_mixed)
                     run_loads(servers, bodies, args)
                     if args.soak:
                         for server in servers[1:]:  # the soak runs alone
-                            server.container.remove(force=True)
+                            if server.container is not servers[0].container:
+                                server.container.remove(force=True)
                         soaked = soak(servers[0], bodies["photos"], args)
                         print(
                             f"  soak: {soaked['seconds']:.0f} s at concurrency {soaked['concurrency']}: {soaked['rps']:.1f} req/s, "
@@ -492,9 +553,9 @@ def main(argv: list[str] | None = None) -> int:
                             flush=True,
                         )
                 finally:
-                    for server in servers:
+                    for container in {id(server.container): server.container for server in servers}.values():
                         with contextlib.suppress(docker.errors.NotFound):
-                            server.container.remove(force=True)
+                            container.remove(force=True)
                 results += [summarise(server, arch, bare_ms, precision) for server in servers]
                 if args.soak:
                     results[-len(servers)]["soak"] = soaked

@@ -32,6 +32,7 @@ ARTIFACTS = (
     "learning_curves.png",
     "metrics.json",
     "model_spec.json",
+    "reliability_diagram.png",
 )
 
 

@@ -143,6 +143,34 @@ def test_temperature_scaling_calibrates_held_out_digits(overconfident_digits):
     }
 
 
+def test_the_trainers_report_fits_on_validation_and_measures_on_test(overconfident_digits):
+    # What train.loop.finish reports: T from the validation split, ECE before and after
+    # it on the test split the fit never saw; accuracy is the same at every temperature.
+    valid, test = overconfident_digits
+    report = calibration.report(test, "test", fit_on=valid)
+    assert report.temperature == calibration.calibrate(*valid).temperature > 1
+    assert report.after.ece < report.before.ece and report.nll_after < report.nll_before
+    assert sum(n * a for n, a in zip(report.after.counts, report.after.accuracy, strict=True)) == pytest.approx(
+        sum(n * a for n, a in zip(report.before.counts, report.before.accuracy, strict=True))
+    )  # the same answers are right
+    numbers = report.metrics()
+    assert numbers["fitted_on"] == "valid" and numbers["split"] == "test" and numbers["images"] == len(test[1])
+    assert numbers["ece_before"] == report.before.ece and numbers["ece_after"] == report.after.ece
+    assert numbers["fit"]["images"] == len(valid[1]) and numbers["fit"]["temperature"] == report.temperature
+    json.dumps(numbers, allow_nan=False)  # metrics.json takes it as it is
+
+
+def test_the_report_with_calibration_off_keeps_the_logits():
+    logits, targets = torch.tensor([[3.0, 0.0], [0.0, 1.0], [2.0, 0.0]]), torch.tensor([0, 0, 0])
+    report = calibration.report((logits, targets), "valid", fit_on=None)
+    assert report.temperature == 1.0 and report.after is None and report.fitted is None
+    numbers = report.metrics()
+    assert numbers["fitted_on"] is None and "ece_after" not in numbers and "fit" not in numbers
+    assert numbers["ece_before"] == pytest.approx(calibration.expected_calibration_error(logits, targets))
+    # No validation rows at all: nothing to fit on, the same as off.
+    assert calibration.report((logits, targets), "test", fit_on=(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long))).fitted is None
+
+
 def test_reliability_diagram_png(tmp_path, overconfident_digits):
     (valid_logits, valid_labels), _ = overconfident_digits
     result = calibration.calibrate(valid_logits, valid_labels)

@@ -11,44 +11,23 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch import nn
 
 from serve.torch_model import fold_for_inference
-from train.synthetic import SHAPE_CLASSES
+from tests.support.quadrants import CLASSES, quadrant_image
 from vision import explain
 from vision.models import build_model
 from vision.presets import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 SIZE = 64
-CLASSES = list(SHAPE_CLASSES)
-
-
-def quadrant_image(rng: random.Random, label: int, quadrant: int) -> Image.Image:
-    """A plain light background with one shape of class `label` inside `quadrant`
-    (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right), nothing else."""
-    image = Image.new("RGB", (SIZE, SIZE), tuple(rng.randint(190, 255) for _ in range(3)))
-    draw = ImageDraw.Draw(image)
-    half = SIZE // 2
-    extent = rng.randint(half * 2 // 5, half * 4 // 5)
-    x0 = (quadrant % 2) * half + rng.randint(0, half - extent)
-    y0 = (quadrant // 2) * half + rng.randint(0, half - extent)
-    colour, shape = SHAPE_CLASSES[CLASSES[label]]
-    box = (x0, y0, x0 + extent, y0 + extent)
-    if shape == "circle":
-        draw.ellipse(box, fill=colour)
-    elif shape == "square":
-        draw.rectangle(box, fill=colour)
-    else:
-        draw.polygon([(x0 + extent // 2, y0), (x0, y0 + extent), (x0 + extent, y0 + extent)], fill=colour)
-    return image
 
 
 def quadrant_set(rng: random.Random, count: int):
     transform = eval_transform(SIZE, SIZE)
     labels = [i % len(CLASSES) for i in range(count)]
     quadrants = [rng.randrange(4) for _ in range(count)]
-    images = torch.stack([transform(quadrant_image(rng, label, q)) for label, q in zip(labels, quadrants, strict=True)])
+    images = torch.stack([transform(quadrant_image(rng, label, q, SIZE)) for label, q in zip(labels, quadrants, strict=True)])
     return images, torch.tensor(labels), torch.tensor(quadrants)
 
 

@@ -27,9 +27,16 @@ class FakeContext:
         self.headers = headers or {}
         self.status: tuple[int, str] | None = None
         self.content_type: str | None = None
+        self.response_headers: dict[str, str] = {}
 
     def get_all_request_header(self, idx: int) -> dict:
         return self.headers
+
+    def get_request_id(self, idx: int = 0) -> str:
+        return "mms-request-1"
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.response_headers[key] = value
 
     def set_response_status(self, code: int, phrase: str) -> None:
         self.status = (code, phrase)

@@ -42,6 +42,12 @@ def test_train_runs_one_epoch_then_resumes_from_its_checkpoint(opt_ml):
     assert [row["epoch"] for row in first["epochs"]] == [1]
     assert first["data"]["train_images"] == 24 and first["final"]["split"] == "valid"
     assert [p.name for p in (opt_ml / "checkpoints").iterdir()] == ["checkpoint-e0001-s00000000.pt"]
+    # Calibration on by default: T fitted on the validation split, in the artifact and the report.
+    spec = json.loads((opt_ml / "model/model_spec.json").read_text())
+    assert spec["temperature"] == first["calibration"]["temperature"] > 0
+    assert first["calibration"]["fitted_on"] == "valid" and first["calibration"]["images"] == 9
+    assert {"ece_before", "ece_after", "nll_before", "nll_after"} <= first["calibration"].keys()
+    assert (opt_ml / "output/data/reliability_diagram.png").stat().st_size > 0
     assert not (opt_ml / "output/failure").exists()
 
     # Two epochs in all: the second run loads the first one's checkpoint (plain data,
@@ -50,6 +56,15 @@ def test_train_runs_one_epoch_then_resumes_from_its_checkpoint(opt_ml):
     second = json.loads((opt_ml / "output/data/metrics.json").read_text())
     assert [row["epoch"] for row in second["epochs"]] == [1, 2]
     assert second["epochs"][0] == first["epochs"][0]
+
+
+def test_calibration_can_be_turned_off(opt_ml):
+    assert cli.main([*FLAGS, "--epochs", "1", "--calibrate", "false"]) == 0
+    report = json.loads((opt_ml / "output/data/metrics.json").read_text())
+    assert json.loads((opt_ml / "model/model_spec.json").read_text())["temperature"] == 1.0
+    assert report["calibration"]["temperature"] == 1.0 and report["calibration"]["fitted_on"] is None
+    assert "ece_before" in report["calibration"] and "ece_after" not in report["calibration"]
+    assert report["config"]["calibrate"] is False
 
 
 def test_the_model_carries_a_monitoring_baseline_of_its_validation_split(opt_ml, capsys):
