@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 
 IMAGE="${IMAGE:-sagemaker-vision:test}"
 UNIT_IMAGE="${IMAGE%%:*}:unit"
+IMAGE_CPU="${IMAGE_CPU:-$IMAGE-cpu}"  # the torch-free serving image (docker/build.sh --cpu)
 VENV="${VENV:-.venv}"
 VENV_SDK2="${VENV_SDK2:-.venv-sdk2}"
 SDK2_TESTS=(tests/container/test_sagemaker_local.py tests/container/test_serve_aws_toolkit.py)
@@ -40,8 +41,9 @@ echo "=== lint and format (ruff)"
 "$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check .
 
-echo "=== building $IMAGE and the unit-test stage"
+echo "=== building $IMAGE, $IMAGE_CPU and the unit-test stage"
 docker/build.sh "$IMAGE" --quiet >/dev/null
+docker/build.sh --cpu "$IMAGE_CPU" --quiet >/dev/null
 TARGET=test docker/build.sh "$UNIT_IMAGE" --quiet >/dev/null
 
 echo "=== unit tests (inside the image)"
@@ -54,7 +56,7 @@ for dir in tests/host tests/aws tests/container; do
 done
 ignore=()
 for test in "${SDK2_TESTS[@]}"; do ignore+=("--ignore=$test"); done
-IMAGE="$IMAGE" SKIP_BUILD=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${ignore[@]}" "${host_dirs[@]}" "$@"
+IMAGE="$IMAGE" IMAGE_CPU="$IMAGE_CPU" SKIP_BUILD=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${ignore[@]}" "${host_dirs[@]}" "$@"
 
 echo "=== SageMaker SDK 2.x notebooks against the image (Estimator/Model local mode, PyTorchModel)"
 IMAGE="$IMAGE" SKIP_BUILD=1 "$VENV_SDK2/bin/python" -m pytest -q -p no:cacheprovider "${SDK2_TESTS[@]}" "$@"

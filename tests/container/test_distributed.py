@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.containers import mount, opt_ml, wait_exit
+from tests.support.files import TRAINED_MODEL_FILES
 from train import synthetic
 
 HOSTS = ("algo-1", "algo-2")
@@ -223,7 +224,7 @@ def test_two_containers_train_one_model_written_by_algo_1(image, containers, tmp
     assert "node 1 of 2, world size 2, master algo-1" in results["algo-2"][1]
 
     leader, follower = started["algo-1"][1], started["algo-2"][1]
-    assert sorted(p.name for p in (leader / "model").iterdir()) == ["model.pt", "model_spec.json"]
+    assert sorted(p.name for p in (leader / "model").iterdir()) == TRAINED_MODEL_FILES
     assert list((follower / "model").iterdir()) == []
     assert list((follower / "checkpoints").iterdir()) == []
     assert not (follower / "output/data/metrics.json").exists()
@@ -257,7 +258,7 @@ def test_sigterm_mid_run_checkpoints_and_restart_matches_uninterrupted_run(image
     assert resumed["epochs"][-1]["train_acc"] == pytest.approx(reference["epochs"][-1]["train_acc"], abs=0.15)
     assert resumed["epochs"][-1]["val_acc"] == pytest.approx(reference["epochs"][-1]["val_acc"], abs=0.15)
     assert resumed["final"]["acc"] == pytest.approx(reference["final"]["acc"], abs=0.15)
-    assert sorted(p.name for p in (root / "model").iterdir()) == ["model.pt", "model_spec.json"]
+    assert sorted(p.name for p in (root / "model").iterdir()) == TRAINED_MODEL_FILES
 
 
 def test_sigterm_through_the_launcher_stops_both_processes(image, containers, tmp_path, small_shapes):
@@ -375,7 +376,7 @@ def test_torchrun_starts_the_trainer_once_with_world_size_2(image, containers, t
     assert [row["epoch"] for row in report["epochs"]] == [1]
     assert sum(row["support"] for row in report["final"]["per_class"].values()) == 33  # both shards
     assert checkpoints(root) == [(1, 0)]
-    assert sorted(p.name for p in (root / "model").iterdir()) == ["model.pt", "model_spec.json"]
+    assert sorted(p.name for p in (root / "model").iterdir()) == TRAINED_MODEL_FILES
 
 
 FIND_WORKER = "for p in /proc/[0-9]*; do tr '\\0' '\\n' < $p/environ 2>/dev/null | grep -qx LOCAL_RANK={rank} && echo ${{p#/proc/}}; done"
@@ -396,7 +397,7 @@ def test_a_worker_killed_once_restarts_with_max_restarts_and_finishes(image, con
     assert re.search(r"resumed at epoch [23] step \d+ from /opt/ml/checkpoints/checkpoint-e000[12]-s\d{8}\.pt", logs), logs
     assert [row["epoch"] for row in read_metrics(root)["epochs"]] == [1, 2, 3]
     assert not (root / "output/failure").exists(), (root / "output/failure").read_text()
-    assert sorted(p.name for p in (root / "model").iterdir()) == ["model.pt", "model_spec.json"]
+    assert sorted(p.name for p in (root / "model").iterdir()) == TRAINED_MODEL_FILES
 
 
 def test_a_failed_worker_without_restarts_names_itself_in_the_failure_file(image, containers, tmp_path, small_shapes):
