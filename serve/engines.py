@@ -13,7 +13,9 @@ and precision").
      the artifact carries a calibration sample for the guard, on every class measured so
      far; torch bf16 on AMX (not measured against ONNX Runtime there yet);
   6. a model that carries neither model.onnx nor a calibration sample (trained before
-     the trainer wrote them) is served on torch, as it always was.
+     the trainer wrote them) is served on torch, as it always was;
+  0. before all these: a timm model runs torch, whatever is asked (its own evaluation
+     transform; the torch-free preprocessing is torchvision's).
 Whatever runs a reduced precision, the guard at warm-up (vision.guard) falls back to
 fp32, logged, when it disagrees with fp32. A model that needs torch in the torch-free
 image (a user's script, TorchScript, no model.onnx) fails to load with a message naming
@@ -39,6 +41,8 @@ ENGINE_DIR = "engines"  # under a model's scratch directory: what is exported or
 
 def choose_engine(requested: str, precision: str, device: str, spec: ModelSpec, model_dir: Path, hooks: bool, cpu: str) -> str:
     """torch or onnxruntime for our classifier (see the module docstring)."""
+    if spec.preprocess != "torchvision":
+        return torch_for_own_preprocessing(requested, precision, spec)
     if not has_torch():
         if requested == "torch" or precision in ("bf16", "fp16"):
             raise torch_missing(f"SM_VISION_ENGINE={requested}, SM_VISION_PRECISION={precision} asks for the torch engine")
@@ -63,6 +67,18 @@ def choose_engine(requested: str, precision: str, device: str, spec: ModelSpec, 
         log.info("serving on torch: the model carries neither model.onnx nor a calibration sample (trained before the trainer wrote them)")
         return "torch"
     return "onnxruntime"
+
+
+def torch_for_own_preprocessing(requested: str, precision: str, spec: ModelSpec) -> str:
+    """The torch engine for a model whose library brings its own evaluation transform
+    (timm's crop_pct and crop modes): the torch-free preprocessing reproduces
+    torchvision's alone, and a near miss would shift every answer, not fail."""
+    why = f"a {spec.preprocess} model is preprocessed as {spec.preprocess} does, on the torch engine"
+    if not has_torch():
+        raise torch_missing(why)
+    if requested == "onnxruntime" or precision == "int8":
+        raise ConfigError(f"{why}: unset SM_VISION_ENGINE=onnxruntime / SM_VISION_PRECISION=int8")
+    return "torch"
 
 
 def carries_engines(spec: ModelSpec, model_dir: Path) -> bool:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.containers import mount, opt_ml, wait_exit
+from tests.support.containers import mount, opt_ml, wait_exit, wait_for_log
 from tests.support.files import TRAINED_MODEL_FILES
 from train import synthetic
 
@@ -91,22 +91,6 @@ def start_hosts(containers, image, tmp_path: Path, data: Path, hyperparameters: 
         container = start_train(containers, image, root, hostname=host, network=network.name, networking_config={network.name: endpoint})
         started[host] = (container, root)
     return started
-
-
-def wait_for_log(container, pattern: str, timeout: float = 180) -> re.Match:
-    """Block until the container's log matches `pattern`; fail if it exits first."""
-    regex = re.compile(pattern, re.MULTILINE)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        logs = container.logs().decode(errors="replace")
-        match = regex.search(logs)
-        if match:
-            return match
-        container.reload()
-        if container.status == "exited":
-            raise AssertionError(f"exited before logging {pattern!r}:\n{logs}")
-        time.sleep(0.2)
-    raise AssertionError(f"no {pattern!r} within {timeout} s:\n" + container.logs().decode(errors="replace"))
 
 
 def checkpoints(root: Path) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ import requests
 from PIL import Image
 
 from tests.support.containers import host_port, mount, opt_ml, wait_exit, wait_ping
+from tests.support.files import TRAINED_MODEL_FILES
 from tests.support.payloads import png_bytes
 from train import synthetic
 from train.reporting import METRIC_DEFINITIONS
@@ -24,8 +25,8 @@ def test_config_comes_from_hyperparameters_json_with_flags_overriding(trained):
 
 
 def test_model_artifact_is_the_serving_contract(trained):
-    # The weights and their spec (what serving reads), and the monitoring baseline of the validation split.
-    assert sorted(p.name for p in trained.model_dir.iterdir()) == ["model.pt", "model_spec.json", "monitoring"]
+    # The weights and their spec (what serving reads), the CPU engines' files, and the monitoring baseline of the validation split.
+    assert sorted(p.name for p in trained.model_dir.iterdir()) == TRAINED_MODEL_FILES
     monitoring = trained.model_dir / "monitoring"
     assert sorted(p.name for p in monitoring.iterdir()) == ["baseline.json", "constraints.json", "reference.npz", "statistics.json"]
     baseline = json.loads((monitoring / "baseline.json").read_text())

@@ -37,7 +37,7 @@ import sys, torch
 from pathlib import Path
 from container import ServeConfig
 from serve import codec
-from serve.model import load_classifier
+from serve.engines import load_classifier
 config = ServeConfig.from_env()
 classifier = load_classifier(Path("/opt/ml/model"), torch.device("cpu"), config.precision)
 classifier.warm_up()

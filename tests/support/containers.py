@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -54,6 +55,22 @@ def wait_exit(container, timeout: float = 600) -> tuple[int, str]:
     """Exit code and combined logs of a container started detached."""
     result = container.wait(timeout=timeout)
     return result["StatusCode"], container.logs().decode(errors="replace")
+
+
+def wait_for_log(container, pattern: str, timeout: float = 180) -> re.Match:
+    """Block until the container's log matches `pattern`; fail if it exits first."""
+    regex = re.compile(pattern, re.MULTILINE)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = container.logs().decode(errors="replace")
+        match = regex.search(logs)
+        if match:
+            return match
+        container.reload()
+        if container.status == "exited":
+            raise AssertionError(f"exited before logging {pattern!r}:\n{logs}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern!r} within {timeout} s:\n" + container.logs().decode(errors="replace"))
 
 
 def run_to_completion(client, image, command, timeout: float = 600, **kwargs) -> str:

@@ -31,7 +31,8 @@ else:
 rgb = [Image.open(path).convert("RGB") for path in sorted(Path("/in").iterdir())]
 with torch.inference_mode():
     logits = model(torch.stack([transform(image) for image in rgb]))
-outputs = torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits, 1)
+# Served probabilities are calibrated: softmax(logits / T) with the spec's temperature.
+outputs = torch.sigmoid(logits) if activation == "sigmoid" else torch.softmax(logits / spec.temperature, 1)
 print("OUTPUTS " + json.dumps(outputs.tolist()))
 """
 
@@ -39,7 +40,7 @@ print("OUTPUTS " + json.dumps(outputs.tolist()))
 def outputs_in_image(
     handle: Containers, image: str, model_dir: Path, pngs: list[bytes], scratch: Path, activation: str = "softmax", transform: str = "spec"
 ) -> list[list[float]]:
-    """Per image (in order), the model's probabilities: softmax, or sigmoid per class."""
+    """Per image (in order), the model's probabilities: softmax (at the spec's temperature), or sigmoid per class."""
     inputs = scratch / "model-inputs"
     inputs.mkdir()
     for number, png in enumerate(pngs):

@@ -178,6 +178,15 @@ def test_a_model_without_engine_files_is_served_on_torch_as_before(engine_model,
     assert choose_engine("auto", "auto", "cpu", spec, older, False, "AVX2") == "onnxruntime"  # made at load
 
 
+def test_a_timm_model_is_served_on_torch_whatever_the_cpu(engine_model):
+    # The torch-free preprocessing is torchvision's; timm's own crop would shift answers.
+    spec = dataclasses.replace(ModelSpec.load(engine_model), preprocess="timm", crop_pct=0.95)
+    assert choose_engine("auto", "auto", "cpu", spec, engine_model, False, "AVX2") == "torch"
+    for requested, precision in (("onnxruntime", "auto"), ("auto", "int8")):
+        with pytest.raises(ConfigError, match="timm model is preprocessed as timm does"):
+            choose_engine(requested, precision, "cpu", spec, engine_model, False, "AVX2")
+
+
 @pytest.mark.parametrize(
     "requested, precision, device, hooks, message",
     [
