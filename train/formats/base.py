@@ -3,7 +3,9 @@ every reader shares (paths must stay inside their channel, labels must be class 
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -104,3 +106,20 @@ def class_ids(values, where: str, multi_hot: bool) -> tuple[int, ...]:
                 f"{where}: label {number!r} is not a class id (a whole number >= 0); multi-hot labels need label-format=multi-hot"
             )
     return tuple(int(n) for n in numbers)
+
+
+def json_objects(manifest: Path) -> Iterator[tuple[str, dict]]:
+    """Each non-blank line of a JSON-lines manifest as (where, object), `where` naming
+    the file and line for errors; a line that is not a JSON object is a DataFormatError."""
+    with open(manifest, encoding="utf-8") as file:
+        for number, text in enumerate(file, 1):
+            if not text.strip():
+                continue
+            where = f"{manifest.name} line {number}"
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataFormatError(f"{where}: not a JSON object: {err}") from None
+            if not isinstance(line, dict):
+                raise DataFormatError(f"{where}: not a JSON object")
+            yield where, line

@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from train.formats import recordio
-from train.formats.base import DataFormatError, FormatOptions, Sample, class_ids, inside
+from train.formats.base import DataFormatError, FormatOptions, Sample, class_ids, inside, json_objects
 
 SOURCE_REF = "source-ref"
 CLASSIFICATION_TYPES = ("groundtruth/image-classification", "groundtruth/image-classification-multilabel")
@@ -117,32 +117,22 @@ def _key_parts(source_ref: str) -> tuple[str, ...]:
 def read(manifest: Path, root: Path, options: FormatOptions) -> list[Sample]:
     """Samples of a File-mode manifest, source-refs resolved to files under `root`."""
     samples, depth = [], None
-    with open(manifest, encoding="utf-8") as file:
-        for number, text in enumerate(file, 1):
-            if not text.strip():
-                continue
-            where = f"{manifest.name} line {number}"
-            try:
-                line = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{where}: not a JSON object: {err}") from None
-            if not isinstance(line, dict):
-                raise DataFormatError(f"{where}: not a JSON object")
-            source_ref = line.get(SOURCE_REF)
-            if not isinstance(source_ref, str) or not source_ref.strip():
-                raise DataFormatError(f"{where}: no {SOURCE_REF!r} (the image's S3 URI or path); keys: {sorted(line)}")
-            parts = _key_parts(source_ref.strip())
+    for where, line in json_objects(manifest):
+        source_ref = line.get(SOURCE_REF)
+        if not isinstance(source_ref, str) or not source_ref.strip():
+            raise DataFormatError(f"{where}: no {SOURCE_REF!r} (the image's S3 URI or path); keys: {sorted(line)}")
+        parts = _key_parts(source_ref.strip())
+        if depth is None:
+            depth = next((d for d in range(len(parts)) if (root.joinpath(*parts[d:])).is_file()), None)
             if depth is None:
-                depth = next((d for d in range(len(parts)) if (root.joinpath(*parts[d:])).is_file()), None)
-                if depth is None:
-                    raise DataFormatError(
-                        f"{where}: {SOURCE_REF} {source_ref!r} is not under the channel {root} at any depth of its key; "
-                        "copy the images into the channel keeping their S3 layout, or train in Pipe mode (AugmentedManifestFile)"
-                    )
-            relative = "/".join(parts[depth:])
-            path = inside(root, relative, where)
-            labels, names = line_labels(line, options, where)
-            samples.append(Sample(str(path), labels, key=relative, where=where, names=names))
+                raise DataFormatError(
+                    f"{where}: {SOURCE_REF} {source_ref!r} is not under the channel {root} at any depth of its key; "
+                    "copy the images into the channel keeping their S3 layout, or train in Pipe mode (AugmentedManifestFile)"
+                )
+        relative = "/".join(parts[depth:])
+        path = inside(root, relative, where)
+        labels, names = line_labels(line, options, where)
+        samples.append(Sample(str(path), labels, key=relative, where=where, names=names))
     return samples
 
 

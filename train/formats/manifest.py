@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 from pathlib import Path
 
-from train.formats.base import DataFormatError, Sample, inside
+from train.formats.base import DataFormatError, Sample, inside, json_objects
 
 PATH_COLUMNS = ("path", "image", "file", "filename", "image_path", "filepath", "file_path", "image_id")
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "tags")
@@ -75,33 +74,23 @@ def read_jsonl(manifest: Path, channel_root: Path, separator: str | None) -> lis
     folder = manifest.parent
     base = folder.relative_to(channel_root).as_posix() if folder != channel_root else ""
     samples = []
-    with open(manifest, encoding="utf-8") as file:
-        for number, text in enumerate(file, 1):
-            if not text.strip():
-                continue
-            where = f"{manifest.name} line {number}"
-            try:
-                line = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{where}: not a JSON object: {err}") from None
-            if not isinstance(line, dict):
-                raise DataFormatError(f"{where}: not a JSON object")
-            keys = {key.lower(): key for key in line}
-            path_key = next((keys[name] for name in PATH_COLUMNS if name in keys), None)
-            label_key = next((keys[name] for name in LABEL_COLUMNS if name in keys), None)
-            if path_key is None or label_key is None:
-                raise DataFormatError(
-                    f"{where}: needs a path key (one of {', '.join(PATH_COLUMNS)}) and a label key "
-                    f"(one of {', '.join(LABEL_COLUMNS)}); found {sorted(line)}"
-                )
-            value = line[label_key]
-            if isinstance(value, list):
-                labels = tuple(label for item in value for label in _split(item, separator))
-            elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                labels = _split(value, separator)
-            else:
-                raise DataFormatError(f"{where}: label {value!r} is not a class name or a list of them")
-            samples.append(_sample(channel_root, base, str(line[path_key]), labels, where))
+    for where, line in json_objects(manifest):
+        keys = {key.lower(): key for key in line}
+        path_key = next((keys[name] for name in PATH_COLUMNS if name in keys), None)
+        label_key = next((keys[name] for name in LABEL_COLUMNS if name in keys), None)
+        if path_key is None or label_key is None:
+            raise DataFormatError(
+                f"{where}: needs a path key (one of {', '.join(PATH_COLUMNS)}) and a label key "
+                f"(one of {', '.join(LABEL_COLUMNS)}); found {sorted(line)}"
+            )
+        value = line[label_key]
+        if isinstance(value, list):
+            labels = tuple(label for item in value for label in _split(item, separator))
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            labels = _split(value, separator)
+        else:
+            raise DataFormatError(f"{where}: label {value!r} is not a class name or a list of them")
+        samples.append(_sample(channel_root, base, str(line[path_key]), labels, where))
     return samples
 
 
