@@ -194,5 +194,9 @@ def test_an_inference_worker_process_killed_under_load_is_replaced(containers, i
     lost = [o for o in outcomes if o.status is None]
     assert all(o.sent < killed_at + 1 for o in lost), lost[:5]
     assert len(lost) <= 4, lost
+    # Once the replacement has loaded its model (it answers 503 until then), every request is answered.
+    ready_by = time.monotonic() + 120
+    while sum(ping(base) == 200 for _ in range(10)) < 10 and time.monotonic() < ready_by:
+        time.sleep(0.5)
     for _ in range(10):
         assert requests.post(base + "/invocations", data=b"1,2,3\n", headers={"Content-Type": "text/csv"}, timeout=30).status_code == 200
