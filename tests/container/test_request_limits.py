@@ -21,7 +21,7 @@ import requests
 
 from tests.support import bombs
 from tests.support.containers import Containers, host_port, mount, wait_for_log, wait_ping
-from tests.support.endpoint import model_root, post, script_model_root, start_loopback_helper
+from tests.support.endpoint import model_root, post, script_model_root, start_loopback_helper, start_server
 from tests.support.payloads import png_bytes
 
 TIMEOUT_S = 4  # SAGEMAKER_MODEL_SERVER_TIMEOUT of the classifier server
@@ -78,8 +78,7 @@ def user_model(image, docker_client, tmp_path_factory):
     handle = Containers(docker_client)
     try:
         root = script_model_root(tmp_path_factory.mktemp("user_model"), USER_MODEL)
-        container = handle.run(image, ["serve"], volumes=mount(root), ports={"8080/tcp": None}, mem_limit="3g")
-        base = f"http://127.0.0.1:{host_port(container)}"
+        container, base = start_server(handle, image, root, mem_limit="3g")
         wait_ping(base, container)
         yield base, container
     finally:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from tests.support import bombs
 from tests.support.bombs import blank_png
-from tests.support.containers import Containers, host_port, mount, wait_ping
+from tests.support.containers import Containers, host_port, wait_ping
 from tests.support.endpoint import model_root, post, script_model_root, start_loopback_helper, start_server
 from tests.support.payloads import jpeg_bytes, npy_bytes, png_bytes
 
@@ -302,8 +302,7 @@ def tensor_server(image, docker_client, tmp_path_factory):
     handle = Containers(docker_client)
     try:
         root = script_model_root(tmp_path_factory.mktemp("tensors"), IDENTITY_MODEL)
-        container = handle.run(image, ["serve"], volumes=mount(root), ports={"8080/tcp": None}, mem_limit="3g")
-        base = f"http://127.0.0.1:{host_port(container)}"
+        container, base = start_server(handle, image, root, mem_limit="3g")
         wait_ping(base, container)
         yield base, container
     finally:

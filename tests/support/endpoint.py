@@ -41,8 +41,8 @@ def script_model_root(tmp_path: Path, source: str) -> Path:
     return root
 
 
-def start_server(containers, image, root: Path, env: dict | None = None, command=("serve",), port="8080/tcp"):
-    container = containers.run(image, list(command), volumes=mount(root), environment=env or {}, ports={port: None})
+def start_server(containers, image, root: Path, env: dict | None = None, command=("serve",), port="8080/tcp", **run_options):
+    container = containers.run(image, list(command), volumes=mount(root), environment=env or {}, ports={port: None}, **run_options)
     base = f"http://127.0.0.1:{host_port(container, port)}"
     return container, base
 
