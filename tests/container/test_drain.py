@@ -99,6 +99,11 @@ def kill(container, pid: int) -> None:
     assert container.exec_run(["kill", "-9", str(pid)]).exit_code == 0
 
 
+def models_ready(container) -> int:
+    """How many worker processes have logged that their model is loaded."""
+    return container.logs(stdout=True, stderr=True).decode(errors="replace").count("model ready in")
+
+
 def ping(base: str) -> int:
     return requests.get(base + "/ping", timeout=10).status_code
 
@@ -194,9 +199,12 @@ def test_an_inference_worker_process_killed_under_load_is_replaced(containers, i
     lost = [o for o in outcomes if o.status is None]
     assert all(o.sent < killed_at + 1 for o in lost), lost[:5]
     assert len(lost) <= 4, lost
-    # Once the replacement has loaded its model (it answers 503 until then), every request is answered.
+    # Once the replacement has loaded its model (it answers 503 until then), every request is
+    # answered. Pings alone cannot tell: the surviving worker may accept all of them while the
+    # replacement is busy importing, so wait for the third "model ready" line in the log.
     ready_by = time.monotonic() + 120
-    while sum(ping(base) == 200 for _ in range(10)) < 10 and time.monotonic() < ready_by:
+    while models_ready(container) < 3 and time.monotonic() < ready_by:
         time.sleep(0.5)
+    assert models_ready(container) == 3, container.logs()[-3000:]
     for _ in range(10):
         assert requests.post(base + "/invocations", data=b"1,2,3\n", headers={"Content-Type": "text/csv"}, timeout=30).status_code == 200
