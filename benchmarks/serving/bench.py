@@ -8,6 +8,9 @@
 Stacks (all on our image's base, Python, torch and JRE; the anchors are built from PyPI
 by benchmarks/serving/anchors/Dockerfile):
   ours         `serve`, the model our trainer writes (model_spec.json + state dict)
+  ours-script  `serve` running the user's inference.py below with the same weights, as a
+               user moving off AWS's image runs it (--script-variant runs it again with
+               more environment, e.g. 2proc:SAGEMAKER_MODEL_SERVER_WORKERS=2)
   torchserve   TorchServe 0.12 + sagemaker-pytorch-inference 2.0.25, the retired PyTorch
                inference DLC's stack, serving a plain user inference.py
                (benchmarks/serving/anchors/user_inference.py) with the same weights
@@ -26,7 +29,10 @@ Per arch and stack: cold start (container start -> /ping 200, and -> first succe
 prediction; TorchServe answers /ping before its workers are up), the bare forward pass
 of our model (same threads and precision) and our overhead over it, then closed loops of
 clients at each --concurrency, interleaved across stacks in --rounds slices so drift on
-a shared machine hits every stack alike: req/s, p50/p99, errors, peak RSS. Clients post
+a shared machine hits every stack alike: req/s, p50/p99, errors, peak RSS, and the
+server's CPU time per answered request (its container's CPU usage over the slices /
+requests answered: what a stack spends on a request, which a loaded host disturbs far
+less than req/s). Clients post
 real photos (scikit-learn's china.jpg and flower.jpg) and, in a second body set, a
 12-megapixel photo made by upscaling china.jpg. Everything talks to 127.0.0.1 only and
 every loop is bounded in time. Accuracy in reduced precision is agreement.py's job.
@@ -56,7 +62,7 @@ from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 LABEL = "sagemaker-vision-bench"
-STACKS = ("ours", "torchserve", "mms-toolkit")
+STACKS = ("ours", "ours-script", "torchserve", "mms-toolkit")
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
 REQUEST_VARIANTS = ("explain:explain=gradcam", "embedding:output=embedding", "tta:tta=flip")
 GOALS = {"resnet50": 2.0, "resnet18": 1.5}  # req/s ratio at concurrency 16 against each anchor
@@ -114,6 +120,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="also run our server as stack ours-NAME with this environment, e.g. fp32:SM_VISION_PRECISION=fp32 (repeatable)",
+    )
+    parser.add_argument(
+        "--script-variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="also run our server on the user's inference.py as ours-script-NAME with this environment (repeatable)",
     )
     parser.add_argument(
         "--request-variant",
@@ -196,6 +209,20 @@ class RssSampler:
         return max(self.samples or [0])
 
 
+def container_cpu_s(container) -> float:
+    """CPU seconds the container's processes have used so far, from its cgroup (v1 or v2)
+    when this host shows it, else from the docker API (slower: it samples)."""
+    cid = container.id
+    v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+    if v1.is_file():
+        return int(v1.read_text()) / 1e9
+    for v2 in (Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"), Path(f"/sys/fs/cgroup/docker/{cid}/cpu.stat")):
+        if v2.is_file():
+            usage = dict(line.split() for line in v2.read_text().splitlines())
+            return int(usage["usage_usec"]) / 1e6
+    return container.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+
+
 def post(url: str, body: bytes, session=requests, attributes: str | None = None) -> bool:
     headers = {"Content-Type": "image/jpeg"}
     if attributes:
@@ -268,6 +295,7 @@ class Server:
     cold_start_first_prediction_s: float
     p50_c1_ms: float
     loads: dict = field(default_factory=dict)  # (concurrency, body set) -> accumulated samples
+    model_root: str = "ours"  # which /opt/ml tree it serves: ours, or the user's (inference.py)
     peak_rss_mb: float = 0.0
     attributes: str | None = None  # a request variant: custom attributes of every measured request
     background: str | None = None  # ... and of the unmeasured clients sent meanwhile
@@ -275,6 +303,11 @@ class Server:
 
 def is_ours(stack: str) -> bool:
     return stack == "ours" or stack.startswith("ours-")
+
+
+def runs_script(stack: str) -> bool:
+    """Stacks serving the user's inference.py: the anchors and ours-script(-NAME)."""
+    return not is_ours(stack) or stack == "ours-script" or stack.startswith("ours-script-")
 
 
 def request_variants(server: Server, specs: list[str], photo: bytes, mixed: bool) -> list[Server]:
@@ -331,7 +364,7 @@ def start_server(client, image: str, stack: str, model_root: Path, env: dict, bo
 
 
 def stack_env(stack: str, ours_env: dict, variants: dict[str, dict]) -> dict:
-    if stack == "ours":
+    if stack in ("ours", "ours-script"):
         return dict(ours_env)
     if stack.startswith("ours-"):
         return {**ours_env, **variants[stack]}
@@ -400,14 +433,16 @@ def run_loads(servers: list[Server], bodies: dict[str, list[bytes]], args) -> No
         for body_set in args.bodies.split(","):
             for _ in range(args.rounds):
                 for server in servers:
+                    cpu_before = container_cpu_s(server.container)
                     with RssSampler(server.container) as rss:
                         lat, err, elapsed = load_loop(
                             server.url, bodies[body_set], concurrency, args.duration / args.rounds, server.attributes, server.background
                         )
-                    slot = server.loads.setdefault((concurrency, body_set), {"latencies": [], "errors": 0, "elapsed": 0.0})
+                    slot = server.loads.setdefault((concurrency, body_set), {"latencies": [], "errors": 0, "elapsed": 0.0, "cpu_s": 0.0})
                     slot["latencies"] += lat
                     slot["errors"] += err
                     slot["elapsed"] += elapsed
+                    slot["cpu_s"] += container_cpu_s(server.container) - cpu_before
                     server.peak_rss_mb = max(server.peak_rss_mb, rss.peak / 2**20)
 
 
@@ -441,6 +476,8 @@ def summarise(server: Server, arch: str, bare_ms: float, precision: str) -> dict
             "rps": len(lat) / slot["elapsed"] if slot["elapsed"] else 0.0,
             "p50_ms": percentile(lat, 50) * 1000 if lat else float("nan"),
             "p99_ms": percentile(lat, 99) * 1000 if lat else float("nan"),
+            # with background clients (ours+plain|NAME) the container also spent CPU on theirs
+            "cpu_ms_per_request": slot["cpu_s"] * 1000 / len(lat) if lat and not server.background else float("nan"),
         }
     summary = {
         "arch": arch,
@@ -461,18 +498,59 @@ def summarise(server: Server, arch: str, bare_ms: float, precision: str) -> dict
 # --- report -----------------------------------------------------------------------------
 
 
+def machine_line() -> str:
+    """The CPU model, its vector flags and the load average: printed beside every table."""
+    model, flags = "unknown CPU", set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    vector = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{model}, {os.cpu_count()} logical cores; flags: {' '.join(vector)}; load average {load}"
+
+
+SCRIPT_GOAL = 1.3  # ours-script / tuned TorchServe req/s at c>=16, the same inference.py and weights
+
+
+def print_script_ratios(results: list[dict], arch: str) -> None:
+    """Our server on the user's inference.py against the anchors running the same script."""
+    anchors = [r for r in results if r["arch"] == arch and not is_ours(r["stack"])]
+    for script in (r for r in results if r["arch"] == arch and is_ours(r["stack"]) and runs_script(r["stack"])):
+        for anchor in anchors:
+            for name, load in sorted(script["loads"].items()):
+                other = anchor["loads"].get(name)
+                if not other or not other["rps"]:
+                    continue
+                goal = f" (goal >= {SCRIPT_GOAL}x req/s)" if load["concurrency"] >= 16 else ""
+                print(
+                    f"  {script['stack']} vs {anchor['stack']:18} {name:12} req/s x{load['rps'] / other['rps']:.2f}, "
+                    f"p99 x{load['p99_ms'] / other['p99_ms']:.2f}, CPU/request x{load['cpu_ms_per_request'] / other['cpu_ms_per_request']:.2f}{goal}"
+                )
+
+
 def print_report(results: list[dict]) -> None:
-    header = f"{'arch':9} {'stack':20} {'load':12} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'err':>4} {'RSS MB':>7} {'ping s':>7} {'1st pred s':>10}"
+    print(machine_line())
+    header = (
+        f"{'arch':9} {'stack':20} {'load':12} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/req':>10} {'err':>4} {'RSS MB':>7} "
+        f"{'ping s':>7} {'1st pred s':>10}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
         for name, load in sorted(r["loads"].items()):
             print(
-                f"{r['arch']:9} {r['stack']:20} {name:12} {load['rps']:7.1f} {load['p50_ms']:8.0f} {load['p99_ms']:8.0f} {load['errors']:4d} "
+                f"{r['arch']:9} {r['stack']:20} {name:12} {load['rps']:7.1f} {load['p50_ms']:8.0f} {load['p99_ms']:8.0f} "
+                f"{load['cpu_ms_per_request']:10.1f} {load['errors']:4d} "
                 f"{r['peak_rss_mb']:7.0f} {r['cold_start_ping_s']:7.1f} {r['cold_start_first_prediction_s']:10.1f}"
             )
     print()
     for arch in sorted({r["arch"] for r in results}):
+        print_script_ratios(results, arch)
         ours = next((r for r in results if r["arch"] == arch and r["stack"] == "ours"), None)
         if not ours:
             continue
@@ -514,6 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.variant:
         name, _, assignments = spec.partition(":")
         variants[f"ours-{name}"] = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
+    for spec in args.script_variant:
+        name, _, assignments = spec.partition(":")
+        variants[f"ours-script-{name}"] = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
     if args.capture:
         variants["ours-capture"] = dict(CAPTURE_ENV)
     stacks[1:1] = list(variants)  # variants right after ours, before the anchors
@@ -534,7 +615,8 @@ def main(argv: list[str] | None = None) -> int:
                 soaked = None
                 try:
                     for stack in stacks:
-                        image, root = (args.image, ours_root) if is_ours(stack) else (anchors, user_root)
+                        image = args.image if is_ours(stack) else anchors
+                        root = user_root if runs_script(stack) else ours_root
                         env = stack_env(stack, ours_env, variants)
                         servers.append(start_server(client, image, stack, root, env, bodies["photos"], args.cpu_shares))
                         print(f"  {stack}: first prediction after {servers[-1].cold_start_first_prediction_s:.1f} s", flush=True)
