@@ -61,7 +61,7 @@ class ServeConfig:
         "SM_VISION_ENGINE",
         "auto",
         "what runs our classifier: torch, onnxruntime (CPU), or auto = by the CPU's class (docs/serving.md); a user's "
-        "inference.py always runs on torch",
+        "inference.py runs on torch, with its model's forward on ONNX Runtime fp32 once checked unless this is torch",
         "--engine",
         ENGINES,
     )

@@ -112,6 +112,9 @@ class Handler:
         if "model_fn" in functions:
             share_cores(config.device, config.threads)  # the user's model is a torch model
             model = call(functions["model_fn"], str(model_dir), context=context)
+            from serve.user_model import accelerate  # torch: a user's model_fn needs it anyway
+
+            accelerate(model, config.device, config.engine, config.threads, scratch)
         else:
             model = load_default_model(model_dir, config, scratch, hooks=bool(functions))
         ours = isinstance(model, Classifier)
@@ -137,6 +140,14 @@ class Handler:
     @property
     def classifier(self) -> Classifier | None:
         return self.model if isinstance(self.model, Classifier) else None
+
+    def engine(self) -> tuple[str, str, str] | None:
+        """(engine, precision, CPU class) of what runs the forward, for /metrics: our
+        classifier's, or a user's module whose forward serve.user_model took over."""
+        if self.classifier is not None:
+            return self.classifier.engine, self.classifier.precision, self.classifier.cpu_class
+        state = getattr(getattr(self.model, "forward", None), "served_by", None)
+        return state() if callable(state) else None
 
     @property
     def preprocess(self) -> Callable:

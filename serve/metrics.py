@@ -243,15 +243,15 @@ class HostCollector(Collector):
         memory = GaugeMetricFamily(f"{PREFIX}_model_memory_bytes", "Bytes of parameters and buffers a loaded model holds", labels=["model"])
         engine = GaugeMetricFamily(
             f"{PREFIX}_model_engine",
-            "1 for the engine and precision each of our classifiers is served with, and the CPU class (docs/serving.md)",
+            "1 for the engine and precision each model's forward runs on (our classifiers, and users' modules), and the CPU class (docs/serving.md)",
             labels=["model", "engine", "precision", "cpu_class"],
         )
         for model in loaded:
             load.add_metric([model.name], getattr(model, "load_seconds", 0.0))
             memory.add_metric([model.name], model.nbytes)
-            classifier = model.handler.classifier if hasattr(model, "handler") else None
-            if classifier is not None:
-                engine.add_metric([model.name, classifier.engine, classifier.precision, classifier.cpu_class], 1)
+            served_by = model.handler.engine() if hasattr(model, "handler") else None
+            if served_by is not None:
+                engine.add_metric([model.name, *served_by], 1)
         yield load
         yield memory
         yield engine

@@ -9,7 +9,9 @@ does. The export is refused if ONNX Runtime's output differs from torch's by mor
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import threading
 import warnings
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import torch
 from vision.artifact import INT8_FILE, ONNX_FILE, ModelSpec
 from vision.models import build_model
 
-__all__ = ["INT8_FILE", "ONNX_FILE", "ExportError", "check_export", "export_onnx", "load_trained"]
+__all__ = ["INT8_FILE", "ONNX_FILE", "ExportError", "check_export", "export_module", "export_onnx", "load_trained", "relative_difference"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,11 @@ OUTPUT_NAME = "logits"
 # torch. Both run the same fp32 math in other orders (and ONNX Runtime folds BatchNorm):
 # measured ~1e-6 on ResNets; a wrong export (a missed op, a swapped layout) is off by O(1).
 EXPORT_TOLERANCE = 1e-3
+
+
+# The exporter's chatter, quieted while it runs: one line per registered torchvision op it
+# cannot type (never in a classifier), and its graph passes' progress at INFO.
+QUIET_LOGGERS = {"torch.onnx._internal.exporter._schemas": logging.ERROR, "onnx_ir": logging.WARNING, "onnxscript": logging.WARNING}
 
 
 class ExportError(RuntimeError):
@@ -48,13 +55,42 @@ def export_onnx(module: torch.nn.Module, image_size: int, path: Path, check_batc
     size, then run `check_batch` (default: 2 seeded random images) through both."""
     module = module.eval()
     example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    schemas_log = logging.getLogger("torch.onnx._internal.exporter._schemas")
-    level = schemas_log.level
+    export_module(module, example, path)
+    check_export(module, path, example if check_batch is None else check_batch)
+    return Path(path)
+
+
+def export_module(module: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """`module`'s forward -> ONNX at `path`, for one input shaped as `example` but with any
+    batch size (`example` needs at least 2 rows: torch.export specialises a batch of 1).
+    Runs on the process's one export thread, whichever thread calls."""
+    return _export_thread().submit(_export, module, example, path).result()
+
+
+_EXPORTER: list[concurrent.futures.ThreadPoolExecutor] = []
+_EXPORTER_LOCK = threading.Lock()
+
+
+def _export_thread() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread for every export in the process: on torch 2.10 a torch.export in a
+    second thread, after one in another thread, kills the process (segmentation fault,
+    reproduced with two threads exporting one after the other), and a server exports
+    from its loading thread, a user model's background export, or several models'."""
+    with _EXPORTER_LOCK:
+        if not _EXPORTER:
+            _EXPORTER.append(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="onnx-export"))
+        return _EXPORTER[0]
+
+
+def _export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
+    quieted = {name: logging.getLogger(name) for name in QUIET_LOGGERS}
+    levels = {name: logger.level for name, logger in quieted.items()}
     with warnings.catch_warnings():
         # torch.export's deprecation notices about pytree internals, and one warning per
         # torchvision detection op the exporter registers (never in a classifier): not ours.
         warnings.simplefilter("ignore", FutureWarning)
-        schemas_log.setLevel(logging.ERROR)
+        for name, logger in quieted.items():
+            logger.setLevel(QUIET_LOGGERS[name])
         try:
             program = torch.onnx.export(
                 module,
@@ -66,10 +102,17 @@ def export_onnx(module: torch.nn.Module, image_size: int, path: Path, check_batc
                 verbose=False,
             )
         finally:
-            schemas_log.setLevel(level)
+            for name, logger in quieted.items():
+                logger.setLevel(levels[name])
     program.save(str(path))
-    check_export(module, path, example if check_batch is None else check_batch)
     return Path(path)
+
+
+def relative_difference(expected: np.ndarray, got: np.ndarray) -> float:
+    """Largest |difference| relative to the largest |expected| (inf when the shapes differ)."""
+    if expected.shape != got.shape:
+        return float("inf")
+    return float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-6))
 
 
 def check_export(module: torch.nn.Module, path: Path, batch: torch.Tensor) -> float:
@@ -80,7 +123,7 @@ def check_export(module: torch.nn.Module, path: Path, batch: torch.Tensor) -> fl
     with torch.inference_mode():
         expected = module(batch).float().numpy()
     got = OnnxClassifier(path, threads=1).logits(batch.numpy().astype(np.float32))
-    diff = float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-6))
+    diff = relative_difference(expected, got)
     if not diff <= EXPORT_TOLERANCE:
         raise ExportError(f"{path}: ONNX Runtime's logits differ from torch's by {diff:.2e} (relative), above {EXPORT_TOLERANCE:g}")
     log.info("exported %s (ONNX Runtime vs torch: largest relative logit difference %.1e)", path, diff)
