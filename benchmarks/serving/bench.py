@@ -235,11 +235,12 @@ def post(url: str, body: bytes, session=requests, attributes: str | None = None)
 
 def load_loop(
     url: str, bodies: list[bytes], concurrency: int, duration: float, attributes: str | None = None, background: str | None = None
-) -> tuple[list[float], int, float]:
+) -> tuple[list[float], int, float, list[float]]:
     """Closed loop: each client posts, waits for the answer, posts the next body. With
-    `background`, as many more clients send requests with those attributes meanwhile
-    (not measured)."""
+    `background`, as many more clients send requests with those attributes meanwhile;
+    their latencies come back apart (the last item)."""
     latencies: list[float] = []
+    background_latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     deadline = time.monotonic() + duration
@@ -254,10 +255,9 @@ def load_loop(
             else:
                 bad += 1
             i += 1
-        if measured:
-            with lock:
-                latencies.extend(own)
-                errors[0] += bad
+        with lock:
+            (latencies if measured else background_latencies).extend(own)
+            errors[0] += bad
 
     threads = [threading.Thread(target=client, args=(n, attributes, True)) for n in range(concurrency)]
     if background:
@@ -267,7 +267,7 @@ def load_loop(
         thread.start()
     for thread in threads:
         thread.join()
-    return latencies, errors[0], time.monotonic() - start
+    return latencies, errors[0], time.monotonic() - start, background_latencies
 
 
 def wait_for(predicate, timeout: float, container) -> float:
@@ -302,7 +302,8 @@ class Server:
 
 
 def is_ours(stack: str) -> bool:
-    return stack == "ours" or stack.startswith("ours-")
+    """Our server: ours, its variants (ours-NAME) and its request variants (ours+NAME)."""
+    return stack == "ours" or stack.startswith(("ours-", "ours+"))
 
 
 def runs_script(stack: str) -> bool:
@@ -435,11 +436,14 @@ def run_loads(servers: list[Server], bodies: dict[str, list[bytes]], args) -> No
                 for server in servers:
                     cpu_before = container_cpu_s(server.container)
                     with RssSampler(server.container) as rss:
-                        lat, err, elapsed = load_loop(
+                        lat, err, elapsed, background = load_loop(
                             server.url, bodies[body_set], concurrency, args.duration / args.rounds, server.attributes, server.background
                         )
-                    slot = server.loads.setdefault((concurrency, body_set), {"latencies": [], "errors": 0, "elapsed": 0.0, "cpu_s": 0.0})
+                    slot = server.loads.setdefault(
+                        (concurrency, body_set), {"latencies": [], "background": [], "errors": 0, "elapsed": 0.0, "cpu_s": 0.0}
+                    )
                     slot["latencies"] += lat
+                    slot["background"] += background
                     slot["errors"] += err
                     slot["elapsed"] += elapsed
                     slot["cpu_s"] += container_cpu_s(server.container) - cpu_before
@@ -449,7 +453,7 @@ def run_loads(servers: list[Server], bodies: dict[str, list[bytes]], args) -> No
 def soak(server: Server, bodies: list[bytes], args) -> dict:
     """Our server alone under steady load: does its memory grow?"""
     with RssSampler(server.container, period=5) as rss:
-        latencies, errors, elapsed = load_loop(server.url, bodies, args.soak_concurrency, args.soak_seconds)
+        latencies, errors, elapsed, _ = load_loop(server.url, bodies, args.soak_concurrency, args.soak_seconds)
     head = statistics.mean(rss.samples[: max(1, len(rss.samples) // 10)])
     tail = statistics.mean(rss.samples[-max(1, len(rss.samples) // 10) :])
     return {
@@ -479,6 +483,12 @@ def summarise(server: Server, arch: str, bare_ms: float, precision: str) -> dict
             # with background clients (ours+plain|NAME) the container also spent CPU on theirs
             "cpu_ms_per_request": slot["cpu_s"] * 1000 / len(lat) if lat and not server.background else float("nan"),
         }
+        if server.background:  # the other side of a mixed load: the requests sent beside the measured ones
+            other = slot["background"]
+            loads[f"c{concurrency}-{body_set}"].update(
+                background_rps=len(other) / slot["elapsed"] if slot["elapsed"] else 0.0,
+                background_p50_ms=percentile(other, 50) * 1000 if other else float("nan"),
+            )
     summary = {
         "arch": arch,
         "stack": server.stack,
@@ -533,6 +543,26 @@ def print_script_ratios(results: list[dict], arch: str) -> None:
                 )
 
 
+def print_mixed(results: list[dict], arch: str) -> None:
+    """Both sides of each mixed load (ours+plain|NAME), each as a share of what it does
+    alone: shares adding up to about 1 mean the two kinds only share the cores; well
+    below 1, one holds the other up."""
+    alone = {r["stack"]: r for r in results if r["arch"] == arch}
+    for mixed in (r for r in results if r["arch"] == arch and r.get("background_attributes")):
+        base, _, name = mixed["stack"].partition("+plain|")
+        plain, variant = alone.get(base), alone.get(f"{base}+{name}")
+        for load_name, load in sorted(mixed["loads"].items()):
+            if not plain or not variant or load_name not in plain["loads"] or load_name not in variant["loads"]:
+                continue
+            plain_share = load["rps"] / plain["loads"][load_name]["rps"]
+            variant_share = load["background_rps"] / variant["loads"][load_name]["rps"]
+            print(
+                f"  mixed {load_name}: plain {load['rps']:.1f} req/s (p50 {load['p50_ms']:.0f} ms) beside {name} "
+                f"{load['background_rps']:.1f} req/s (p50 {load['background_p50_ms']:.0f} ms): shares of alone "
+                f"{plain_share:.2f} + {variant_share:.2f} = {plain_share + variant_share:.2f}"
+            )
+
+
 def print_report(results: list[dict]) -> None:
     print(machine_line())
     header = (
@@ -562,7 +592,8 @@ def print_report(results: list[dict]) -> None:
             print(
                 f"  {variant['stack']:22} c=1 p50 {variant['p50_c1_ms']:.1f} ms: x{variant['p50_c1_ms'] / ours['p50_c1_ms']:.2f} a plain request"
             )
-        for anchor in (r for r in results if r["arch"] == arch and r["stack"] != "ours"):  # anchors and our variants
+        print_mixed(results, arch)
+        for anchor in (r for r in results if r["arch"] == arch and r["stack"] != "ours" and not r.get("background_attributes")):
             for name, load in sorted(ours["loads"].items()):
                 other = anchor["loads"].get(name)
                 if not other or not other["rps"]:
