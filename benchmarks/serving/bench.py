@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
+import numpy as np
 import requests
 from PIL import Image
 
@@ -72,32 +73,43 @@ CAPTURE_ENV = {"SM_VISION_CAPTURE_PERCENT": "100", "SM_VISION_CAPTURE_DIR": "/tm
 CAPTURE_GOAL = 1.03  # ours / ours-capture req/s
 
 MAKE_MODEL = r"""
-import os, sys, torch
+import dataclasses, os, sys, torch
 from pathlib import Path
 from vision.models import build_model
-from vision.artifact import ModelSpec
+from vision.artifact import INT8_FILE, ONNX_FILE, ModelSpec
+from vision.engines.calibration import CALIBRATION_FILE, load_calibration
+from vision.engines.preprocess import EvalPreprocess
 out, arch = Path(sys.argv[1]), sys.argv[2]
-out.mkdir(parents=True, exist_ok=True)
 torch.manual_seed(0)
-torch.save(build_model(arch, 133).state_dict(), out / "model.pt")
-ModelSpec(arch, tuple(f"breed_{i}" for i in range(133)), 224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).save(out)
+module = build_model(arch, 133).eval()
+torch.save(module.state_dict(), out / "model.pt")
+spec = ModelSpec(arch, tuple(f"breed_{i}" for i in range(133)), 224, 256, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+if (out / CALIBRATION_FILE).exists():  # what the trainer adds (train/outputs.py): model.onnx and its int8 variant
+    from vision.engines.export import export_onnx
+    from vision.engines.quantize import quantize_int8
+    normalized = EvalPreprocess.from_spec(spec).normalize(load_calibration(out, 224))
+    export_onnx(module, 224, out / ONNX_FILE, torch.from_numpy(normalized[:8]))
+    quantize_int8(out / ONNX_FILE, out / INT8_FILE, normalized)
+    spec = dataclasses.replace(spec, calibration_file=CALIBRATION_FILE, onnx_file=ONNX_FILE, int8_file=INT8_FILE)
+spec.save(out)
 for f in out.iterdir(): os.chmod(f, 0o666)
 os.chmod(out, 0o777)
 """
 
 # Our server's forward, minus HTTP, decoding and preprocessing, in the precision it serves.
 BARE_FORWARD = r"""
-import sys, time, statistics, torch
+import os, sys, time, statistics, numpy as np
 from pathlib import Path
 from serve.engines import load_classifier
-torch.set_num_threads(int(sys.argv[2]))
-clf = load_classifier(Path(sys.argv[1]), torch.device("cpu"))
-x = torch.randn(1, 3, 224, 224)
+clf = load_classifier(Path(sys.argv[1]), "cpu", os.environ.get("SM_VISION_PRECISION", "auto"), os.environ.get("SM_VISION_ENGINE", "auto"),
+                      threads=int(sys.argv[2]), scratch=Path("/tmp/bare"))
+clf.warm_up()  # the guard: what the server would keep
+x = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)
 for _ in range(5): clf.probabilities(x)
 times = []
 for _ in range(30):
     t = time.perf_counter(); clf.probabilities(x); times.append(time.perf_counter() - t)
-print("BARE_MS", statistics.median(times) * 1000, "PRECISION", clf.precision)
+print("BARE_MS", statistics.median(times) * 1000, "PRECISION", clf.engine + "-" + clf.precision)
 """
 
 
@@ -403,6 +415,7 @@ def make_models(client, image: str, arch: str, root: Path) -> tuple[Path, Path]:
         (tree / "model").mkdir(parents=True, exist_ok=True)
         os.chmod(tree, 0o777)
         os.chmod(tree / "model", 0o777)
+    np.save(ours / "model" / "calibration.npy", calibration_crops(photo_bodies()["photos"]), allow_pickle=False)
     client.containers.run(
         image,
         ["python", "-c", MAKE_MODEL, "/opt/ml/model", arch],
@@ -414,6 +427,22 @@ def make_models(client, image: str, arch: str, root: Path) -> tuple[Path, Path]:
     (user / "model" / "code").mkdir(exist_ok=True)
     shutil.copy(HERE / "anchors" / "user_inference.py", user / "model" / "code" / "inference.py")
     return ours, user
+
+
+def calibration_crops(photos: list[bytes], count: int = 64, size: int = 224) -> np.ndarray:
+    """The calibration sample a trained artifact carries (vision/engines/calibration.py):
+    uint8 crops of real photos at random scales, so `auto` serves what it would serve a
+    model our trainer wrote (ONNX Runtime int8 behind its guard on most CPU classes)."""
+    rng = np.random.default_rng(0)
+    images = [Image.open(io.BytesIO(body)).convert("RGB") for body in photos]
+    crops = []
+    for i in range(count):
+        image = images[i % len(images)]
+        scale = rng.uniform(size, 2 * size) / min(image.size)
+        resized = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))), Image.Resampling.BILINEAR)
+        left, top = rng.integers(0, resized.width - size + 1), rng.integers(0, resized.height - size + 1)
+        crops.append(np.asarray(resized.crop((left, top, left + size, top + size))))
+    return np.stack(crops)
 
 
 def bare_forward(client, image: str, ours: Path, threads: int, env: dict) -> tuple[float, str]:
