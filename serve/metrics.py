@@ -246,15 +246,23 @@ class HostCollector(Collector):
             "1 for the engine and precision each of our classifiers is served with, and the CPU class (docs/serving.md)",
             labels=["model", "engine", "precision", "cpu_class"],
         )
+        guard = GaugeMetricFamily(
+            f"{PREFIX}_model_guard",
+            "1 for the state of the accuracy guard of a reduced precision: running (fp32 serves meanwhile), passed, failed or stopped",
+            labels=["model", "precision", "state"],
+        )
         for model in loaded:
             load.add_metric([model.name], getattr(model, "load_seconds", 0.0))
             memory.add_metric([model.name], model.nbytes)
             classifier = model.handler.classifier if hasattr(model, "handler") else None
             if classifier is not None:
                 engine.add_metric([model.name, classifier.engine, classifier.precision, classifier.cpu_class], 1)
+                if classifier.guard_state() is not None:
+                    guard.add_metric([model.name, *classifier.guard_state()], 1)
         yield load
         yield memory
         yield engine
+        yield guard
         yield GaugeMetricFamily(f"{PREFIX}_models_loaded", "Models loaded now", value=len(loaded))
         if multi:
             yield GaugeMetricFamily(
