@@ -167,7 +167,9 @@ def fp32_model(model_dir: Path, spec: ModelSpec, scratch: Path, calibration) -> 
     if not has_torch():
         raise torch_missing(f"the model has no {ONNX_FILE} (trained before the trainer wrote one, or with export_onnx=false)")
     weights = model_dir / spec.weights_file
-    if weights.suffix == ".pt2" or (weights.is_file() and is_torchscript(weights)):
+    if not weights.is_file():
+        raise ConfigError(f"{weights} is missing (model_spec.json names weights_file={spec.weights_file!r}) and there is no {ONNX_FILE}")
+    if weights.suffix == ".pt2" or is_torchscript(weights):
         raise ConfigError(f"{spec.weights_file} is not a state dict: only the trainer's weights are exported to ONNX at load")
     import torch
 

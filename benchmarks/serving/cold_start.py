@@ -116,7 +116,7 @@ def start(client, image: str, root: Path, env: dict, body: bytes) -> dict:
                 pass
             time.sleep(0.02)
         switched = None
-        for _ in range(600):
+        for _ in range(3000):  # at a lower priority on a loaded machine the guard may take minutes
             switched = SWITCHED.search(container.logs().decode(errors="replace"))
             if switched or env.get("SM_VISION_WAIT_FOR_GUARD") == "true":  # the guard ran before ready
                 break

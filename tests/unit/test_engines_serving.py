@@ -462,7 +462,8 @@ def test_the_serving_stack_imports_and_answers_with_torch_blocked(engine_model, 
         from tests.support.payloads import png_bytes
         assert not has_torch()
         machine = Machine(device="cpu", cpus=1, memory_bytes=8 << 30, processes=1)
-        config = ServeConfig(model_dir="{engine_model}", scratch_dir="{tmp_path}/scratch", opt_ml="{tmp_path}/opt_ml")
+        # int8 from the first answer (the guard before ready), as load_classifier's below
+        config = ServeConfig(model_dir="{engine_model}", scratch_dir="{tmp_path}/scratch", opt_ml="{tmp_path}/opt_ml", wait_for_guard=True)
         app = create_app(config.resolve(machine), machine)
 
         async def body():
