@@ -27,6 +27,8 @@ CLASSES = tuple(synthetic.SHAPE_CLASSES)
 TIE_MARGIN = 0.05  # vision.guard's: a top-1 change counts only where fp32's top two are further apart
 ENGINE_METRIC = re.compile(r"^sm_vision_model_engine\{([^}]*)\} 1\.0$", re.MULTILINE)
 FULL_IMAGE_HINT = "full sagemaker-vision image"
+# The torch-free image as users run it: its one engine, whatever SMV_TEST_ENGINE asks of the full image.
+SLIM_DEFAULTS = {"SM_VISION_ENGINE": "auto"}
 
 
 def serving_root(tmp_path: Path, model: Path) -> Path:
@@ -141,7 +143,7 @@ def test_cpu_image_answers_before_the_int8_guard_has_run(containers, cpu_image, 
     it; a timed assertion on this shared machine would only measure the load)."""
     root, body = serving_root(tmp_path, trained_model), split_images(shapes_data)[0].read_bytes()
     started = time.monotonic()
-    container, base = start_server(containers, cpu_image, root)
+    container, base = start_server(containers, cpu_image, root, SLIM_DEFAULTS)
     first = None
     while first is None:
         assert time.monotonic() - started < 300, container.logs().decode(errors="replace")
@@ -190,7 +192,7 @@ def test_cpu_image_fails_ping_naming_the_full_image_for_a_model_that_needs_torch
 ):
     root = serving_root(tmp_path, trained_model)
     change(root / "model")
-    container, base = start_server(containers, cpu_image, root)
+    container, base = start_server(containers, cpu_image, root, SLIM_DEFAULTS)
     status, body = None, {}
     for _ in range(240):
         try:
