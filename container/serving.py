@@ -73,6 +73,13 @@ class ServeConfig:
         "--precision",
         PRECISIONS,
     )
+    wait_for_guard: bool = setting(
+        "SM_VISION_WAIT_FOR_GUARD",
+        False,
+        "true: /ping turns ready only after the accuracy guard of ONNX Runtime int8 (64 fp32 and 64 int8 forwards) has run, so "
+        "the first request already gets the final precision; false: ready on fp32 at once, int8 once the guard passes in the "
+        "background (docs/serving.md). torch's bf16/fp16 guard always runs before ready",
+    )
     threads: int | None = setting(
         "SM_VISION_THREADS",
         None,
@@ -385,16 +392,3 @@ class Machine:
     def forward_threads(self, workers: int) -> int:
         """Intra-op threads of each of `workers` concurrent forwards: its share of the cores."""
         return max(1, self.cpus // workers)
-
-
-def container_memory_bytes() -> int:
-    """The container's memory: its cgroup limit (v2 or v1), else physical memory."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            limit = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if limit.isdigit() and int(limit) < 2**60:  # v1 reports "no limit" as a huge number
-            return int(limit)
-        break
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -16,8 +16,10 @@ and precision").
      the trainer wrote them) is served on torch, as it always was;
   0. before all these: a timm model runs torch, whatever is asked (its own evaluation
      transform; the torch-free preprocessing is torchvision's).
-Whatever runs a reduced precision, the guard at warm-up (vision.guard) falls back to
-fp32, logged, when it disagrees with fp32. A model that needs torch in the torch-free
+Whatever runs a reduced precision, the accuracy guard (vision.guard) falls back to
+fp32, logged, when it disagrees with fp32: at warm-up on torch, and for ONNX Runtime
+int8 in the background while fp32 serves, unless SM_VISION_WAIT_FOR_GUARD=true
+(serve.background_guard). A model that needs torch in the torch-free
 image (a user's script, TorchScript, no model.onnx) fails to load with a message naming
 the full image, and /ping reports it.
 """
@@ -101,11 +103,13 @@ def load_classifier(
     workers: int = 1,
     scratch: Path | None = None,
     hooks: bool = False,
+    wait_for_guard: bool = True,
 ) -> Classifier:
     """Our artifact in `model_dir` on the engine chosen for these settings. Called from a
     user's model_fn it keeps the torch engine unless told otherwise (`engine`), as hooks
     expect, and leaves torch's threads as the server set them (`threads` None); the server
-    passes its resolved settings."""
+    passes its resolved settings; `wait_for_guard` False serves fp32 until ONNX Runtime
+    int8's guard passes in the background (SM_VISION_WAIT_FOR_GUARD)."""
     spec, device = ModelSpec.load(model_dir), str(device)
     cpu = cpu_class()
     chosen = choose_engine(engine, precision, device, spec, model_dir, hooks, cpu)
@@ -116,7 +120,8 @@ def load_classifier(
         scratch = Path(tempfile.mkdtemp(prefix="sm-vision-engines-")) if scratch is None else scratch
         wanted = "fp32" if precision == "auto" and cpu == OTHER else precision  # int8 is measured on x86 classes only
         try:
-            return onnx_model.load(model_dir, spec, wanted, cpu, calibration, scratch, threads or max(1, cpu_count() // workers), workers)
+            threads = threads or max(1, cpu_count() // workers)
+            return onnx_model.load(model_dir, spec, wanted, cpu, calibration, scratch, threads, workers, wait_for_guard)
         except Exception as err:
             if engine != "auto" or precision == "int8" or not has_torch():
                 raise
@@ -141,6 +146,7 @@ def load_default_model(model_dir: Path, config: ServeConfig, scratch: Path | Non
             workers=config.workers,
             scratch=None if scratch is None else scratch / ENGINE_DIR,
             hooks=hooks,
+            wait_for_guard=config.wait_for_guard,
         )
     if not has_torch():
         raise torch_missing(f"the model has no {SPEC_FILE}: a TorchScript model (AWS's default model_fn)")

@@ -219,6 +219,8 @@ class HostedModel:
         return call
 
     def close(self) -> None:
+        if self.handler.classifier is not None:
+            self.handler.classifier.close()  # a guard still running in the background stops
         if self.batcher is not None:
             self.batcher.close()
         if self.extras is not None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+from pathlib import Path
 
 from container import ConfigError, ServeConfig, cpu_count
-from container.serving import Machine, container_memory_bytes
+from container.serving import Machine
 
 log = logging.getLogger("serve")
 
@@ -66,3 +68,16 @@ def share_cores(device: str, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def container_memory_bytes() -> int:
+    """The container's memory: its cgroup limit (v2 or v1), else physical memory."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and int(limit) < 2**60:  # v1 reports "no limit" as a huge number
+            return int(limit)
+        break
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -246,15 +246,24 @@ class HostCollector(Collector):
             "1 for the engine and precision each model's forward runs on (our classifiers, and users' modules), and the CPU class (docs/serving.md)",
             labels=["model", "engine", "precision", "cpu_class"],
         )
+        guard = GaugeMetricFamily(
+            f"{PREFIX}_model_guard",
+            "1 for the state of the accuracy guard of a reduced precision: running (fp32 serves meanwhile), passed, failed or stopped",
+            labels=["model", "precision", "state"],
+        )
         for model in loaded:
             load.add_metric([model.name], getattr(model, "load_seconds", 0.0))
             memory.add_metric([model.name], model.nbytes)
-            served_by = model.handler.engine() if hasattr(model, "handler") else None
+            handler = model.handler if hasattr(model, "handler") else None
+            served_by = handler.engine() if handler is not None else None
             if served_by is not None:
                 engine.add_metric([model.name, *served_by], 1)
+            if handler is not None and handler.classifier is not None and handler.classifier.guard_state() is not None:
+                guard.add_metric([model.name, *handler.classifier.guard_state()], 1)
         yield load
         yield memory
         yield engine
+        yield guard
         yield GaugeMetricFamily(f"{PREFIX}_models_loaded", "Models loaded now", value=len(loaded))
         if multi:
             yield GaugeMetricFamily(

@@ -105,7 +105,7 @@ class Classifier:
         self.workers = workers  # concurrent forwards: the guard's chunks run that many at once
         # A multi-label model's classes are independent: a sigmoid each, decided at its threshold.
         self.thresholds = (spec.thresholds or (0.5,) * spec.num_classes) if spec.multi_label else None
-        self.guard: guard.GuardResult | None = None
+        self.guard: guard.GuardResult | None = None  # the guard at warm-up's result
 
     # --- what every engine's answer goes through -----------------------------------------
 
@@ -120,7 +120,20 @@ class Classifier:
     def describe(self) -> str:
         """engine, precision and the CPU class, for the ready line."""
         where = f", CPU class {self.cpu_class}" if self.device == "cpu" else ""
-        return f"engine {self.engine}, precision {self.precision}{where}"
+        return f"engine {self.engine}, precision {self.precision}{self.pending_note()}{where}"
+
+    def pending_note(self) -> str:
+        """What describe() adds while a reduced precision waits for its guard (none here)."""
+        return ""
+
+    def guard_state(self) -> tuple[str, str] | None:
+        """(precision checked, running | passed | failed | stopped) for /metrics; None: no guard ran."""
+        if self.guard is None:
+            return None
+        return self.guard.precision, "passed" if self.guard.passed else "failed"
+
+    def close(self) -> None:
+        """The model is unloaded or the server stops: end what runs beside the requests."""
 
     # --- warm-up and the guard -------------------------------------------------------------
 

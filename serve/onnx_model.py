@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from container import ConfigError
+from serve.background_guard import BackgroundGuard
 from serve.machine import has_torch, torch_missing
 from serve.model import Classifier, is_torchscript
 from vision.artifact import INT8_FILE, ONNX_FILE, ModelSpec
@@ -37,15 +38,31 @@ EXPORT_CHECK_IMAGES = 8  # calibration crops the export is checked on (torch vs 
 
 class OnnxRuntimeClassifier(Classifier):
     """One ONNX Runtime session serving; for int8, the fp32 model is the guard's reference
-    and the fallback."""
+    and the fallback. `wait_for_guard` False (the server's default): fp32 is served from
+    the start and int8 only once its guard passes in the background (serve.background_guard)."""
 
     engine = "onnxruntime"
 
-    def __init__(self, spec: ModelSpec, fp32: Path, int8: Path | None, preprocess, cpu_class: str, calibration, threads: int, workers: int):
-        super().__init__(spec, "cpu", "int8" if int8 is not None else "fp32", cpu_class, calibration, workers)
+    def __init__(
+        self,
+        spec: ModelSpec,
+        fp32: Path,
+        int8: Path | None,
+        preprocess,
+        cpu_class: str,
+        calibration,
+        threads: int,
+        workers: int,
+        wait_for_guard: bool = True,
+    ):
+        deferred = int8 is not None and not wait_for_guard
+        served = "int8" if int8 is not None and not deferred else "fp32"
+        super().__init__(spec, "cpu", served, cpu_class, calibration, workers)
         self.fp32_path, self.int8_path = fp32, int8
         self.threads, self.spinning = threads, workers == 1  # spinning threads would take the cores other forwards need
-        self.served = self._session(int8 if int8 is not None else fp32)
+        self.served = self._session(int8 if served == "int8" else fp32)
+        self.pending = "int8" if deferred else None  # served once the background guard passes
+        self.background: BackgroundGuard | None = None
         self._reference: OnnxClassifier | None = None
         self._preprocess = preprocess
 
@@ -71,8 +88,39 @@ class OnnxRuntimeClassifier(Classifier):
         self.served, self.precision = self._reference or self._session(self.fp32_path), "fp32"
 
     def warm_up(self) -> None:
+        batch = self.check_batch() if self.pending else None
         super().warm_up()
         self._reference = None  # the fp32 session stays only if it is the one served
+        if self.pending:
+            self.background = BackgroundGuard(self.pending, batch, self._guard_forwards, self._switch)
+
+    def _guard_forwards(self):
+        """fp32 and int8 for the background guard: one thread each, never spinning."""
+        reference = OnnxClassifier(self.fp32_path, threads=1, spinning=False)
+        candidate = OnnxClassifier(self.int8_path, threads=1, spinning=False)
+        return reference.logits, candidate.logits
+
+    def _switch(self, sample: np.ndarray) -> str:
+        """Serve int8 from now on: its serving session is opened and warmed on `sample`
+        first, then swapped in by one assignment (a forward runs wholly on one session or
+        the other)."""
+        session = self._session(self.int8_path)
+        session.logits(sample)
+        self.served = session
+        self.precision, self.pending = "int8", None
+        return self.describe()
+
+    def pending_note(self) -> str:
+        return " (int8 once its accuracy guard passes, running in the background)" if self.pending else ""
+
+    def guard_state(self) -> tuple[str, str] | None:
+        if self.background is not None:
+            return self.background.precision, self.background.state
+        return super().guard_state()
+
+    def close(self) -> None:
+        if self.background is not None:
+            self.background.stop()
 
     def nbytes(self) -> int:
         return self.served.path.stat().st_size
@@ -91,16 +139,26 @@ def eval_preprocess(spec: ModelSpec):
         return eval_transform_for(spec)
 
 
-def load(model_dir: Path, spec: ModelSpec, precision: str, cpu_class: str, calibration, scratch: Path, threads: int, workers: int):
+def load(
+    model_dir: Path,
+    spec: ModelSpec,
+    precision: str,
+    cpu_class: str,
+    calibration,
+    scratch: Path,
+    threads: int,
+    workers: int,
+    wait_for_guard: bool = True,
+):
     """Our artifact on ONNX Runtime. `precision`: int8 (needs model.int8.onnx or the
     calibration sample to make it), fp32, or auto = int8 when the artifact carries a
-    calibration sample for the guard, else fp32."""
+    calibration sample for the guard, else fp32. `wait_for_guard`: see OnnxRuntimeClassifier."""
     preprocess = eval_preprocess(spec)
     fp32 = fp32_model(model_dir, spec, scratch, calibration)
     int8 = None
     if precision == "int8" or (precision == "auto" and calibration is not None):
         int8 = int8_model(model_dir, spec, scratch, fp32, calibration, required=precision == "int8")
-    return OnnxRuntimeClassifier(spec, fp32, int8, preprocess, cpu_class, calibration, threads, workers)
+    return OnnxRuntimeClassifier(spec, fp32, int8, preprocess, cpu_class, calibration, threads, workers, wait_for_guard)
 
 
 def fp32_model(model_dir: Path, spec: ModelSpec, scratch: Path, calibration) -> Path:
@@ -109,7 +167,9 @@ def fp32_model(model_dir: Path, spec: ModelSpec, scratch: Path, calibration) -> 
     if not has_torch():
         raise torch_missing(f"the model has no {ONNX_FILE} (trained before the trainer wrote one, or with export_onnx=false)")
     weights = model_dir / spec.weights_file
-    if weights.suffix == ".pt2" or (weights.is_file() and is_torchscript(weights)):
+    if not weights.is_file():
+        raise ConfigError(f"{weights} is missing (model_spec.json names weights_file={spec.weights_file!r}) and there is no {ONNX_FILE}")
+    if weights.suffix == ".pt2" or is_torchscript(weights):
         raise ConfigError(f"{spec.weights_file} is not a state dict: only the trainer's weights are exported to ONNX at load")
     import torch
 

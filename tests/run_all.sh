@@ -4,7 +4,8 @@
 #   1. unit tests inside the image's `test` stage (exactly the image's torch),
 #   2. host-side tests (AWS code with Stubber/moto, shell scripts with fake tools),
 #   3. container tests driving the real image through the docker SDK and HTTP (the
-#      host tools and SDK 3, requirements-test.txt),
+#      host tools and SDK 3, requirements-test.txt), then the serving API's file again
+#      with our classifier on ONNX Runtime (SMV_TEST_ENGINE, docs/testing.md),
 #   4. the SageMaker SDK 2.x tests in their own venv (requirements-sdk2.txt): notebooks
 #      still on 2.x must keep working against the image, and 2.x cannot share a venv
 #      with SDK 3.
@@ -57,6 +58,12 @@ done
 ignore=()
 for test in "${SDK2_TESTS[@]}"; do ignore+=("--ignore=$test"); done
 IMAGE="$IMAGE" IMAGE_CPU="$IMAGE_CPU" SKIP_BUILD=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${ignore[@]}" "${host_dirs[@]}" "$@"
+
+# The serving API again with our classifier on ONNX Runtime (the first pass serves the
+# model store's models on torch): docs/testing.md, "Each engine", says why this file.
+echo "=== the serving API again, served on ONNX Runtime (SMV_TEST_ENGINE=onnxruntime)"
+SMV_TEST_ENGINE=onnxruntime IMAGE="$IMAGE" IMAGE_CPU="$IMAGE_CPU" SKIP_BUILD=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+  -k "not test_trained_model_predicts_shapes" tests/container/test_serve.py "$@"
 
 echo "=== SageMaker SDK 2.x notebooks against the image (Estimator/Model local mode, PyTorchModel)"
 IMAGE="$IMAGE" SKIP_BUILD=1 "$VENV_SDK2/bin/python" -m pytest -q -p no:cacheprovider "${SDK2_TESTS[@]}" "$@"

@@ -55,7 +55,8 @@ class GuardResult:
         bound = f" (bound {self.bound:g})" if self.bound is not None else " (not bounded)"
         return (
             f"{self.precision} vs fp32 on {self.images} images: {self.decisive_flips} decisive top-1 flips "
-            f"({self.top1_flips} in all), largest probability difference {self.max_probability_diff:.4f}{bound}"
+            f"({self.top1_flips} in all), largest probability difference {self.max_probability_diff:.4f}{bound}, "
+            f"top-1 agreement {self.images - self.top1_flips}/{self.images}"
         )
 
 

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # train.synthetic (Pillow only) makes the test data
 
-from tests.support.containers import LABEL, SESSION, Containers, mount, opt_ml, run_to_completion  # noqa: E402 (after the path insert)
+from tests.support.containers import LABEL, SESSION, Containers, mount, opt_ml, run_to_completion, serving_engine  # noqa: E402 (after the path insert)
 from tests.support.net import free_port  # noqa: E402 (after the path insert)
 from tests.support.sdk_local import LOCAL_CONTAINER, NETWORK, TELEMETRY_OPT_OUT  # noqa: E402 (after the path insert)
 from train import synthetic  # noqa: E402 (importable only after the path insert above)
@@ -110,19 +110,30 @@ def trained_model(trained) -> Path:
 
 
 # Writes random-init models in the artifact format (vision/artifact.py) inside the image:
-# argv: (out_dir, arch, num_classes)...
+# argv: engine_files (0/1), then (out_dir, arch, num_classes)... With engine_files, each
+# also gets what the trainer writes for the CPU engines (model.onnx, model.int8.onnx and
+# a calibration sample of synthetic shapes), so ONNX Runtime serves it without exporting
+# at every start.
 MAKE_MODELS = r"""
 import os, sys, torch
 from pathlib import Path
 from vision.models import build_model
 from vision.artifact import ModelSpec
-args = sys.argv[1:]
+engine_files, args = sys.argv[1] == "1", sys.argv[2:]
+if engine_files:
+    from train import synthetic
+    from train.config import TrainConfig
+    from train.outputs import save_engine_files
+    synthetic.make_shapes(Path("/tmp/shapes"), {"train": 8}, size=80, seed=0)
+    samples = [(str(p), i % int(args[2])) for i, p in enumerate(sorted(Path("/tmp/shapes/train").glob("*/*.png")))]
 for out, arch, n in zip(args[0::3], args[1::3], args[2::3]):
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     torch.save(build_model(arch, int(n)).state_dict(), out / "model.pt")
     ModelSpec(arch, tuple(f"class_{i}" for i in range(int(n))), 64, 73,
               (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).save(out)
+    if engine_files:
+        save_engine_files(TrainConfig(), samples, out)
     for f in out.iterdir(): os.chmod(f, 0o666)
     os.chmod(out, 0o777)
 """
@@ -131,10 +142,13 @@ for out, arch, n in zip(args[0::3], args[1::3], args[2::3]):
 @pytest.fixture(scope="session")
 def model_store(image, docker_client, tmp_path_factory) -> Path:
     """store/{r18, r50}: random-init models in the trainer's artifact format, classes
-    tests.support.endpoint.CLASSES (serve one with tests.support.endpoint.model_root)."""
+    tests.support.endpoint.CLASSES (serve one with tests.support.endpoint.model_root).
+    Under SMV_TEST_ENGINE=onnxruntime they carry the CPU engines' files too, as a model
+    trained now does; otherwise not, so `auto` serves them on torch (older artifacts)."""
     store = tmp_path_factory.mktemp("models")
     os.chmod(store, 0o777)
-    command = ["python", "-c", MAKE_MODELS, "/store/r18", "resnet18", "3", "/store/r50", "resnet50", "3"]
+    engine_files = "1" if serving_engine() == "onnxruntime" else "0"
+    command = ["python", "-c", MAKE_MODELS, engine_files, "/store/r18", "resnet18", "3", "/store/r50", "resnet50", "3"]
     run_to_completion(docker_client, image, command, timeout=300, volumes={str(store): {"bind": "/store", "mode": "rw"}})
     return store
 

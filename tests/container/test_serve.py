@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import threading
@@ -20,8 +21,9 @@ import pytest
 import requests
 from PIL import Image
 
+from container.serving import ENGINE_PRECISIONS
 from tests.support.bombs import blank_png
-from tests.support.containers import Containers, opt_ml, wait_exit, wait_ping
+from tests.support.containers import Containers, opt_ml, serving_engine, wait_exit, wait_ping
 from tests.support.endpoint import CLASSES, IMG, assert_prediction, model_root, post, start_loopback_helper, start_server
 from tests.support.payloads import jpeg_bytes, npy_bytes, png_bytes
 from train import synthetic
@@ -95,9 +97,18 @@ def cpu_runs_bf16() -> bool:
 
 
 def served_precision(container) -> str:
-    """The precision the ready line says the classifier serves in."""
-    line = next(line for line in container.logs().decode().splitlines() if "model ready in" in line)
-    return line.split("precision ")[1].split(",")[0].rstrip(")")
+    """The precision the classifier serves in: the ready line's, or the one it switched to
+    once its accuracy guard passed in the background (ONNX Runtime int8)."""
+    lines = [line for line in container.logs().decode().splitlines() if "model ready in" in line or "; switched to engine" in line]
+    return re.search(r"precision (\w+)", lines[-1].split("; switched to ")[-1])[1]
+
+
+def expected_precision(requested: str) -> str:
+    """What a model_store model is served in on this CPU, by the run's engine: ONNX
+    Runtime's auto is int8 (the store's models carry a calibration sample then)."""
+    if serving_engine() == "onnxruntime" and requested in ENGINE_PRECISIONS["onnxruntime"]:
+        return {"auto": "int8"}.get(requested, requested)
+    return {"auto": "bf16" if cpu_runs_bf16() else "fp32"}.get(requested, requested)
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -113,8 +124,7 @@ def server(request, image, docker_client, model_store, tmp_path_factory):
         env = {"SM_VISION_URL_ALLOW": "127.0.0.1:9000", "SM_VISION_PRECISION": request.param}
         container, base = start_server(handle, image, root, env=env)
         wait_ping(base, container)
-        expected = {"auto": "bf16" if cpu_runs_bf16() else "fp32"}.get(request.param, request.param)
-        assert served_precision(container) == expected, container.logs().decode()[-2000:]
+        assert served_precision(container) == expected_precision(request.param), container.logs().decode()[-2000:]
         start_loopback_helper(container)
         yield base, container
     finally:
@@ -179,6 +189,21 @@ def test_batches(server):
     response = post(base, lines, "application/jsonlines")
     assert response.status_code == 200, response.text
     assert [json.loads(line)["predicted_label"] for line in response.text.splitlines()] == [results[0]["predicted_label"]] * 2
+
+
+def test_per_request_extras_answer_on_torch_and_name_it_elsewhere(server):
+    """output=embedding (like explain, ood, tta) needs the torch module: answered on the
+    torch engine, a 400 naming SM_VISION_ENGINE=torch on ONNX Runtime; plain answers
+    work on both."""
+    base, container = server
+    engine = re.search(r"engine (\w+)", next(line for line in container.logs().decode().splitlines() if "model ready in" in line))[1]
+    response = post(base, png_bytes(IMG), "image/png", headers={"X-Amzn-SageMaker-Custom-Attributes": "output=embedding"})
+    if engine == "torch":
+        assert response.status_code == 200 and len(response.json()["embedding"]) == 512, response.text  # resnet18's features
+    else:
+        assert engine == "onnxruntime" and response.status_code == 400, response.text
+        assert "SM_VISION_ENGINE=torch" in response.json()["error"] and "onnxruntime" in response.json()["error"], response.text
+    assert post(base, png_bytes(IMG), "image/png").status_code == 200
 
 
 def test_top_k(server):
@@ -326,6 +351,9 @@ def test_ping_loading_then_ready(containers, image, model_store, tmp_path):
 def test_ping_failed_model(containers, image, model_store, tmp_path):
     root = model_root(tmp_path, model_store)
     (root / "model" / "model.pt").unlink()
+    # ONNX Runtime serves model.onnx without the weights (the store carries one under
+    # SMV_TEST_ENGINE=onnxruntime); without it, it exports from the weights, which are gone.
+    (root / "model" / "model.onnx").unlink(missing_ok=True)
     container, base = start_server(containers, image, root)
     deadline = time.monotonic() + 60
     status = None

@@ -6,6 +6,7 @@ in tests/container/conftest.py."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import time
@@ -15,10 +16,53 @@ from pathlib import Path
 import docker
 import requests
 
+from container.serving import ENGINE_PRECISIONS, ENGINES
+
 LABEL = "sagemaker-vision-test"
 # One value per pytest session, so the end-of-session sweep removes this session's
 # leftovers only, never those of another run sharing the daemon.
 SESSION = uuid.uuid4().hex[:12]
+
+
+ENGINE_VARIABLE = "SMV_TEST_ENGINE"
+
+
+@functools.cache
+def serving_engine() -> str:
+    """The engine the test run serves our classifier on ($SMV_TEST_ENGINE: auto, torch or
+    onnxruntime; default auto, what a user gets): every server container the tests start
+    is given it as SM_VISION_ENGINE (tests/run_all.sh runs the serve tests under each)."""
+    engine = os.environ.get(ENGINE_VARIABLE, "auto")
+    if engine not in ENGINES:
+        raise ValueError(f"{ENGINE_VARIABLE}={engine!r}: choose one of {', '.join(ENGINES)}")
+    return engine
+
+
+def serves_user_script(environment: dict, volumes: dict | None) -> bool:
+    """Whether the server's model comes with a user's inference.py (model/code, or the
+    SDK's SAGEMAKER_PROGRAM / SAGEMAKER_SUBMIT_DIRECTORY)."""
+    if environment.get("SAGEMAKER_PROGRAM") or environment.get("SAGEMAKER_SUBMIT_DIRECTORY"):
+        return True
+    for host, spec in (volumes or {}).items():
+        bind = spec["bind"] if isinstance(spec, dict) else spec
+        code = {"/opt/ml": Path(host) / "model" / "code", "/opt/ml/model": Path(host) / "code"}.get(bind)
+        if code is not None and code.is_dir():
+            return True
+    return False
+
+
+def with_test_engine(environment, volumes) -> dict:
+    """A server's environment with SM_VISION_ENGINE set to serving_engine(), unless the test
+    sets an engine itself, asks for a precision the engine does not run (bf16 or fp16: a
+    torch test), or the model comes with a user's script: a user's inference.py runs on
+    torch whatever is asked (SM_VISION_ENGINE=onnxruntime refuses it, a unit test's case),
+    so such a server is started as a user would, engine auto."""
+    environment = dict(environment or {}) if not isinstance(environment, list) else dict(e.split("=", 1) for e in environment)
+    engine, precision = serving_engine(), environment.get("SM_VISION_PRECISION", "auto")
+    runs = ENGINE_PRECISIONS.get(engine, (precision,))
+    if "SM_VISION_ENGINE" not in environment and precision in runs and not serves_user_script(environment, volumes):
+        environment["SM_VISION_ENGINE"] = engine
+    return environment
 
 
 class Containers:
@@ -31,6 +75,8 @@ class Containers:
 
     def run(self, image, command, **kwargs):
         kwargs.setdefault("detach", True)
+        if list(command or ())[:1] == ["serve"]:
+            kwargs["environment"] = with_test_engine(kwargs.get("environment"), kwargs.get("volumes"))
         labels = dict(kwargs.pop("labels", {}) or {})
         labels[LABEL] = SESSION
         container = self.client.containers.run(image, command, labels=labels, **kwargs)
@@ -112,10 +158,13 @@ def host_port(container, port: str = "8080/tcp", timeout: float = 30) -> int:
 
 
 def wait_ping(base_url: str, container, timeout: float = 120) -> None:
+    """/ping 200, then no accuracy guard left running (wait_guard): a test's answers all
+    come from the precision the server settled on."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if requests.get(f"{base_url}/ping", timeout=2).status_code == 200:
+                wait_guard(base_url, container, max(1.0, deadline - time.monotonic()))
                 return
         except requests.ConnectionError:
             pass
@@ -124,3 +173,21 @@ def wait_ping(base_url: str, container, timeout: float = 120) -> None:
             raise AssertionError("server exited:\n" + container.logs().decode(errors="replace"))
         time.sleep(0.5)
     raise AssertionError("/ping never answered 200:\n" + container.logs().decode(errors="replace"))
+
+
+GUARD_RUNNING = re.compile(r'^sm_vision_model_guard\{[^}]*state="running"[^}]*\} 1\.0$', re.MULTILINE)
+
+
+def wait_guard(base_url: str, container, timeout: float = 180) -> str:
+    """Wait until no model's accuracy guard runs in the background any more (ONNX Runtime
+    int8 is served once its guard passes; fp32 until then); /metrics' text then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = requests.get(f"{base_url}/metrics", timeout=10)
+        if response.status_code != 200 or not GUARD_RUNNING.search(response.text):  # metrics off: nothing to wait on
+            return response.text
+        container.reload()
+        if container.status == "exited":
+            raise AssertionError("server exited:\n" + container.logs().decode(errors="replace"))
+        time.sleep(0.2)
+    raise AssertionError("the accuracy guard was still running:\n" + container.logs().decode(errors="replace"))

@@ -11,9 +11,13 @@ import dataclasses
 import io
 import json
 import logging
+import os
+import re
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -306,7 +310,7 @@ def test_the_guard_counts_only_decisive_flips_and_bounds_int8_by_them_alone():
 
 
 def test_micro_batched_requests_on_onnxruntime_and_metrics_name_the_engine(engine_model, serve_app):
-    app = serve_app(engine_model, engine="onnxruntime", precision="int8", max_batch_size=8)
+    app = serve_app(engine_model, engine="onnxruntime", precision="int8", max_batch_size=8, wait_for_guard=True)
 
     async def body():
         assert await wait_ready(app) == 200
@@ -320,8 +324,117 @@ def test_micro_batched_requests_on_onnxruntime_and_metrics_name_the_engine(engin
     assert all(code == 200 and json.loads(out)["predicted_label"] in CLASSES for code, out in answers)
     text = metrics.decode()
     assert f'sm_vision_model_engine{{cpu_class="{cpu.cpu_class()}",engine="onnxruntime",model="model",precision="int8"}} 1.0' in text
+    assert 'sm_vision_model_guard{model="model",precision="int8",state="passed"} 1.0' in text  # checked before ready
     rows = float(next(line.split()[-1] for line in text.splitlines() if line.startswith('sm_vision_batch_size_sum{model="model"}')))
     assert rows == 6
+
+
+# --- the int8 guard in the background: ready on fp32, int8 once it passes -----------------
+
+
+def held_guard(monkeypatch, release: threading.Event, seen: list) -> None:
+    """The background guard's fp32 forward waits for `release` (noting its thread's
+    niceness), so requests meet the guard still running."""
+    original = OnnxRuntimeClassifier._guard_forwards
+
+    def forwards(self):
+        reference, candidate = original(self)
+
+        def held(batch):
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            if not release.wait(120):
+                raise TimeoutError("the test never released the guard")
+            return reference(batch)
+
+        return held, candidate
+
+    monkeypatch.setattr(OnnxRuntimeClassifier, "_guard_forwards", forwards)
+
+
+def test_fp32_answers_while_the_int8_guard_runs_then_int8_once_it_passes(engine_model, monkeypatch, caplog):
+    release, seen = threading.Event(), []
+    held_guard(monkeypatch, release, seen)
+    fp32 = load_classifier(engine_model, precision="fp32", engine="onnxruntime", threads=1)
+    int8 = load_classifier(engine_model, precision="int8", engine="onnxruntime", threads=1)  # its int8 session, unguarded
+    with caplog.at_level(logging.INFO):
+        served = load_classifier(engine_model, engine="onnxruntime", threads=1, wait_for_guard=False)
+        served.warm_up()
+        batch = shape_batch(served)
+        assert served.precision == "fp32" and served.guard_state() == ("int8", "running")
+        assert "precision fp32 (int8 once its accuracy guard passes, running in the background)" in served.describe()
+        np.testing.assert_array_equal(served.probabilities(batch), fp32.probabilities(batch))
+        release.set()
+        assert served.background.wait(120)
+    assert seen and seen[0] == os.getpriority(os.PRIO_PROCESS, 0) + 10  # the guard's thread alone runs below the requests
+    assert served.precision == "int8" and served.guard_state() == ("int8", "passed")
+    np.testing.assert_allclose(served.probabilities(batch), int8.probabilities(batch), atol=1e-6)
+    assert not np.allclose(int8.probabilities(batch), fp32.probabilities(batch), atol=1e-6)  # the two are told apart
+    switched = re.search(
+        r"accuracy guard: int8 kept \(int8 vs fp32 on 24 images: .*top-1 agreement (\d+)/24\); switched to (.*) after", caplog.text
+    )
+    assert switched and int(switched[1]) >= 22 and switched[2].startswith("engine onnxruntime, precision int8, CPU class"), caplog.text
+
+
+def test_int8_failing_its_background_guard_stays_on_fp32_and_says_why(engine_model, tmp_path, caplog):
+    broken = copy_model(engine_model, tmp_path / "broken", ("model.pt", "model_spec.json", ONNX_FILE, INT8_FILE, CALIBRATION_FILE))
+    corrupt_int8_scales(broken / INT8_FILE)
+    fp32 = load_classifier(broken, precision="fp32", engine="onnxruntime", threads=1)
+    with caplog.at_level(logging.WARNING):
+        served = load_classifier(broken, engine="onnxruntime", threads=1, wait_for_guard=False)
+        served.warm_up()
+        assert served.background.wait(120)
+    assert served.precision == "fp32" and served.guard_state() == ("int8", "failed") and served.pending == "int8"
+    assert served.background.result.decisive_flips > 0
+    assert re.search(r"accuracy guard: int8 vs fp32 on 24 images: [1-9]\d* decisive top-1 flips.*; staying on fp32", caplog.text)
+    batch = shape_batch(served)
+    np.testing.assert_array_equal(served.probabilities(batch), fp32.probabilities(batch))
+
+
+def test_the_server_is_ready_on_fp32_before_the_guard_and_metrics_follow_the_switch(engine_model, serve_app, monkeypatch):
+    release, seen = threading.Event(), []
+    held_guard(monkeypatch, release, seen)
+    app = serve_app(engine_model, engine="onnxruntime", max_batch_size=8)  # SM_VISION_WAIT_FOR_GUARD's default: false
+    engine_line = 'sm_vision_model_engine{{cpu_class="{}",engine="onnxruntime",model="model",precision="{}"}} 1.0'
+    guard_line = 'sm_vision_model_guard{{model="model",precision="int8",state="{}"}} 1.0'
+
+    async def body():
+        assert await wait_ready(app) == 200
+        answers = await asyncio.gather(
+            *(request(app, "POST", "/invocations", png_bytes(), [("content-type", "image/png")]) for _ in range(4))
+        )
+        during = (await request(app, "GET", "/metrics"))[1].decode()
+        release.set()
+        for _ in range(600):
+            after = (await request(app, "GET", "/metrics"))[1].decode()
+            if guard_line.format("running") not in after:
+                break
+            await asyncio.sleep(0.1)
+        last = await request(app, "POST", "/invocations", png_bytes(), [("content-type", "image/png")])
+        return answers + [last], during, after
+
+    answers, during, after = asyncio.run(with_lifespan(app, body))
+    assert all(code == 200 and json.loads(out)["predicted_label"] in CLASSES for code, out in answers)
+    assert engine_line.format(cpu.cpu_class(), "fp32") in during and guard_line.format("running") in during, during
+    assert engine_line.format(cpu.cpu_class(), "int8") in after and guard_line.format("passed") in after, after
+
+
+def test_closing_the_model_stops_a_running_guard(engine_model, monkeypatch):
+    release, seen = threading.Event(), []
+    held_guard(monkeypatch, release, seen)
+    served = load_classifier(engine_model, engine="onnxruntime", threads=1, wait_for_guard=False)
+    served.warm_up()
+    while not seen:  # the guard is in its first forward
+        time.sleep(0.01)
+    release.set()
+    served.close()
+    assert served.background.done and served.guard_state() == ("int8", "stopped") and served.precision == "fp32"
+
+
+def test_wait_for_guard_is_parsed_strictly():
+    assert ServeConfig().wait_for_guard is False
+    assert ServeConfig.from_env({"SM_VISION_WAIT_FOR_GUARD": "true"}).wait_for_guard is True
+    with pytest.raises(ConfigError, match="SM_VISION_WAIT_FOR_GUARD"):
+        ServeConfig.from_env({"SM_VISION_WAIT_FOR_GUARD": "later"})
 
 
 TORCH_BLOCKED = """
@@ -349,7 +462,8 @@ def test_the_serving_stack_imports_and_answers_with_torch_blocked(engine_model, 
         from tests.support.payloads import png_bytes
         assert not has_torch()
         machine = Machine(device="cpu", cpus=1, memory_bytes=8 << 30, processes=1)
-        config = ServeConfig(model_dir="{engine_model}", scratch_dir="{tmp_path}/scratch", opt_ml="{tmp_path}/opt_ml")
+        # int8 from the first answer (the guard before ready), as load_classifier's below
+        config = ServeConfig(model_dir="{engine_model}", scratch_dir="{tmp_path}/scratch", opt_ml="{tmp_path}/opt_ml", wait_for_guard=True)
         app = create_app(config.resolve(machine), machine)
 
         async def body():
