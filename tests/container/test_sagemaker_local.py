@@ -148,7 +148,11 @@ def test_predictor_custom_attributes_reach_the_hooks_and_come_back(image, local_
         seen = predictor.predict(body, custom_attributes="tenant=acme, trace-7", inference_id="inference-1")
         # The call Predictor.predict makes, with the response it gets.
         response = local_session.sagemaker_runtime_client.invoke_endpoint(
-            EndpointName=predictor.endpoint_name, Body=body, ContentType="image/png", Accept="application/json", CustomAttributes="tenant=globex"
+            EndpointName=predictor.endpoint_name,
+            Body=body,
+            ContentType="image/png",
+            Accept="application/json",
+            CustomAttributes="tenant=globex",
         )
         answered = response["Body"].headers.get("X-Amzn-SageMaker-Custom-Attributes")
         second = json.loads(response["Body"].read())
