@@ -60,6 +60,11 @@ class TrainConfig:
     step_size: int = _opt(10, "step scheduler: epochs between decays")
     gamma: float = _opt(0.1, "step scheduler: decay factor")
     label_smoothing: float = _opt(0.0, "label smoothing for cross-entropy, in [0, 1)")
+    augment: bool = _opt(
+        True,
+        "random-resized crop and horizontal flip of the training images (false: train on the evaluation resize and centre crop, "
+        "e.g. when position or orientation carries the label)",
+    )
     class_weighted_loss: bool = _opt(False, "weight the loss by inverse class frequency (imbalanced data)")
     early_stopping_patience: int = _opt(
         0, "stop after this many epochs without improvement of the objective (0: never)", aliases=("patience",)

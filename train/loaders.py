@@ -55,13 +55,21 @@ class Loaders:
         return self.train.steps
 
 
+def transforms(config: TrainConfig, prep: presets.Preprocessing):
+    """(training, evaluation) transforms: random-resized crop and flip for training, or with
+    augment=false the evaluation transform for both, so a training image is seen exactly as served."""
+    evaluation = presets.eval_transform_for(prep)
+    if not config.augment:
+        return evaluation, evaluation
+    return presets.train_transform(prep.image_size, prep.mean, prep.std, prep.interpolation), evaluation
+
+
 def make_loaders(config: TrainConfig, run_data: RunData, prep: presets.Preprocessing, process: distributed.Process) -> Loaders:
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     workers = config.num_workers if config.num_workers >= 0 else data.default_num_workers(local_processes)
     topology = PipeTopology(process.rank, process.world_size, process.local_rank, local_processes)
     bad = BadImages(config.max_bad_fraction)
-    train_tf = presets.train_transform(prep.image_size, prep.mean, prep.std, prep.interpolation)
-    eval_tf = presets.eval_transform_for(prep)
+    train_tf, eval_tf = transforms(config, prep)
     target_tf = MultiHot(len(run_data.classes)) if run_data.multi_label else None
     pin = process.device.type == "cuda"
 

@@ -12,6 +12,7 @@ exist before, and the sagemaker-local network if this test created it.
 
 from __future__ import annotations
 
+import json
 import math
 import tarfile
 from pathlib import Path
@@ -92,4 +93,80 @@ def test_fit_two_hosts_then_deploy_predict_and_delete(image, local_session, tmp_
     assert math.isclose(sum(probabilities.values()), 1.0, abs_tol=1e-3)
     assert prediction["confidence"] == pytest.approx(max(probabilities.values()), abs=1e-6)
     running = [name for name, c in new_containers().items() if c.status == "running"]
+    assert running == [], f"serving containers still running after delete: {running}"
+
+
+# A user's inference.py whose hooks take the request context (docs/serving.md).
+CONTEXT_HOOKS = r"""
+import json
+
+def model_fn(model_dir, context):
+    return "loaded"
+
+def input_fn(body, content_type, context):
+    return body
+
+def predict_fn(data, model, context):
+    return {"bytes": len(data), "custom_attributes": context.custom_attributes, "attributes": context.attributes,
+            "inference_id": context.inference_id, "content_type": context.content_type, "accept": context.accept}
+
+def output_fn(prediction, accept, context):
+    context.set_custom_attributes("served-for=" + str(prediction["attributes"].get("tenant")))
+    return json.dumps(prediction), accept
+"""
+
+
+def test_predictor_custom_attributes_reach_the_hooks_and_come_back(image, local_session, tmp_path):
+    """An SDK 2.x Predictor on a local endpoint sends CustomAttributes and InferenceId
+    (Predictor.predict's arguments) to hooks that take `context`; the answer's custom
+    attributes come back to the client. SDK 2.x hands them to no caller by name:
+    Predictor.predict returns only the deserialized body (sagemaker/base_predictor.py,
+    predict and _handle_response), and local mode's invoke_endpoint returns only Body
+    and ContentType (sagemaker/local/local_session.py, LocalSagemakerRuntimeClient), with
+    Body the HTTP response, whose headers are read here."""
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.model import Model
+    from sagemaker.predictor import Predictor
+    from sagemaker.serializers import IdentitySerializer
+
+    code = tmp_path / "model" / "code"
+    code.mkdir(parents=True)
+    (code / "inference.py").write_text(CONTEXT_HOOKS)
+    model_tar = tmp_path / "model.tar.gz"
+    with tarfile.open(model_tar, "w:gz") as archive:
+        archive.add(code, arcname="code")
+    model = Model(image_uri=image, model_data=model_tar.as_uri(), role=LOCAL_ROLE, sagemaker_session=local_session, predictor_cls=Predictor)
+    predictor = model.deploy(
+        initial_instance_count=1,
+        instance_type="local",
+        endpoint_name="smv-local-context",
+        serializer=IdentitySerializer("image/png"),
+        deserializer=JSONDeserializer(),
+    )
+    body = png_bytes(synthetic.make_image("red_circle"))
+    try:
+        seen = predictor.predict(body, custom_attributes="tenant=acme, trace-7", inference_id="inference-1")
+        # The call Predictor.predict makes, with the response it gets.
+        response = local_session.sagemaker_runtime_client.invoke_endpoint(
+            EndpointName=predictor.endpoint_name,
+            Body=body,
+            ContentType="image/png",
+            Accept="application/json",
+            CustomAttributes="tenant=globex",
+        )
+        answered = response["Body"].headers.get("X-Amzn-SageMaker-Custom-Attributes")
+        second = json.loads(response["Body"].read())
+    finally:
+        predictor.delete_model()
+        predictor.delete_endpoint()
+    assert seen == {
+        "bytes": len(body),
+        "custom_attributes": "tenant=acme, trace-7",
+        "attributes": {"tenant": "acme"},
+        "inference_id": "inference-1",
+        "content_type": "image/png",
+        "accept": "application/json",
+    }
+    assert answered == "served-for=globex" and second["attributes"] == {"tenant": "globex"} and second["inference_id"] is None
+    running = [name for name, c in local_session.started_containers().items() if c.status == "running"]
     assert running == [], f"serving containers still running after delete: {running}"

@@ -53,6 +53,7 @@ def test_sagemaker_switches_are_accepted():
         ({"batch_size": "0"}, "batch_size=0: must be > 0"),
         ({"lr": "-0.1"}, "lr=-0.1"),
         ({"freeze_backbone": "perhaps"}, "freeze.backbone.*true/false"),
+        ({"augment": "sometimes"}, "augment.*true/false"),
         ({"label_smoothing": "1.5"}, "label_smoothing"),
         ({"warmup_epochs": "5", "epochs": "5"}, "warmup_epochs"),
         ({"objective": "accuracy"}, "objective.*val_macro_f1"),

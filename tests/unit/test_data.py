@@ -38,3 +38,23 @@ def test_truncated_image_is_replaced_not_fatal(tmp_path):
     bad.write_bytes(bad.read_bytes()[:200])
     dataset = data.ImageSamples([(str(bad), 0), (str(good), 1)], transform=lambda image: image.size)
     assert dataset[0] == ((8, 8), 1)
+
+
+def test_augment_false_trains_on_the_pixels_the_server_sees():
+    import torch
+
+    from train.config import resolve_config
+    from train.loaders import transforms
+    from train.synthetic import make_image
+    from vision import presets
+
+    picture = make_image("red_circle", size=80)
+    prep = presets.preprocessing_for("resnet18", None, image_size=64)
+    served = presets.eval_transform_for(prep)(picture)
+    training, evaluation = transforms(resolve_config({"augment": "false"}, []), prep)
+    assert all(torch.equal(training(picture), served) for _ in range(5))
+    assert torch.equal(evaluation(picture), served)
+    torch.manual_seed(0)
+    training, evaluation = transforms(resolve_config({}, []), prep)  # augment=true: random crops and flips
+    assert training(picture).shape == served.shape and not all(torch.equal(training(picture), served) for _ in range(5))
+    assert torch.equal(evaluation(picture), served)
