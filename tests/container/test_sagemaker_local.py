@@ -27,11 +27,7 @@ pytestmark = pytest.mark.container
 
 
 def test_fit_two_hosts_then_deploy_predict_and_delete(image, local_session, tmp_path):
-    from sagemaker.deserializers import JSONDeserializer
     from sagemaker.estimator import Estimator
-    from sagemaker.model import Model
-    from sagemaker.predictor import Predictor
-    from sagemaker.serializers import IdentitySerializer
 
     new_containers = local_session.started_containers
     data = tmp_path / "shapes"
@@ -73,14 +69,7 @@ def test_fit_two_hosts_then_deploy_predict_and_delete(image, local_session, tmp_
         container.remove(force=True)
 
     # --- deploy the artifact, predict one image, delete model then endpoint ---
-    model = Model(image_uri=image, model_data=model_tar.as_uri(), role=LOCAL_ROLE, sagemaker_session=session, predictor_cls=Predictor)
-    predictor = model.deploy(
-        initial_instance_count=1,
-        instance_type="local",
-        endpoint_name="smv-local-test",
-        serializer=IdentitySerializer("image/png"),
-        deserializer=JSONDeserializer(),
-    )
+    predictor = deploy_locally(image, model_tar, session, "smv-local-test")
     try:
         prediction = predictor.predict(png_bytes(synthetic.make_image("red_circle")), initial_args={"Accept": "application/json"})
     finally:
@@ -124,10 +113,6 @@ def test_predictor_custom_attributes_reach_the_hooks_and_come_back(image, local_
     predict and _handle_response), and local mode's invoke_endpoint returns only Body
     and ContentType (sagemaker/local/local_session.py, LocalSagemakerRuntimeClient), with
     Body the HTTP response, whose headers are read here."""
-    from sagemaker.deserializers import JSONDeserializer
-    from sagemaker.model import Model
-    from sagemaker.predictor import Predictor
-    from sagemaker.serializers import IdentitySerializer
 
     code = tmp_path / "model" / "code"
     code.mkdir(parents=True)
@@ -135,14 +120,7 @@ def test_predictor_custom_attributes_reach_the_hooks_and_come_back(image, local_
     model_tar = tmp_path / "model.tar.gz"
     with tarfile.open(model_tar, "w:gz") as archive:
         archive.add(code, arcname="code")
-    model = Model(image_uri=image, model_data=model_tar.as_uri(), role=LOCAL_ROLE, sagemaker_session=local_session, predictor_cls=Predictor)
-    predictor = model.deploy(
-        initial_instance_count=1,
-        instance_type="local",
-        endpoint_name="smv-local-context",
-        serializer=IdentitySerializer("image/png"),
-        deserializer=JSONDeserializer(),
-    )
+    predictor = deploy_locally(image, model_tar, local_session, "smv-local-context")
     body = png_bytes(synthetic.make_image("red_circle"))
     try:
         seen = predictor.predict(body, custom_attributes="tenant=acme, trace-7", inference_id="inference-1")
@@ -170,3 +148,20 @@ def test_predictor_custom_attributes_reach_the_hooks_and_come_back(image, local_
     assert answered == "served-for=globex" and second["attributes"] == {"tenant": "globex"} and second["inference_id"] is None
     running = [name for name, c in local_session.started_containers().items() if c.status == "running"]
     assert running == [], f"serving containers still running after delete: {running}"
+
+
+def deploy_locally(image: str, model_tar: Path, session, endpoint_name: str):
+    """model.tar.gz on a local endpoint of the image, as a notebook deploys it: PNG in, JSON out."""
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.model import Model
+    from sagemaker.predictor import Predictor
+    from sagemaker.serializers import IdentitySerializer
+
+    model = Model(image_uri=image, model_data=model_tar.as_uri(), role=LOCAL_ROLE, sagemaker_session=session, predictor_cls=Predictor)
+    return model.deploy(
+        initial_instance_count=1,
+        instance_type="local",
+        endpoint_name=endpoint_name,
+        serializer=IdentitySerializer("image/png"),
+        deserializer=JSONDeserializer(),
+    )
