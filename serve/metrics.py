@@ -258,8 +258,9 @@ class HostCollector(Collector):
             served_by = handler.engine() if handler is not None else None
             if served_by is not None:
                 engine.add_metric([model.name, *served_by], 1)
-            if handler is not None and handler.classifier is not None and handler.classifier.guard_state() is not None:
-                guard.add_metric([model.name, *handler.classifier.guard_state()], 1)
+            checked = handler.classifier.guard_state() if handler is not None and handler.classifier is not None else None
+            if checked is not None:
+                guard.add_metric([model.name, *checked], 1)
         yield load
         yield memory
         yield engine

@@ -1,5 +1,5 @@
 """A user's torch model with its forward run by ONNX Runtime (docs/serving.md, "Your
-inference.py, faster").
+model's forward on ONNX Runtime").
 
 AWS's toolkit runs whatever model_fn returns in eager torch. On a CPU the same fp32 math
 takes about two thirds of eager's CPU time on ONNX Runtime (ResNet-50, one thread,
@@ -67,6 +67,18 @@ def unsuitable(model: torch.nn.Module) -> str | None:
     return None
 
 
+def servable(batch) -> bool:
+    """Whether ONNX Runtime may take a call with this one input: a float32 NCHW tensor on
+    the CPU, with autograd off (a predict_fn that takes gradients gets eager's)."""
+    return (
+        isinstance(batch, torch.Tensor)
+        and not torch.is_grad_enabled()
+        and batch.dtype == torch.float32
+        and batch.device.type == "cpu"
+        and batch.dim() == 4
+    )
+
+
 class _Eager(torch.nn.Module):
     """The module's own forward as a module of its own, for the exporter."""
 
@@ -93,10 +105,11 @@ class OnnxForward:
         self.cpu_class = cpu_class()
 
     def __call__(self, *args, **kwargs):
-        if self.session is not None and not kwargs and len(args) == 1 and self.fits(args[0]):
+        one_input = not kwargs and len(args) == 1 and servable(args[0])
+        if one_input and self.session is not None and tuple(args[0].shape[1:]) == self.shape:
             return torch.from_numpy(self.session.logits(args[0].detach().numpy()))
         output = self.eager(*args, **kwargs)
-        if self.state == "eager" and not kwargs and len(args) == 1 and self.first_call(args[0], output):
+        if one_input and self.state == "eager" and isinstance(output, torch.Tensor) and output.dtype == torch.float32:
             with self.lock:
                 if self.state != "eager":
                     return output
@@ -112,34 +125,10 @@ class OnnxForward:
     def __deepcopy__(self, memo):
         return None  # a copy of the module (the exporter's) gets no forward of its own: see export
 
-    @staticmethod
-    def first_call(batch, output) -> bool:
-        """Whether this call can be the export's example: the inputs and outputs ONNX
-        Runtime will serve."""
-        return (
-            not torch.is_grad_enabled()
-            and isinstance(batch, torch.Tensor)
-            and batch.dtype == torch.float32
-            and batch.device.type == "cpu"
-            and batch.dim() == 4
-            and isinstance(output, torch.Tensor)
-            and output.dtype == torch.float32
-        )
-
-    def fits(self, batch) -> bool:
-        return (
-            isinstance(batch, torch.Tensor)
-            and not torch.is_grad_enabled()
-            and batch.dtype == torch.float32
-            and batch.device.type == "cpu"
-            and batch.dim() == 4
-            and tuple(batch.shape[1:]) == self.shape
-        )
-
     def export(self, batch: torch.Tensor, expected: torch.Tensor) -> None:
         """Export a copy of the module (the exporter swaps parameters while it traces; the
         module itself keeps serving), check it on the first call, then switch."""
-        from vision.engines.export import EXPORT_TOLERANCE, export_module, relative_difference
+        from vision.engines.export import check_outputs, export_module
         from vision.engines.onnx_runtime import OnnxClassifier
 
         started = time.monotonic()
@@ -152,9 +141,7 @@ class OnnxForward:
             with tempfile.TemporaryDirectory(prefix="user-model-", dir=self.scratch) as folder:
                 path = export_module(_Eager(clone).eval(), example, Path(folder) / "model.onnx")
                 session = OnnxClassifier(path, threads=self.threads, spinning=False)  # read whole: the file may go
-            diff = relative_difference(expected.numpy(), session.logits(batch.numpy()))
-            if not diff <= EXPORT_TOLERANCE:
-                raise ValueError(f"ONNX Runtime's output differs from eager torch's by {diff:.1e} (relative), above {EXPORT_TOLERANCE:g}")
+            diff = check_outputs(expected.numpy(), session.logits(batch.numpy()), "ONNX Runtime's output differs from eager torch's")
         except Exception as err:  # noqa: BLE001 - whatever the exporter or the check raises, eager keeps serving
             self.state = "torch"
             log.warning("your model's forward stays on eager torch: its ONNX export failed: %s", f"{type(err).__name__}: {err}"[:500])

@@ -21,7 +21,16 @@ import torch
 from vision.artifact import INT8_FILE, ONNX_FILE, ModelSpec
 from vision.models import build_model
 
-__all__ = ["INT8_FILE", "ONNX_FILE", "ExportError", "check_export", "export_module", "export_onnx", "load_trained", "relative_difference"]
+__all__ = [
+    "INT8_FILE",
+    "ONNX_FILE",
+    "ExportError",
+    "check_export",
+    "check_outputs",
+    "export_module",
+    "export_onnx",
+    "load_trained",
+]
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +117,15 @@ def _export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> Path:
     return Path(path)
 
 
-def relative_difference(expected: np.ndarray, got: np.ndarray) -> float:
-    """Largest |difference| relative to the largest |expected| (inf when the shapes differ)."""
-    if expected.shape != got.shape:
-        return float("inf")
-    return float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-6))
+def check_outputs(expected: np.ndarray, got: np.ndarray, what: str) -> float:
+    """The largest |difference| of an exported model's outputs from torch's, relative to
+    the largest |expected|; ExportError (`what` differ(s) ... by ...) above
+    EXPORT_TOLERANCE or when the shapes differ."""
+    same_shape = expected.shape == got.shape
+    diff = float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-6)) if same_shape else float("inf")
+    if not diff <= EXPORT_TOLERANCE:
+        raise ExportError(f"{what} by {diff:.2e} (relative), above {EXPORT_TOLERANCE:g}")
+    return diff
 
 
 def check_export(module: torch.nn.Module, path: Path, batch: torch.Tensor) -> float:
@@ -123,8 +136,6 @@ def check_export(module: torch.nn.Module, path: Path, batch: torch.Tensor) -> fl
     with torch.inference_mode():
         expected = module(batch).float().numpy()
     got = OnnxClassifier(path, threads=1).logits(batch.numpy().astype(np.float32))
-    diff = relative_difference(expected, got)
-    if not diff <= EXPORT_TOLERANCE:
-        raise ExportError(f"{path}: ONNX Runtime's logits differ from torch's by {diff:.2e} (relative), above {EXPORT_TOLERANCE:g}")
+    diff = check_outputs(expected, got, f"{path}: ONNX Runtime's logits differ from torch's")
     log.info("exported %s (ONNX Runtime vs torch: largest relative logit difference %.1e)", path, diff)
     return diff
