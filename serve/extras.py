@@ -16,6 +16,10 @@ Where each part runs, so that a request asking for more never holds up plain one
   (vision.explain); its heatmap's PNG overlay and the JSON are made in the encode step,
   on the decode pool, off the inference threads and the event loop.
 
+Beside ONNX Runtime (serve.hosting makes the extras at the first request that asks for
+one), Grad-CAM and the features run on the same weights loaded on torch fp32; flip TTA
+stays on the served engine's micro-batcher.
+
 Grad-CAM and the feature hook are set up on first use (Grad-CAM's graph split costs
 0.1-0.3 s for a ResNet, more for larger families), or at load when
 SM_VISION_CUSTOM_ATTRIBUTES asks every request for them; a model that cannot do what is
@@ -83,8 +87,17 @@ class Prediction:
 class Extras:
     """The per-request extras of one hosted classifier (no user hooks)."""
 
-    def __init__(self, name: str, classifier: Classifier, model_dir: Path, config: ServeConfig, pool, batcher: BatchRunner | None, observe):
-        self.name, self.classifier, self.config, self.pool, self.batcher, self.observe = name, classifier, config, pool, batcher, observe
+    def __init__(self, name: str, served: Classifier, model_dir: Path, config: ServeConfig, pool, batcher: BatchRunner | None, observe):
+        self.name, self.served, self.config, self.pool, self.batcher, self.observe = name, served, config, pool, batcher, observe
+        # Grad-CAM and the penultimate features need the torch module: the served one, or
+        # beside another engine the same weights on torch fp32 (the answers of those
+        # requests are then torch fp32's; flip TTA stays on the served engine).
+        self.classifier = served
+        if served.engine != "torch":
+            from serve.engines import load_classifier
+
+            self.classifier = load_classifier(model_dir, served.device, "fp32", "torch", threads=config.threads, workers=config.workers)
+            log.info("model %s: explain and embeddings on torch fp32 beside %s (~%d MiB)", name, served.engine, self.nbytes() >> 20)
         self._lock = threading.Lock()
         self._cam: explain.GradCAM | None = None
         self._tap: PenultimateTap | None = None
@@ -133,7 +146,7 @@ class Extras:
             if self.batcher is not None:
                 probabilities = await self.batcher.run(mirrored)
             else:
-                probabilities = await asyncio.wrap_future(self.pool.submit(self.classifier.probabilities, mirrored))
+                probabilities = await asyncio.wrap_future(self.pool.submit(self.served.probabilities, mirrored))
             return tta.mean_of_mirrors(probabilities)
         raise AssertionError(f"nothing for extras to do in {options}")
 
@@ -229,6 +242,10 @@ class Extras:
             return payloads.encode_npy(prediction.features.numpy()), codec.NPY
         request.fields = self.fields(prediction, request.options)
         return handler.encode(prediction.probabilities, request)
+
+    def nbytes(self) -> int:
+        """What the extras hold besides the served model: the torch copy, if any."""
+        return self.classifier.nbytes() if self.classifier is not self.served else 0
 
     @property
     def alive(self) -> bool:

@@ -20,6 +20,7 @@ import gc
 import logging
 import shutil
 import sys
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -42,6 +43,7 @@ from serve.hooks import Context, UserHooks, find_script, safe_module_name
 from serve.machine import FULL_IMAGE, has_torch, torch_missing
 from serve.model import prepare_model_dir
 from serve.runner import BatchRunner
+from vision.artifact import INT8_FILE, ONNX_FILE, WEIGHTS_FILE
 
 log = logging.getLogger("serve")
 
@@ -50,9 +52,18 @@ INFERENCE_ID_HEADER = "x-amzn-sagemaker-inference-id"
 SESSION_ID_HEADER = "x-amzn-sagemaker-session-id"
 
 
-def dir_bytes(path: Path) -> int:
-    """Size on disk of a model dir (its code/ aside): the estimate MME admission uses."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and "code" not in f.relative_to(path).parts[:1])
+def admission_bytes(path: Path) -> int:
+    """The memory MME admission expects a model dir to take: its size on disk, its code/
+    aside, counting one copy of the network. The trainer writes it up to three times
+    (model.pt, model.onnx, model.int8.onnx) and an engine loads one of them, so charging
+    every copy would refuse models that fit. Once loaded, the model's own nbytes counts."""
+    sizes = {
+        f.name if f.parent == path else str(f): f.stat().st_size
+        for f in path.rglob("*")
+        if f.is_file() and "code" not in f.relative_to(path).parts[:1]
+    }
+    copies = [sizes.pop(name) for name in (WEIGHTS_FILE, ONNX_FILE, INT8_FILE) if name in sizes]
+    return sum(sizes.values()) + max(copies, default=0)
 
 
 class Pools:
@@ -91,22 +102,34 @@ def load_handler(name: str, model_dir: Path, config: ServeConfig, scratch: Path,
     return Handler.load(model_dir, hooks, Context(name, str(model_dir), config.gpu_id), config, scratch, pool)
 
 
-def extras_need_torch(classifier) -> str:
-    """Why a model on ONNX Runtime answers no explain, embedding, OOD score or TTA."""
-    fix = "set SM_VISION_ENGINE=torch" if has_torch() else f"serve it with {FULL_IMAGE}"
-    return f"explain, output=embedding, ood and tta run on the torch engine, and this model is served on {classifier.engine}: {fix}"
+def extras_need_torch() -> str:
+    """Why our classifier answers no explain, embedding, OOD score or TTA here."""
+    return f"explain, output=embedding, ood and tta need torch, which this serving image leaves out: serve the model with {FULL_IMAGE}"
 
 
 class HostedModel:
     """One loaded model and the pools that run it."""
 
-    def __init__(self, name: str, model_dir: Path, url: str, config: ServeConfig, pools: Pools):
+    def __init__(self, name: str, model_dir: Path, url: str, config: ServeConfig, pools: Pools, admit=None):
+        """`admit(model_dir)` (multi-model admission) runs on the model's files, extracted
+        from model.tar.gz if need be, before anything is loaded; a load that fails, or is
+        refused, leaves no extracted copy behind."""
         started = time.perf_counter()
         self.name, self.url, self.config, self.pools = name, url, config, pools
         # The name becomes a directory: SageMaker's model-name pattern only (serve.archive).
         self.scratch = config.scratch_path / archive.check_model_name(name)
         self.model_dir = prepare_model_dir(model_dir, self.scratch, ExtractLimits.from_config(config))
-        self.handler = load_handler(name, self.model_dir, config, self.scratch, pools.images)
+        try:
+            if admit is not None:
+                admit(self.model_dir)
+            self._load(config, pools)
+        except BaseException:
+            self.remove_extracted()
+            raise
+        self.load_seconds = time.perf_counter() - started  # read by serve.metrics.HostCollector
+
+    def _load(self, config: ServeConfig, pools: Pools) -> None:
+        self.handler = load_handler(self.name, self.model_dir, config, self.scratch, pools.images)
         self.batcher = None
         if self.handler.plain and config.micro_batching:
             self.batcher = BatchRunner(
@@ -115,24 +138,42 @@ class HostedModel:
                 config.max_batch_delay_ms,
                 executor=pools.inference,
                 concurrency=config.workers,
-                observe=pools.metrics.batch_rows(name),
+                observe=pools.metrics.batch_rows(self.name),
             )
         # Per-request options (custom attributes) for our classifier served without hooks;
         # a user's hooks get the attributes in their context instead.
         self.defaults = config.request_defaults if self.handler.plain else RequestOptions()
         self.job_attributes = parse_pairs(config.custom_attributes, "SM_VISION_CUSTOM_ATTRIBUTES")
         self.extras = None
+        self._extras_lock = threading.Lock()
         if self.handler.plain and self.handler.classifier.engine == "torch":
-            from serve.extras import Extras  # Grad-CAM and the penultimate features: the torch module's
+            self.prepared_extras()  # torch is loaded already: at once, as the plain path
+        if not self.defaults.plain_forward:  # every request asks for extras: set them up now
+            try:
+                self.prepared_extras().prepare(self.defaults)
+            except BadInput as err:
+                raise ConfigError(f"SM_VISION_CUSTOM_ATTRIBUTES: {err.message}") from None
 
-            observe = pools.metrics.batch_rows(name)
-            self.extras = Extras(name, self.handler.classifier, self.model_dir, config, pools.inference, self.batcher, observe)
-        if self.extras is not None:
-            self.extras.prepare(self.defaults)
-        elif not self.defaults.plain_forward:
-            raise ConfigError(f"SM_VISION_CUSTOM_ATTRIBUTES: {extras_need_torch(self.handler.classifier)}")
-        self.nbytes = self.handler.nbytes()
-        self.load_seconds = time.perf_counter() - started  # read by serve.metrics.HostCollector
+    @property
+    def nbytes(self) -> int:
+        """Memory the model holds: its engine's, and the torch copy the extras may add."""
+        return self.handler.nbytes() + (self.extras.nbytes() if self.extras is not None else 0)
+
+    def prepared_extras(self):
+        """The per-request extras (serve.extras), made on first use for a model served on
+        ONNX Runtime: that imports torch and loads the same weights on torch fp32 (about a
+        second), which a server answering plain requests never pays. Not on the event loop."""
+        with self._extras_lock:
+            if self.extras is None:
+                if not (self.handler.plain and has_torch()):
+                    raise BadInput(extras_need_torch())
+                from serve.extras import Extras  # Grad-CAM and the penultimate features need torch
+
+                observe = self.pools.metrics.batch_rows(self.name)
+                self.extras = Extras(
+                    self.name, self.handler.classifier, self.model_dir, self.config, self.pools.inference, self.batcher, observe
+                )
+            return self.extras
 
     async def invoke(self, body: bytes, request: Call) -> tuple[bytes, str]:
         """decode -> forward -> encode, a chunk at a time: a real-time request is one chunk,
@@ -140,6 +181,10 @@ class HostedModel:
         Nothing of ours runs between this and the forward: the pools and the batcher hand
         back futures, awaited here."""
         handler, decoders, outputs = self.handler, self.pools.decoders, []
+        extras = self.extras
+        if extras is None and not request.options.plain_forward:
+            extras = await run_in_threadpool(self.prepared_extras)
+            extras.check(request.options)  # before any decoding, as call() does once they exist
         decode_s = forward_s = 0.0
         try:
             started = time.perf_counter()
@@ -148,7 +193,7 @@ class HostedModel:
                 decoded_at = time.perf_counter()
                 decode_s += decoded_at - started
                 if not request.options.plain_forward:
-                    outputs.append(await self.extras.forward(data, request.options))
+                    outputs.append(await extras.forward(data, request.options))
                 elif self.batcher is not None:
                     outputs.append(await self.batcher.run(data))
                 else:
@@ -164,7 +209,7 @@ class HostedModel:
             if forward_s:
                 self.pools.metrics.stage("forward", self.name, forward_s)
         if request.options.extra_fields:  # a PNG, an embedding: off the event loop
-            out = await asyncio.wrap_future(decoders.submit(self.extras.encode, handler, outputs, request))
+            out = await asyncio.wrap_future(decoders.submit(extras.encode, handler, outputs, request))
         else:
             out = handler.encode(handler.join(outputs), request)
         self.pools.metrics.stage("encode", self.name, time.perf_counter() - started)
@@ -176,12 +221,15 @@ class HostedModel:
         """False once the micro-batcher's thread has died (every request would time out)."""
         return (self.batcher is None or self.batcher.alive) and (self.extras is None or self.extras.alive)
 
+    def remove_extracted(self) -> None:
+        if self.model_dir == self.scratch:  # extracted from model.tar.gz for this model only
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
     def retire(self) -> None:
         """Unloaded or evicted (multi-model): the batcher stops, and nothing of the model
         stays behind: its extracted copy, its user module, its metric series."""
         self.close()
-        if self.model_dir == self.scratch:  # extracted from model.tar.gz for this model only
-            shutil.rmtree(self.scratch, ignore_errors=True)
+        self.remove_extracted()
         sys.modules.pop(safe_module_name(self.name), None)
         self.pools.metrics.forget(self.name)
 
@@ -197,8 +245,8 @@ class HostedModel:
             raise BadInput(str(err)) from None
         if self.extras is not None:
             self.extras.check(options)
-        elif not options.plain_forward:
-            raise BadInput(extras_need_torch(self.handler.classifier))
+        elif not options.plain_forward and not (self.handler.plain and has_torch()):
+            raise BadInput(extras_need_torch())
         context = Context(
             self.name,
             str(self.model_dir),
@@ -324,14 +372,18 @@ class MultiModel:
                 raise BadInput(f"model url {url!r} must be a directory under {root}")
             if not await run_in_threadpool(path.is_dir):
                 raise NotFound(f"model url {url!r} is not a directory in the container")
-            need = await run_in_threadpool(dir_bytes, path)  # off the event loop: /ping stays prompt
             budget = self.config.mme_budget_bytes
-            if need > budget:
-                raise InsufficientMemory(
-                    f"model {name!r} needs ~{need >> 20} MiB; the budget is {budget >> 20} MiB (SM_VISION_MME_MEMORY_MB)"
-                )
+
+            def admit(model_dir: Path) -> None:
+                need = admission_bytes(model_dir)
+                if need > budget:
+                    raise InsufficientMemory(
+                        f"model {name!r} needs ~{need >> 20} MiB; the budget is {budget >> 20} MiB (SM_VISION_MME_MEMORY_MB)"
+                    )
+
             try:
-                model = await run_in_threadpool(HostedModel, name, path, url, self.config, self.pools)
+                # Off the event loop (extraction, admission, load): /ping stays prompt.
+                model = await run_in_threadpool(HostedModel, name, path, url, self.config, self.pools, admit)
             except ConfigError as err:
                 log.error("loading model %s from %s failed: %s", name, url, err)
                 raise BadInput(f"cannot load model {name!r}: {redact_paths(str(err))}") from None

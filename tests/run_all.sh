@@ -4,8 +4,9 @@
 #   1. unit tests inside the image's `test` stage (exactly the image's torch),
 #   2. host-side tests (AWS code with Stubber/moto, shell scripts with fake tools),
 #   3. container tests driving the real image through the docker SDK and HTTP (the
-#      host tools and SDK 3, requirements-test.txt), then the serving API's file again
-#      with our classifier on ONNX Runtime (SMV_TEST_ENGINE, docs/testing.md),
+#      host tools and SDK 3, requirements-test.txt), then the serve tests on the model
+#      store's models again with our classifier on ONNX Runtime (SMV_TEST_ENGINE,
+#      docs/testing.md),
 #   4. the SageMaker SDK 2.x tests in their own venv (requirements-sdk2.txt): notebooks
 #      still on 2.x must keep working against the image, and 2.x cannot share a venv
 #      with SDK 3.
@@ -19,6 +20,9 @@ IMAGE_CPU="${IMAGE_CPU:-$IMAGE-cpu}"  # the torch-free serving image (docker/bui
 VENV="${VENV:-.venv}"
 VENV_SDK2="${VENV_SDK2:-.venv-sdk2}"
 SDK2_TESTS=(tests/container/test_sagemaker_local.py tests/container/test_serve_aws_toolkit.py)
+# The serve tests that serve the model store's models: run again on ONNX Runtime.
+ENGINE_PASS_TESTS=(tests/container/test_serve.py tests/container/test_serve_mme.py tests/container/test_request_limits.py
+  tests/container/test_security.py tests/container/test_observability.py tests/container/test_drain.py)
 
 local_test/bootstrap_host.sh
 # SDK 3 cannot be installed over 2.x in place (pip deletes files the two releases
@@ -59,11 +63,11 @@ ignore=()
 for test in "${SDK2_TESTS[@]}"; do ignore+=("--ignore=$test"); done
 IMAGE="$IMAGE" IMAGE_CPU="$IMAGE_CPU" SKIP_BUILD=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${ignore[@]}" "${host_dirs[@]}" "$@"
 
-# The serving API again with our classifier on ONNX Runtime (the first pass serves the
-# model store's models on torch): docs/testing.md, "Each engine", says why this file.
-echo "=== the serving API again, served on ONNX Runtime (SMV_TEST_ENGINE=onnxruntime)"
+# The serve tests on the model store's models again, with our classifier on ONNX Runtime
+# (the first pass serves those models on torch): docs/testing.md, "Each engine".
+echo "=== the serve tests again, served on ONNX Runtime (SMV_TEST_ENGINE=onnxruntime)"
 SMV_TEST_ENGINE=onnxruntime IMAGE="$IMAGE" IMAGE_CPU="$IMAGE_CPU" SKIP_BUILD=1 "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
-  -k "not test_trained_model_predicts_shapes" tests/container/test_serve.py "$@"
+  -k "not test_trained_model_predicts_shapes" "${ENGINE_PASS_TESTS[@]}" "$@"
 
 echo "=== SageMaker SDK 2.x notebooks against the image (Estimator/Model local mode, PyTorchModel)"
 IMAGE="$IMAGE" SKIP_BUILD=1 "$VENV_SDK2/bin/python" -m pytest -q -p no:cacheprovider "${SDK2_TESTS[@]}" "$@"

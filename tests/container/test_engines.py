@@ -57,8 +57,18 @@ def serve_and_predict(client, image: str, root: Path, images: list[Path], env: d
             response = post(base, path.read_bytes(), "image/png")
             assert response.status_code == 200, response.text
             answers.append(response.json()["probabilities"])
+        # The per-request extras after the plain answers: on ONNX Runtime they load the torch copy.
+        extras = {
+            attributes: post(base, images[0].read_bytes(), "image/png", headers={"X-Amzn-SageMaker-Custom-Attributes": attributes})
+            for attributes in ("output=embedding", "explain=gradcam,overlay=false", "tta=flip")
+        }
         labels = ENGINE_METRIC.findall(requests.get(f"{base}/metrics", timeout=10).text)
-        return {"answers": answers, "engine_labels": labels, "logs": container.logs().decode(errors="replace")}
+        return {
+            "answers": answers,
+            "engine_labels": labels,
+            "extras": {key: (r.status_code, r.json()) for key, r in extras.items()},
+            "logs": container.logs().decode(errors="replace"),
+        }
     finally:
         containers.cleanup()
 
@@ -112,6 +122,36 @@ def test_full_image_serves_on_each_engine_and_names_it(served, engine, precision
             assert max(abs(ours[c] - fp32[c]) for c in CLASSES) < 1e-3
         elif decisive(fp32):
             assert top1(ours) == top1(fp32), (ours, fp32)
+
+
+@pytest.mark.parametrize(("engine", "precision"), [("torch", "fp32"), ("onnxruntime", "int8")])
+def test_full_image_answers_per_request_extras_on_each_engine(served, engine, precision):
+    """Embeddings and Grad-CAM need the torch module: beside ONNX Runtime the server loads
+    the same weights on torch fp32 at the first such request, so they answer on every
+    engine, with torch fp32's numbers; flip TTA runs on the served engine."""
+    result = served("full", engine, precision)
+    reference = served("full", "torch", "fp32")["extras"]
+    for attributes, (status, body) in result["extras"].items():
+        assert status == 200, (attributes, body)
+    embedding, reference_embedding = (
+        result["extras"]["output=embedding"][1]["embedding"],
+        reference["output=embedding"][1]["embedding"],
+    )
+    assert len(embedding) == len(reference_embedding) > 0
+    assert max(abs(a - b) for a, b in zip(embedding, reference_embedding, strict=True)) < 1e-3
+    explained, expected = (answers["explain=gradcam,overlay=false"][1]["explanation"] for answers in (result["extras"], reference))
+    assert explained["class"] == expected["class"]
+    assert (
+        max(abs(a - b) for line, other in zip(explained["grid"], expected["grid"], strict=True) for a, b in zip(line, other, strict=True))
+        <= 2e-3
+    )
+    beside = "explain and embeddings on torch fp32 beside onnxruntime" in result["logs"]
+    assert beside == (engine == "onnxruntime"), result["logs"][-3000:]
+
+
+def test_cpu_image_refuses_per_request_extras_naming_the_full_image(served):
+    for attributes, (status, body) in served("cpu", "auto", "auto")["extras"].items():
+        assert status == 400 and FULL_IMAGE_HINT in body["error"], (attributes, body)
 
 
 def test_int8_guard_is_logged_with_its_numbers(served):

@@ -108,8 +108,9 @@ def serve(containers, image, model: Path, tmp: Path, env: dict, extra_volumes: d
     shutil.copytree(model, root / "model")
     for path in (root / "model").rglob("*"):
         os.chmod(path, 0o777 if path.is_dir() else 0o666)
-    # Grad-CAM, embeddings, OOD scores and TTA run on the torch engine (docs/serving.md); the
-    # trainer's model would be served on ONNX Runtime on this CPU otherwise.
+    # On torch, so that every answer here, plain ones included, comes from one engine (the
+    # trainer's model would be served on ONNX Runtime on this CPU, with the extras on a
+    # torch copy beside it: tests/container/test_engines.py).
     env = {"SM_VISION_ENGINE": "torch", **env}
     container = containers.run(
         image, ["serve"], volumes={**mount(root), **(extra_volumes or {})}, environment=env, ports={"8080/tcp": None}

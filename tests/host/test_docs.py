@@ -51,6 +51,40 @@ def test_relative_links_in_readme_and_docs_resolve():
     assert not broken, broken
 
 
+def heading_anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation other than
+    hyphens and underscores dropped, spaces to hyphens, repeats numbered."""
+    anchors, seen = set(), {}
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)  # a '#' in a code block is no heading
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", text, flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def test_links_to_headings_resolve():
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", page.read_text()):
+            if "://" in target:
+                continue
+            linked = (page.parent / target) if target else page
+            if linked.suffix == ".md" and linked.exists() and anchor not in heading_anchors(linked):
+                broken.append(f"{page.relative_to(REPO)} -> {target}#{anchor}")
+    assert not broken, broken
+
+
+def test_heading_anchors_follow_githubs_rules(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Per-request options (custom attributes)\n## `SM_VISION_ENGINE`: a/b\n```\n# not a heading\n```\n## Speed\n## Speed\n"
+    )
+    assert heading_anchors(page) == {"per-request-options-custom-attributes", "sm_vision_engine-ab", "speed", "speed-1"}
+
+
 def test_nothing_points_outside_the_repository():
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     this_file = Path(__file__).relative_to(REPO).as_posix()

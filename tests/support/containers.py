@@ -39,14 +39,20 @@ def serving_engine() -> str:
 
 
 def serves_user_script(environment: dict, volumes: dict | None) -> bool:
-    """Whether the server's model comes with a user's inference.py (model/code, or the
-    SDK's SAGEMAKER_PROGRAM / SAGEMAKER_SUBMIT_DIRECTORY)."""
+    """Whether the server's model comes with a user's inference.py (model/code, a
+    multi-model endpoint's models/NAME/model/code, or the SDK's SAGEMAKER_PROGRAM /
+    SAGEMAKER_SUBMIT_DIRECTORY)."""
     if environment.get("SAGEMAKER_PROGRAM") or environment.get("SAGEMAKER_SUBMIT_DIRECTORY"):
         return True
     for host, spec in (volumes or {}).items():
         bind = spec["bind"] if isinstance(spec, dict) else spec
-        code = {"/opt/ml": Path(host) / "model" / "code", "/opt/ml/model": Path(host) / "code"}.get(bind)
-        if code is not None and code.is_dir():
+        if bind == "/opt/ml":
+            codes = [Path(host) / "model" / "code", *Path(host).glob("models/*/model/code")]
+        elif bind == "/opt/ml/model":
+            codes = [Path(host) / "code"]
+        else:
+            codes = []
+        if any(code.is_dir() for code in codes):
             return True
     return False
 
@@ -54,9 +60,9 @@ def serves_user_script(environment: dict, volumes: dict | None) -> bool:
 def with_test_engine(environment, volumes) -> dict:
     """A server's environment with SM_VISION_ENGINE set to serving_engine(), unless the test
     sets an engine itself, asks for a precision the engine does not run (bf16 or fp16: a
-    torch test), or the model comes with a user's script: a user's inference.py runs on
-    torch whatever is asked (SM_VISION_ENGINE=onnxruntime refuses it, a unit test's case),
-    so such a server is started as a user would, engine auto."""
+    torch test), or the model comes with a user's script: its hooks get torch tensors
+    whatever is asked (SM_VISION_ENGINE=onnxruntime refuses hooks on our own classifier, a
+    unit test's case), so such a server is started as a user would, engine auto."""
     environment = dict(environment or {}) if not isinstance(environment, list) else dict(e.split("=", 1) for e in environment)
     engine, precision = serving_engine(), environment.get("SM_VISION_PRECISION", "auto")
     runs = ENGINE_PRECISIONS.get(engine, (precision,))

@@ -30,6 +30,7 @@ from PIL import Image
 from container import ConfigError, ServeConfig
 from container.serving import Machine
 from serve.engines import choose_engine, load_classifier
+from serve.hosting import admission_bytes
 from serve.onnx_model import OnnxRuntimeClassifier
 from tests.support.asgi import request, wait_ready, with_lifespan
 from tests.support.payloads import png_bytes
@@ -95,6 +96,19 @@ def test_the_trainer_writes_the_engine_files_and_names_them(engine_model, caplog
     crops = np.load(engine_model / CALIBRATION_FILE)
     assert crops.shape == (24, SIZE, SIZE, 3) and crops.dtype == np.uint8  # every training image: fewer than 64
     assert (engine_model / INT8_FILE).stat().st_size < (engine_model / ONNX_FILE).stat().st_size / 2
+
+
+def test_multi_model_admission_counts_one_copy_of_the_network(engine_model, tmp_path):
+    """A model dir holds the network up to three times (model.pt, model.onnx, its int8
+    variant) and an engine loads one: MME admission charges the largest copy once, plus
+    every other file; code/ is not charged."""
+    on_disk = sum(f.stat().st_size for f in engine_model.rglob("*") if f.is_file())
+    copies = [(engine_model / name).stat().st_size for name in ("model.pt", ONNX_FILE, INT8_FILE)]
+    assert admission_bytes(engine_model) == on_disk - sum(copies) + max(copies)
+    plain = copy_model(engine_model, tmp_path / "plain")
+    (plain / "code").mkdir()
+    (plain / "code" / "inference.py").write_text("# " + "x" * 100_000)
+    assert admission_bytes(plain) == sum((plain / name).stat().st_size for name in ("model.pt", "model_spec.json"))
 
 
 def test_a_failed_export_leaves_the_calibration_sample_and_logs(tmp_path, monkeypatch, caplog):
