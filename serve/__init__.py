@@ -10,6 +10,7 @@ app.py         create_app(config, machine): hosting + routes + middleware (+ /me
 hosting.py     the model(s) of an endpoint: SingleModel and MultiModel; HostedModel.invoke, the
                one request path (decode -> forward -> encode, a chunk at a time) of
                /invocations, batch transform and the MMS backend
+pools.py       the bounded pools the models share: decode threads and workers, inference threads, capture
 routes.py      SageMaker's HTTP routes and the MME API
 middleware.py  the middleware list: request ids/access log/metrics, then the error replies
 errors.py      typed request errors and `reply`, the one mapping of an error to its answer

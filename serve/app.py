@@ -18,8 +18,9 @@ from starlette.applications import Starlette
 from container import ServeConfig
 from container.serving import Machine
 from serve import metrics as server_metrics
-from serve.hosting import Pools, SingleModel, create_hosting
+from serve.hosting import SingleModel, create_hosting
 from serve.middleware import middleware
+from serve.pools import Pools
 from serve.routes import EXCEPTION_HANDLERS, routes
 
 __all__ = ["Pools", "create_app"]

@@ -15,7 +15,6 @@ default of its own in this module.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import gc
 import logging
 import shutil
@@ -30,18 +29,16 @@ from starlette.concurrency import run_in_threadpool
 from container import ConfigError, ServeConfig
 from container.attributes import HEADER as CUSTOM_ATTRIBUTES_HEADER
 from container.attributes import RequestOptions, parse_pairs
-from container.serving import Machine
 from serve import archive
-from serve import metrics as server_metrics
 from serve.access_log import escape_every_log
 from serve.archive import ExtractLimits
-from serve.capture import Capture
 from serve.decode_pool import DecodePool
 from serve.errors import BadInput, Conflict, InsufficientMemory, NotFound, NotReady, redact_paths
 from serve.handler import Call, Handler, hook_accept
 from serve.hooks import Context, UserHooks, find_script, safe_module_name
 from serve.machine import FULL_IMAGE, has_torch, torch_missing
 from serve.model import prepare_model_dir
+from serve.pools import Pools
 from serve.runner import BatchRunner
 from vision.artifact import INT8_FILE, ONNX_FILE, WEIGHTS_FILE
 
@@ -64,31 +61,6 @@ def admission_bytes(path: Path) -> int:
     }
     copies = [sizes.pop(name) for name in (WEIGHTS_FILE, ONNX_FILE, INT8_FILE) if name in sizes]
     return sum(sizes.values()) + max(copies, default=0)
-
-
-class Pools:
-    """Bounded pools: decode threads (request side), the decode worker processes they
-    hand multi-scan JPEGs and TIFFs to (killed at a request's deadline, replaced when
-    lost), inference threads (model side), the metrics the models report their stages
-    to, and the capture's writer (serve.capture)."""
-
-    def __init__(self, config: ServeConfig, machine: Machine, metrics=None):
-        self.metrics = metrics or server_metrics.NoMetrics()
-        self.decoders = concurrent.futures.ThreadPoolExecutor(machine.decode_threads, thread_name_prefix="decode")
-        self.images = DecodePool(machine.decode_workers)  # workers start on first use, or with start()
-        self.inference = concurrent.futures.ThreadPoolExecutor(config.workers, thread_name_prefix="infer")
-        self.capture = Capture.start(config, self.metrics)
-
-    def close(self) -> None:
-        self.inference.shutdown(wait=True)
-        self.decoders.shutdown(wait=True)
-        self.images.close()
-        self.capture.close()  # after the last answer: what it captured is written
-
-    def problem(self) -> str | None:
-        """Why the server cannot decode what needs a decode worker, or None (for /ping)."""
-        failing = self.images.status().failing
-        return f"decode workers cannot start: {failing}" if failing else None
 
 
 def load_handler(name: str, model_dir: Path, config: ServeConfig, scratch: Path, pool: DecodePool | None = None) -> Handler:

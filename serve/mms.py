@@ -40,8 +40,9 @@ class Worker:
 
     def __init__(self, context):
         from serve.access_log import escape_every_log
-        from serve.hosting import HostedModel, Pools
+        from serve.hosting import HostedModel
         from serve.machine import probe
+        from serve.pools import Pools
 
         escape_every_log()  # MMS's worker logging, with client text escaped
 

@@ -511,7 +511,8 @@ def test_a_model_that_needs_torch_fails_naming_the_full_image(engine_model, tmp_
         from pathlib import Path
         from container import ServeConfig
         from container.serving import Machine
-        from serve.hosting import Pools, SingleModel
+        from serve.hosting import SingleModel
+        from serve.pools import Pools
         machine = Machine(device="cpu", cpus=1, memory_bytes=8 << 30, processes=1)
         config = ServeConfig(model_dir="{model}", scratch_dir="{tmp_path}/scratch").resolve(machine)
         hosting = SingleModel(config, Pools(config, machine))

@@ -161,8 +161,8 @@ def test_gpu_memory_gauges_on_a_cuda_device(monkeypatch, test_machine):
     import torch
 
     from container import ServeConfig
-    from serve.app import Pools
     from serve.metrics import HostCollector
+    from serve.pools import Pools
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (6 << 30, 16 << 30))
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 << 30)
