@@ -14,8 +14,10 @@ and precision").
      far; torch bf16 on AMX (not measured against ONNX Runtime there yet);
   6. a model that carries neither model.onnx nor a calibration sample (trained before
      the trainer wrote them) is served on torch, as it always was;
-  0. before all these: a timm model runs torch, whatever is asked (its own evaluation
-     transform; the torch-free preprocessing is torchvision's).
+  0. before all these: a model whose own evaluation transform the torch-free
+     preprocessing does not reproduce runs torch, whatever is asked (timm's squash and
+     border crop modes; timm's center mode is Pillow's resize and a center crop, the same
+     as torchvision's, and goes on as any other model).
 Whatever runs a reduced precision, the accuracy guard (vision.guard) falls back to
 fp32, logged, when it disagrees with fp32: at warm-up on torch, and for ONNX Runtime
 int8 in the background while fp32 serves, unless SM_VISION_WAIT_FOR_GUARD=true
@@ -35,6 +37,7 @@ from serve.machine import has_torch, share_cores, torch_missing
 from serve.model import Classifier, calibration_sample, is_torchscript
 from vision.artifact import SPEC_FILE, ModelSpec
 from vision.cpu import AUTO_ENGINE, OTHER, cpu_class
+from vision.engines.preprocess import EvalPreprocess
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ ENGINE_DIR = "engines"  # under a model's scratch directory: what is exported or
 
 def choose_engine(requested: str, precision: str, device: str, spec: ModelSpec, model_dir: Path, hooks: bool, cpu: str) -> str:
     """torch or onnxruntime for our classifier (see the module docstring)."""
-    if spec.preprocess != "torchvision":
+    if spec.preprocess != "torchvision" and not torch_free_preprocessing(spec):
         return torch_for_own_preprocessing(requested, precision, spec)
     if not has_torch():
         if requested == "torch" or precision in ("bf16", "fp16"):
@@ -71,11 +74,20 @@ def choose_engine(requested: str, precision: str, device: str, spec: ModelSpec, 
     return "onnxruntime"
 
 
+def torch_free_preprocessing(spec: ModelSpec) -> bool:
+    """Whether vision.engines.preprocess reproduces the spec's evaluation transform."""
+    try:
+        EvalPreprocess.from_spec(spec)
+    except ValueError:
+        return False
+    return True
+
+
 def torch_for_own_preprocessing(requested: str, precision: str, spec: ModelSpec) -> str:
-    """The torch engine for a model whose library brings its own evaluation transform
-    (timm's crop_pct and crop modes): the torch-free preprocessing reproduces
-    torchvision's alone, and a near miss would shift every answer, not fail."""
-    why = f"a {spec.preprocess} model is preprocessed as {spec.preprocess} does, on the torch engine"
+    """The torch engine for a model whose library brings an evaluation transform the
+    torch-free preprocessing does not reproduce (timm's squash and border crop modes): a
+    near miss would shift every answer, not fail."""
+    why = f"a {spec.preprocess} model with crop_mode={spec.crop_mode!r} is preprocessed as {spec.preprocess} does, on the torch engine"
     if not has_torch():
         raise torch_missing(why)
     if requested == "onnxruntime" or precision == "int8":

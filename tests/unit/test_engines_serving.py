@@ -196,13 +196,16 @@ def test_a_model_without_engine_files_is_served_on_torch_as_before(engine_model,
     assert choose_engine("auto", "auto", "cpu", spec, older, False, "AVX2") == "onnxruntime"  # made at load
 
 
-def test_a_timm_model_is_served_on_torch_whatever_the_cpu(engine_model):
-    # The torch-free preprocessing is torchvision's; timm's own crop would shift answers.
-    spec = dataclasses.replace(ModelSpec.load(engine_model), preprocess="timm", crop_pct=0.95)
-    assert choose_engine("auto", "auto", "cpu", spec, engine_model, False, "AVX2") == "torch"
+def test_a_timm_model_goes_to_onnx_runtime_only_where_its_crop_is_reproduced(engine_model):
+    # timm's center crop mode is Pillow's resize and a center crop, which the torch-free
+    # preprocessing reproduces; its squash and border modes are not, and would shift answers.
+    center = dataclasses.replace(ModelSpec.load(engine_model), preprocess="timm", crop_pct=0.95, crop_mode="center")
+    assert choose_engine("auto", "auto", "cpu", center, engine_model, False, "AVX2") == "onnxruntime"
+    squash = dataclasses.replace(center, crop_mode="squash")
+    assert choose_engine("auto", "auto", "cpu", squash, engine_model, False, "AVX2") == "torch"
     for requested, precision in (("onnxruntime", "auto"), ("auto", "int8")):
-        with pytest.raises(ConfigError, match="timm model is preprocessed as timm does"):
-            choose_engine(requested, precision, "cpu", spec, engine_model, False, "AVX2")
+        with pytest.raises(ConfigError, match="timm model with crop_mode='squash' is preprocessed as timm does"):
+            choose_engine(requested, precision, "cpu", squash, engine_model, False, "AVX2")
 
 
 @pytest.mark.parametrize(

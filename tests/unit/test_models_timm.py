@@ -4,6 +4,7 @@ eval transform equal to timm's own."""
 
 import json
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -15,6 +16,7 @@ from timm.data import create_transform, resolve_model_data_config
 from container import ConfigError
 from vision import presets
 from vision.artifact import ModelSpec
+from vision.engines.preprocess import EvalPreprocess
 from vision.models import build_model, find_pretrained_file, freeze_backbone, head_name, head_names, replace_head
 
 
@@ -168,6 +170,20 @@ def test_spec_carries_timm_preprocessing_and_serving_transforms_as_timm_does(tmp
     expected = create_transform(**config, is_training=False)(photo())
     assert served.shape == (3, prep.image_size, prep.image_size) and torch.equal(served, expected)
     assert torch.equal(presets.eval_transform_for(prep)(photo()), expected)  # the trainer's evaluation, before any spec exists
+
+
+@pytest.mark.parametrize(("arch", "image_size"), [("test_vit", None), ("test_convnext", 64)])
+def test_the_torch_free_preprocessing_is_timms_center_crop(arch, image_size):
+    """ONNX Runtime serves a timm model in center crop mode through vision.engines.preprocess
+    (Pillow and numpy): the same pixels as timm's eval transform, to float rounding."""
+    model = build_model(f"timm/{arch}", 3)
+    prep = presets.preprocessing_for(f"timm/{arch}", model, image_size=image_size)
+    spec = ModelSpec(arch=f"timm/{arch}", classes=("a", "b", "c"), **prep.spec_fields())
+    assert spec.crop_mode == "center"
+    for picture in (photo(), photo().resize((301, 517))):
+        expected = presets.eval_transform_for(spec)(picture).numpy()
+        got = EvalPreprocess.from_spec(spec)(picture)
+        assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-5
 
 
 def test_image_size_overrides_timm_input_size():
