@@ -97,7 +97,6 @@ class Extras:
             from serve.engines import load_classifier
 
             self.classifier = load_classifier(model_dir, served.device, "fp32", "torch", threads=config.threads, workers=config.workers)
-            log.info("model %s: explain and embeddings on torch fp32 beside %s (~%d MiB)", name, served.engine, self.nbytes() >> 20)
         self._lock = threading.Lock()
         self._cam: explain.GradCAM | None = None
         self._tap: PenultimateTap | None = None

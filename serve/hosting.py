@@ -139,12 +139,20 @@ class HostedModel:
             if self.extras is None:
                 if not (self.handler.plain and has_torch()):
                     raise BadInput(extras_need_torch())
+                started = time.perf_counter()
                 from serve.extras import Extras  # Grad-CAM and the penultimate features need torch
 
                 observe = self.pools.metrics.batch_rows(self.name)
-                self.extras = Extras(
-                    self.name, self.handler.classifier, self.model_dir, self.config, self.pools.inference, self.batcher, observe
-                )
+                served = self.handler.classifier
+                self.extras = Extras(self.name, served, self.model_dir, self.config, self.pools.inference, self.batcher, observe)
+                if self.extras.nbytes():  # a torch copy beside the served engine
+                    log.info(
+                        "model %s: explain and embeddings on torch fp32 beside %s (~%d MiB, ready in %.1f s, torch's import included)",
+                        self.name,
+                        served.engine,
+                        self.extras.nbytes() >> 20,
+                        time.perf_counter() - started,
+                    )
             return self.extras
 
     async def invoke(self, body: bytes, request: Call) -> tuple[bytes, str]:

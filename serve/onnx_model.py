@@ -123,7 +123,10 @@ class OnnxRuntimeClassifier(Classifier):
             self.background.stop()
 
     def nbytes(self) -> int:
-        return self.served.path.stat().st_size
+        held = self.served.path.stat().st_size
+        if self.background is not None and self.background.state == "running":  # its own fp32 and int8 sessions
+            held += self.fp32_path.stat().st_size + self.int8_path.stat().st_size
+        return held
 
 
 def eval_preprocess(spec: ModelSpec):

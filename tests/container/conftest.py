@@ -12,16 +12,18 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import pytest
+import requests
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # train.synthetic (Pillow only) makes the test data
 
-from tests.support.containers import LABEL, SESSION, Containers, mount, opt_ml, run_to_completion, serving_engine  # noqa: E402 (after the path insert)
+from tests.support.containers import LABEL, SESSION, Containers, gateway, mount, opt_ml, run_to_completion, serving_engine  # noqa: E402 (after the path insert)
 from tests.support.net import free_port  # noqa: E402 (after the path insert)
 from tests.support.sdk_local import LOCAL_CONTAINER, NETWORK, TELEMETRY_OPT_OUT  # noqa: E402 (after the path insert)
 from train import synthetic  # noqa: E402 (importable only after the path insert above)
@@ -198,3 +200,55 @@ def local_session(sdk_local_mode, docker_client, image):
     yield session
     for container in session.started_containers().values():
         container.remove(force=True)
+
+
+# --- a real MLflow tracking server (the training and monitoring tracking tests) -------------
+
+
+@pytest.fixture
+def mlflow_server(containers, tmp_path):
+    """(tracking URI, network) of a fresh MLflow server on a new docker network's gateway."""
+    network = containers.network()
+    host = gateway(network)
+    port = free_port(host)
+    store = tmp_path / "mlflow"
+    store.mkdir()
+    command = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{store / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(store / "artifacts"),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--allowed-hosts",
+        f"{host}:{port},{host}",
+    ]
+    log = (store / "server.log").open("w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{uri}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("mlflow server did not start:\n" + (store / "server.log").read_text())
+            time.sleep(0.5)
+        yield uri, network
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()

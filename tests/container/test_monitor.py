@@ -19,6 +19,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from PIL import Image, ImageFilter
 
 from tests.support.captures import capture_record, iso, write_captures
@@ -98,7 +99,7 @@ def model_monitor_env(publish: str = "Enabled") -> dict:
     }
 
 
-def run_monitor(containers, image, model: Path, tmp: Path, records: list[dict], command=("monitor",), env=None):
+def run_monitor(containers, image, model: Path, tmp: Path, records: list[dict], command=("monitor",), env=None, network=None):
     """(exit code, logs, results folder, /opt/ml/output folder) of one monitoring job."""
     captures = writable(tmp / "captures")
     write_captures(captures, ENDPOINT, records)
@@ -110,7 +111,9 @@ def run_monitor(containers, image, model: Path, tmp: Path, records: list[dict], 
         str(results): {"bind": RESULTS, "mode": "rw"},
         str(output): {"bind": "/opt/ml/output", "mode": "rw"},
     }
-    container = containers.run(image, list(command) if command else None, volumes=volumes, environment=env or model_monitor_env())
+    container = containers.run(
+        image, list(command) if command else None, volumes=volumes, environment=env or model_monitor_env(), network=network
+    )
     code, logs = wait_exit(container, timeout=600)
     return code, logs, results, output
 
@@ -152,6 +155,33 @@ def test_in_distribution_traffic_under_the_model_monitor_contract(image, contain
     print(
         f"\nmonitor throughput (CPU, machine shared, preliminary): {throughput['images_per_second']} images/s over {throughput['images']} images"
     )
+
+
+def test_a_monitoring_run_is_logged_to_mlflow(image, containers, monitored_model, tmp_path, mlflow_server):
+    """With MLFLOW_TRACKING_URI set, each monitoring run is one MLflow run (a real server):
+    the job's parameters, its metrics (the CloudWatch ones), the violation count as a tag,
+    and the results as artifacts."""
+    uri, network = mlflow_server
+    env = {
+        **model_monitor_env(),
+        "SM_VISION_MONITOR_MIN_AGREEMENT": "0.5",
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_EXPERIMENT_NAME": "monitor-ci",
+    }
+    code, logs, results, _ = run_monitor(
+        containers, image, monitored_model, tmp_path, traffic(seed=24, count=60), env=env, network=network.name
+    )
+    assert code == 0, logs
+    client = MlflowClient(tracking_uri=uri)
+    [run] = client.search_runs([client.get_experiment_by_name("monitor-ci").experiment_id])
+    assert f"MLflow: run {run.info.run_id}" in logs
+    assert run.info.status == "FINISHED" and run.info.run_name == SCHEDULE
+    assert (run.data.params["endpoint"], run.data.params["monitoring_schedule"]) == (ENDPOINT, SCHEDULE)
+    found = len(violations(results))
+    assert run.data.tags["sagemaker_vision.violations"] == str(found) and run.data.metrics["violation_count"] == found
+    assert run.data.metrics["image_count"] == 60
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"statistics.json", "constraint_violations.json", "report.md", "plots"} <= artifacts, artifacts
 
 
 def test_blurred_traffic_is_a_violation_and_the_container_needs_no_command(image, containers, monitored_model, tmp_path):

@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.support.containers import mount, opt_ml, wait_exit
+from tests.support.containers import gateway, mount, opt_ml, wait_exit
 from tests.support.net import free_port
 
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr", "images_per_s", "epoch_time_s")
@@ -34,60 +32,6 @@ ARTIFACTS = (
     "model_spec.json",
     "reliability_diagram.png",
 )
-
-
-def gateway(network) -> str:
-    network.reload()
-    return network.attrs["IPAM"]["Config"][0]["Gateway"]
-
-
-@pytest.fixture
-def mlflow_server(containers, tmp_path):
-    """(tracking URI, network) of a fresh MLflow server on a new docker network's gateway."""
-    network = containers.network()
-    host = gateway(network)
-    port = free_port(host)
-    store = tmp_path / "mlflow"
-    store.mkdir()
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{store / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(store / "artifacts"),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--allowed-hosts",
-        f"{host}:{port},{host}",
-    ]
-    log = (store / "server.log").open("w")
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    uri = f"http://{host}:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("mlflow server did not start:\n" + (store / "server.log").read_text())
-            time.sleep(0.5)
-        yield uri, network
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
 
 
 def train(containers, image, tmp_path, shapes_data, network, env, extra_dirs=()):

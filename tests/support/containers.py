@@ -197,3 +197,8 @@ def wait_guard(base_url: str, container, timeout: float = 180) -> str:
             raise AssertionError("server exited:\n" + container.logs().decode(errors="replace"))
         time.sleep(0.2)
     raise AssertionError("the accuracy guard was still running:\n" + container.logs().decode(errors="replace"))
+
+
+def gateway(network) -> str:
+    network.reload()
+    return network.attrs["IPAM"]["Config"][0]["Gateway"]

@@ -380,10 +380,13 @@ def test_fp32_answers_while_the_int8_guard_runs_then_int8_once_it_passes(engine_
         assert served.precision == "fp32" and served.guard_state() == ("int8", "running")
         assert "precision fp32 (int8 once its accuracy guard passes, running in the background)" in served.describe()
         np.testing.assert_array_equal(served.probabilities(batch), fp32.probabilities(batch))
+        fp32_bytes, int8_bytes = ((engine_model / name).stat().st_size for name in (ONNX_FILE, INT8_FILE))
+        assert served.nbytes() == 2 * fp32_bytes + int8_bytes  # the guard's own two sessions count while it runs
         release.set()
         assert served.background.wait(120)
     assert seen and seen[0] == os.getpriority(os.PRIO_PROCESS, 0) + 10  # the guard's thread alone runs below the requests
     assert served.precision == "int8" and served.guard_state() == ("int8", "passed")
+    assert served.nbytes() == int8_bytes
     np.testing.assert_allclose(served.probabilities(batch), int8.probabilities(batch), atol=1e-6)
     assert not np.allclose(int8.probabilities(batch), fp32.probabilities(batch), atol=1e-6)  # the two are told apart
     switched = re.search(
