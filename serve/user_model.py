@@ -115,7 +115,10 @@ class OnnxForward:
                     return output
                 self.state = "exporting"
             batch, expected = args[0].detach().clone(), output.detach().clone()
-            threading.Thread(target=self.export, args=(batch, expected), name="onnx-export", daemon=True).start()
+            # Not a daemon: a SIGTERM while the export runs then waits for it (seconds)
+            # before the interpreter finalizes. A daemon thread left inside the exporter or
+            # ONNX Runtime's session set-up at finalization aborted the process (exit 139).
+            threading.Thread(target=self.export, args=(batch, expected), name="onnx-export").start()
         return output
 
     def served_by(self) -> tuple[str, str, str]:

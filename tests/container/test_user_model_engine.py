@@ -12,7 +12,7 @@ import time
 import numpy as np
 import requests
 
-from tests.support.containers import wait_for_log, wait_ping
+from tests.support.containers import wait_exit, wait_for_log, wait_ping
 from tests.support.endpoint import post, script_model_root, start_server
 
 SCRIPT = """
@@ -89,3 +89,18 @@ def test_sm_vision_engine_torch_keeps_the_users_forward_eager(containers, image,
     assert answers[1:] == answers[:1] * 2
     assert engine_metric(base) is None  # the user's forward, untouched: nothing of ours to name
     assert "ONNX Runtime" not in container.logs().decode(errors="replace")
+
+
+def test_sigterm_while_the_export_runs_exits_0(containers, image, tmp_path):
+    """SIGTERM right after the first request, with the background export still running
+    (a ResNet-18 takes seconds to export): the server waits for it and exits 0; a
+    process that finalized under a running export died with SIGSEGV (exit 139)."""
+    resnet = "import torchvision; torch.manual_seed(0); model = torchvision.models.resnet18(num_classes=4); model.labels = list('abcd')"
+    script = SCRIPT.replace("return Net().eval()", resnet + "; return model.eval()")
+    container, base = start_server(containers, image, script_model_root(tmp_path, script))
+    wait_ping(base, container)
+    response = post(base, batch(1, side=64), "application/json")
+    assert response.status_code == 200, response.text
+    container.kill(signal="SIGTERM")
+    code, logs = wait_exit(container, timeout=120)
+    assert code == 0, logs[-3000:]
