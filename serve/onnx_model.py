@@ -28,6 +28,7 @@ from serve.background_guard import BackgroundGuard
 from serve.machine import has_torch, torch_missing
 from serve.model import Classifier, is_torchscript
 from vision.artifact import INT8_FILE, ONNX_FILE, ModelSpec
+from vision.engines.accuracy import Int8Check
 from vision.engines.onnx_runtime import OnnxClassifier
 from vision.engines.preprocess import EvalPreprocess, normalize
 
@@ -155,11 +156,19 @@ def load(
 ):
     """Our artifact on ONNX Runtime. `precision`: int8 (needs model.int8.onnx or the
     calibration sample to make it), fp32, or auto = int8 when the artifact carries a
-    calibration sample for the guard, else fp32. `wait_for_guard`: see OnnxRuntimeClassifier."""
+    calibration sample for the guard and int8 did not fail the trainer's accuracy check
+    (spec.int8_check), else fp32. `wait_for_guard`: see OnnxRuntimeClassifier."""
     preprocess = eval_preprocess(spec)
     fp32 = fp32_model(model_dir, spec, scratch, calibration)
     int8 = None
-    if precision == "int8" or (precision == "auto" and calibration is not None):
+    if precision == "auto" and spec.int8_failed_check:
+        log.info("serving fp32: int8 failed the trainer's accuracy check (%s)", Int8Check.from_dict(spec.int8_check).summary())
+    elif precision == "int8" or (precision == "auto" and calibration is not None):
+        if spec.int8_failed_check:
+            log.warning(
+                "SM_VISION_PRECISION=int8 although int8 failed the trainer's accuracy check (%s)",
+                Int8Check.from_dict(spec.int8_check).summary(),
+            )
         int8 = int8_model(model_dir, spec, scratch, fp32, calibration, required=precision == "int8")
     return OnnxRuntimeClassifier(spec, fp32, int8, preprocess, cpu_class, calibration, threads, workers, wait_for_guard)
 

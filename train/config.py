@@ -16,6 +16,7 @@ from typing import Union, get_args, get_origin, get_type_hints
 from container import ConfigError, hyperparameters_to_argv
 from container import parse_bool as strict_bool
 from train.formats.base import DATA_FORMATS, LABEL_FORMATS, FormatOptions
+from vision.guard import INT8_MAX_DROP_POINTS
 
 
 def _opt(default, help: str, choices=None, aliases=(), parse=None):
@@ -138,6 +139,11 @@ class TrainConfig:
         "also write model.onnx, its int8 variant and a 64-image calibration sample, for the CPU engines and the torch-free "
         "serving image (docs/serving.md); a failed export is logged and leaves them out",
     )
+    int8_max_drop: float = _opt(
+        INT8_MAX_DROP_POINTS,
+        "accuracy points the int8 model may lose against fp32 on the validation split; one that loses more is left out of the "
+        "model and serving runs fp32 (docs/serving.md)",
+    )
     monitoring_baseline: int = _opt(
         2000, "validation images (at most) the model's monitoring baseline is computed from, into model/monitoring/ (0: no baseline)"
     )
@@ -208,6 +214,8 @@ def _validate(c: TrainConfig) -> None:
         raise ConfigError(f"val_fraction={c.val_fraction}: must be in (0, 1)")
     if not 0 <= c.max_bad_fraction <= 1:
         raise ConfigError(f"max_bad_fraction={c.max_bad_fraction}: must be in [0, 1]")
+    if not 0 <= c.int8_max_drop <= 100:
+        raise ConfigError(f"int8_max_drop={c.int8_max_drop}: must be in [0, 100] (accuracy points)")
     if c.num_workers < -1:
         raise ConfigError(f"num_workers={c.num_workers}: must be -1 (auto) or >= 0")
     if c.warmup_epochs >= c.epochs and c.warmup_epochs > 0:

@@ -98,8 +98,7 @@ def write_outputs(
     calibrated = final.calibrated
     temperature = calibrated.temperature if calibrated is not None else 1.0
     save_model(config, run_data, progress.best_weights, model_dir, prep, final.thresholds, temperature)
-    if config.export_onnx:
-        save_engine_files(config, run_data.samples.get("train"), model_dir)
+    int8_check = save_engine_files(config, run_data.samples, model_dir) if config.export_onnx else None
     output_dir.mkdir(parents=True, exist_ok=True)
     report = {
         "objective": config.objective,
@@ -107,6 +106,7 @@ def write_outputs(
         "epochs": progress.history,
         "final": {"split": final.split, **final.metrics},
         "calibration": calibrated.metrics() if calibrated is not None else None,
+        "int8_check": int8_check,  # None: not run (docs/serving.md, "Engines and precision")
         "data": data_summary(run_data, final.undecodable),
         "config": config.to_dict(),
         "tracking": tracking_info or {},  # e.g. the MLflow run id
@@ -194,46 +194,104 @@ def save_model(
     spec.save(model_dir)
 
 
-def save_engine_files(config: TrainConfig, train: list[tuple] | None, model_dir: Path) -> None:
+def save_engine_files(config: TrainConfig, samples: dict[str, list[tuple]], model_dir: Path) -> dict | None:
     """calibration.npy (DEFAULT_COUNT training images, stratified by class, as the eval
     preprocessing crops them), model.onnx (checked against torch) and model.int8.onnx,
-    each named in model_spec.json once written (vision/artifact.py). Whatever fails is
-    logged and left out: serving then makes it at load or serves torch, and the job
-    still succeeds."""
+    each named in model_spec.json once written (vision/artifact.py). int8 is kept only if
+    it passes its accuracy check on the validation split (vision/engines/accuracy.py);
+    the check goes into the spec either way, and is returned (None when not run).
+    `samples`: RunData.samples, File-mode splits -> [(source, label)].
+    Whatever fails is logged and left out: serving then makes it at load or serves
+    torch, and the job still succeeds."""
+    train = samples.get("train")
     if train is None:
         log.info("no calibration sample or ONNX files in the model: the training split is streamed (Pipe mode)")
-        return
+        return None
     started, spec = time.perf_counter(), ModelSpec.load(model_dir)
     try:
         preprocess = EvalPreprocess.from_spec(spec)
         picked = stratified_indices([_stratum(label) for _, label in train], DEFAULT_COUNT, config.seed)
-        sample = ImageSamples([train[i] for i in picked], preprocess.crop)  # decoded as serving does; unreadable ones skipped
-        crops = np.stack([sample[i][0] for i in range(len(sample))])
+        crops, _ = _crops([train[i] for i in picked], preprocess)
         save_calibration(crops, model_dir)
     except Exception as err:  # noqa: BLE001 - any failure leaves the artifact as it was
         log.warning("no calibration sample or ONNX files in the model (serving will use torch): %s", err)
-        return
+        return None
     spec = dataclasses.replace(spec, calibration_file=CALIBRATION_FILE)
     spec.save(model_dir)
     try:
         from vision.engines.export import export_onnx, load_trained
-        from vision.engines.quantize import quantize_int8
 
         normalized = preprocess.normalize(crops)
         export_onnx(load_trained(model_dir)[1], spec.image_size, model_dir / ONNX_FILE, torch.from_numpy(normalized[:8]))
         spec = dataclasses.replace(spec, onnx_file=ONNX_FILE)
         spec.save(model_dir)
-        quantize_int8(model_dir / ONNX_FILE, model_dir / INT8_FILE, normalized)
-        spec = dataclasses.replace(spec, int8_file=INT8_FILE)
+        check = quantize_checked(config, samples.get("validation"), spec, preprocess, model_dir, normalized)
+        if check is None or check.passed:
+            spec = dataclasses.replace(spec, int8_file=INT8_FILE)
+        else:
+            (model_dir / INT8_FILE).unlink()
+            spec = dataclasses.replace(spec, int8_file="")
+            log.warning("model.int8.onnx left out (it failed its accuracy check); serving `auto` runs ONNX Runtime fp32 (docs/serving.md)")
+        spec = dataclasses.replace(spec, int8_check=check.to_dict() if check is not None else {})
         spec.save(model_dir)
     except Exception as err:  # noqa: BLE001 - the exporter's and the quantizer's failures have no common type
         log.warning("the model keeps %s only (serving exports what is missing at load): %s", ", ".join(_named(spec)), err)
         for name in (ONNX_FILE, INT8_FILE):
             if name not in _named(spec):
                 (model_dir / name).unlink(missing_ok=True)
-        return
+        return None
     sizes = ", ".join(f"{name} {(model_dir / name).stat().st_size / 1e6:.1f} MB" for name in _named(spec))
     log.info("wrote the CPU engines' files in %.1f s: %s", time.perf_counter() - started, sizes)
+    return spec.int8_check or None
+
+
+def quantize_checked(
+    config: TrainConfig, valid: list[tuple] | None, spec: ModelSpec, preprocess: EvalPreprocess, model_dir: Path, normalized
+):
+    """model.int8.onnx, checked against fp32 with labels on at most MAX_IMAGES validation
+    images (vision/engines/accuracy.py). A model that fails is quantized once more with
+    its stem and classifier in fp32 and checked again. Returns the last check, None
+    without a validation split to check on."""
+    from vision.engines.accuracy import MAX_IMAGES, check_int8
+    from vision.engines.quantize import Int8Recipe, quantize_int8
+
+    recipes = {"default": Int8Recipe(), "fp32 ends": Int8Recipe(fp32_ends=True)}
+    quantize_int8(model_dir / ONNX_FILE, model_dir / INT8_FILE, normalized, recipes["default"])
+    if not valid:
+        log.info("int8 is not checked against labels: the validation split is %s", "streamed (Pipe mode)" if valid is None else "empty")
+        return None
+    if len(valid) > MAX_IMAGES:
+        valid = random.Random(config.seed).sample(valid, MAX_IMAGES)
+    crops, labels = _crops(valid, preprocess)
+    if spec.multi_label:
+        labels = [np.isin(np.arange(spec.num_classes), list(label)) for label in labels]
+    for name, recipe in recipes.items():
+        if recipe != recipes["default"]:
+            quantize_int8(model_dir / ONNX_FILE, model_dir / INT8_FILE, normalized, recipe)
+        check = check_int8(
+            model_dir / ONNX_FILE,
+            model_dir / INT8_FILE,
+            crops,
+            np.asarray(labels),
+            preprocess.normalize,
+            multi_label=spec.multi_label,
+            thresholds=spec.thresholds,
+            temperature=spec.temperature,
+            max_drop=config.int8_max_drop,
+            recipe=name,
+        )
+        log.info("%s: %s", check.summary(), "passed" if check.passed else "failed")
+        if check.passed:
+            break
+    return check
+
+
+def _crops(samples: list[tuple], preprocess: EvalPreprocess) -> tuple[np.ndarray, list]:
+    """The eval crops of `samples` (N x H x W x 3 uint8) and their labels, decoded as
+    serving decodes (an unreadable image is replaced by the next readable, label and all)."""
+    sample = ImageSamples(samples, preprocess.crop)
+    pairs = [sample[i] for i in range(len(sample))]
+    return np.stack([crop for crop, _ in pairs]), [label for _, label in pairs]
 
 
 def _stratum(label) -> int:

@@ -6,7 +6,8 @@
     model.onnx       the same network exported for ONNX Runtime (fp32, dynamic batch;
                      vision/engines/export.py)                                  optional
     model.int8.onnx  its int8 variant, calibrated on calibration.npy
-                     (vision/engines/quantize.py)                               optional
+                     (vision/engines/quantize.py); left out when it fails its
+                     accuracy check (spec.int8_check)                           optional
     calibration.npy  64 stratified training images as the eval preprocessing crops them
                      (uint8; vision/engines/calibration.py): int8's calibration and the
                      serving accuracy guard's images                            optional
@@ -85,10 +86,19 @@ class ModelSpec:
     onnx_file: str = ""
     int8_file: str = ""
     calibration_file: str = ""
+    # The trainer's int8 accuracy check on the validation split (vision/engines/accuracy.py:
+    # Int8Check.to_dict, with "passed"); {} = not run. A failed one left model.int8.onnx
+    # out, and serving `auto` then runs fp32.
+    int8_check: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def int8_failed_check(self) -> bool:
+        """The trainer checked int8 against labels and it lost too much accuracy."""
+        return self.int8_check.get("passed") is False
 
     def save(self, model_dir: Path) -> Path:
         path = model_dir / SPEC_FILE
@@ -137,6 +147,7 @@ class ModelSpec:
                 onnx_file=_file_name(data.get("onnx_file", "")),
                 int8_file=_file_name(data.get("int8_file", "")),
                 calibration_file=_file_name(data.get("calibration_file", "")),
+                int8_check=dict(data.get("int8_check") or {}),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"{path} is malformed: {err!r}") from None

@@ -135,7 +135,7 @@ for out, arch, n in zip(args[0::3], args[1::3], args[2::3]):
     ModelSpec(arch, tuple(f"class_{i}" for i in range(int(n))), 64, 73,
               (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).save(out)
     if engine_files:
-        save_engine_files(TrainConfig(), samples, out)
+        save_engine_files(TrainConfig(), {"train": samples}, out)
     for f in out.iterdir(): os.chmod(f, 0o666)
     os.chmod(out, 0o777)
 """

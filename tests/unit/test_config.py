@@ -100,3 +100,11 @@ def test_image_size_and_num_classes_are_optional_but_positive():
     for name in ("image_size", "num_classes"):
         with pytest.raises(ConfigError, match=f"{name}=0: must be > 0"):
             resolve_config({name: "0"}, [])
+
+
+def test_int8_max_drop_is_accuracy_points_between_0_and_100():
+    assert resolve_config({}, []).int8_max_drop == 0.5
+    assert resolve_config({"int8_max_drop": "2"}, []).int8_max_drop == 2.0
+    for text in ("-1", "101", "nan"):
+        with pytest.raises(ConfigError, match=r"int8_max_drop=.*: must be in \[0, 100\]"):
+            resolve_config({"int8_max_drop": text}, [])

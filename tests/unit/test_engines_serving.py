@@ -39,7 +39,11 @@ from train.config import TrainConfig
 from train.outputs import save_engine_files
 from vision import cpu, guard, scores
 from vision.artifact import INT8_FILE, ONNX_FILE, ModelSpec
+from vision.engines import quantize
+from vision.engines.accuracy import Int8Check, check_int8, decisions
 from vision.engines.calibration import CALIBRATION_FILE
+from vision.engines.onnx_runtime import OnnxClassifier
+from vision.engines.preprocess import EvalPreprocess
 from vision.models import build_model
 
 SIZE = 32
@@ -69,7 +73,7 @@ def engine_model(tmp_path_factory) -> Path:
     """A model directory with every engine file, written by the trainer's own code."""
     root = tmp_path_factory.mktemp("engines")
     write_artifact(root / "model")
-    save_engine_files(TrainConfig(), shapes_samples(root / "data"), root / "model")
+    save_engine_files(TrainConfig(), {"train": shapes_samples(root / "data")}, root / "model")  # no validation split: int8 unchecked
     return root / "model"
 
 
@@ -120,10 +124,96 @@ def test_a_failed_export_leaves_the_calibration_sample_and_logs(tmp_path, monkey
 
     monkeypatch.setattr(export, "export_onnx", broken)
     with caplog.at_level(logging.WARNING):
-        save_engine_files(TrainConfig(), shapes_samples(tmp_path / "data", 2), tmp_path / "model")
+        save_engine_files(TrainConfig(), {"train": shapes_samples(tmp_path / "data", 2)}, tmp_path / "model")
     spec = ModelSpec.load(tmp_path / "model")
     assert (spec.onnx_file, spec.int8_file, spec.calibration_file) == ("", "", CALIBRATION_FILE)
     assert not (tmp_path / "model" / ONNX_FILE).exists() and "made to fail" in caplog.text
+
+
+def validation_labelled_by_fp32(model_dir: Path, root: Path) -> list[tuple[str, int]]:
+    """A validation split whose labels are fp32's own answers (fp32 scores 100%), so that
+    int8's accuracy is its agreement with fp32 and a broken int8 model fails for certain."""
+    synthetic.make_shapes(root, {"valid": 8}, size=48, seed=1)
+    paths = sorted(str(path) for path in (root / "valid").glob("*/*.png"))
+    preprocess = EvalPreprocess.from_spec(ModelSpec.load(model_dir))
+    crops = np.stack([preprocess.crop(Image.open(path).convert("RGB")) for path in paths])
+    answers = OnnxClassifier(model_dir / ONNX_FILE, threads=1).logits(preprocess.normalize(crops)).argmax(1)
+    return list(zip(paths, (int(answer) for answer in answers), strict=True))
+
+
+def quantized_and_broken(monkeypatch, broken_recipe) -> list:
+    """Make quantize_int8 write an int8 model that disagrees with fp32 (corrupt_int8_scales)
+    for the recipes `broken_recipe` picks; returns the recipes it was called with."""
+    real, made = quantize.quantize_int8, []
+
+    def quantize_int8(fp32, int8, calibration, recipe=None):
+        recipe = recipe or quantize.Int8Recipe()
+        made.append(recipe)
+        real(fp32, int8, calibration, recipe)
+        if broken_recipe(recipe):
+            corrupt_int8_scales(int8)
+        return Path(int8)
+
+    monkeypatch.setattr(quantize, "quantize_int8", quantize_int8)
+    return made
+
+
+def test_int8_losing_accuracy_on_the_validation_split_is_retried_then_left_out(engine_model, tmp_path, monkeypatch, caplog):
+    write_artifact(tmp_path / "model")
+    splits = {"train": shapes_samples(tmp_path / "data"), "validation": validation_labelled_by_fp32(engine_model, tmp_path / "data")}
+    made = quantized_and_broken(monkeypatch, lambda recipe: True)
+    with caplog.at_level(logging.INFO):
+        check = save_engine_files(TrainConfig(), splits, tmp_path / "model")
+    monkeypatch.undo()
+    assert [recipe.fp32_ends for recipe in made] == [False, True]  # the default recipe, then the stem and classifier in fp32
+    spec = ModelSpec.load(tmp_path / "model")
+    assert (spec.onnx_file, spec.int8_file) == (ONNX_FILE, "") and not (tmp_path / "model" / INT8_FILE).exists()
+    assert check == spec.int8_check and check["passed"] is False and check["recipe"] == "fp32 ends"
+    assert check["images"] == 24 and check["fp32_accuracy"] == 100 and check["int8_accuracy"] < 99.5 and check["max_drop"] == 0.5
+    assert "(default recipe) vs fp32 on 24 validation images" in caplog.text and "model.int8.onnx left out" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        served = load_classifier(tmp_path / "model", engine="onnxruntime", threads=1, scratch=tmp_path / "scratch")
+    assert served.precision == "fp32" and "serving fp32: int8 failed the trainer's accuracy check (int8 (fp32 ends recipe)" in caplog.text
+    assert not (tmp_path / "scratch").exists()  # auto did not quantize at load what the trainer left out
+    with caplog.at_level(logging.WARNING):
+        forced = load_classifier(tmp_path / "model", precision="int8", engine="onnxruntime", threads=1, scratch=tmp_path / "scratch")
+    assert forced.precision == "int8" and "SM_VISION_PRECISION=int8 although int8 failed" in caplog.text
+
+
+def test_int8_kept_by_its_second_recipe_and_its_check_in_the_spec(engine_model, tmp_path, monkeypatch, caplog):
+    write_artifact(tmp_path / "model")
+    splits = {"train": shapes_samples(tmp_path / "data"), "validation": validation_labelled_by_fp32(engine_model, tmp_path / "data")}
+    made = quantized_and_broken(monkeypatch, lambda recipe: not recipe.fp32_ends)
+    with caplog.at_level(logging.INFO):
+        check = save_engine_files(TrainConfig(int8_max_drop=10), splits, tmp_path / "model")
+    monkeypatch.undo()
+    assert [recipe.fp32_ends for recipe in made] == [False, True]
+    spec = ModelSpec.load(tmp_path / "model")
+    assert spec.int8_file == INT8_FILE and spec.int8_check == check and check["passed"] is True and check["recipe"] == "fp32 ends"
+    assert check["fp32_accuracy"] == 100 and check["int8_accuracy"] >= 90 and check["max_drop"] == 10
+    int8 = onnx.load(str(tmp_path / "model" / INT8_FILE))
+    first_conv = next(node for node in int8.graph.node if node.op_type == "Conv")
+    assert first_conv.input[1] in {i.name for i in int8.graph.initializer}  # fp32 weights, no DequantizeLinear before it
+    served = load_classifier(tmp_path / "model", engine="onnxruntime", threads=1)
+    assert served.precision == "int8"
+
+
+def test_the_int8_check_scores_served_decisions_against_labels(engine_model, tmp_path):
+    broken = copy_model(engine_model, tmp_path / "broken", (ONNX_FILE, INT8_FILE))
+    corrupt_int8_scales(broken / INT8_FILE)
+    crops = np.load(engine_model / CALIBRATION_FILE)
+    preprocess = EvalPreprocess.from_spec(ModelSpec.load(engine_model))
+    fp32_answers = OnnxClassifier(engine_model / ONNX_FILE, threads=1).logits(preprocess.normalize(crops)).argmax(1)
+    check = check_int8(engine_model / ONNX_FILE, broken / INT8_FILE, crops, fp32_answers, preprocess.normalize, threads=1, batch=5)
+    assert check.images == 24 and check.fp32_accuracy == 100 and check.int8_accuracy == check.agreement < 100 and not check.passed
+    assert Int8Check.from_dict(check.to_dict() | {"added_later": 1}) == check
+    with pytest.raises(ValueError, match="as many labels as images"):
+        check_int8(engine_model / ONNX_FILE, broken / INT8_FILE, crops, fp32_answers[:3], preprocess.normalize)
+    logits = np.array([[2.0, -2.0, 0.1], [-3.0, 1.0, 3.0]], np.float32)
+    np.testing.assert_array_equal(decisions(logits, False, (), 1.0), [0, 2])
+    np.testing.assert_array_equal(decisions(logits, True, (0.5, 0.9, 0.5), 1.0), [[True, False, True], [False, False, True]])
 
 
 def test_older_specs_load_and_engine_file_names_stay_in_the_model_directory(tmp_path):
