@@ -249,14 +249,12 @@ def quantize_checked(
     config: TrainConfig, valid: list[tuple] | None, spec: ModelSpec, preprocess: EvalPreprocess, model_dir: Path, normalized
 ):
     """model.int8.onnx, checked against fp32 with labels on at most MAX_IMAGES validation
-    images (vision/engines/accuracy.py). A model that fails is quantized once more with
-    its stem and classifier in fp32 and checked again. Returns the last check, None
-    without a validation split to check on."""
+    images (vision/engines/accuracy.py). Returns the check, None without a validation
+    split to check on."""
     from vision.engines.accuracy import MAX_IMAGES, check_int8
-    from vision.engines.quantize import Int8Recipe, quantize_int8
+    from vision.engines.quantize import quantize_int8
 
-    recipes = {"default": Int8Recipe(), "fp32 ends": Int8Recipe(fp32_ends=True)}
-    quantize_int8(model_dir / ONNX_FILE, model_dir / INT8_FILE, normalized, recipes["default"])
+    quantize_int8(model_dir / ONNX_FILE, model_dir / INT8_FILE, normalized)
     if not valid:
         log.info("int8 is not checked against labels: the validation split is %s", "streamed (Pipe mode)" if valid is None else "empty")
         return None
@@ -265,24 +263,18 @@ def quantize_checked(
     crops, labels = _crops(valid, preprocess)
     if spec.multi_label:
         labels = [np.isin(np.arange(spec.num_classes), list(label)) for label in labels]
-    for name, recipe in recipes.items():
-        if recipe != recipes["default"]:
-            quantize_int8(model_dir / ONNX_FILE, model_dir / INT8_FILE, normalized, recipe)
-        check = check_int8(
-            model_dir / ONNX_FILE,
-            model_dir / INT8_FILE,
-            crops,
-            np.asarray(labels),
-            preprocess.normalize,
-            multi_label=spec.multi_label,
-            thresholds=spec.thresholds,
-            temperature=spec.temperature,
-            max_drop=config.int8_max_drop,
-            recipe=name,
-        )
-        log.info("%s: %s", check.summary(), "passed" if check.passed else "failed")
-        if check.passed:
-            break
+    check = check_int8(
+        model_dir / ONNX_FILE,
+        model_dir / INT8_FILE,
+        crops,
+        np.asarray(labels),
+        preprocess.normalize,
+        multi_label=spec.multi_label,
+        thresholds=spec.thresholds,
+        temperature=spec.temperature,
+        max_drop=config.int8_max_drop,
+    )
+    log.info("%s: %s", check.summary(), "passed" if check.passed else "failed")
     return check
 
 

@@ -49,10 +49,14 @@ from vision.presets import IMAGENET_MEAN, IMAGENET_STD, eval_resize_size, eval_t
 from vision.scores import softmax
 
 FLAG_PREFIXES = ("avx2", "avx512", "avx_vnni", "amx", "fma", "f16c")
+DEFAULT_INT8 = "onnxruntime int8 default (reduce_range, ends fp32)"
 INT8_RECIPES = {
-    "onnxruntime int8": Int8Recipe(reduce_range=False),  # 8-bit weights
-    "onnxruntime int8 reduce_range": Int8Recipe(reduce_range=True),  # the default recipe
-    "onnxruntime int8 s8s8": Int8Recipe(activations="int8", reduce_range=False),
+    # every weighted layer int8: 8-bit weights, 7-bit weights, s8 activations
+    "onnxruntime int8": Int8Recipe(reduce_range=False, fp32_ends=False),
+    "onnxruntime int8 reduce_range": Int8Recipe(reduce_range=True, fp32_ends=False),
+    "onnxruntime int8 s8s8": Int8Recipe(activations="int8", reduce_range=False, fp32_ends=False),
+    # the default recipe: 7-bit weights, the first two weighted layers and the classifier fp32
+    DEFAULT_INT8: Int8Recipe(),
 }
 CALIBRATION_COUNT = 64
 
@@ -216,19 +220,30 @@ def accuracy(work: Path, arch: str, thread_counts: list[int]) -> dict:
     np.save(scratch / "test_inputs.npy", torch_batch)
     np.save(scratch / "test_labels.npy", test_labels)
     np.save(scratch / "fp32_top1.npy", reference)
-    for name in ("onnxruntime fp32", "onnxruntime int8"):  # the torch-free path end to end: numpy/PIL preprocessing too
+    for name in ("onnxruntime fp32", DEFAULT_INT8):  # the torch-free path end to end: numpy/PIL preprocessing too
         probs = engines[name][threads].run(numpy_batch)
         top1 = probs.argmax(1)
         rows[name + " + numpy/PIL preprocessing"] = {
             "accuracy": float((top1 == test_labels).mean()),
             "agreement_with_fp32": float((top1 == reference).mean()),
         }
+    # What serving's `auto` runs for the trained artifact on this CPU: its own int8 model if
+    # that passed the trainer's accuracy check on the validation split, else fp32.
+    served = spec.int8_file or spec.onnx_file
+    top1 = OnnxClassifier(model_dir / served, threads=threads).logits(numpy_batch).argmax(1)
+    check = spec.int8_check
+    verdict = "no int8 check" if not check else f"int8 {'passed' if check['passed'] else 'failed'} the trainer's check"
+    rows[f"served by auto: {'int8' if spec.int8_file else 'fp32'} ({verdict})"] = {
+        "accuracy": float((top1 == test_labels).mean()),
+        "agreement_with_fp32": float((top1 == reference).mean()),
+    }
     return {
         "arch": arch,
         "images": len(test_files),
         "image_size": spec.image_size,
         "calibration_images": len(chosen),
         "engines": rows,
+        "int8_check": check,
         "notes": notes,
     }
 
@@ -334,6 +349,14 @@ def markdown(result: dict) -> str:
         for name, row in acc["engines"].items():
             diff = f"{row['max_probability_diff']:.3f}" if "max_probability_diff" in row else ""
             lines.append(f"| {name} | {100 * row['accuracy']:.2f}% | {100 * row['agreement_with_fp32']:.2f}% | {diff} |")
+        if acc.get("int8_check"):
+            check = acc["int8_check"]
+            lines += [
+                "",
+                f"The trainer's int8 check on the validation split ({check['images']} images, {check['recipe']} recipe): "
+                f"int8 {check['int8_accuracy']:.2f}% vs fp32 {check['fp32_accuracy']:.2f}%, bound -{check['max_drop']:g} points: "
+                f"{'passed' if check['passed'] else 'failed'}",
+            ]
     for run in result["speed"]:
         settings = sorted({(r["threads"], r["batch"]) for r in run["rows"]})
         header = " | ".join(f"{t} thr b{b}" for t, b in settings)

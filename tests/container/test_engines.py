@@ -105,6 +105,12 @@ def test_trained_artifact_carries_the_engine_files(trained, trained_model):
     for name in ("model.onnx", "model.int8.onnx", "calibration.npy"):
         assert (trained_model / name).stat().st_size > 0, name
     assert "wrote the CPU engines' files" in trained.logs
+    # int8 was checked against the validation split's labels (36 images) and kept
+    check = spec["int8_check"]
+    assert check["passed"] is True and check["images"] == 36, check
+    assert check["int8_accuracy"] >= check["fp32_accuracy"] - 0.5 and check["max_drop"] == 0.5
+    assert json.loads((trained.root / "output/data/metrics.json").read_text())["int8_check"] == check
+    assert "int8 vs fp32 on 36 validation images" in trained.logs
 
 
 @pytest.mark.parametrize(("engine", "precision"), [("torch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("auto", "auto")])

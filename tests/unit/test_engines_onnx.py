@@ -11,6 +11,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from vision.engines import quantize
 from vision.engines.calibration import CALIBRATION_FILE, load_calibration, save_calibration, stratified_indices
 from vision.engines.export import EXPORT_TOLERANCE, ExportError, check_export, export_onnx, load_trained
 from vision.engines.onnx_runtime import OnnxClassifier
@@ -109,7 +110,7 @@ def test_int8_is_qdq_per_channel_and_close_to_fp32(exported, int8):
     ]
     assert weight_dq, "no int8 weights"
     per_channel = [n for n in weight_dq if initializers[n.input[1]].ndim == 1 and initializers[n.input[1]].size > 1]
-    assert len(per_channel) >= 20  # every convolution (and the head) has one scale per output channel
+    assert len(per_channel) == 18  # every int8 layer (21 less the first two and the head) has one scale per output channel
     x = images(16, seed=2)
     fp32 = OnnxClassifier(path, threads=1).logits(x)
     quantized = OnnxClassifier(int8, threads=1).logits(x)
@@ -127,6 +128,29 @@ def test_reduce_range_is_the_default_and_keeps_weights_within_seven_bits(exporte
     full_range = quantize_int8(path, tmp_path / "full.onnx", images(8, seed=3), Int8Recipe(reduce_range=False))
     wide = [numpy_helper.to_array(init) for init in onnx.load(str(full_range)).graph.initializer if init.data_type == onnx.TensorProto.INT8]
     assert max(int(np.abs(w.astype(np.int32)).max()) for w in wide) > 100  # 8-bit weights use the whole range
+
+
+def weight_sources(path: Path) -> list[str]:
+    """Per weighted layer (Conv, Gemm, MatMul) in graph order: "fp32" when its weight is a
+    float initializer, "int8" when it comes through a DequantizeLinear."""
+    graph = onnx.load(str(path)).graph
+    floats = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    sources = []
+    for node in graph.node:
+        if node.op_type in quantize.WEIGHTED_OPS:
+            weight = node.input[1]
+            sources.append("fp32" if weight in floats else "int8" if weight in dequantized else weight)
+    return sources
+
+
+def test_the_default_recipe_keeps_the_first_two_weighted_layers_and_the_classifier_fp32(exported, int8, tmp_path):
+    _, path = exported
+    assert Int8Recipe().fp32_ends
+    sources = weight_sources(int8)
+    assert len(sources) == 21 and sources[:2] + sources[-1:] == ["fp32"] * 3 and set(sources[2:-1]) == {"int8"}, sources
+    every_layer = quantize_int8(path, tmp_path / "all.onnx", images(8, seed=3), Int8Recipe(fp32_ends=False))
+    assert set(weight_sources(every_layer)) == {"int8"}
 
 
 def test_s8s8_recipe_quantizes_activations_signed(exported, tmp_path):

@@ -36,7 +36,6 @@ class Int8Check:
     int8_accuracy: float  # percent
     agreement: float  # percent of images whose served decisions are the same in both
     max_drop: float  # percentage points
-    recipe: str = "default"  # the int8 recipe checked: "default", or "fp32 ends" (vision/engines/quantize.py)
 
     @property
     def drop(self) -> float:
@@ -48,7 +47,7 @@ class Int8Check:
 
     def summary(self) -> str:
         return (
-            f"int8 ({self.recipe} recipe) vs fp32 on {self.images} validation images: accuracy {self.int8_accuracy:.2f}% vs {self.fp32_accuracy:.2f}% "
+            f"int8 vs fp32 on {self.images} validation images: accuracy {self.int8_accuracy:.2f}% vs {self.fp32_accuracy:.2f}% "
             f"({-self.drop:+.2f} points, the bound is -{self.max_drop:g}), decisions agree on {self.agreement:.2f}%"
         )
 
@@ -81,7 +80,6 @@ def check_int8(
     thresholds=(),
     temperature: float = 1.0,
     max_drop: float = INT8_MAX_DROP_POINTS,
-    recipe: str = "default",
     threads: int = 0,
     batch: int = 32,
 ) -> Int8Check:
@@ -105,5 +103,4 @@ def check_int8(
         int8_accuracy=float((int8_answers == labels).mean() * 100),
         agreement=float(same.mean() * 100),
         max_drop=max_drop,
-        recipe=recipe,
     )
