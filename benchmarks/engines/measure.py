@@ -353,7 +353,7 @@ def markdown(result: dict) -> str:
             check = acc["int8_check"]
             lines += [
                 "",
-                f"The trainer's int8 check on the validation split ({check['images']} images, {check['recipe']} recipe): "
+                f"The trainer's int8 check on the validation split ({check['images']} images): "
                 f"int8 {check['int8_accuracy']:.2f}% vs fp32 {check['fp32_accuracy']:.2f}%, bound -{check['max_drop']:g} points: "
                 f"{'passed' if check['passed'] else 'failed'}",
             ]

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import io
 import json
 import os
@@ -53,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -243,14 +245,44 @@ def container_cpu_s(container) -> float:
     return container.stats(stream=False)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
 
 
-def post(url: str, body: bytes, session=requests, attributes: str | None = None) -> bool:
-    headers = {"Content-Type": "image/jpeg"}
-    if attributes:
-        headers[CUSTOM_ATTRIBUTES] = attributes
-    try:
-        return session.post(url, data=body, headers=headers, timeout=60).status_code == 200
-    except requests.RequestException:
-        return False
+def post(url: str, body: bytes, attributes: str | None = None) -> bool:
+    """One request on a new connection (readiness polling)."""
+    return Client(url).post(body, attributes, keep_alive=False)
+
+
+class Client:
+    """One load-generator client: a keep-alive connection, as SageMaker's front end holds
+    to a container, driven with http.client. Not `requests`: its own work per request
+    (about 1-2 ms of Python here) would be counted as every server's latency and would take
+    CPU from the server under test on the same cores. A failed request closes the
+    connection; the next one opens a new one."""
+
+    def __init__(self, url: str):
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port, self.path = parsed.hostname, parsed.port or 80, parsed.path or "/"
+        self.connection: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes, attributes: str | None = None, keep_alive: bool = True) -> bool:
+        headers = {"Content-Type": "image/jpeg"}
+        if attributes:
+            headers[CUSTOM_ATTRIBUTES] = attributes
+        try:
+            if self.connection is None:
+                self.connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
+            self.connection.request("POST", self.path, body=body, headers=headers)
+            response = self.connection.getresponse()
+            response.read()
+            ok = response.status == 200
+        except (OSError, http.client.HTTPException):
+            ok = False
+        if not (ok and keep_alive):
+            self.close()
+        return ok
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
 
 def load_loop(
@@ -266,15 +298,16 @@ def load_loop(
     deadline = time.monotonic() + duration
 
     def client(offset: int, attributes: str | None, measured: bool):
-        session = requests.Session()
+        connection = Client(url)
         own, bad, i = [], 0, offset
         while time.monotonic() < deadline:
             start = time.perf_counter()
-            if post(url, bodies[i % len(bodies)], session, attributes):
+            if connection.post(bodies[i % len(bodies)], attributes):
                 own.append(time.perf_counter() - start)
             else:
                 bad += 1
             i += 1
+        connection.close()
         with lock:
             (latencies if measured else background_latencies).extend(own)
             errors[0] += bad
@@ -338,11 +371,12 @@ def request_variants(server: Server, specs: list[str], photo: bytes, mixed: bool
     for spec in specs:
         name, _, attributes = spec.partition(":")
         assert post(server.url, photo, attributes=attributes), f"{name}: {attributes} was refused"
-        sequential = []
+        client, sequential = Client(server.url), []
         for _ in range(20):
             start = time.perf_counter()
-            post(server.url, photo, attributes=attributes)
+            client.post(photo, attributes)
             sequential.append(time.perf_counter() - start)
+        client.close()
         common = dict(container=server.container, url=server.url, cold_start_ping_s=0.0, cold_start_first_prediction_s=0.0)
         variants.append(Server(f"{server.stack}+{name}", p50_c1_ms=statistics.median(sequential) * 1000, attributes=attributes, **common))
         if mixed:
@@ -376,13 +410,15 @@ def start_server(client, image: str, stack: str, model_root: Path, env: dict, bo
     first_s = time.monotonic() - t0
     if is_ours(stack):  # int8's accuracy guard runs in the background: measure what serves after it
         wait_for(lambda: 'state="running"' not in requests.get(base + "/metrics", timeout=5).text, 600, container)
+    client = Client(url)
     for _ in range(10):
-        post(url, bodies[0])
+        client.post(bodies[0])
     sequential = []
     for i in range(30):
         start = time.perf_counter()
-        assert post(url, bodies[i % len(bodies)]), f"{stack}: a sequential request failed"
+        assert client.post(bodies[i % len(bodies)]), f"{stack}: a sequential request failed"
         sequential.append(time.perf_counter() - start)
+    client.close()
     return Server(stack, container, url, ping_s, first_s, statistics.median(sequential) * 1000)
 
 
