@@ -5,7 +5,7 @@
     python3 benchmarks/engines/run.py --emulate-cpu Haswell-v4   # also int8 accuracy on an AVX2-only CPU (QEMU)
 
 Engines: torch eager fp32 as served (BatchNorm folded, channels-last), torch bf16
-autocast, ONNX Runtime fp32, ONNX Runtime int8 (static QDQ, per-channel; three recipes),
+autocast, ONNX Runtime fp32, ONNX Runtime int8 (static QDQ, per-channel; four recipes),
 torch int8 (x86 backend, FX post-training quantization) and, when its wheels are given,
 OpenVINO fp32 and int8. Each is timed at batch 1 and 4, one thread and all cores, on
 ResNet-18 and ResNet-50 with 133 and 10 classes, interleaved; and its top-1 accuracy and
