@@ -246,7 +246,7 @@ def save_engine_files(config: TrainConfig, samples: dict[str, list[tuple]], mode
 
 
 def quantize_checked(
-    config: TrainConfig, valid: list[tuple] | None, spec: ModelSpec, preprocess: EvalPreprocess, model_dir: Path, normalized
+    config: TrainConfig, valid: list[tuple] | None, spec: ModelSpec, preprocess: EvalPreprocess, model_dir: Path, normalized: np.ndarray
 ):
     """model.int8.onnx, checked against fp32 with labels on at most MAX_IMAGES validation
     images (vision/engines/accuracy.py). Returns the check, None without a validation

@@ -6,8 +6,8 @@ images int8's ranges were set on, and without labels: it catches a broken kernel
 export, not an int8 model that generalises worse. That needs images the model was not
 fitted or calibrated on, and their labels, which only the trainer has: it runs this on
 the validation split after quantizing and keeps the int8 model only if it loses at most
-`max_drop` accuracy points (vision.guard.INT8_MAX_DROP_POINTS) against fp32 (train/outputs.py; serving `auto` then runs
-fp32, docs/serving.md).
+`max_drop` accuracy points against fp32 (vision.guard.INT8_MAX_DROP_POINTS;
+train/outputs.py). Without it, serving `auto` runs fp32 (docs/serving.md).
 
 Accuracy is the share of right decisions, as served: top-1 for a single-label model;
 for a multi-label model, each class's yes/no at its threshold (the spec's thresholds on
@@ -26,7 +26,9 @@ from vision.engines.onnx_runtime import OnnxClassifier
 from vision.guard import INT8_MAX_DROP_POINTS
 from vision.scores import probabilities
 
-MAX_IMAGES = 1000  # validation images checked at most (ResNet-50 at 224 px: ~1 min on 8 cores)
+# Validation images checked at most. A ResNet-50 at 224 px costs about 0.1 s of one core
+# per image here (its fp32 and int8 forwards, benchmarks/engines), so 100 core-seconds.
+MAX_IMAGES = 1000
 
 
 @dataclass(frozen=True)
