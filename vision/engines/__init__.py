@@ -7,7 +7,10 @@ calibration.py   the calibration sample: real preprocessed images (uint8 crops) 
                  in the artifact, for int8 calibration and the accuracy guard (no torch)
 onnx_runtime.py  an ONNX Runtime session: numpy batch in, probabilities out (no torch)
 quantize.py      fp32 model.onnx -> int8 by ONNX Runtime static quantization, QDQ,
-                 per-channel, calibrated on the calibration sample (no torch)
+                 per-channel, calibrated on the calibration sample, the first two
+                 weighted layers and the classifier kept fp32 (no torch)
+accuracy.py      int8 against fp32 on labelled validation images: the trainer keeps
+                 int8 only if it loses at most INT8_MAX_DROP_POINTS (no torch)
 export.py        a torch classifier -> model.onnx with a dynamic batch axis, checked
                  against torch (needs torch)
 
