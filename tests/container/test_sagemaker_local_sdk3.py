@@ -128,6 +128,8 @@ SCRIPT = textwrap.dedent(
             "args": sys.argv[1:],
             "train_images": sum(1 for _ in (data / "train").rglob("*.png")),
         }))
+    if world > 1:
+        dist.destroy_process_group()  # as torch asks: without it gloo's threads can abort the exit
     print(f"script rank {rank} of {world} done", flush=True)
     """
 )
