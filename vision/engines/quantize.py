@@ -44,9 +44,9 @@ class Int8Recipe:
     # The first two weighted layers (the stem) and the last (the classifier) stay fp32.
     # One at a time, these were the layers whose int8 error moved a trained ResNet-50's
     # logits most; kept fp32, its int8 top-1 on the digits test split went from 0.8-1.9
-    # points below fp32 to equal (ResNet-18: equal either way), for about a quarter more
-    # time per image at 224 px, where the stem's 7x7 convolution is costly
-    # (benchmarks/engines, docs/benchmarks.md).
+    # points below fp32 to equal (ResNet-18: equal either way), for 20% more time per
+    # image at 224 px on ResNet-50 and 43% on ResNet-18, whose 7x7 stem is a larger share
+    # of its work (one thread; benchmarks/engines, docs/benchmarks.md).
     fp32_ends: bool = True
 
     def __post_init__(self):
